@@ -1,0 +1,23 @@
+//! Links `pyreload` to the libpython of the `python3` it was built with, and
+//! records where that interpreter lives.
+//!
+//! Without an rpath the loader cache picks Debian's `libpython3.11.so` at run
+//! time, and the embedded interpreter then sees Debian's `sys.path` instead of
+//! the build interpreter's (see `shared/design.md`, "Facts checked").
+
+fn main() {
+    pyo3_build_config::add_libpython_rpath_link_args();
+    let config = pyo3_build_config::get();
+    let executable = config
+        .executable()
+        .map(str::to_string)
+        .expect("pyo3-build-config found no Python executable; set PYO3_PYTHON");
+    println!("cargo:rustc-env=PYRELOAD_BUILD_PYTHON={executable}");
+    println!(
+        "cargo:rustc-env=PYRELOAD_BUILD_PYTHON_VERSION={}.{}",
+        config.version().major, config.version().minor
+    );
+    println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+    println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
+    println!("cargo:rerun-if-changed=build.rs");
+}

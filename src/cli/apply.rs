@@ -1,0 +1,130 @@
+//! `pyreload apply` and `pyreload check`: send a spec to a running program.
+//!
+//! The spec is parsed and checked here first, so a malformed spec never
+//! reaches the program. The host parses it again from the same text and
+//! resolves it; any error it reports points into that text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{error, TargetArgs, EXIT_REFUSED, EXIT_USAGE};
+use crate::control::client::{self, exchange};
+use crate::control::protocol::{Request, Response, PROTOCOL_VERSION};
+use crate::diagnostic::Problem;
+use crate::spec::{self, SpecSource};
+
+/// Apply an update spec to a running program, atomically
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    pyreload apply specs/v1-to-v2.toml\n  \
+    pyreload apply --pid 4242 --json specs/v1-to-v2.toml\n\n\
+    The update commits whole, or is refused or rolled back and the program keeps running the old \
+    version. Exit status: 0 applied, 1 refused or rolled back, 2 bad spec or no program.")]
+pub struct ApplyArgs {
+    /// The update spec (TOML)
+    spec: PathBuf,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// Validate an update spec against a running program, changing nothing
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    pyreload check specs/v1-to-v2.toml\n\n\
+    Does everything `apply` does before the commit: finds every module, reads and compiles \
+    every new source, resolves every name and checks the versions. The program is not changed.")]
+pub struct CheckArgs {
+    /// The update spec (TOML)
+    spec: PathBuf,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn apply(args: ApplyArgs) -> i32 {
+    send(&args.spec, &args.target, args.json, false)
+}
+
+pub fn check(args: CheckArgs) -> i32 {
+    send(&args.spec, &args.target, args.json, true)
+}
+
+fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
+    let source = match read_spec(path) {
+        Ok(source) => source,
+        Err(code) => return code,
+    };
+    let parsed = match spec::parse(&source) {
+        Ok(spec) => spec,
+        Err(problems) => {
+            for p in &problems {
+                eprint!("{}", p.render(Some((&source.path, &source.text))));
+            }
+            return EXIT_USAGE;
+        }
+    };
+    let program = parsed.update.program.as_ref().map(|p| p.get_ref().clone());
+    let found = match client::find(&target.selector(program)) {
+        Ok(found) => found,
+        Err(e) => {
+            error(e);
+            return EXIT_USAGE;
+        }
+    };
+    let request = Request::Apply { protocol: PROTOCOL_VERSION, spec_path: source.path.clone(), spec_text: source.text.clone(), dry_run };
+    // The host bounds its own wait by the spec's timeout; allow for that
+    // plus a generous margin before deciding the program is stuck.
+    let timeout = Duration::from_millis(parsed.safe_point.timeout_ms()) + Duration::from_secs(120);
+    let response = match exchange(&found.socket, &request, Some(timeout)) {
+        Ok(r) => r,
+        Err(e) => {
+            error(format!("lost contact with `{}` (pid {}): {e}", found.info.name, found.info.pid));
+            return EXIT_REFUSED;
+        }
+    };
+    match response {
+        Response::Report(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
+            } else {
+                print!("{}", report.to_text());
+            }
+            if let Some(problem) = &report.problem {
+                eprint!("{}", problem.render(Some((&source.path, &source.text))));
+            }
+            report.outcome.exit_code()
+        }
+        Response::Error(problem) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": problem }));
+            }
+            eprint!("{}", problem.render(Some((&source.path, &source.text))));
+            EXIT_REFUSED
+        }
+        Response::Status(_) => {
+            error("the program answered with a status instead of a report");
+            EXIT_REFUSED
+        }
+    }
+}
+
+/// Reads the spec and makes its path absolute, so the host resolves
+/// `source = ...` against the spec's directory whatever its own cwd is.
+fn read_spec(path: &PathBuf) -> Result<SpecSource, i32> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+    match std::fs::read_to_string(&absolute) {
+        Ok(text) => Ok(SpecSource { path: absolute.display().to_string(), text }),
+        Err(e) => {
+            eprint!("{}", Problem::new(format!("could not read the spec {}: {e}", path.display())).render(None));
+            Err(EXIT_USAGE)
+        }
+    }
+}
+

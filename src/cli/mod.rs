@@ -1,0 +1,91 @@
+//! The command line: argument definitions and dispatch to one module per
+//! subcommand.
+//!
+//! Exit status, for every subcommand but `run` (which exits as the program
+//! does): 0 success, 1 update refused or rolled back, 2 usage, spec or
+//! connection error.
+
+mod apply;
+mod run;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::control::client::Selector;
+
+/// The update succeeded, or the query was answered.
+pub const EXIT_OK: i32 = 0;
+/// The update was refused or rolled back; the program runs as before.
+pub const EXIT_REFUSED: i32 = 1;
+/// Bad usage, a spec that does not parse, or no program to talk to.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "pyreload",
+    version,
+    about = "Update a running Python program without restarting it",
+    long_about = "Update a running Python program without restarting it.\n\n\
+        Start the program under `pyreload run`, describe an update in a TOML spec \
+        (modules to reload, when it is safe, how to check it worked), and \
+        `pyreload apply` it. The whole update takes effect, or none of it does.",
+    after_help = "Examples:\n  \
+        pyreload run --name kvserver --version 1.0 -m kvserver --port 7000\n  \
+        pyreload check specs/v1-to-v2.toml\n  \
+        pyreload apply specs/v1-to-v2.toml\n  \
+        pyreload status\n\n\
+        Exit status: 0 success, 1 update refused or rolled back, 2 usage, spec or connection error.\n\
+        `pyreload run` exits with the program's own status."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+    Apply(apply::ApplyArgs),
+    Check(apply::CheckArgs),
+    Status(status::StatusArgs),
+}
+
+/// How `apply`, `check` and `status` find the program.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The process id of the program (as `pyreload status` shows it).
+    #[arg(long, value_name = "PID", conflicts_with = "socket")]
+    pid: Option<u32>,
+    /// The program's control socket, for programs started with another
+    /// PYRELOAD_RUNTIME_DIR.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn selector(&self, program: Option<String>) -> Selector {
+        match (&self.pid, &self.socket) {
+            (Some(pid), _) => Selector::Pid(*pid),
+            (None, Some(socket)) => Selector::Socket(socket.clone()),
+            (None, None) => Selector::Auto { program },
+        }
+    }
+}
+
+/// Parses the command line and runs the subcommand; returns the exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Apply(args) => apply::apply(args),
+        Command::Check(args) => apply::check(args),
+        Command::Status(args) => status::status(args),
+    }
+}
+
+/// Prints an error the way every subcommand does.
+pub fn error(message: impl std::fmt::Display) {
+    eprintln!("error: {message}");
+}

@@ -1,0 +1,127 @@
+//! The client side: finding the program to talk to, and one request /
+//! response exchange with it.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::protocol::{read_frame, write_frame, ProgramInfo, Request, Response, PROTOCOL_VERSION};
+use super::runtime_dir;
+
+/// How the user named the program.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Pid(u32),
+    Socket(PathBuf),
+    /// The only program running, or the only one with this name.
+    Auto { program: Option<String> },
+}
+
+/// A control socket known to answer, with what it said about itself.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub socket: PathBuf,
+    pub info: ProgramInfo,
+}
+
+/// Why no program could be chosen. Each message tells the user what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error("no program is running under `pyreload run` (looked in {dir})")]
+    NoneRunning { dir: PathBuf },
+    #[error("no running program is named `{name}` (looked in {dir}); running: {running}")]
+    NoneNamed { name: String, dir: PathBuf, running: String },
+    #[error("{count} programs match; choose one with --pid or --socket:\n{list}")]
+    Ambiguous { count: usize, list: String },
+    #[error("could not reach {socket}: {source}")]
+    Unreachable { socket: PathBuf, source: io::Error },
+    #[error("no program with pid {pid} is running under `pyreload run` (no socket at {socket})")]
+    NoPid { pid: u32, socket: PathBuf },
+}
+
+/// Resolves a selector to a program that answers.
+pub fn find(selector: &Selector) -> Result<Target, FindError> {
+    match selector {
+        Selector::Socket(socket) => probe(socket).map_err(|source| FindError::Unreachable { socket: socket.clone(), source }),
+        Selector::Pid(pid) => {
+            let socket = runtime_dir::socket_for_pid(&runtime_dir::path(), *pid);
+            if !socket.exists() {
+                return Err(FindError::NoPid { pid: *pid, socket });
+            }
+            probe(&socket).map_err(|source| FindError::Unreachable { socket, source })
+        }
+        Selector::Auto { program } => find_auto(program.as_deref()),
+    }
+}
+
+fn find_auto(program: Option<&str>) -> Result<Target, FindError> {
+    let dir = runtime_dir::path();
+    let mut live = Vec::new();
+    for (pid, socket) in runtime_dir::sockets(&dir) {
+        match probe(&socket) {
+            Ok(target) => live.push(target),
+            // A socket whose process is gone is left over from a program
+            // that was killed; nobody will ever answer on it.
+            Err(_) if !runtime_dir::process_alive(pid) => {
+                let _ = std::fs::remove_file(&socket);
+            }
+            Err(_) => {}
+        }
+    }
+    if live.is_empty() {
+        return Err(FindError::NoneRunning { dir });
+    }
+    let matching: Vec<Target> = match program {
+        Some(name) => live.iter().filter(|t| t.info.name == name).cloned().collect(),
+        None => live.clone(),
+    };
+    match matching.len() {
+        1 => Ok(matching.into_iter().next().expect("one element")),
+        0 => Err(FindError::NoneNamed {
+            name: program.unwrap_or_default().to_string(),
+            dir,
+            running: describe_all(&live, ", "),
+        }),
+        count => Err(FindError::Ambiguous { count, list: describe_all(&matching, "\n") }),
+    }
+}
+
+fn describe_all(targets: &[Target], sep: &str) -> String {
+    targets
+        .iter()
+        .map(|t| {
+            format!(
+                "  pid {} `{}` version {}",
+                t.info.pid,
+                t.info.name,
+                t.info.version.as_deref().unwrap_or("(none)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+fn probe(socket: &Path) -> io::Result<Target> {
+    match exchange(socket, &Request::Status { protocol: PROTOCOL_VERSION }, Some(Duration::from_secs(5)))? {
+        Response::Status(info) => Ok(Target { socket: socket.to_path_buf(), info }),
+        Response::Error(problem) => Err(io::Error::other(problem.message)),
+        Response::Report(_) => Err(io::Error::other("unexpected answer to a status request")),
+    }
+}
+
+/// Sends one request and waits for its response. `timeout` bounds the wait;
+/// `None` waits as long as the host takes (an apply may wait for a safe
+/// point, bounded by the spec's own timeout).
+pub fn exchange(socket: &Path, request: &Request, timeout: Option<Duration>) -> io::Result<Response> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(timeout)?;
+    write_frame(&mut stream, request)?;
+    read_frame(&mut stream).map_err(|e| match e {
+        super::protocol::FrameError::Io(e) => e,
+        super::protocol::FrameError::Closed => {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "the program closed the connection without answering (did it exit?)")
+        }
+        other => io::Error::other(other.to_string()),
+    })
+}

@@ -1,0 +1,147 @@
+//! Messages on the control socket and how they are framed.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of
+//! JSON. The length is checked against [`MAX_FRAME`] before anything is
+//! allocated, so a hostile or broken peer cannot make the program reserve
+//! memory it does not have.
+
+use std::io::{self, Read, Write};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::diagnostic::Problem;
+use crate::report::Report;
+
+/// Bumped when a message changes shape; a client and host that disagree
+/// say so instead of misreading each other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts. A spec and its report fit many times.
+pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// What a client asks of a hosted program.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Who are you? Used for discovery and by `status`.
+    Status { protocol: u32 },
+    /// Validate (and unless `dry_run`, apply) the spec whose TOML text is
+    /// given. The host re-parses it so that its errors carry spans into the
+    /// same text the client shows.
+    Apply {
+        protocol: u32,
+        spec_path: String,
+        spec_text: String,
+        dry_run: bool,
+    },
+}
+
+/// The host's answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Status(ProgramInfo),
+    Report(Box<Report>),
+    /// The request could not be served at all (busy, malformed, wrong
+    /// protocol version). Update failures are reports, not errors.
+    Error(Problem),
+}
+
+/// What `pyreload status` shows about a program.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    pub name: String,
+    pub pid: u32,
+    pub version: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    pub uptime_s: f64,
+    pub socket: String,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One update attempt, as remembered by the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub name: String,
+    pub from: Option<String>,
+    pub to: String,
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    pub outcome: crate::report::Outcome,
+    pub pause_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("message of {0} bytes is larger than the limit of {MAX_FRAME} bytes")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Writes one message as a frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(message).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::other(FrameError::TooLarge(body.len())));
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// Reads one frame and decodes it as `T`.
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Status { protocol: PROTOCOL_VERSION }).unwrap();
+        let back: Request = read_frame(&mut buf.as_slice()).unwrap();
+        assert!(matches!(back, Request::Status { protocol: PROTOCOL_VERSION }));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let mut buf = (u32::MAX).to_be_bytes().to_vec();
+        buf.extend_from_slice(b"{}");
+        let err = read_frame::<Request>(&mut buf.as_slice()).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(n) if n == u32::MAX as usize));
+    }
+
+    #[test]
+    fn truncated_and_garbage_frames_are_errors() {
+        let mut truncated = 10u32.to_be_bytes().to_vec();
+        truncated.extend_from_slice(b"{\"ty");
+        assert!(matches!(read_frame::<Request>(&mut truncated.as_slice()), Err(FrameError::Io(_))));
+        let mut garbage = 3u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(b"abc");
+        assert!(matches!(read_frame::<Request>(&mut garbage.as_slice()), Err(FrameError::Malformed(_))));
+        assert!(matches!(read_frame::<Request>(&mut [].as_slice()), Err(FrameError::Closed)));
+    }
+}

@@ -1,0 +1,153 @@
+//! The host side of the control channel: a Rust thread that accepts
+//! connections and serves requests one connection per thread.
+//!
+//! The accept loop blocks in the kernel without the GIL, so an idle program
+//! pays nothing for being updatable.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use super::protocol::{read_frame, write_frame, FrameError, Request, Response, PROTOCOL_VERSION};
+use super::runtime_dir;
+use crate::diagnostic::Problem;
+use crate::engine;
+use crate::host::state::HostState;
+
+/// A client has this long to send its request once connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many connections are served at once; more are closed.
+const MAX_CONNECTIONS: usize = 16;
+
+/// A bound control socket that is removed again when dropped unused.
+pub struct Listener {
+    inner: UnixListener,
+    path: PathBuf,
+}
+
+impl Listener {
+    /// Binds `<runtime dir>/<pid>.sock`, removing sockets left by programs
+    /// that no longer exist.
+    pub fn bind() -> Result<Listener> {
+        let dir = runtime_dir::ensure()?;
+        for (pid, path) in runtime_dir::sockets(&dir) {
+            if !runtime_dir::process_alive(pid) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let path = runtime_dir::socket_for_pid(&dir, std::process::id());
+        let _ = std::fs::remove_file(&path);
+        let inner = UnixListener::bind(&path).with_context(|| format!("could not bind {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("could not restrict {}", path.display()))?;
+        Ok(Listener { inner, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Starts the control thread. It lives until the process exits.
+pub fn spawn(listener: Listener, state: Arc<HostState>) {
+    std::thread::Builder::new()
+        .name("pyreload-control".into())
+        .spawn(move || {
+            block_signals();
+            serve(listener, state)
+        })
+        .expect("could not start the control thread");
+}
+
+/// Signals such as SIGINT must reach the interpreter's main thread, which
+/// turns them into `KeyboardInterrupt`, and not one of ours. Threads
+/// spawned from here inherit the mask.
+fn block_signals() {
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+}
+
+fn serve(listener: Listener, state: Arc<HostState>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.inner.incoming() {
+        let Ok(stream) = stream else { continue };
+        if let Err(reason) = check_peer(&stream) {
+            eprintln!("pyreload: refused a control connection: {reason}");
+            continue;
+        }
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let mut stream = stream;
+            let _ = write_frame(&mut stream, &Response::Error(Problem::new("too many control connections; try again")));
+            continue;
+        }
+        let state = state.clone();
+        let active = active.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pyreload-conn".into())
+            .spawn(move || {
+                handle(stream, &state);
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            eprintln!("pyreload: could not start a thread for a control connection");
+        }
+    }
+}
+
+/// Only the program's own user may control it, whatever the file modes say.
+fn check_peer(stream: &UnixStream) -> Result<(), String> {
+    let creds = getsockopt(stream, PeerCredentials).map_err(|e| format!("could not read peer credentials: {e}"))?;
+    let me = nix::unistd::getuid().as_raw();
+    if creds.uid() != me {
+        return Err(format!("peer uid {} (pid {}) is not uid {me}", creds.uid(), creds.pid()));
+    }
+    Ok(())
+}
+
+fn handle(mut stream: UnixStream, state: &HostState) {
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let response = match read_frame::<Request>(&mut stream) {
+        Ok(request) => respond(request, state),
+        Err(FrameError::Closed) => return,
+        Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Response::Error(Problem::new("no request arrived in time; closing"))
+        }
+        Err(e) => Response::Error(Problem::new(format!("bad request: {e}"))),
+    };
+    let _ = write_frame(&mut stream, &response);
+}
+
+fn respond(request: Request, state: &HostState) -> Response {
+    let protocol = match &request {
+        Request::Status { protocol } | Request::Apply { protocol, .. } => *protocol,
+    };
+    if protocol != PROTOCOL_VERSION {
+        return Response::Error(
+            Problem::new(format!(
+                "protocol version {protocol} is not supported by this program's pyreload (version {PROTOCOL_VERSION})"
+            ))
+            .with_help("use the same pyreload binary for `run` and for `apply`"),
+        );
+    }
+    match request {
+        Request::Status { .. } => Response::Status(state.info()),
+        Request::Apply { spec_path, spec_text, dry_run, .. } => {
+            match engine::apply(state, &spec_path, &spec_text, dry_run) {
+                Ok(report) => {
+                    if !dry_run {
+                        eprintln!("pyreload: {}", report.one_line());
+                    }
+                    Response::Report(Box::new(report))
+                }
+                Err(problem) => Response::Error(problem),
+            }
+        }
+    }
+}

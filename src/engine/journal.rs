@@ -1,0 +1,115 @@
+//! The undo log that makes a commit atomic.
+//!
+//! Every change the commit makes to the live program goes through here and
+//! records what it replaced. Rolling back replays the log backwards, so the
+//! program returns to exactly the objects it had, not to copies of them.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+enum Entry {
+    DictItem { dict: Py<PyDict>, key: Py<PyAny>, old: Option<Py<PyAny>> },
+    ListItem { list: Py<PyList>, index: usize, old: Py<PyAny> },
+    /// An attribute of a function or instance (`__code__`, `__class__`, ...).
+    Attr { target: Py<PyAny>, name: String, old: Option<Py<PyAny>> },
+    /// An entry of a class's own `__dict__`, set through `setattr` so that
+    /// CPython updates the type's slots.
+    ClassAttr { class: Py<PyAny>, name: String, old: Option<Py<PyAny>> },
+    Cell { cell: Py<PyAny>, old: Option<Py<PyAny>> },
+}
+
+/// A log of changes, undone by [`Journal::rollback`].
+#[derive(Default)]
+pub struct Journal {
+    entries: Vec<Entry>,
+}
+
+impl Journal {
+    pub fn set_item<'py>(&mut self, dict: &Bound<'py, PyDict>, key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<()> {
+        let old = dict.get_item(key)?.map(Bound::unbind);
+        dict.set_item(key, value)?;
+        self.entries.push(Entry::DictItem { dict: dict.clone().unbind(), key: key.clone().unbind(), old });
+        Ok(())
+    }
+
+    pub fn del_item<'py>(&mut self, dict: &Bound<'py, PyDict>, key: &Bound<'py, PyAny>) -> PyResult<()> {
+        let old = dict.get_item(key)?.map(Bound::unbind);
+        dict.del_item(key)?;
+        self.entries.push(Entry::DictItem { dict: dict.clone().unbind(), key: key.clone().unbind(), old });
+        Ok(())
+    }
+
+    pub fn set_list_item<'py>(&mut self, list: &Bound<'py, PyList>, index: usize, value: &Bound<'py, PyAny>) -> PyResult<()> {
+        let old = list.get_item(index)?.unbind();
+        list.set_item(index, value)?;
+        self.entries.push(Entry::ListItem { list: list.clone().unbind(), index, old });
+        Ok(())
+    }
+
+    pub fn set_attr<'py>(&mut self, target: &Bound<'py, PyAny>, name: &str, value: &Bound<'py, PyAny>) -> PyResult<()> {
+        let old = target.getattr_opt(name)?.map(Bound::unbind);
+        target.setattr(name, value)?;
+        self.entries.push(Entry::Attr { target: target.clone().unbind(), name: name.to_string(), old });
+        Ok(())
+    }
+
+    pub fn set_class_attr<'py>(&mut self, class: &Bound<'py, PyAny>, name: &str, value: Option<&Bound<'py, PyAny>>) -> PyResult<()> {
+        let old = class_dict_get(class, name)?;
+        match value {
+            Some(v) => class.setattr(name, v)?,
+            None => class.delattr(name)?,
+        }
+        self.entries.push(Entry::ClassAttr { class: class.clone().unbind(), name: name.to_string(), old });
+        Ok(())
+    }
+
+    pub fn set_cell<'py>(&mut self, cell: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<()> {
+        let old = cell.getattr_opt("cell_contents").ok().flatten().map(Bound::unbind);
+        cell.setattr("cell_contents", value)?;
+        self.entries.push(Entry::Cell { cell: cell.clone().unbind(), old });
+        Ok(())
+    }
+
+    /// Undoes every change, newest first. Returns the errors met on the way;
+    /// undoing continues past them so that as much as possible is restored.
+    pub fn rollback(self, py: Python<'_>) -> Vec<PyErr> {
+        let mut errors = Vec::new();
+        for entry in self.entries.into_iter().rev() {
+            let result = match entry {
+                Entry::DictItem { dict, key, old } => match old {
+                    Some(old) => dict.bind(py).set_item(key.bind(py), old.bind(py)),
+                    None => dict.bind(py).del_item(key.bind(py)),
+                },
+                Entry::ListItem { list, index, old } => list.bind(py).set_item(index, old.bind(py)),
+                Entry::Attr { target, name, old } => match old {
+                    Some(old) => target.bind(py).setattr(name.as_str(), old.bind(py)),
+                    None => target.bind(py).delattr(name.as_str()),
+                },
+                Entry::ClassAttr { class, name, old } => match old {
+                    Some(old) => class.bind(py).setattr(name.as_str(), old.bind(py)),
+                    None => class.bind(py).delattr(name.as_str()),
+                },
+                Entry::Cell { cell, old } => match old {
+                    Some(old) => cell.bind(py).setattr("cell_contents", old.bind(py)),
+                    None => cell.bind(py).delattr("cell_contents"),
+                },
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+/// The raw entry in a class's own namespace (not inherited, no descriptor
+/// binding), as `cls.__dict__.get(name)`.
+/// An entry that holds `None` is `Some(None)`: only a missing entry is `None`.
+pub fn class_dict_get<'py>(class: &Bound<'py, PyAny>, name: &str) -> PyResult<Option<Py<PyAny>>> {
+    let namespace = class.getattr("__dict__")?;
+    if namespace.contains(name)? {
+        Ok(Some(namespace.get_item(name)?.unbind()))
+    } else {
+        Ok(None)
+    }
+}

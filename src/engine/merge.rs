@@ -1,0 +1,726 @@
+//! Commit: merge the staged (new) modules into the live ones.
+//!
+//! The rule, also in README ("What a reload keeps"):
+//!
+//! - Functions and classes the module defines take the new code **in place**:
+//!   a function keeps its identity and gets the new `__code__`, defaults and
+//!   closure; a class keeps its identity and gets the new methods. So every
+//!   reference the program already holds (`from m import f` copies, bound
+//!   methods, live instances, dispatch tables) runs the new code. Only when
+//!   that is impossible (a function whose closure changed shape) is the
+//!   object replaced, and references to it in other modules re-pointed.
+//! - Plain constants (numbers, strings, tuples of them, ...) take the new value.
+//! - Data (dicts, lists, instances, anything mutable) keeps its running value,
+//!   so `STORE = {}` at top level does not empty the store.
+//! - `reset = [...]` and `keep = [...]` in the spec override the last two.
+//! - Names the new source no longer defines are removed if they were
+//!   functions or classes of the module, and kept otherwise.
+//!
+//! Everything here is C-level work through pyo3 under one GIL hold: no
+//! bytecode runs, so no other thread can observe a half-merged program.
+//! Every change is journaled for rollback.
+
+use std::collections::{HashMap, HashSet};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFunction, PyList, PyTuple, PyType};
+
+use super::journal::{class_dict_get, Journal};
+use super::stage::Staged;
+use super::support::Support;
+use crate::diagnostic::Problem;
+use crate::plan::Plan;
+use crate::report::ModuleReport;
+
+/// How deep relinking follows containers built by a new module body.
+const MAX_DEPTH: usize = 32;
+/// How many objects relinking visits at most in one update.
+const MAX_VISITS: usize = 200_000;
+/// How deep patching follows closures (decorator wrappers around wrappers).
+const MAX_CLOSURE_DEPTH: usize = 8;
+
+type Key = usize;
+
+fn key(obj: &Bound<'_, PyAny>) -> Key {
+    obj.as_ptr() as Key
+}
+
+/// Merges every staged module into its live module. On error the journal
+/// holds what was already changed; the caller rolls it back.
+pub fn merge(py: Python<'_>, support: &Support<'_>, plan: &Plan, staged: &Staged, journal: &mut Journal) -> Result<Vec<ModuleReport>, Problem> {
+    let merger = Merger::new(py, support, plan, staged, journal).map_err(|e| support.problem(py, "could not start the commit", &e))?;
+    merger.run()
+}
+
+struct Pair<'py> {
+    module: usize,
+    old: Bound<'py, PyAny>,
+    new: Bound<'py, PyAny>,
+}
+
+struct Merger<'a, 'py> {
+    py: Python<'py>,
+    support: &'a Support<'py>,
+    plan: &'a Plan,
+    journal: &'a mut Journal,
+    /// Live modules and their staged counterparts, in plan order.
+    live: Vec<Bound<'py, PyDict>>,
+    staged: Vec<Bound<'py, PyDict>>,
+    /// A new object → the live object that takes its place.
+    twins: HashMap<Key, Bound<'py, PyAny>>,
+    /// A staging namespace → the live module dict (to re-home functions).
+    globals_map: HashMap<Key, Bound<'py, PyDict>>,
+    /// A staging module object → the live module.
+    module_map: HashMap<Key, Bound<'py, PyAny>>,
+    /// Values the live modules already hold: relinking does not descend into
+    /// the program's existing data.
+    live_values: HashSet<Key>,
+    visited: HashSet<Key>,
+    /// Keeps every object used as a key alive, so no address is reused.
+    keepalive: Vec<Bound<'py, PyAny>>,
+    class_pairs: Vec<Pair<'py>>,
+    function_pairs: Vec<Pair<'py>>,
+    /// (module index, old, replacement): references elsewhere to re-point.
+    replaced: Vec<(usize, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    reports: Vec<ModuleReport>,
+    function_type: Bound<'py, PyAny>,
+    staticmethod_type: Bound<'py, PyAny>,
+    classmethod_type: Bound<'py, PyAny>,
+    property_type: Bound<'py, PyAny>,
+    truncated: bool,
+}
+
+impl<'a, 'py> Merger<'a, 'py> {
+    fn new(py: Python<'py>, support: &'a Support<'py>, plan: &'a Plan, staged: &Staged, journal: &'a mut Journal) -> PyResult<Self> {
+        let builtins = py.import("builtins")?;
+        let mut m = Merger {
+            py,
+            support,
+            plan,
+            journal,
+            live: Vec::new(),
+            staged: Vec::new(),
+            twins: HashMap::new(),
+            globals_map: HashMap::new(),
+            module_map: HashMap::new(),
+            live_values: HashSet::new(),
+            visited: HashSet::new(),
+            keepalive: Vec::new(),
+            class_pairs: Vec::new(),
+            function_pairs: Vec::new(),
+            replaced: Vec::new(),
+            reports: Vec::new(),
+            function_type: py.import("types")?.getattr("FunctionType")?,
+            staticmethod_type: builtins.getattr("staticmethod")?,
+            classmethod_type: builtins.getattr("classmethod")?,
+            property_type: builtins.getattr("property")?,
+            truncated: false,
+        };
+        for (plan_module, staging) in plan.modules.iter().zip(&staged.modules) {
+            let live_module = plan_module.module.bind(py);
+            let live = live_module.dict();
+            let staging = staging.bind(py);
+            let ns = staging.dict();
+            m.globals_map.insert(key(ns.as_any()), live.clone());
+            m.module_map.insert(key(staging.as_any()), live_module.clone().into_any());
+            m.keepalive.push(staging.clone().into_any());
+            for (_, v) in live.iter() {
+                m.live_values.insert(key(&v));
+                m.keepalive.push(v);
+            }
+            m.live.push(live);
+            m.staged.push(ns);
+            m.reports.push(ModuleReport {
+                module: plan_module.name.clone(),
+                source: plan_module.source.clone(),
+                ..ModuleReport::default()
+            });
+        }
+        Ok(m)
+    }
+
+    fn run(mut self) -> Result<Vec<ModuleReport>, Problem> {
+        let py = self.py;
+        let err = |e: PyErr| self.support.problem(py, "the commit failed", &e);
+        for i in 0..self.live.len() {
+            self.pair_module(i)?;
+        }
+        for i in 0..self.live.len() {
+            self.merge_namespace(i).map_err(err)?;
+        }
+        let classes = std::mem::take(&mut self.class_pairs);
+        let mut changed_classes = Vec::new();
+        for pair in &classes {
+            let changed = self.patch_class(pair).map_err(|e| self.support.problem(py, &format!("could not update class `{}`", qualname(&pair.old)), &e))?;
+            changed_classes.push(changed);
+        }
+        let functions = std::mem::take(&mut self.function_pairs);
+        for pair in &functions {
+            let changed = self.patch_function(&pair.old, &pair.new, 0).map_err(|e| self.support.problem(py, &format!("could not update function `{}`", qualname(&pair.old)), &e))?;
+            let report = &mut self.reports[pair.module].functions;
+            if changed {
+                report.changed.push(qualname(&pair.old));
+            } else {
+                report.unchanged += 1;
+            }
+        }
+        for (pair, changed) in classes.iter().zip(changed_classes) {
+            let name = qualname(&pair.old);
+            let prefix = format!("{name}.");
+            let report = &mut self.reports[pair.module];
+            let methods_changed = report.functions.changed.iter().chain(&report.functions.added).chain(&report.functions.removed).any(|f| f.starts_with(&prefix));
+            if changed || methods_changed {
+                report.classes.changed.push(name);
+            } else {
+                report.classes.unchanged += 1;
+            }
+        }
+        self.rebind_replaced().map_err(|e| self.support.problem(py, "could not re-point references to replaced objects", &e))?;
+        if self.truncated {
+            eprintln!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies");
+        }
+        let mut reports = self.reports;
+        for r in &mut reports {
+            r.functions.sort();
+            r.classes.sort();
+            r.globals.sort();
+            r.rebound.sort();
+        }
+        Ok(reports)
+    }
+
+    // ---- matching: which new object takes the place of which live one ----
+
+    fn pair_module(&mut self, i: usize) -> Result<(), Problem> {
+        let module = self.plan.modules[i].name.clone();
+        let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = self.staged[i].iter().collect();
+        for (name, new) in items {
+            let name: String = name.extract().unwrap_or_default();
+            if is_dunder(&name) {
+                continue;
+            }
+            let old = self.live[i].get_item(&name).ok().flatten();
+            if let Some(old) = old {
+                self.pair(i, &module, &old, &new)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pair(&mut self, i: usize, module: &str, old: &Bound<'py, PyAny>, new: &Bound<'py, PyAny>) -> Result<(), Problem> {
+        if !defined_in(old, module) || !defined_in(new, module) || qualname(old) != qualname(new) {
+            return Ok(());
+        }
+        if is_class(old) && is_class(new) {
+            self.check_layout(module, old, new)?;
+            self.add_twin(new, old);
+            self.class_pairs.push(Pair { module: i, old: old.clone(), new: new.clone() });
+            let members: Vec<(String, Bound<'py, PyAny>)> = class_items(new);
+            for (attr, nv) in members {
+                let Some(ov) = class_dict_get(old, &attr).ok().flatten() else { continue };
+                let ov = ov.into_bound(self.py);
+                if is_class(&nv) || is_function(&nv) {
+                    self.pair(i, module, &ov, &nv)?;
+                } else if self.is_wrapper(&nv) && ov.get_type().is(nv.get_type()) {
+                    if let (Ok(of), Ok(nf)) = (ov.getattr("__func__"), nv.getattr("__func__")) {
+                        self.pair(i, module, &of, &nf)?;
+                    }
+                }
+            }
+        } else if is_function(old) && is_function(new) && same_freevars(old, new) {
+            self.add_twin(new, old);
+            self.function_pairs.push(Pair { module: i, old: old.clone(), new: new.clone() });
+        }
+        Ok(())
+    }
+
+    fn add_twin(&mut self, new: &Bound<'py, PyAny>, old: &Bound<'py, PyAny>) {
+        self.twins.insert(key(new), old.clone());
+        self.keepalive.push(new.clone());
+    }
+
+    fn twin_of(&self, new: &Bound<'py, PyAny>) -> Option<&Bound<'py, PyAny>> {
+        self.twins.get(&key(new))
+    }
+
+    /// Live instances keep their memory layout when their class is patched,
+    /// so the new class must have the same one.
+    fn check_layout(&self, module: &str, old: &Bound<'py, PyAny>, new: &Bound<'py, PyAny>) -> Result<(), Problem> {
+        let mut differences = Vec::new();
+        for attr in ["__basicsize__", "__itemsize__", "__dictoffset__", "__weakrefoffset__"] {
+            let (a, b) = (old.getattr(attr).ok(), new.getattr(attr).ok());
+            let same = match (&a, &b) {
+                (Some(a), Some(b)) => a.eq(b).unwrap_or(false),
+                _ => false,
+            };
+            if !same {
+                differences.push(attr.to_string());
+            }
+        }
+        let slots = |c: &Bound<'py, PyAny>| class_dict_get(c, "__slots__").ok().flatten().map(|s| s.into_bound(self.py));
+        let same_slots = match (slots(old), slots(new)) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.eq(b).unwrap_or(false),
+            _ => false,
+        };
+        if !same_slots {
+            differences.push("__slots__".into());
+        }
+        let (old_meta, new_meta) = (old.get_type(), new.get_type());
+        let meta_ok = old_meta.is(&new_meta) || self.twin_of(new_meta.as_any()).is_some_and(|t| t.is(&old_meta)) || (defined_in(old_meta.as_any(), module) && qualname(old_meta.as_any()) == qualname(new_meta.as_any()));
+        if !meta_ok {
+            differences.push("metaclass".into());
+        }
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(Problem::new(format!(
+            "class `{module}.{}` changes its instance layout ({}); its live instances cannot take the new class in place",
+            qualname(old),
+            differences.join(", ")
+        ))
+        .with_help("keep the class's __slots__, metaclass and built-in base as they are, or restart the program; migrating instances to a new layout needs a state transformer, which this version of pyreload does not support yet"))
+    }
+
+    // ---- the namespace rule ----
+
+    fn merge_namespace(&mut self, i: usize) -> PyResult<()> {
+        let module = self.plan.modules[i].name.clone();
+        let live = self.live[i].clone();
+        let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = self.staged[i].iter().collect();
+        let mut new_names = HashSet::new();
+        for (key_obj, new) in items {
+            let name: String = key_obj.extract()?;
+            new_names.insert(name.clone());
+            if is_dunder(&name) {
+                if matches!(name.as_str(), "__doc__" | "__all__" | "__annotations__") {
+                    let nv = self.relink(&new)?;
+                    if live.get_item(&name)?.is_none_or(|old| !old.is(&nv)) {
+                        self.journal.set_item(&live, &key_obj, &nv)?;
+                    }
+                }
+                continue;
+            }
+            let Some(old) = live.get_item(&name)? else {
+                let nv = self.relink(&new)?;
+                self.journal.set_item(&live, &key_obj, &nv)?;
+                let report = &mut self.reports[i];
+                if defined_in(&new, &module) && is_function(&new) {
+                    report.functions.added.push(name);
+                } else if defined_in(&new, &module) && is_class(&new) {
+                    report.classes.added.push(name);
+                } else if !self.support.is_code_like(&new)? {
+                    report.globals.added.push(name);
+                }
+                continue;
+            };
+            if self.twin_of(&new).is_some_and(|t| t.is(&old)) {
+                continue; // patched in place later
+            }
+            let plan = &self.plan.modules[i];
+            if plan.reset.contains(&name) {
+                let nv = self.relink(&new)?;
+                self.journal.set_item(&live, &key_obj, &nv)?;
+                self.reports[i].globals.reset.push(name);
+            } else if plan.keep.contains(&name) {
+                self.reports[i].globals.kept.push(name);
+            } else if (is_function(&old) || is_class(&old)) && defined_in(&old, &module) {
+                // Same name, but it cannot be patched in place.
+                let nv = self.relink(&new)?;
+                self.journal.set_item(&live, &key_obj, &nv)?;
+                let label = format!("{name} (replaced)");
+                if is_class(&old) {
+                    self.reports[i].classes.changed.push(label);
+                } else {
+                    self.reports[i].functions.changed.push(label);
+                }
+                self.replaced.push((i, old, nv));
+            } else if self.support.is_code_like(&new)? {
+                // Imported names and modules follow the new source.
+                let nv = self.relink(&new)?;
+                if !nv.is(&old) {
+                    self.journal.set_item(&live, &key_obj, &nv)?;
+                }
+            } else if self.support.is_constant(&new)? && self.support.is_constant(&old)? {
+                if !(old.get_type().is(new.get_type()) && old.eq(&new)?) {
+                    self.journal.set_item(&live, &key_obj, &new)?;
+                    self.reports[i].globals.updated.push(name);
+                }
+            } else if !old.is(&new) {
+                self.reports[i].globals.kept.push(name);
+            }
+        }
+        let old_items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = live.iter().collect();
+        for (key_obj, old) in old_items {
+            let name: String = key_obj.extract()?;
+            if new_names.contains(&name) || is_dunder(&name) || !defined_in(&old, &module) {
+                continue;
+            }
+            if is_function(&old) {
+                self.journal.del_item(&live, &key_obj)?;
+                self.reports[i].functions.removed.push(name);
+            } else if is_class(&old) {
+                self.journal.del_item(&live, &key_obj)?;
+                self.reports[i].classes.removed.push(name);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- patching in place ----
+
+    /// Gives a live class the new version's methods and attributes. Returns
+    /// whether anything other than its methods' code changed.
+    fn patch_class(&mut self, pair: &Pair<'py>) -> PyResult<bool> {
+        let (old, new) = (&pair.old, &pair.new);
+        let class_name = qualname(old);
+        let mut changed = false;
+
+        let new_bases = self.relink(&new.getattr("__bases__")?)?;
+        if !new_bases.eq(old.getattr("__bases__")?)? {
+            self.journal.set_attr(old, "__bases__", &new_bases)?;
+            changed = true;
+        }
+        let new_items = class_items(new);
+        let new_names: HashSet<String> = new_items.iter().map(|(n, _)| n.clone()).collect();
+        for (attr, nv) in new_items {
+            if matches!(attr.as_str(), "__dict__" | "__weakref__") || self.is_slot_descriptor(&nv) {
+                continue;
+            }
+            let Some(ov) = class_dict_get(old, &attr)? else {
+                let v = self.relink(&nv)?;
+                self.journal.set_class_attr(old, &attr, Some(&v))?;
+                if self.support.is_code_like(&nv)? {
+                    self.reports[pair.module].functions.added.push(format!("{class_name}.{attr}"));
+                }
+                changed = true;
+                continue;
+            };
+            let ov = ov.into_bound(self.py);
+            if self.twin_of(&nv).is_some_and(|t| t.is(&ov)) {
+                continue;
+            }
+            if self.is_wrapper(&nv) && ov.get_type().is(nv.get_type()) {
+                if let (Ok(of), Ok(nf)) = (ov.getattr("__func__"), nv.getattr("__func__")) {
+                    if self.twin_of(&nf).is_some_and(|t| t.is(&of)) {
+                        continue;
+                    }
+                }
+            }
+            if self.support.is_code_like(&nv)? || self.support.is_code_like(&ov)? {
+                let v = self.relink(&nv)?;
+                self.journal.set_class_attr(old, &attr, Some(&v))?;
+                if is_function(&nv) || self.is_wrapper(&nv) || nv.is_instance(&self.property_type)? {
+                    self.reports[pair.module].functions.changed.push(format!("{class_name}.{attr} (replaced)"));
+                }
+                changed = true;
+            } else if is_dunder(&attr) || (self.support.is_constant(&nv)? && self.support.is_constant(&ov)?) {
+                if !ov.is(&nv) && !(ov.get_type().is(nv.get_type()) && ov.eq(&nv).unwrap_or(false)) {
+                    let v = self.relink(&nv)?;
+                    self.journal.set_class_attr(old, &attr, Some(&v))?;
+                    changed |= !is_dunder(&attr);
+                }
+            }
+            // Anything else is class-level data the program owns: kept.
+        }
+        for (attr, ov) in class_items(old) {
+            if new_names.contains(&attr) || self.is_slot_descriptor(&ov) || !self.support.is_code_like(&ov)? {
+                continue;
+            }
+            self.journal.set_class_attr(old, &attr, None)?;
+            self.reports[pair.module].functions.removed.push(format!("{class_name}.{attr}"));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Gives a live function the new version's code, defaults and closure
+    /// contents, keeping its identity. Returns whether the code changed
+    /// (ignoring line numbers).
+    fn patch_function(&mut self, old: &Bound<'py, PyAny>, new: &Bound<'py, PyAny>, depth: usize) -> PyResult<bool> {
+        if old.is(new) {
+            return Ok(false);
+        }
+        let (old_code, new_code) = (old.getattr("__code__")?, new.getattr("__code__")?);
+        let mut changed = !self.support.same_code(&old_code, &new_code)?;
+        self.journal.set_attr(old, "__code__", &new_code)?;
+        for attr in ["__defaults__", "__kwdefaults__", "__annotations__", "__doc__"] {
+            let nv = self.relink(&new.getattr(attr)?)?;
+            if !nv.is(old.getattr(attr)?) {
+                self.journal.set_attr(old, attr, &nv)?;
+            }
+        }
+        let new_dict = new.getattr("__dict__")?;
+        if new_dict.len()? > 0 {
+            let merged = old.getattr("__dict__")?.cast_into::<PyDict>()?.copy()?;
+            merged.update(self.relink(&new_dict)?.cast::<PyMapping>()?)?;
+            self.journal.set_attr(old, "__dict__", merged.as_any())?;
+        }
+        let (old_closure, new_closure) = (old.getattr("__closure__")?, new.getattr("__closure__")?);
+        if let (Ok(oc), Ok(nc)) = (old_closure.cast::<PyTuple>(), new_closure.cast::<PyTuple>()) {
+            for (ocell, ncell) in oc.iter().zip(nc.iter()) {
+                let Some(nv) = cell_contents(&ncell) else { continue };
+                let ov = cell_contents(&ocell);
+                if let Some(ov) = &ov {
+                    if ov.is(&nv) {
+                        continue;
+                    }
+                    if depth < MAX_CLOSURE_DEPTH && is_function(ov) && is_function(&nv) && same_freevars(ov, &nv) {
+                        // A decorator's wrapper: update the wrapped function
+                        // in place too, so the wrapper calls the new code.
+                        self.add_twin(&nv, ov);
+                        changed |= self.patch_function(ov, &nv, depth + 1)?;
+                        continue;
+                    }
+                }
+                let v = self.relink(&nv)?;
+                if ov.as_ref().is_none_or(|ov| !ov.is(&v)) {
+                    self.journal.set_cell(&ocell, &v)?;
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Points every reference that other modules hold to a replaced object
+    /// at its replacement (the `from m import f` copies).
+    fn rebind_replaced(&mut self) -> PyResult<()> {
+        if self.replaced.is_empty() {
+            return Ok(());
+        }
+        let targets: HashMap<Key, (usize, Bound<'py, PyAny>)> = self.replaced.iter().map(|(i, old, new)| (key(old), (*i, new.clone()))).collect();
+        let updated: HashSet<String> = self.plan.modules.iter().map(|m| m.name.clone()).collect();
+        let modules = self.py.import("sys")?.getattr("modules")?.cast_into::<PyDict>()?.copy()?;
+        for (name, module) in modules.iter() {
+            let name: String = name.extract().unwrap_or_default();
+            if updated.contains(&name) {
+                continue;
+            }
+            let Ok(Some(dict)) = module.getattr_opt("__dict__") else { continue };
+            let Ok(dict) = dict.cast_into::<PyDict>() else { continue };
+            let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = dict.iter().collect();
+            for (k, v) in items {
+                if let Some((i, new)) = targets.get(&key(&v)) {
+                    self.journal.set_item(&dict, &k, new)?;
+                    let attr: String = k.extract().unwrap_or_default();
+                    self.reports[*i].rebound.push(format!("{name}.{attr}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- relinking: new objects must refer to live ones, not staging ----
+
+    /// Returns the object the program should hold instead of `obj`: its
+    /// live twin, a re-homed copy of a staged function, or `obj` itself with
+    /// the references inside it relinked.
+    fn relink(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.relink_at(obj, 0)
+    }
+
+    fn relink_at(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+        let k = key(obj);
+        if let Some(t) = self.twins.get(&k) {
+            return Ok(t.clone());
+        }
+        if let Some(m) = self.module_map.get(&k) {
+            return Ok(m.clone());
+        }
+        if depth > MAX_DEPTH || self.live_values.contains(&k) || self.visited.contains(&k) {
+            return Ok(obj.clone());
+        }
+        if self.visited.len() >= MAX_VISITS {
+            self.truncated = true;
+            return Ok(obj.clone());
+        }
+        self.visited.insert(k);
+        self.keepalive.push(obj.clone());
+
+        if is_function(obj) {
+            let globals = obj.getattr("__globals__")?;
+            if let Some(live) = self.globals_map.get(&key(&globals)).cloned() {
+                return self.rehome_function(obj, &live, depth);
+            }
+            return Ok(obj.clone());
+        }
+        if let Ok(dict) = obj.cast::<PyDict>() {
+            let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = dict.iter().collect();
+            for (k, v) in items {
+                let nv = self.relink_at(&v, depth + 1)?;
+                if !nv.is(&v) {
+                    self.journal.set_item(dict, &k, &nv)?;
+                }
+            }
+            return Ok(obj.clone());
+        }
+        if let Ok(list) = obj.cast::<PyList>() {
+            for index in 0..list.len() {
+                let v = list.get_item(index)?;
+                let nv = self.relink_at(&v, depth + 1)?;
+                if !nv.is(&v) {
+                    self.journal.set_list_item(list, index, &nv)?;
+                }
+            }
+            return Ok(obj.clone());
+        }
+        if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
+            let mut items = Vec::with_capacity(tuple.len());
+            let mut any_changed = false;
+            for v in tuple.iter() {
+                let nv = self.relink_at(&v, depth + 1)?;
+                any_changed |= !nv.is(&v);
+                items.push(nv);
+            }
+            return if any_changed { Ok(PyTuple::new(self.py, items)?.into_any()) } else { Ok(obj.clone()) };
+        }
+        if self.is_wrapper(obj) {
+            let f = obj.getattr("__func__")?;
+            let nf = self.relink_at(&f, depth + 1)?;
+            return if nf.is(&f) { Ok(obj.clone()) } else { obj.get_type().call1((nf,)) };
+        }
+        if obj.is_instance(&self.property_type)? {
+            let mut parts = Vec::new();
+            let mut any_changed = false;
+            for attr in ["fget", "fset", "fdel"] {
+                let v = obj.getattr(attr)?;
+                let nv = self.relink_at(&v, depth + 1)?;
+                any_changed |= !nv.is(&v);
+                parts.push(nv);
+            }
+            if !any_changed {
+                return Ok(obj.clone());
+            }
+            let doc = obj.getattr("__doc__")?;
+            return obj.get_type().call1((&parts[0], &parts[1], &parts[2], doc));
+        }
+        if is_class(obj) {
+            // A class new in this version: its methods were created in the
+            // staging namespace and must be re-homed.
+            if self.is_staged_definition(obj) {
+                for (attr, v) in class_items(obj) {
+                    if matches!(attr.as_str(), "__dict__" | "__weakref__") {
+                        continue;
+                    }
+                    let nv = self.relink_at(&v, depth + 1)?;
+                    if !nv.is(&v) {
+                        self.journal.set_class_attr(obj, &attr, Some(&nv))?;
+                    }
+                }
+            }
+            return Ok(obj.clone());
+        }
+        // An instance of a class from an updated module: give it the live
+        // class and relink its attributes.
+        let cls = obj.get_type();
+        let live_class = self.twin_of(cls.as_any()).cloned();
+        if let Some(live_class) = &live_class {
+            self.journal.set_attr(obj, "__class__", live_class)?;
+        }
+        if live_class.is_some() || self.is_staged_definition(cls.as_any()) {
+            if let Ok(Some(d)) = obj.getattr_opt("__dict__") {
+                self.relink_at(&d, depth + 1)?;
+            }
+        }
+        Ok(obj.clone())
+    }
+
+    /// A function created while staging has the staging namespace as its
+    /// globals, which is read-only; make the same function over the live
+    /// module's globals.
+    fn rehome_function(&mut self, f: &Bound<'py, PyAny>, live: &Bound<'py, PyDict>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+        let rehomed = self.function_type.call1((f.getattr("__code__")?, live, f.getattr("__name__")?, self.py.None(), f.getattr("__closure__")?))?;
+        self.add_twin(f, &rehomed);
+        for attr in ["__qualname__", "__module__", "__doc__", "__annotations__"] {
+            rehomed.setattr(attr, f.getattr(attr)?)?;
+        }
+        for attr in ["__defaults__", "__kwdefaults__"] {
+            let v = f.getattr(attr)?;
+            if !v.is_none() {
+                rehomed.setattr(attr, self.relink_at(&v, depth + 1)?)?;
+            }
+        }
+        let d = f.getattr("__dict__")?;
+        if d.len()? > 0 {
+            rehomed.setattr("__dict__", self.relink_at(&d, depth + 1)?)?;
+        }
+        if let Ok(closure) = f.getattr("__closure__")?.cast_into::<PyTuple>() {
+            for cell in closure.iter() {
+                if let Some(v) = cell_contents(&cell) {
+                    let nv = self.relink_at(&v, depth + 1)?;
+                    if !nv.is(&v) {
+                        self.journal.set_cell(&cell, &nv)?;
+                    }
+                }
+            }
+        }
+        Ok(rehomed)
+    }
+
+    fn is_staged_definition(&self, class: &Bound<'py, PyAny>) -> bool {
+        let Ok(module) = class.getattr("__module__").and_then(|m| m.extract::<String>()) else { return false };
+        self.plan.modules.iter().any(|m| m.name == module) && self.twin_of(class).is_none() && !self.live_values.contains(&key(class))
+    }
+
+    fn is_wrapper(&self, obj: &Bound<'py, PyAny>) -> bool {
+        obj.is_instance(&self.staticmethod_type).unwrap_or(false) || obj.is_instance(&self.classmethod_type).unwrap_or(false)
+    }
+
+    /// `__slots__` members and `__dict__`/`__weakref__` accessors are tied to
+    /// the class that created them and must stay the live class's own.
+    fn is_slot_descriptor(&self, obj: &Bound<'py, PyAny>) -> bool {
+        let name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+        matches!(name.as_str(), "member_descriptor" | "getset_descriptor")
+    }
+}
+
+use pyo3::types::PyMapping;
+
+fn is_dunder(name: &str) -> bool {
+    name.len() > 4 && name.starts_with("__") && name.ends_with("__")
+}
+
+fn is_function(obj: &Bound<'_, PyAny>) -> bool {
+    obj.cast::<PyFunction>().is_ok()
+}
+
+fn is_class(obj: &Bound<'_, PyAny>) -> bool {
+    obj.cast::<PyType>().is_ok()
+}
+
+/// A function or class whose `__module__` is `module`.
+fn defined_in(obj: &Bound<'_, PyAny>, module: &str) -> bool {
+    (is_function(obj) || is_class(obj)) && obj.getattr("__module__").and_then(|m| m.extract::<String>()).is_ok_and(|m| m == module)
+}
+
+fn qualname(obj: &Bound<'_, PyAny>) -> String {
+    obj.getattr("__qualname__").and_then(|q| q.extract()).unwrap_or_else(|_| "?".to_string())
+}
+
+/// A function's `__code__` can only be replaced by code with the same free
+/// variables, because the closure cells stay.
+fn same_freevars(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
+    fn freevars<'py>(f: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        f.getattr("__code__")?.getattr("co_freevars")
+    }
+    match (freevars(a), freevars(b)) {
+        (Ok(x), Ok(y)) => x.eq(y).unwrap_or(false),
+        _ => false,
+    }
+}
+
+fn cell_contents<'py>(cell: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    cell.getattr("cell_contents").ok()
+}
+
+/// A class's own namespace, as (name, raw value) pairs.
+fn class_items<'py>(class: &Bound<'py, PyAny>) -> Vec<(String, Bound<'py, PyAny>)> {
+    let Ok(items) = class.getattr("__dict__").and_then(|d| d.call_method0("items")).and_then(|i| i.try_iter().map(|it| it.collect::<Vec<_>>())) else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| item.ok()?.extract::<(String, Bound<'py, PyAny>)>().ok())
+        .collect()
+}

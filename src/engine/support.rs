@@ -1,0 +1,108 @@
+//! Typed access to `support.py`, the engine's few helpers written in Python.
+
+use std::ffi::CString;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::call::PyCallArgs;
+use pyo3::types::PyDict;
+
+use crate::diagnostic::{Location, Problem};
+
+const SOURCE: &str = include_str!("support.py");
+
+static NAMESPACE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+
+/// The helpers, loaded once per process into a private namespace.
+pub struct Support<'py> {
+    ns: Bound<'py, PyDict>,
+}
+
+impl<'py> Support<'py> {
+    pub fn load(py: Python<'py>) -> PyResult<Support<'py>> {
+        let ns = NAMESPACE.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+            let ns = PyDict::new(py);
+            ns.set_item("__name__", "pyreload._support")?;
+            ns.set_item("__builtins__", py.import("builtins")?)?;
+            let code = CString::new(SOURCE).expect("support.py has no NUL bytes");
+            py.run(&code, Some(&ns), None)?;
+            Ok(ns.unbind())
+        })?;
+        Ok(Support { ns: ns.bind(py).clone() })
+    }
+
+    fn call(&self, name: &str, args: impl PyCallArgs<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.ns
+            .get_item(name)?
+            .expect("support.py defines every helper the engine calls")
+            .call1(args)
+    }
+
+    pub fn same_code(&self, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> PyResult<bool> {
+        self.call("same_code", (a, b))?.is_truthy()
+    }
+
+    pub fn is_constant(&self, v: &Bound<'py, PyAny>) -> PyResult<bool> {
+        self.call("is_constant", (v,))?.is_truthy()
+    }
+
+    pub fn is_code_like(&self, v: &Bound<'py, PyAny>) -> PyResult<bool> {
+        self.call("is_code_like", (v,))?.is_truthy()
+    }
+
+    pub fn staging_builtins(&self, staged: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+        self.call("staging_builtins", (staged,))
+    }
+
+    pub fn module_source(&self, module: &Bound<'py, PyAny>) -> PyResult<Option<String>> {
+        self.call("module_source", (module,))?.extract()
+    }
+
+    pub fn import_named_modules(&self, expression: &str) -> PyResult<()> {
+        self.call("import_named_modules", (expression,)).map(drop)
+    }
+
+    pub fn check_globals(&self, code: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        Ok(self.call("check_globals", (code,))?.cast_into::<PyDict>()?)
+    }
+
+    /// Threads other than ours executing one of `code_ids`.
+    pub fn active_frames(&self, code_ids: &Bound<'py, PyAny>) -> PyResult<Vec<ActiveFrame>> {
+        let found: Vec<(String, String, String, u32, Vec<String>)> =
+            self.call("active_frames", (code_ids,))?.extract()?;
+        Ok(found
+            .into_iter()
+            .map(|(thread, function, file, line, stack)| ActiveFrame { thread, function, file, line, stack })
+            .collect())
+    }
+
+    /// Turns a Python exception into a [`Problem`] whose location is the
+    /// syntax error or the innermost frame, and whose causes are the
+    /// traceback.
+    pub fn problem(&self, py: Python<'py>, context: &str, err: &PyErr) -> Problem {
+        let described: PyResult<(String, Vec<String>, Option<(String, usize, usize)>)> =
+            self.call("describe_exception", (err.value(py),)).and_then(|d| d.extract());
+        match described {
+            Ok((summary, lines, where_)) => {
+                let mut problem = Problem::new(format!("{context}: {summary}"));
+                if let Some((file, line, column)) = where_ {
+                    let text = std::fs::read_to_string(&file).unwrap_or_default();
+                    problem = problem.at(Location::at_line_column(&file, &text, line, column), summary.clone());
+                }
+                problem.causes = lines;
+                problem
+            }
+            Err(_) => Problem::new(format!("{context}: {err}")),
+        }
+    }
+}
+
+/// A thread that holds the safe point back.
+#[derive(Debug, Clone)]
+pub struct ActiveFrame {
+    pub thread: String,
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub stack: Vec<String>,
+}

@@ -1,0 +1,113 @@
+//! What the host knows about the program it runs, shared between the
+//! interpreter (through the `pyreload` module), the control thread and the
+//! update engine.
+
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::control::protocol::{HistoryEntry, ProgramInfo};
+
+/// Whether Python may still be entered from the control thread.
+///
+/// Once the interpreter starts finalising, attaching a new thread to it makes
+/// CPython end that thread with `pthread_exit`, which is undefined behaviour
+/// for a Rust thread. The `atexit` hook flips this to `Exiting` while holding
+/// the lock, so an update that is running finishes first and no later update
+/// starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Running,
+    Exiting,
+}
+
+/// State of one hosted program.
+pub struct HostState {
+    pub name: String,
+    pub pid: u32,
+    pub started_at: SystemTime,
+    pub socket_path: std::path::PathBuf,
+    version: Mutex<Option<String>>,
+    history: Mutex<Vec<HistoryEntry>>,
+    /// Held for the whole of an update; see [`Lifecycle`].
+    lifecycle: Mutex<Lifecycle>,
+}
+
+/// Why an update could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("another update is in progress")]
+    Busy,
+    #[error("the program is exiting")]
+    Exiting,
+}
+
+impl HostState {
+    pub fn new(name: String, version: Option<String>, socket_path: std::path::PathBuf) -> Self {
+        HostState {
+            name,
+            pid: std::process::id(),
+            started_at: SystemTime::now(),
+            socket_path,
+            version: Mutex::new(version),
+            history: Mutex::new(Vec::new()),
+            lifecycle: Mutex::new(Lifecycle::Running),
+        }
+    }
+
+    /// The version the program runs now, if it was started with one or has
+    /// been updated to one.
+    pub fn version(&self) -> Option<String> {
+        lock(&self.version).clone()
+    }
+
+    pub fn set_version(&self, version: Option<String>) {
+        *lock(&self.version) = version;
+    }
+
+    pub fn record(&self, entry: HistoryEntry) {
+        lock(&self.history).push(entry);
+    }
+
+    pub fn info(&self) -> ProgramInfo {
+        ProgramInfo {
+            name: self.name.clone(),
+            pid: self.pid,
+            version: self.version(),
+            started_at: unix_seconds(self.started_at),
+            uptime_s: self.started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            socket: self.socket_path.display().to_string(),
+            history: lock(&self.history).clone(),
+        }
+    }
+
+    /// Takes the right to enter Python for an update. Refuses at once,
+    /// rather than queueing, when another update holds it: two applies are
+    /// never both half-done, and the second user learns why immediately.
+    pub fn begin_update(&self) -> Result<MutexGuard<'_, Lifecycle>, GateError> {
+        let guard = match self.lifecycle.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::WouldBlock) => return Err(GateError::Busy),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        match *guard {
+            Lifecycle::Running => Ok(guard),
+            Lifecycle::Exiting => Err(GateError::Exiting),
+        }
+    }
+
+    /// Called from the interpreter's `atexit` hook, without the GIL: waits
+    /// for an update in progress, then forbids new ones.
+    pub fn mark_exiting(&self) {
+        *lock(&self.lifecycle) = Lifecycle::Exiting;
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked: every
+/// value behind these locks is replaced whole, never left half-written.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}

@@ -1,0 +1,14 @@
+//! `pyreload`: update a running Python program without restarting it.
+
+mod cli;
+mod control;
+mod diagnostic;
+mod engine;
+mod host;
+mod plan;
+mod report;
+mod spec;
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -1,0 +1,239 @@
+//! What an update did, or why it did not: the last stage of
+//! spec → plan → engine → report. The host builds it; the client prints it
+//! as text or JSON. Both come from the same struct, so they cannot disagree.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostic::Problem;
+
+/// How an update ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The update is in effect.
+    Committed,
+    /// `pyreload check`: everything was validated and nothing was changed.
+    Checked,
+    /// Stopped before anything changed (bad spec for this program, source
+    /// that does not compile, wrong version, safe point not reached, ...).
+    Refused,
+    /// Something failed after the program had started to change; every
+    /// change was undone.
+    RolledBack,
+}
+
+impl Outcome {
+    /// The process exit status `pyreload apply` reports for this outcome.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Committed | Outcome::Checked => 0,
+            Outcome::Refused | Outcome::RolledBack => 1,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Outcome::Committed => "applied",
+            Outcome::Checked => "checked",
+            Outcome::Refused => "refused",
+            Outcome::RolledBack => "rolled back",
+        }
+    }
+}
+
+/// Names of functions or classes, sorted, grouped by what happened to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Present in both versions with the same code (ignoring line numbers).
+    pub unchanged: usize,
+}
+
+impl Changes {
+    pub fn sort(&mut self) {
+        self.changed.sort();
+        self.added.sort();
+        self.removed.sort();
+    }
+}
+
+/// What happened to a module's other globals (see README, "What a reload keeps").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Globals {
+    /// Data that kept its running value.
+    pub kept: Vec<String>,
+    /// Plain constants that took the new source's value.
+    pub updated: Vec<String>,
+    /// Listed in `reset`: took the new source's value.
+    pub reset: Vec<String>,
+    /// New in this version.
+    pub added: Vec<String>,
+    /// Removed because the new source no longer defines them.
+    pub removed: Vec<String>,
+}
+
+impl Globals {
+    pub fn sort(&mut self) {
+        for v in [&mut self.kept, &mut self.updated, &mut self.reset, &mut self.added, &mut self.removed] {
+            v.sort();
+        }
+    }
+}
+
+/// The effect of an update on one module.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleReport {
+    pub module: String,
+    pub source: String,
+    pub functions: Changes,
+    pub classes: Changes,
+    pub globals: Globals,
+    /// References in other modules re-pointed at a replacement object, as
+    /// `module.NAME`.
+    pub rebound: Vec<String>,
+}
+
+/// Time spent in each phase, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Reading and compiling sources, resolving names. Nothing stopped.
+    pub prepare_ms: f64,
+    /// Waiting for the safe point.
+    pub wait_ms: f64,
+    /// Running the new module bodies into staging namespaces. The program
+    /// keeps running on the old version meanwhile.
+    pub stage_ms: f64,
+    /// Merging the staged modules into the live ones, under one GIL hold.
+    pub commit_ms: f64,
+    /// Evaluating `[check] after`.
+    pub check_ms: f64,
+    /// Undoing the commit, when it failed.
+    pub rollback_ms: f64,
+    /// Time no other thread could run Python code: commit, check and any rollback.
+    pub pause_ms: f64,
+    /// From receiving the request to finishing the report.
+    pub total_ms: f64,
+}
+
+/// The whole account of one update attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub update: String,
+    pub program: String,
+    pub pid: u32,
+    pub from: Option<String>,
+    pub to: String,
+    pub outcome: Outcome,
+    pub modules: Vec<ModuleReport>,
+    pub timings: Timings,
+    /// How many times the safe point was checked before it held.
+    pub safe_point_checks: u32,
+    /// Why the update was refused or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+    /// Non-fatal observations (e.g. a new module imported while staging).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// One line for the program's log.
+    pub fn one_line(&self) -> String {
+        let mut line = format!(
+            "{} update `{}` ({} -> {})",
+            self.outcome.verb(),
+            self.update,
+            self.from.as_deref().unwrap_or("?"),
+            self.to
+        );
+        match (&self.problem, self.outcome) {
+            (Some(problem), _) => {
+                let _ = write!(line, ": {problem}");
+            }
+            (None, Outcome::Committed) => {
+                let _ = write!(line, ", pause {:.2} ms", self.timings.pause_ms);
+            }
+            _ => {}
+        }
+        line
+    }
+
+    /// The human-readable report `pyreload apply` prints on stdout. The
+    /// problem, if any, is rendered separately on stderr.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} `{}` on `{}` (pid {}): {} -> {}",
+            match self.outcome {
+                Outcome::Committed => "Applied",
+                Outcome::Checked => "Checked (nothing changed)",
+                Outcome::Refused => "Refused",
+                Outcome::RolledBack => "Rolled back",
+            },
+            self.update,
+            self.program,
+            self.pid,
+            self.from.as_deref().unwrap_or("(none)"),
+            self.to
+        );
+        for m in &self.modules {
+            let _ = writeln!(out, "  module {}  ({})", m.module, m.source);
+            write_changes(&mut out, "functions", &m.functions);
+            write_changes(&mut out, "classes", &m.classes);
+            let g = &m.globals;
+            for (label, names) in [
+                ("globals kept", &g.kept),
+                ("constants updated", &g.updated),
+                ("globals reset", &g.reset),
+                ("globals added", &g.added),
+                ("globals removed", &g.removed),
+                ("rebound", &m.rebound),
+            ] {
+                if !names.is_empty() {
+                    let _ = writeln!(out, "    {label}: {}", names.join(", "));
+                }
+            }
+        }
+        let t = &self.timings;
+        let _ = writeln!(
+            out,
+            "  time: prepare {:.2} ms, wait {:.2} ms ({} checks), stage {:.2} ms, commit {:.2} ms, check {:.2} ms{}",
+            t.prepare_ms,
+            t.wait_ms,
+            self.safe_point_checks,
+            t.stage_ms,
+            t.commit_ms,
+            t.check_ms,
+            if t.rollback_ms > 0.0 { format!(", rollback {:.2} ms", t.rollback_ms) } else { String::new() }
+        );
+        let _ = writeln!(out, "  pause: {:.3} ms   total: {:.2} ms", t.pause_ms, t.total_ms);
+        for w in &self.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
+        out
+    }
+}
+
+fn write_changes(out: &mut String, what: &str, c: &Changes) {
+    if c.changed.is_empty() && c.added.is_empty() && c.removed.is_empty() {
+        if c.unchanged > 0 {
+            let _ = writeln!(out, "    {what}: {} unchanged", c.unchanged);
+        }
+        return;
+    }
+    let mut parts = Vec::new();
+    for (label, names) in [("changed", &c.changed), ("added", &c.added), ("removed", &c.removed)] {
+        if !names.is_empty() {
+            parts.push(format!("{label} {}", names.join(", ")));
+        }
+    }
+    if c.unchanged > 0 {
+        parts.push(format!("{} unchanged", c.unchanged));
+    }
+    let _ = writeln!(out, "    {what}: {}", parts.join("; "));
+}

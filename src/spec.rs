@@ -1,0 +1,303 @@
+//! The update spec: the TOML a user writes, parsed into typed structs and
+//! checked without touching any program.
+//!
+//! This is the first of two stages (see `shared/style.md`): a [`Spec`] is
+//! only known to be well-formed. Whether its modules exist, its sources
+//! compile and its versions match is decided against the live program when
+//! the host builds a [`crate::plan::Plan`].
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diagnostic::{Location, Problem};
+
+/// Default for `[safe_point] timeout_ms`.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Longest safe-point wait a spec may ask for: one hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// A parsed, statically valid update spec.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub update: Update,
+    #[serde(default)]
+    pub reload: Vec<Reload>,
+    #[serde(default)]
+    pub safe_point: SafePoint,
+    #[serde(default)]
+    pub check: Check,
+}
+
+/// `[update]`: what this update is and which version it moves between.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// Shown in reports and in `pyreload status` history.
+    pub name: Spanned<String>,
+    /// When set, the running program's name must match.
+    pub program: Option<Spanned<String>>,
+    /// When set, the running program must be at this version.
+    pub from: Option<Spanned<String>>,
+    /// The version the program is at once the update commits.
+    pub to: Spanned<String>,
+}
+
+/// `[[reload]]`: one module to load again from new source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    /// Dotted module name, as in `sys.modules`.
+    pub module: Spanned<String>,
+    /// New source file, relative to the spec's directory. Defaults to the
+    /// module's own file on disk.
+    pub source: Option<Spanned<String>>,
+    /// Globals that keep their running value even though they look like
+    /// plain constants (e.g. a counter held in an int).
+    #[serde(default)]
+    pub keep: Vec<Spanned<String>>,
+    /// Globals that take the new source's value even though they hold data
+    /// (e.g. a dispatch table built at import).
+    #[serde(default)]
+    pub reset: Vec<Spanned<String>>,
+}
+
+/// `[safe_point]`: when the update may happen.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafePoint {
+    /// Functions and methods (dotted paths) that must not be running on any
+    /// thread when the update commits.
+    #[serde(default)]
+    pub inactive: Vec<Spanned<String>>,
+    /// How long to wait for the safe point before refusing the update.
+    pub timeout_ms: Option<Spanned<u64>>,
+}
+
+impl SafePoint {
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.as_ref().map(|t| *t.get_ref()).unwrap_or(DEFAULT_TIMEOUT_MS)
+    }
+}
+
+/// `[check]`: how to tell that the updated program is healthy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// A Python expression evaluated right after the commit. False or an
+    /// exception rolls the update back.
+    pub after: Option<Spanned<String>>,
+}
+
+/// A spec file's text with its path, so every error can point into it.
+#[derive(Debug, Clone)]
+pub struct SpecSource {
+    pub path: String,
+    pub text: String,
+}
+
+impl SpecSource {
+    pub fn location(&self, span: Range<usize>) -> Location {
+        Location::in_text(&self.path, &self.text, span)
+    }
+
+    /// A problem pointing at `span` in this spec.
+    pub fn problem(&self, span: Range<usize>, message: impl Into<String>, label: impl Into<String>) -> Problem {
+        Problem::new(message).at(self.location(span), label)
+    }
+}
+
+/// Parses and statically validates a spec. Every problem found is returned,
+/// not only the first, so one edit can fix them all.
+pub fn parse(source: &SpecSource) -> Result<Spec, Vec<Problem>> {
+    let spec: Spec = toml::from_str(&source.text).map_err(|e| vec![toml_problem(source, &e)])?;
+    let problems = validate(source, &spec);
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        Err(problems)
+    }
+}
+
+fn toml_problem(source: &SpecSource, e: &toml::de::Error) -> Problem {
+    let message = e.message().trim().to_string();
+    let mut problem = Problem::new(format!("invalid update spec: {message}"));
+    if let Some(span) = e.span() {
+        problem = problem.at(source.location(span), "here");
+    }
+    if let Some(help) = unknown_field_help(&message) {
+        problem = problem.with_help(help);
+    }
+    problem
+}
+
+/// serde says "unknown field `nmae`, expected one of `name`, `from`, ...";
+/// turn that into a suggestion.
+fn unknown_field_help(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, expected) = rest.split_once('`')?;
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match did_you_mean(field, candidates.iter().copied()) {
+        Some(best) => Some(format!("did you mean `{best}`?")),
+        None => Some(format!("the known keys here are {}", candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))),
+    }
+}
+
+/// The closest candidate to `word`, if any is close enough to be a typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut require_text = |field: &Spanned<String>, what: &str| {
+        if field.get_ref().trim().is_empty() {
+            problems.push(source.problem(field.span(), format!("{what} must not be empty"), "empty"));
+        }
+    };
+    require_text(&spec.update.name, "[update] name");
+    require_text(&spec.update.to, "[update] to");
+    if let Some(from) = &spec.update.from {
+        require_text(from, "[update] from");
+    }
+    if let Some(program) = &spec.update.program {
+        require_text(program, "[update] program");
+    }
+    if let Some(after) = &spec.check.after {
+        require_text(after, "[check] after");
+    }
+
+    if spec.reload.is_empty() {
+        problems.push(
+            Problem::new("the spec reloads nothing")
+                .at(source.location(0..0), "no [[reload]] table in this file")
+                .with_help("add a table per module to update:\n\n[[reload]]\nmodule = \"package.module\""),
+        );
+    }
+
+    let mut seen: HashMap<&str, Range<usize>> = HashMap::new();
+    for reload in &spec.reload {
+        let module = reload.module.get_ref();
+        if !is_dotted_name(module) {
+            problems.push(source.problem(
+                reload.module.span(),
+                format!("`{module}` is not a module name"),
+                "expected a dotted name such as `kvserver.store`",
+            ));
+        } else if let Some(first) = seen.get(module.as_str()) {
+            let first = source.location(first.clone());
+            problems.push(
+                source
+                    .problem(reload.module.span(), format!("module `{module}` is reloaded twice"), "second time here")
+                    .with_help(format!("remove one of the two; the first is at line {}", first.line)),
+            );
+        } else {
+            seen.insert(module, reload.module.span());
+        }
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        for (list, kind) in [(&reload.keep, "keep"), (&reload.reset, "reset")] {
+            for name in list {
+                let n = name.get_ref();
+                if !is_identifier(n) {
+                    problems.push(source.problem(name.span(), format!("`{n}` is not a global name"), "expected a Python identifier"));
+                } else if let Some(other) = names.insert(n, kind) {
+                    problems.push(
+                        source
+                            .problem(name.span(), format!("`{n}` is listed in both `{other}` and `{kind}`"), "listed again here")
+                            .with_help("a global either keeps its running value (`keep`) or takes the new one (`reset`)"),
+                    );
+                }
+            }
+        }
+    }
+
+    for name in &spec.safe_point.inactive {
+        if !is_dotted_name(name.get_ref()) {
+            problems.push(source.problem(
+                name.span(),
+                format!("`{}` is not a function path", name.get_ref()),
+                "expected a dotted path such as `kvserver.store.Store.compact`",
+            ));
+        }
+    }
+    if let Some(timeout) = &spec.safe_point.timeout_ms {
+        let t = *timeout.get_ref();
+        if t == 0 || t > MAX_TIMEOUT_MS {
+            problems.push(source.problem(
+                timeout.span(),
+                format!("timeout_ms = {t} is out of range"),
+                format!("expected 1 to {MAX_TIMEOUT_MS} (one hour)"),
+            ));
+        }
+    }
+    problems
+}
+
+/// `a.b.c` where each part is a Python identifier.
+pub fn is_dotted_name(s: &str) -> bool {
+    !s.is_empty() && s.split('.').all(is_identifier)
+}
+
+/// An ASCII-or-Unicode Python identifier (the common subset: a letter or
+/// underscore, then letters, digits or underscores).
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic()) && chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Spec, Vec<Problem>> {
+        parse(&SpecSource { path: "spec.toml".into(), text: text.into() })
+    }
+
+    const MINIMAL: &str = "[update]\nname = \"u\"\nto = \"2\"\n\n[[reload]]\nmodule = \"app.store\"\n";
+
+    #[test]
+    fn minimal_spec_parses_with_defaults() {
+        let spec = parse_text(MINIMAL).unwrap();
+        assert_eq!(spec.reload[0].module.get_ref(), "app.store");
+        assert_eq!(spec.safe_point.timeout_ms(), DEFAULT_TIMEOUT_MS);
+        assert!(spec.check.after.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_suggests_the_fix() {
+        let err = parse_text(&MINIMAL.replace("to = ", "too = ")).unwrap_err();
+        let p = &err[0];
+        assert!(p.message.contains("unknown field `too`"), "{p:?}");
+        assert_eq!(p.location.as_ref().unwrap().line, 3);
+        assert_eq!(p.help.as_deref(), Some("did you mean `to`?"));
+    }
+
+    #[test]
+    fn static_problems_are_all_reported() {
+        let text = "[update]\nname = \"\"\nto = \"2\"\n[[reload]]\nmodule = \"a b\"\n[[reload]]\nmodule = \"x\"\nkeep = [\"N\"]\nreset = [\"N\"]\n[[reload]]\nmodule = \"x\"\n[safe_point]\ntimeout_ms = 0\n";
+        let problems = parse_text(text).unwrap_err();
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(problems.len(), 5, "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("name must not be empty")));
+        assert!(messages.iter().any(|m| m.contains("`a b` is not a module name")));
+        assert!(messages.iter().any(|m| m.contains("both `keep` and `reset`")));
+        assert!(messages.iter().any(|m| m.contains("reloaded twice")));
+        assert!(messages.iter().any(|m| m.contains("timeout_ms = 0")));
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_dotted_name("kvserver.store.Store"));
+        assert!(!is_dotted_name("kvserver..store"));
+        assert!(!is_dotted_name("1abc"));
+        assert!(is_identifier("_x1"));
+    }
+}
