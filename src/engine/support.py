@@ -91,20 +91,22 @@ def active_frames(code_ids):
     return found
 
 
-def describe_exception(exc):
+def describe_exception(exc, tb):
     """(one-line summary, traceback lines, (file, line) of the innermost frame
-    or of the syntax error)."""
+    or of the syntax error). `tb` is passed separately because an exception
+    fetched through the C API may not carry its __traceback__ yet."""
+    if tb is None:
+        tb = exc.__traceback__
     summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     lines = [
         line.rstrip()
-        for chunk in traceback.format_exception(type(exc), exc, exc.__traceback__)
+        for chunk in traceback.format_exception(type(exc), exc, tb)
         for line in chunk.splitlines()
     ]
     where = None
     if isinstance(exc, SyntaxError) and exc.filename is not None:
         where = (exc.filename, exc.lineno or 1, exc.offset or 1)
     else:
-        tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         if tb is not None:

@@ -81,7 +81,7 @@ impl<'py> Support<'py> {
     /// traceback.
     pub fn problem(&self, py: Python<'py>, context: &str, err: &PyErr) -> Problem {
         let described: PyResult<(String, Vec<String>, Option<(String, usize, usize)>)> =
-            self.call("describe_exception", (err.value(py),)).and_then(|d| d.extract());
+            self.call("describe_exception", (err.value(py), err.traceback(py))).and_then(|d| d.extract());
         match described {
             Ok((summary, lines, where_)) => {
                 let mut problem = Problem::new(format!("{context}: {summary}"));

@@ -1,0 +1,303 @@
+//! Shared test harness: a sandbox directory, a program hosted under
+//! `pyreload run`, and clients for it.
+//!
+//! Everything is real: the `pyreload` binary, an embedded CPython, Unix
+//! sockets and TCP on 127.0.0.1. When a test fails, the harness prints the
+//! commands it ran, the program's stdout/stderr and the last `pyreload`
+//! output, so the failure can be understood from the log alone.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pyreload");
+
+/// The repository root, for `case-study/` and `specs/`.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh directory with its own control-socket directory, so tests never
+/// see each other's programs.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    log: Mutex<Vec<String>>,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox { dir: tempfile::Builder::new().prefix("pyreload-test-").tempdir().unwrap(), log: Mutex::new(Vec::new()) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    /// Writes `text` to `relative` inside the sandbox, creating directories.
+    pub fn write(&self, relative: &str, text: &str) -> PathBuf {
+        let path = self.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A `pyreload` command with this sandbox's runtime directory.
+    pub fn pyreload(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env("PYRELOAD_RUNTIME_DIR", self.runtime_dir()).env_remove("VIRTUAL_ENV").env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Runs `pyreload ARGS` to completion and remembers its output for
+    /// failure dumps.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let output = self.pyreload().args(args).current_dir(repo()).output().unwrap();
+        self.log.lock().unwrap().push(format!(
+            "$ pyreload {}\n[exit {:?}]\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+        output
+    }
+
+    /// `pyreload apply --socket S --json SPEC`, parsed.
+    pub fn apply_json(&self, host: &Hosted, spec: &Path) -> (i32, serde_json::Value) {
+        let out = self.run(&["apply", "--socket", host.socket().to_str().unwrap(), "--json", spec.to_str().unwrap()]);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("apply printed no JSON ({e}):\n{}", self.transcript()));
+        (out.status.code().unwrap_or(-1), json)
+    }
+
+    pub fn transcript(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== pyreload commands run by the failed test ====\n{}", self.transcript());
+        }
+    }
+}
+
+/// A program running under `pyreload run`, killed when dropped.
+pub struct Hosted {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<BufReader<ChildStdout>>,
+    stderr_path: PathBuf,
+    stdout_path: Option<PathBuf>,
+    command: String,
+}
+
+/// How to start a hosted program.
+pub struct Launch<'a> {
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// Keep stdin/stdout as pipes for a conversation (the probe program);
+    /// otherwise stdout goes to a log file.
+    pub interactive: bool,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl Hosted {
+    pub fn start(sandbox: &Sandbox, launch: Launch<'_>) -> Hosted {
+        let stderr_path = sandbox.path().join(format!("program-{}.stderr", unique()));
+        let mut cmd = sandbox.pyreload();
+        cmd.arg("run").args(&launch.args).current_dir(&launch.cwd).stderr(std::fs::File::create(&stderr_path).unwrap());
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        let mut stdout_path = None;
+        if launch.interactive {
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        } else {
+            let p = sandbox.path().join(format!("program-{}.stdout", unique()));
+            cmd.stdin(Stdio::null()).stdout(std::fs::File::create(&p).unwrap());
+            stdout_path = Some(p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().map(BufReader::new);
+        Hosted { child, stdin, stdout, stderr_path, stdout_path, command: format!("pyreload run {}", launch.args.join(" ")) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The control socket, once the program has opened it.
+    pub fn socket(&self) -> PathBuf {
+        self.socket_in(&self.runtime_dir())
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        self.stderr_path.parent().unwrap().join("run")
+    }
+
+    fn socket_in(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.sock", self.pid()));
+        wait_until(Duration::from_secs(20), || path.exists(), || format!("control socket {} never appeared\n{}", path.display(), self.logs()));
+        path
+    }
+
+    /// Sends one line to an interactive program and returns its one-line answer.
+    pub fn ask(&mut self, line: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("interactive program");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut answer = String::new();
+        self.stdout.as_mut().unwrap().read_line(&mut answer).unwrap();
+        assert!(!answer.is_empty(), "program closed stdout while asked {line:?}\n{}", self.logs());
+        answer.trim_end().to_string()
+    }
+
+    /// Reads lines from an interactive program until one equals `line`.
+    pub fn expect_line(&mut self, line: &str) {
+        let mut seen = Vec::new();
+        loop {
+            let mut l = String::new();
+            let n = self.stdout.as_mut().unwrap().read_line(&mut l).unwrap();
+            assert!(n > 0, "program ended before printing {line:?}; printed {seen:?}\n{}", self.logs());
+            if l.trim_end() == line {
+                return;
+            }
+            seen.push(l);
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn stdout_log(&self) -> String {
+        self.stdout_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> String {
+        format!("$ {}\n--- program stdout\n{}--- program stderr\n{}", self.command, self.stdout_log(), self.stderr())
+    }
+
+    /// Waits for the program to exit on its own.
+    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "program did not exit in {timeout:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== hosted program ====\n{}", self.logs());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Polls `cond` until it holds, or panics with `why()`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, why: impl FnOnce() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The case-study server at a version directory (`v1`, `v2`, ...), on a
+/// free port.
+pub struct KvServer {
+    pub hosted: Hosted,
+    pub port: u16,
+}
+
+impl KvServer {
+    pub fn start(sandbox: &Sandbox, version_dir: &str, version: &str) -> KvServer {
+        let port_file = sandbox.path().join(format!("port-{}", unique()));
+        let hosted = Hosted::start(
+            sandbox,
+            Launch {
+                args: ["--name", "kvserver", "--version", version, "-m", "kvserver", "--port", "0", "--port-file", port_file.to_str().unwrap()]
+                    .map(String::from)
+                    .to_vec(),
+                cwd: repo().join("case-study").join(version_dir),
+                interactive: false,
+                env: vec![],
+            },
+        );
+        wait_until(Duration::from_secs(20), || port_file.exists(), || format!("kvserver never wrote its port\n{}", hosted.logs()));
+        let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+        KvServer { hosted, port }
+    }
+
+    pub fn client(&self) -> KvClient {
+        KvClient::connect(self.port)
+    }
+
+    /// One request on a fresh connection.
+    pub fn ask(&self, line: &str) -> String {
+        self.client().ask(line)
+    }
+}
+
+/// A persistent connection speaking the kvserver line protocol.
+pub struct KvClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl KvClient {
+    pub fn connect(port: u16) -> KvClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        KvClient { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
+    }
+
+    pub fn try_ask(&mut self, line: &str) -> std::io::Result<String> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        if self.reader.read_line(&mut reply)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection"));
+        }
+        Ok(reply.trim_end().to_string())
+    }
+
+    pub fn ask(&mut self, line: &str) -> String {
+        self.try_ask(line).unwrap()
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
