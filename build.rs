@@ -15,7 +15,8 @@ fn main() {
     println!("cargo:rustc-env=PYRELOAD_BUILD_PYTHON={executable}");
     println!(
         "cargo:rustc-env=PYRELOAD_BUILD_PYTHON_VERSION={}.{}",
-        config.version().major, config.version().minor
+        config.version().major,
+        config.version().minor
     );
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");

@@ -30,7 +30,13 @@ impl Location {
         let before = &text[..start];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-        Location { path: path.to_string(), start, end, line, column }
+        Location {
+            path: path.to_string(),
+            start,
+            end,
+            line,
+            column,
+        }
     }
 
     /// Locates a 1-based line and column (as Python reports them) in `text`.
@@ -41,11 +47,23 @@ impl Location {
                 let col_bytes: usize = l.chars().take(column.saturating_sub(1)).map(char::len_utf8).sum();
                 let start = offset + col_bytes;
                 let end = (start + 1).min(offset + l.trim_end_matches('\n').len()).max(start);
-                return Location { path: path.to_string(), start, end, line, column };
+                return Location {
+                    path: path.to_string(),
+                    start,
+                    end,
+                    line,
+                    column,
+                };
             }
             offset += l.len();
         }
-        Location { path: path.to_string(), start: text.len(), end: text.len(), line, column }
+        Location {
+            path: path.to_string(),
+            start: text.len(),
+            end: text.len(),
+            line,
+            column,
+        }
     }
 }
 
@@ -60,8 +78,9 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub message: String,
+    /// Boxed: most problems have none, and it keeps `Result<_, Problem>` small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<Location>,
+    pub location: Option<Box<Location>>,
     /// Text under the caret, e.g. "not loaded in the program".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
@@ -74,11 +93,14 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(message: impl Into<String>) -> Problem {
-        Problem { message: message.into(), ..Problem::default() }
+        Problem {
+            message: message.into(),
+            ..Problem::default()
+        }
     }
 
     pub fn at(mut self, location: Location, label: impl Into<String>) -> Problem {
-        self.location = Some(location);
+        self.location = Some(Box::new(location));
         self.label = Some(label.into());
         self
     }
@@ -98,7 +120,11 @@ impl Problem {
     /// that fails the location is shown as `path:line:col` alone.
     pub fn render(&self, known: Option<(&str, &str)>) -> String {
         let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+        let theme = if color {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
         let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
 
         let mut diag = MietteDiagnostic::new(self.message.clone());
@@ -108,7 +134,7 @@ impl Problem {
         let mut out = String::new();
         let source = self.location.as_ref().and_then(|loc| {
             let text = match known {
-                Some((path, text)) if path == loc.path => Some(text.to_string()),
+                Some((path, text)) if path == loc.path.as_str() => Some(text.to_string()),
                 _ => std::fs::read_to_string(&loc.path).ok(),
             };
             text.map(|t| (loc, t))
@@ -130,8 +156,15 @@ impl Problem {
         if rendered.is_err() {
             out = format!("error: {}\n", self.message);
         }
-        for cause in &self.causes {
-            out.push_str(&format!("  caused by: {cause}\n"));
+        match self.causes.as_slice() {
+            [] => {}
+            [one] => out.push_str(&format!("  caused by: {one}\n")),
+            many => {
+                out.push_str("  caused by:\n");
+                for line in many {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
         }
         out
     }

@@ -78,7 +78,13 @@ pub struct Globals {
 
 impl Globals {
     pub fn sort(&mut self) {
-        for v in [&mut self.kept, &mut self.updated, &mut self.reset, &mut self.added, &mut self.removed] {
+        for v in [
+            &mut self.kept,
+            &mut self.updated,
+            &mut self.reset,
+            &mut self.added,
+            &mut self.removed,
+        ] {
             v.sort();
         }
     }
@@ -200,7 +206,8 @@ impl Report {
             }
         }
         let t = &self.timings;
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
             "  time: prepare {:.2} ms, wait {:.2} ms ({} checks), stage {:.2} ms, commit {:.2} ms, check {:.2} ms{}",
             t.prepare_ms,

@@ -79,7 +79,10 @@ pub struct SafePoint {
 
 impl SafePoint {
     pub fn timeout_ms(&self) -> u64 {
-        self.timeout_ms.as_ref().map(|t| *t.get_ref()).unwrap_or(DEFAULT_TIMEOUT_MS)
+        self.timeout_ms
+            .as_ref()
+            .map(|t| *t.get_ref())
+            .unwrap_or(DEFAULT_TIMEOUT_MS)
     }
 }
 
@@ -142,7 +145,14 @@ fn unknown_field_help(message: &str) -> Option<String> {
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     match did_you_mean(field, candidates.iter().copied()) {
         Some(best) => Some(format!("did you mean `{best}`?")),
-        None => Some(format!("the known keys here are {}", candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))),
+        None => Some(format!(
+            "the known keys here are {}",
+            candidates
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -196,7 +206,11 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
             let first = source.location(first.clone());
             problems.push(
                 source
-                    .problem(reload.module.span(), format!("module `{module}` is reloaded twice"), "second time here")
+                    .problem(
+                        reload.module.span(),
+                        format!("module `{module}` is reloaded twice"),
+                        "second time here",
+                    )
                     .with_help(format!("remove one of the two; the first is at line {}", first.line)),
             );
         } else {
@@ -207,12 +221,22 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
             for name in list {
                 let n = name.get_ref();
                 if !is_identifier(n) {
-                    problems.push(source.problem(name.span(), format!("`{n}` is not a global name"), "expected a Python identifier"));
+                    problems.push(source.problem(
+                        name.span(),
+                        format!("`{n}` is not a global name"),
+                        "expected a Python identifier",
+                    ));
                 } else if let Some(other) = names.insert(n, kind) {
                     problems.push(
                         source
-                            .problem(name.span(), format!("`{n}` is listed in both `{other}` and `{kind}`"), "listed again here")
-                            .with_help("a global either keeps its running value (`keep`) or takes the new one (`reset`)"),
+                            .problem(
+                                name.span(),
+                                format!("`{n}` is listed in both `{other}` and `{kind}`"),
+                                "listed again here",
+                            )
+                            .with_help(
+                                "a global either keeps its running value (`keep`) or takes the new one (`reset`)",
+                            ),
                     );
                 }
             }
@@ -258,7 +282,10 @@ mod tests {
     use super::*;
 
     fn parse_text(text: &str) -> Result<Spec, Vec<Problem>> {
-        parse(&SpecSource { path: "spec.toml".into(), text: text.into() })
+        parse(&SpecSource {
+            path: "spec.toml".into(),
+            text: text.into(),
+        })
     }
 
     const MINIMAL: &str = "[update]\nname = \"u\"\nto = \"2\"\n\n[[reload]]\nmodule = \"app.store\"\n";

@@ -190,7 +190,12 @@ fn start(sandbox: &Sandbox) -> Hosted {
     sandbox.write("probe.py", PROBE);
     let mut probe = Hosted::start(
         sandbox,
-        Launch { args: ["--version", "1", "probe.py"].map(String::from).to_vec(), cwd: sandbox.path().to_path_buf(), interactive: true, env: vec![] },
+        Launch {
+            args: ["--version", "1", "probe.py"].map(String::from).to_vec(),
+            cwd: sandbox.path().to_path_buf(),
+            interactive: true,
+            env: vec![],
+        },
     );
     probe.expect_line("ready");
     probe
@@ -202,7 +207,10 @@ fn apply(sandbox: &Sandbox, probe: &Hosted, spec: &str) -> (i32, serde_json::Val
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// Every observation the tests make, in one string, to compare states.
@@ -252,13 +260,25 @@ fn functions_classes_and_constants_take_new_code_while_data_is_kept() {
 
     // The report says what changed.
     let module = &report["modules"][0];
-    let list = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let list = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     let changed = list(&module["functions"]["changed"]);
     for f in ["price", "greet", "Base.kind", "Cart.add", "Cart.kind", "Cart.make"] {
-        assert!(changed.contains(&f.to_string()), "{f} not reported changed: {changed:?}");
+        assert!(
+            changed.contains(&f.to_string()),
+            "{f} not reported changed: {changed:?}"
+        );
     }
     assert!(changed.iter().any(|f| f.starts_with("Cart.total")), "{changed:?}");
-    assert!(!changed.contains(&"bump".to_string()), "bump did not change: {changed:?}");
+    assert!(
+        !changed.contains(&"bump".to_string()),
+        "bump did not change: {changed:?}"
+    );
     assert!(list(&module["functions"]["added"]).contains(&"new_func".to_string()));
     assert!(list(&module["functions"]["added"]).contains(&"Cart.describe".to_string()));
     assert_eq!(list(&module["functions"]["removed"]), vec!["old_only"]);
@@ -272,15 +292,22 @@ fn a_failed_check_rolls_everything_back_to_the_same_objects() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
     let before = p.ask(SNAPSHOT);
-    let ids_before = p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]");
+    let ids_before =
+        p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]");
     sandbox.write("shop.py", SHOP_V2);
     let spec = format!("{SPEC}\n[check]\nafter = \"shop.Cart.LIMIT == 99\"\n");
     let (code, report) = apply(&sandbox, &p, &spec);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["outcome"], "rolled_back");
-    assert!(report["problem"]["message"].as_str().unwrap().contains("was false"), "{report:#}");
+    assert!(
+        report["problem"]["message"].as_str().unwrap().contains("was false"),
+        "{report:#}"
+    );
     assert_eq!(p.ask(SNAPSHOT), before);
-    assert_eq!(p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]"), ids_before);
+    assert_eq!(
+        p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]"),
+        ids_before
+    );
     // Still updatable: the same change without the failing check commits.
     let (code, report) = apply(&sandbox, &p, SPEC);
     assert_eq!(code, 0, "{report:#}");
@@ -297,7 +324,13 @@ fn a_module_body_that_raises_changes_nothing() {
     assert_eq!(code, 1);
     assert_eq!(report["outcome"], "refused");
     let problem = &report["problem"];
-    assert!(problem["message"].as_str().unwrap().contains("RuntimeError: config missing"), "{report:#}");
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("RuntimeError: config missing"),
+        "{report:#}"
+    );
     assert!(problem["location"]["path"].as_str().unwrap().ends_with("shop.py"));
     assert_eq!(p.ask(SNAPSHOT), before);
     assert_eq!(p.ask("__import__('pyreload').version()"), "'1'");
@@ -326,11 +359,20 @@ fn reset_takes_new_data_and_objects_built_from_new_classes_join_the_live_class()
         "cart = shop.Cart()\ncart.add(5)\nheld = shop.price\nbound = cart.add\nunbound = shop.Cart.add\nshop.CACHE[\"k\"] = \"v\"\nshop.Cart.registry.append(\"r\")\nshop.bump()\nshop.bump()\n",
         "table = shop.TABLE\nh = shop.DEFAULT\n",
     ));
-    let mut p = Hosted::start(&sandbox, Launch { args: vec!["probe.py".into()], cwd: sandbox.path().to_path_buf(), interactive: true, env: vec![] });
+    let mut p = Hosted::start(
+        &sandbox,
+        Launch {
+            args: vec!["probe.py".into()],
+            cwd: sandbox.path().to_path_buf(),
+            interactive: true,
+            env: vec![],
+        },
+    );
     p.expect_line("ready");
     let v2 = "class Handler:\n    def run(self):\n        return 'new'\n\ndef a():\n    return 'a2'\n\ndef b():\n    return 'b2'\n\nTABLE = {'a': a, 'b': b}\nDEFAULT = Handler()\n";
     sandbox.write("shop.py", v2);
-    let spec = "[update]\nname = \"t\"\nto = \"2\"\n\n[[reload]]\nmodule = \"shop\"\nreset = [\"TABLE\", \"DEFAULT\"]\n";
+    let spec =
+        "[update]\nname = \"t\"\nto = \"2\"\n\n[[reload]]\nmodule = \"shop\"\nreset = [\"TABLE\", \"DEFAULT\"]\n";
     let (code, report) = apply(&sandbox, &p, spec);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(p.ask("shop.TABLE['a'](), shop.TABLE['b']()"), "('a2', 'b2')");
@@ -349,18 +391,39 @@ fn reset_takes_new_data_and_objects_built_from_new_classes_join_the_live_class()
 #[test]
 fn a_changed_slots_layout_is_refused_with_the_reason() {
     let sandbox = Sandbox::new();
-    sandbox.write("shop.py", "class P:\n    __slots__ = ('x',)\n    def __init__(self):\n        self.x = 1\n");
+    sandbox.write(
+        "shop.py",
+        "class P:\n    __slots__ = ('x',)\n    def __init__(self):\n        self.x = 1\n",
+    );
     sandbox.write("probe.py", &PROBE.replace("from shop import price, greet\n", "").replace(
         "cart = shop.Cart()\ncart.add(5)\nheld = shop.price\nbound = cart.add\nunbound = shop.Cart.add\nshop.CACHE[\"k\"] = \"v\"\nshop.Cart.registry.append(\"r\")\nshop.bump()\nshop.bump()\n",
         "p = shop.P()\n",
     ));
-    let mut p = Hosted::start(&sandbox, Launch { args: vec!["probe.py".into()], cwd: sandbox.path().to_path_buf(), interactive: true, env: vec![] });
+    let mut p = Hosted::start(
+        &sandbox,
+        Launch {
+            args: vec!["probe.py".into()],
+            cwd: sandbox.path().to_path_buf(),
+            interactive: true,
+            env: vec![],
+        },
+    );
     p.expect_line("ready");
-    sandbox.write("shop.py", "class P:\n    __slots__ = ('x', 'y')\n    def __init__(self):\n        self.x = 1\n        self.y = 2\n");
-    let (code, report) = apply(&sandbox, &p, "[update]\nname = \"t\"\nto = \"2\"\n\n[[reload]]\nmodule = \"shop\"\n");
+    sandbox.write(
+        "shop.py",
+        "class P:\n    __slots__ = ('x', 'y')\n    def __init__(self):\n        self.x = 1\n        self.y = 2\n",
+    );
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "[update]\nname = \"t\"\nto = \"2\"\n\n[[reload]]\nmodule = \"shop\"\n",
+    );
     assert_eq!(code, 1);
     assert_eq!(report["outcome"], "rolled_back");
     let message = report["problem"]["message"].as_str().unwrap();
-    assert!(message.contains("`shop.P` changes its instance layout") && message.contains("__slots__"), "{message}");
+    assert!(
+        message.contains("`shop.P` changes its instance layout") && message.contains("__slots__"),
+        "{message}"
+    );
     assert_eq!(p.ask("p.x, type(p) is shop.P, shop.P.__slots__"), "(1, True, ('x',))");
 }

@@ -29,11 +29,22 @@ sys.exit(int(sys.argv[1]))
 "#;
 
 fn python3(sandbox: &Sandbox, args: &[&str]) -> Output {
-    Command::new("python3").args(args).current_dir(sandbox.path()).env_remove("VIRTUAL_ENV").output().unwrap()
+    Command::new("python3")
+        .args(args)
+        .current_dir(sandbox.path())
+        .env_remove("VIRTUAL_ENV")
+        .output()
+        .unwrap()
 }
 
 fn hosted(sandbox: &Sandbox, args: &[&str]) -> Output {
-    sandbox.pyreload().arg("run").args(args).current_dir(sandbox.path()).output().unwrap()
+    sandbox
+        .pyreload()
+        .arg("run")
+        .args(args)
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap()
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -49,7 +60,19 @@ fn script_sees_the_same_argv_path_prefix_and_version_as_python3() {
     assert_eq!(ours.status.code(), Some(3), "{}", stderr(&ours));
     assert_eq!(theirs.status.code(), Some(3));
     let (ours, theirs) = (json(&ours), json(&theirs));
-    for field in ["argv", "path", "prefix", "base_prefix", "version", "name", "trace", "profile", "threads", "switchinterval", "pyreload_imported"] {
+    for field in [
+        "argv",
+        "path",
+        "prefix",
+        "base_prefix",
+        "version",
+        "name",
+        "trace",
+        "profile",
+        "threads",
+        "switchinterval",
+        "pyreload_imported",
+    ] {
         assert_eq!(ours[field], theirs[field], "sys field `{field}` differs from python3");
     }
     // Nothing runs between updates: no trace or profile hook, no extra
@@ -62,7 +85,10 @@ fn script_sees_the_same_argv_path_prefix_and_version_as_python3() {
 fn dash_m_runs_a_module_like_python3() {
     let sandbox = Sandbox::new();
     sandbox.write("pkg/__init__.py", "");
-    sandbox.write("pkg/tool.py", "import sys, json\nprint(json.dumps({'argv': sys.argv[1:], 'name': __name__, 'path0': sys.path[0]}))\n");
+    sandbox.write(
+        "pkg/tool.py",
+        "import sys, json\nprint(json.dumps({'argv': sys.argv[1:], 'name': __name__, 'path0': sys.path[0]}))\n",
+    );
     let ours = hosted(&sandbox, &["-m", "pkg.tool", "--port", "7", "x"]);
     let theirs = python3(&sandbox, &["-m", "pkg.tool", "--port", "7", "x"]);
     assert!(ours.status.success(), "{}", stderr(&ours));
@@ -78,7 +104,14 @@ fn stdin_stdout_stderr_and_uncaught_exceptions_pass_through() {
         "import sys\nfor line in sys.stdin:\n    print(line.strip().upper())\nprint('to stderr', file=sys.stderr)\nraise ValueError('boom')\n",
     );
     let run = |mut cmd: Command| {
-        let mut child = cmd.arg("echo.py").current_dir(sandbox.path()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .arg("echo.py")
+            .current_dir(sandbox.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         use std::io::Write;
         child.stdin.take().unwrap().write_all(b"hello\nworld\n").unwrap();
         child.wait_with_output().unwrap()
@@ -99,7 +132,13 @@ fn stdin_stdout_stderr_and_uncaught_exceptions_pass_through() {
 /// and returns how it ended.
 fn interrupt(sandbox: &Sandbox, mut cmd: Command, signal: Signal) -> (std::process::ExitStatus, String, String) {
     use std::os::unix::process::ExitStatusExt;
-    let mut child = cmd.arg("sleeper.py").current_dir(sandbox.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .arg("sleeper.py")
+        .current_dir(sandbox.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -114,7 +153,9 @@ fn interrupt(sandbox: &Sandbox, mut cmd: Command, signal: Signal) -> (std::proce
     (status, rest, err)
 }
 
-const SLEEPER: &str = "import time\nprint('ready', flush=True)\ntry:\n    time.sleep(30)\nfinally:\n    print('finally ran', flush=True)\n";
+/// Says `ready` only once inside the `try`, so a signal sent after `ready`
+/// always finds the `finally` armed.
+const SLEEPER: &str = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(30)\nfinally:\n    print('finally ran', flush=True)\n";
 
 #[test]
 fn ctrl_c_raises_keyboard_interrupt_like_python3() {
@@ -149,7 +190,11 @@ fn sigterm_ends_the_program_like_python3() {
 fn a_package_installed_only_in_the_active_virtualenv_imports() {
     let sandbox = Sandbox::new();
     let venv = sandbox.path().join("venv");
-    let made = Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(&venv).output().unwrap();
+    let made = Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .output()
+        .unwrap();
     assert!(made.status.success(), "{}", stderr(&made));
     let site = Command::new(venv.join("bin/python"))
         .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
@@ -157,38 +202,81 @@ fn a_package_installed_only_in_the_active_virtualenv_imports() {
         .unwrap();
     let site = stdout(&site).trim().to_string();
     std::fs::create_dir_all(format!("{site}/venvonly")).unwrap();
-    std::fs::write(format!("{site}/venvonly/__init__.py"), "MARK = 'installed in the venv'\n").unwrap();
-    sandbox.write("uses_venv.py", "import sys, venvonly\nprint(venvonly.MARK)\nprint(sys.prefix)\n");
+    std::fs::write(
+        format!("{site}/venvonly/__init__.py"),
+        "MARK = 'installed in the venv'\n",
+    )
+    .unwrap();
+    sandbox.write(
+        "uses_venv.py",
+        "import sys, venvonly\nprint(venvonly.MARK)\nprint(sys.prefix)\n",
+    );
 
     let path = format!("{}:{}", venv.join("bin").display(), std::env::var("PATH").unwrap());
-    let ours = sandbox.pyreload().args(["run", "uses_venv.py"]).current_dir(sandbox.path()).env("VIRTUAL_ENV", &venv).env("PATH", &path).output().unwrap();
+    let ours = sandbox
+        .pyreload()
+        .args(["run", "uses_venv.py"])
+        .current_dir(sandbox.path())
+        .env("VIRTUAL_ENV", &venv)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
     assert!(ours.status.success(), "{}", stderr(&ours));
     let canonical_venv = venv.canonicalize().unwrap();
-    assert_eq!(stdout(&ours), format!("installed in the venv\n{}\n", canonical_venv.display()));
-    let theirs = Command::new(venv.join("bin/python")).arg("uses_venv.py").current_dir(sandbox.path()).output().unwrap();
+    assert_eq!(
+        stdout(&ours),
+        format!("installed in the venv\n{}\n", canonical_venv.display())
+    );
+    let theirs = Command::new(venv.join("bin/python"))
+        .arg("uses_venv.py")
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap();
     assert_eq!(stdout(&ours), stdout(&theirs));
 
     // Outside the venv the package is not there: the import above really
     // came from the venv's site-packages.
     let outside = hosted(&sandbox, &["uses_venv.py"]);
     assert!(!outside.status.success());
-    assert!(stderr(&outside).contains("ModuleNotFoundError: No module named 'venvonly'"), "{}", stderr(&outside));
+    assert!(
+        stderr(&outside).contains("ModuleNotFoundError: No module named 'venvonly'"),
+        "{}",
+        stderr(&outside)
+    );
 }
 
 #[test]
 fn the_binary_loads_the_libpython_of_the_python3_it_was_built_with() {
-    let libdir = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"]).output().unwrap();
+    let libdir = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"])
+        .output()
+        .unwrap();
     let libdir = stdout(&libdir).trim().to_string();
     let ldd = Command::new("ldd").arg(common::BIN).output().unwrap();
-    let line = stdout(&ldd).lines().find(|l| l.contains("libpython")).map(str::to_string).unwrap_or_default();
-    assert!(line.contains(&libdir), "pyreload links {line:?}, not the libpython in {libdir}");
+    let line = stdout(&ldd)
+        .lines()
+        .find(|l| l.contains("libpython"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.contains(&libdir),
+        "pyreload links {line:?}, not the libpython in {libdir}"
+    );
 }
 
 #[test]
 fn the_program_can_ask_pyreload_for_its_name_and_version() {
     let sandbox = Sandbox::new();
-    sandbox.write("ver.py", "import pyreload\nprint(pyreload.name(), pyreload.version())\n");
-    let out = sandbox.pyreload().args(["run", "--name", "svc", "--version", "1.4", "ver.py"]).current_dir(sandbox.path()).output().unwrap();
+    sandbox.write(
+        "ver.py",
+        "import pyreload\nprint(pyreload.name(), pyreload.version())\n",
+    );
+    let out = sandbox
+        .pyreload()
+        .args(["run", "--name", "svc", "--version", "1.4", "ver.py"])
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap();
     assert_eq!(stdout(&out), "svc 1.4\n", "{}", stderr(&out));
     let out = hosted(&sandbox, &["ver.py"]);
     assert_eq!(stdout(&out), "ver None\n", "{}", stderr(&out));
@@ -209,7 +297,10 @@ fn a_missing_script_is_a_usage_error() {
 fn the_control_socket_is_private_and_removed_on_exit() {
     use std::os::unix::fs::PermissionsExt;
     let sandbox = Sandbox::new();
-    sandbox.write("waits.py", "import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n");
+    sandbox.write(
+        "waits.py",
+        "import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n",
+    );
     let mut child = sandbox
         .pyreload()
         .args(["run", "waits.py"])

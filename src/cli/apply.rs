@@ -78,14 +78,22 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let request = Request::Apply { protocol: PROTOCOL_VERSION, spec_path: source.path.clone(), spec_text: source.text.clone(), dry_run };
+    let request = Request::Apply {
+        protocol: PROTOCOL_VERSION,
+        spec_path: source.path.clone(),
+        spec_text: source.text.clone(),
+        dry_run,
+    };
     // The host bounds its own wait by the spec's timeout; allow for that
     // plus a generous margin before deciding the program is stuck.
     let timeout = Duration::from_millis(parsed.safe_point.timeout_ms()) + Duration::from_secs(120);
     let response = match exchange(&found.socket, &request, Some(timeout)) {
         Ok(r) => r,
         Err(e) => {
-            error(format!("lost contact with `{}` (pid {}): {e}", found.info.name, found.info.pid));
+            error(format!(
+                "lost contact with `{}` (pid {}): {e}",
+                found.info.name, found.info.pid
+            ));
             return EXIT_REFUSED;
         }
     };
@@ -120,11 +128,16 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
 fn read_spec(path: &PathBuf) -> Result<SpecSource, i32> {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
     match std::fs::read_to_string(&absolute) {
-        Ok(text) => Ok(SpecSource { path: absolute.display().to_string(), text }),
+        Ok(text) => Ok(SpecSource {
+            path: absolute.display().to_string(),
+            text,
+        }),
         Err(e) => {
-            eprint!("{}", Problem::new(format!("could not read the spec {}: {e}", path.display())).render(None));
+            eprint!(
+                "{}",
+                Problem::new(format!("could not read the spec {}: {e}", path.display())).render(None)
+            );
             Err(EXIT_USAGE)
         }
     }
 }
-

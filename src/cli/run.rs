@@ -47,7 +47,12 @@ pub fn run(args: RunArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    match host::run(RunOptions { name: args.name, version: args.program_version, target, args: program_args }) {
+    match host::run(RunOptions {
+        name: args.name,
+        version: args.program_version,
+        target,
+        args: program_args,
+    }) {
         Ok(status) => status,
         Err(e) => {
             error(format!("{e:#}"));

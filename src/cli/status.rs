@@ -30,7 +30,10 @@ pub fn status(args: StatusArgs) -> i32 {
     match client::find(&args.target.selector(args.name.clone())) {
         Ok(found) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&found.info).expect("status serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&found.info).expect("status serializes")
+                );
             } else {
                 print!("{}", to_text(&found.info));
             }

@@ -15,7 +15,9 @@ pub enum Selector {
     Pid(u32),
     Socket(PathBuf),
     /// The only program running, or the only one with this name.
-    Auto { program: Option<String> },
+    Auto {
+        program: Option<String>,
+    },
 }
 
 /// A control socket known to answer, with what it said about itself.
@@ -31,7 +33,11 @@ pub enum FindError {
     #[error("no program is running under `pyreload run` (looked in {dir})")]
     NoneRunning { dir: PathBuf },
     #[error("no running program is named `{name}` (looked in {dir}); running: {running}")]
-    NoneNamed { name: String, dir: PathBuf, running: String },
+    NoneNamed {
+        name: String,
+        dir: PathBuf,
+        running: String,
+    },
     #[error("{count} programs match; choose one with --pid or --socket:\n{list}")]
     Ambiguous { count: usize, list: String },
     #[error("could not reach {socket}: {source}")]
@@ -43,7 +49,10 @@ pub enum FindError {
 /// Resolves a selector to a program that answers.
 pub fn find(selector: &Selector) -> Result<Target, FindError> {
     match selector {
-        Selector::Socket(socket) => probe(socket).map_err(|source| FindError::Unreachable { socket: socket.clone(), source }),
+        Selector::Socket(socket) => probe(socket).map_err(|source| FindError::Unreachable {
+            socket: socket.clone(),
+            source,
+        }),
         Selector::Pid(pid) => {
             let socket = runtime_dir::socket_for_pid(&runtime_dir::path(), *pid);
             if !socket.exists() {
@@ -83,7 +92,10 @@ fn find_auto(program: Option<&str>) -> Result<Target, FindError> {
             dir,
             running: describe_all(&live, ", "),
         }),
-        count => Err(FindError::Ambiguous { count, list: describe_all(&matching, "\n") }),
+        count => Err(FindError::Ambiguous {
+            count,
+            list: describe_all(&matching, "\n"),
+        }),
     }
 }
 
@@ -103,8 +115,17 @@ fn describe_all(targets: &[Target], sep: &str) -> String {
 }
 
 fn probe(socket: &Path) -> io::Result<Target> {
-    match exchange(socket, &Request::Status { protocol: PROTOCOL_VERSION }, Some(Duration::from_secs(5)))? {
-        Response::Status(info) => Ok(Target { socket: socket.to_path_buf(), info }),
+    match exchange(
+        socket,
+        &Request::Status {
+            protocol: PROTOCOL_VERSION,
+        },
+        Some(Duration::from_secs(5)),
+    )? {
+        Response::Status(info) => Ok(Target {
+            socket: socket.to_path_buf(),
+            info,
+        }),
         Response::Error(problem) => Err(io::Error::other(problem.message)),
         Response::Report(_) => Err(io::Error::other("unexpected answer to a status request")),
     }
@@ -119,9 +140,10 @@ pub fn exchange(socket: &Path, request: &Request, timeout: Option<Duration>) -> 
     write_frame(&mut stream, request)?;
     read_frame(&mut stream).map_err(|e| match e {
         super::protocol::FrameError::Io(e) => e,
-        super::protocol::FrameError::Closed => {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "the program closed the connection without answering (did it exit?)")
-        }
+        super::protocol::FrameError::Closed => io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the program closed the connection without answering (did it exit?)",
+        ),
         other => io::Error::other(other.to_string()),
     })
 }

@@ -121,9 +121,20 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Request::Status { protocol: PROTOCOL_VERSION }).unwrap();
+        write_frame(
+            &mut buf,
+            &Request::Status {
+                protocol: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
         let back: Request = read_frame(&mut buf.as_slice()).unwrap();
-        assert!(matches!(back, Request::Status { protocol: PROTOCOL_VERSION }));
+        assert!(matches!(
+            back,
+            Request::Status {
+                protocol: PROTOCOL_VERSION
+            }
+        ));
     }
 
     #[test]
@@ -138,10 +149,19 @@ mod tests {
     fn truncated_and_garbage_frames_are_errors() {
         let mut truncated = 10u32.to_be_bytes().to_vec();
         truncated.extend_from_slice(b"{\"ty");
-        assert!(matches!(read_frame::<Request>(&mut truncated.as_slice()), Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame::<Request>(&mut truncated.as_slice()),
+            Err(FrameError::Io(_))
+        ));
         let mut garbage = 3u32.to_be_bytes().to_vec();
         garbage.extend_from_slice(b"abc");
-        assert!(matches!(read_frame::<Request>(&mut garbage.as_slice()), Err(FrameError::Malformed(_))));
-        assert!(matches!(read_frame::<Request>(&mut [].as_slice()), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame::<Request>(&mut garbage.as_slice()),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            read_frame::<Request>(&mut [].as_slice()),
+            Err(FrameError::Closed)
+        ));
     }
 }

@@ -56,21 +56,23 @@ impl Listener {
 }
 
 /// Starts the control thread. It lives until the process exits.
+///
+/// Signals such as SIGINT must reach the interpreter's main thread, which
+/// turns them into `KeyboardInterrupt` and whose blocking calls they
+/// interrupt, never one of ours. So the control thread is created with every
+/// signal blocked (a thread inherits its creator's mask; blocking inside the
+/// new thread would leave a window before it first runs), and the threads it
+/// spawns inherit that.
 pub fn spawn(listener: Listener, state: Arc<HostState>) {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    let previous = SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK);
     std::thread::Builder::new()
         .name("pyreload-control".into())
-        .spawn(move || {
-            block_signals();
-            serve(listener, state)
-        })
+        .spawn(move || serve(listener, state))
         .expect("could not start the control thread");
-}
-
-/// Signals such as SIGINT must reach the interpreter's main thread, which
-/// turns them into `KeyboardInterrupt`, and not one of ours. Threads
-/// spawned from here inherit the mask.
-fn block_signals() {
-    let _ = nix::sys::signal::SigSet::all().thread_block();
+    if let Ok(previous) = previous {
+        let _ = previous.thread_set_mask();
+    }
 }
 
 fn serve(listener: Listener, state: Arc<HostState>) {
@@ -84,17 +86,18 @@ fn serve(listener: Listener, state: Arc<HostState>) {
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
             let mut stream = stream;
-            let _ = write_frame(&mut stream, &Response::Error(Problem::new("too many control connections; try again")));
+            let _ = write_frame(
+                &mut stream,
+                &Response::Error(Problem::new("too many control connections; try again")),
+            );
             continue;
         }
         let state = state.clone();
         let active = active.clone();
-        let spawned = std::thread::Builder::new()
-            .name("pyreload-conn".into())
-            .spawn(move || {
-                handle(stream, &state);
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
+        let spawned = std::thread::Builder::new().name("pyreload-conn".into()).spawn(move || {
+            handle(stream, &state);
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
         if spawned.is_err() {
             eprintln!("pyreload: could not start a thread for a control connection");
         }
@@ -106,7 +109,11 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     let creds = getsockopt(stream, PeerCredentials).map_err(|e| format!("could not read peer credentials: {e}"))?;
     let me = nix::unistd::getuid().as_raw();
     if creds.uid() != me {
-        return Err(format!("peer uid {} (pid {}) is not uid {me}", creds.uid(), creds.pid()));
+        return Err(format!(
+            "peer uid {} (pid {}) is not uid {me}",
+            creds.uid(),
+            creds.pid()
+        ));
     }
     Ok(())
 }
@@ -138,16 +145,19 @@ fn respond(request: Request, state: &HostState) -> Response {
     }
     match request {
         Request::Status { .. } => Response::Status(state.info()),
-        Request::Apply { spec_path, spec_text, dry_run, .. } => {
-            match engine::apply(state, &spec_path, &spec_text, dry_run) {
-                Ok(report) => {
-                    if !dry_run {
-                        eprintln!("pyreload: {}", report.one_line());
-                    }
-                    Response::Report(Box::new(report))
+        Request::Apply {
+            spec_path,
+            spec_text,
+            dry_run,
+            ..
+        } => match engine::apply(state, &spec_path, &spec_text, dry_run) {
+            Ok(report) => {
+                if !dry_run {
+                    eprintln!("pyreload: {}", report.one_line());
                 }
-                Err(problem) => Response::Error(problem),
+                Response::Report(Box::new(report))
             }
-        }
+            Err(problem) => Response::Error(problem),
+        },
     }
 }

@@ -8,14 +8,33 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 enum Entry {
-    DictItem { dict: Py<PyDict>, key: Py<PyAny>, old: Option<Py<PyAny>> },
-    ListItem { list: Py<PyList>, index: usize, old: Py<PyAny> },
+    DictItem {
+        dict: Py<PyDict>,
+        key: Py<PyAny>,
+        old: Option<Py<PyAny>>,
+    },
+    ListItem {
+        list: Py<PyList>,
+        index: usize,
+        old: Py<PyAny>,
+    },
     /// An attribute of a function or instance (`__code__`, `__class__`, ...).
-    Attr { target: Py<PyAny>, name: String, old: Option<Py<PyAny>> },
+    Attr {
+        target: Py<PyAny>,
+        name: String,
+        old: Option<Py<PyAny>>,
+    },
     /// An entry of a class's own `__dict__`, set through `setattr` so that
     /// CPython updates the type's slots.
-    ClassAttr { class: Py<PyAny>, name: String, old: Option<Py<PyAny>> },
-    Cell { cell: Py<PyAny>, old: Option<Py<PyAny>> },
+    ClassAttr {
+        class: Py<PyAny>,
+        name: String,
+        old: Option<Py<PyAny>>,
+    },
+    Cell {
+        cell: Py<PyAny>,
+        old: Option<Py<PyAny>>,
+    },
 }
 
 /// A log of changes, undone by [`Journal::rollback`].
@@ -25,48 +44,86 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn set_item<'py>(&mut self, dict: &Bound<'py, PyDict>, key: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<()> {
+    pub fn set_item<'py>(
+        &mut self,
+        dict: &Bound<'py, PyDict>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
         let old = dict.get_item(key)?.map(Bound::unbind);
         dict.set_item(key, value)?;
-        self.entries.push(Entry::DictItem { dict: dict.clone().unbind(), key: key.clone().unbind(), old });
+        self.entries.push(Entry::DictItem {
+            dict: dict.clone().unbind(),
+            key: key.clone().unbind(),
+            old,
+        });
         Ok(())
     }
 
     pub fn del_item<'py>(&mut self, dict: &Bound<'py, PyDict>, key: &Bound<'py, PyAny>) -> PyResult<()> {
         let old = dict.get_item(key)?.map(Bound::unbind);
         dict.del_item(key)?;
-        self.entries.push(Entry::DictItem { dict: dict.clone().unbind(), key: key.clone().unbind(), old });
+        self.entries.push(Entry::DictItem {
+            dict: dict.clone().unbind(),
+            key: key.clone().unbind(),
+            old,
+        });
         Ok(())
     }
 
-    pub fn set_list_item<'py>(&mut self, list: &Bound<'py, PyList>, index: usize, value: &Bound<'py, PyAny>) -> PyResult<()> {
+    pub fn set_list_item<'py>(
+        &mut self,
+        list: &Bound<'py, PyList>,
+        index: usize,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
         let old = list.get_item(index)?.unbind();
         list.set_item(index, value)?;
-        self.entries.push(Entry::ListItem { list: list.clone().unbind(), index, old });
+        self.entries.push(Entry::ListItem {
+            list: list.clone().unbind(),
+            index,
+            old,
+        });
         Ok(())
     }
 
     pub fn set_attr<'py>(&mut self, target: &Bound<'py, PyAny>, name: &str, value: &Bound<'py, PyAny>) -> PyResult<()> {
         let old = target.getattr_opt(name)?.map(Bound::unbind);
         target.setattr(name, value)?;
-        self.entries.push(Entry::Attr { target: target.clone().unbind(), name: name.to_string(), old });
+        self.entries.push(Entry::Attr {
+            target: target.clone().unbind(),
+            name: name.to_string(),
+            old,
+        });
         Ok(())
     }
 
-    pub fn set_class_attr<'py>(&mut self, class: &Bound<'py, PyAny>, name: &str, value: Option<&Bound<'py, PyAny>>) -> PyResult<()> {
+    pub fn set_class_attr<'py>(
+        &mut self,
+        class: &Bound<'py, PyAny>,
+        name: &str,
+        value: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
         let old = class_dict_get(class, name)?;
         match value {
             Some(v) => class.setattr(name, v)?,
             None => class.delattr(name)?,
         }
-        self.entries.push(Entry::ClassAttr { class: class.clone().unbind(), name: name.to_string(), old });
+        self.entries.push(Entry::ClassAttr {
+            class: class.clone().unbind(),
+            name: name.to_string(),
+            old,
+        });
         Ok(())
     }
 
     pub fn set_cell<'py>(&mut self, cell: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<()> {
         let old = cell.getattr_opt("cell_contents").ok().flatten().map(Bound::unbind);
         cell.setattr("cell_contents", value)?;
-        self.entries.push(Entry::Cell { cell: cell.clone().unbind(), old });
+        self.entries.push(Entry::Cell {
+            cell: cell.clone().unbind(),
+            old,
+        });
         Ok(())
     }
 

@@ -47,9 +47,84 @@ fn key(obj: &Bound<'_, PyAny>) -> Key {
 
 /// Merges every staged module into its live module. On error the journal
 /// holds what was already changed; the caller rolls it back.
-pub fn merge(py: Python<'_>, support: &Support<'_>, plan: &Plan, staged: &Staged, journal: &mut Journal) -> Result<Vec<ModuleReport>, Problem> {
-    let merger = Merger::new(py, support, plan, staged, journal).map_err(|e| support.problem(py, "could not start the commit", &e))?;
+///
+/// Which functions changed is decided afterwards, in [`Merged::finish`]:
+/// comparing code objects is reporting, and must not lengthen the pause.
+pub fn merge(
+    py: Python<'_>,
+    support: &Support<'_>,
+    plan: &Plan,
+    staged: &Staged,
+    journal: &mut Journal,
+) -> Result<Merged, Problem> {
+    let merger = Merger::new(py, support, plan, staged, journal)
+        .map_err(|e| support.problem(py, "could not start the commit", &e))?;
     merger.run()
+}
+
+/// The result of a merge whose report is not finished yet.
+pub struct Merged {
+    reports: Vec<ModuleReport>,
+    pending: Pending,
+}
+
+#[derive(Default)]
+struct Pending {
+    functions: Vec<PendingFunction>,
+    /// (module index, qualified name, whether more than its methods' code changed)
+    classes: Vec<(usize, String, bool)>,
+}
+
+/// A function patched in place: its old and new code, and those of the
+/// functions patched through its closure (a decorator's wrapped function).
+struct PendingFunction {
+    module: usize,
+    name: String,
+    codes: Vec<(Py<PyAny>, Py<PyAny>)>,
+    closure_changed: bool,
+}
+
+impl Merged {
+    /// Completes the report: which functions and classes really changed,
+    /// comparing code while ignoring line numbers. Runs after the pause.
+    pub fn finish(self, py: Python<'_>, support: &Support<'_>) -> Vec<ModuleReport> {
+        let mut reports = self.reports;
+        for f in self.pending.functions {
+            let changed = f.closure_changed
+                || f.codes
+                    .iter()
+                    .any(|(old, new)| !support.same_code(old.bind(py), new.bind(py)).unwrap_or(false));
+            let report = &mut reports[f.module].functions;
+            if changed {
+                report.changed.push(f.name);
+            } else {
+                report.unchanged += 1;
+            }
+        }
+        for (module, name, changed) in self.pending.classes {
+            let prefix = format!("{name}.");
+            let report = &mut reports[module];
+            let methods_changed = report
+                .functions
+                .changed
+                .iter()
+                .chain(&report.functions.added)
+                .chain(&report.functions.removed)
+                .any(|f| f.starts_with(&prefix));
+            if changed || methods_changed {
+                report.classes.changed.push(name);
+            } else {
+                report.classes.unchanged += 1;
+            }
+        }
+        for r in &mut reports {
+            r.functions.sort();
+            r.classes.sort();
+            r.globals.sort();
+            r.rebound.sort();
+        }
+        reports
+    }
 }
 
 struct Pair<'py> {
@@ -91,7 +166,13 @@ struct Merger<'a, 'py> {
 }
 
 impl<'a, 'py> Merger<'a, 'py> {
-    fn new(py: Python<'py>, support: &'a Support<'py>, plan: &'a Plan, staged: &Staged, journal: &'a mut Journal) -> PyResult<Self> {
+    fn new(
+        py: Python<'py>,
+        support: &'a Support<'py>,
+        plan: &'a Plan,
+        staged: &Staged,
+        journal: &'a mut Journal,
+    ) -> PyResult<Self> {
         let builtins = py.import("builtins")?;
         let mut m = Merger {
             py,
@@ -122,7 +203,8 @@ impl<'a, 'py> Merger<'a, 'py> {
             let staging = staging.bind(py);
             let ns = staging.dict();
             m.globals_map.insert(key(ns.as_any()), live.clone());
-            m.module_map.insert(key(staging.as_any()), live_module.clone().into_any());
+            m.module_map
+                .insert(key(staging.as_any()), live_module.clone().into_any());
             m.keepalive.push(staging.clone().into_any());
             for (_, v) in live.iter() {
                 m.live_values.insert(key(&v));
@@ -139,7 +221,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(m)
     }
 
-    fn run(mut self) -> Result<Vec<ModuleReport>, Problem> {
+    fn run(mut self) -> Result<Merged, Problem> {
         let py = self.py;
         let err = |e: PyErr| self.support.problem(py, "the commit failed", &e);
         for i in 0..self.live.len() {
@@ -148,45 +230,40 @@ impl<'a, 'py> Merger<'a, 'py> {
         for i in 0..self.live.len() {
             self.merge_namespace(i).map_err(err)?;
         }
+        let mut pending = Pending::default();
         let classes = std::mem::take(&mut self.class_pairs);
-        let mut changed_classes = Vec::new();
         for pair in &classes {
-            let changed = self.patch_class(pair).map_err(|e| self.support.problem(py, &format!("could not update class `{}`", qualname(&pair.old)), &e))?;
-            changed_classes.push(changed);
+            let changed = self.patch_class(pair).map_err(|e| {
+                self.support
+                    .problem(py, &format!("could not update class `{}`", qualname(&pair.old)), &e)
+            })?;
+            pending.classes.push((pair.module, qualname(&pair.old), changed));
         }
         let functions = std::mem::take(&mut self.function_pairs);
         for pair in &functions {
-            let changed = self.patch_function(&pair.old, &pair.new, 0).map_err(|e| self.support.problem(py, &format!("could not update function `{}`", qualname(&pair.old)), &e))?;
-            let report = &mut self.reports[pair.module].functions;
-            if changed {
-                report.changed.push(qualname(&pair.old));
-            } else {
-                report.unchanged += 1;
-            }
+            let mut codes = Vec::new();
+            let closure_changed = self.patch_function(&pair.old, &pair.new, 0, &mut codes).map_err(|e| {
+                self.support
+                    .problem(py, &format!("could not update function `{}`", qualname(&pair.old)), &e)
+            })?;
+            pending.functions.push(PendingFunction {
+                module: pair.module,
+                name: qualname(&pair.old),
+                codes,
+                closure_changed,
+            });
         }
-        for (pair, changed) in classes.iter().zip(changed_classes) {
-            let name = qualname(&pair.old);
-            let prefix = format!("{name}.");
-            let report = &mut self.reports[pair.module];
-            let methods_changed = report.functions.changed.iter().chain(&report.functions.added).chain(&report.functions.removed).any(|f| f.starts_with(&prefix));
-            if changed || methods_changed {
-                report.classes.changed.push(name);
-            } else {
-                report.classes.unchanged += 1;
-            }
-        }
-        self.rebind_replaced().map_err(|e| self.support.problem(py, "could not re-point references to replaced objects", &e))?;
+        self.rebind_replaced().map_err(|e| {
+            self.support
+                .problem(py, "could not re-point references to replaced objects", &e)
+        })?;
         if self.truncated {
             eprintln!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies");
         }
-        let mut reports = self.reports;
-        for r in &mut reports {
-            r.functions.sort();
-            r.classes.sort();
-            r.globals.sort();
-            r.rebound.sort();
-        }
-        Ok(reports)
+        Ok(Merged {
+            reports: self.reports,
+            pending,
+        })
     }
 
     // ---- matching: which new object takes the place of which live one ----
@@ -207,17 +284,29 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(())
     }
 
-    fn pair(&mut self, i: usize, module: &str, old: &Bound<'py, PyAny>, new: &Bound<'py, PyAny>) -> Result<(), Problem> {
+    fn pair(
+        &mut self,
+        i: usize,
+        module: &str,
+        old: &Bound<'py, PyAny>,
+        new: &Bound<'py, PyAny>,
+    ) -> Result<(), Problem> {
         if !defined_in(old, module) || !defined_in(new, module) || qualname(old) != qualname(new) {
             return Ok(());
         }
         if is_class(old) && is_class(new) {
             self.check_layout(module, old, new)?;
             self.add_twin(new, old);
-            self.class_pairs.push(Pair { module: i, old: old.clone(), new: new.clone() });
+            self.class_pairs.push(Pair {
+                module: i,
+                old: old.clone(),
+                new: new.clone(),
+            });
             let members: Vec<(String, Bound<'py, PyAny>)> = class_items(new);
             for (attr, nv) in members {
-                let Some(ov) = class_dict_get(old, &attr).ok().flatten() else { continue };
+                let Some(ov) = class_dict_get(old, &attr).ok().flatten() else {
+                    continue;
+                };
                 let ov = ov.into_bound(self.py);
                 if is_class(&nv) || is_function(&nv) {
                     self.pair(i, module, &ov, &nv)?;
@@ -229,7 +318,11 @@ impl<'a, 'py> Merger<'a, 'py> {
             }
         } else if is_function(old) && is_function(new) && same_freevars(old, new) {
             self.add_twin(new, old);
-            self.function_pairs.push(Pair { module: i, old: old.clone(), new: new.clone() });
+            self.function_pairs.push(Pair {
+                module: i,
+                old: old.clone(),
+                new: new.clone(),
+            });
         }
         Ok(())
     }
@@ -257,7 +350,12 @@ impl<'a, 'py> Merger<'a, 'py> {
                 differences.push(attr.to_string());
             }
         }
-        let slots = |c: &Bound<'py, PyAny>| class_dict_get(c, "__slots__").ok().flatten().map(|s| s.into_bound(self.py));
+        let slots = |c: &Bound<'py, PyAny>| {
+            class_dict_get(c, "__slots__")
+                .ok()
+                .flatten()
+                .map(|s| s.into_bound(self.py))
+        };
         let same_slots = match (slots(old), slots(new)) {
             (None, None) => true,
             (Some(a), Some(b)) => a.eq(b).unwrap_or(false),
@@ -267,7 +365,9 @@ impl<'a, 'py> Merger<'a, 'py> {
             differences.push("__slots__".into());
         }
         let (old_meta, new_meta) = (old.get_type(), new.get_type());
-        let meta_ok = old_meta.is(&new_meta) || self.twin_of(new_meta.as_any()).is_some_and(|t| t.is(&old_meta)) || (defined_in(old_meta.as_any(), module) && qualname(old_meta.as_any()) == qualname(new_meta.as_any()));
+        let meta_ok = old_meta.is(&new_meta)
+            || self.twin_of(new_meta.as_any()).is_some_and(|t| t.is(&old_meta))
+            || (defined_in(old_meta.as_any(), module) && qualname(old_meta.as_any()) == qualname(new_meta.as_any()));
         if !meta_ok {
             differences.push("metaclass".into());
         }
@@ -342,7 +442,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                     self.journal.set_item(&live, &key_obj, &nv)?;
                 }
             } else if self.support.is_constant(&new)? && self.support.is_constant(&old)? {
-                if !(old.get_type().is(new.get_type()) && old.eq(&new)?) {
+                if !same_value(&old, &new) {
                     self.journal.set_item(&live, &key_obj, &new)?;
                     self.reports[i].globals.updated.push(name);
                 }
@@ -391,7 +491,10 @@ impl<'a, 'py> Merger<'a, 'py> {
                 let v = self.relink(&nv)?;
                 self.journal.set_class_attr(old, &attr, Some(&v))?;
                 if self.support.is_code_like(&nv)? {
-                    self.reports[pair.module].functions.added.push(format!("{class_name}.{attr}"));
+                    self.reports[pair.module]
+                        .functions
+                        .added
+                        .push(format!("{class_name}.{attr}"));
                 }
                 changed = true;
                 continue;
@@ -411,15 +514,18 @@ impl<'a, 'py> Merger<'a, 'py> {
                 let v = self.relink(&nv)?;
                 self.journal.set_class_attr(old, &attr, Some(&v))?;
                 if is_function(&nv) || self.is_wrapper(&nv) || nv.is_instance(&self.property_type)? {
-                    self.reports[pair.module].functions.changed.push(format!("{class_name}.{attr} (replaced)"));
+                    self.reports[pair.module]
+                        .functions
+                        .changed
+                        .push(format!("{class_name}.{attr} (replaced)"));
                 }
                 changed = true;
-            } else if is_dunder(&attr) || (self.support.is_constant(&nv)? && self.support.is_constant(&ov)?) {
-                if !ov.is(&nv) && !(ov.get_type().is(nv.get_type()) && ov.eq(&nv).unwrap_or(false)) {
-                    let v = self.relink(&nv)?;
-                    self.journal.set_class_attr(old, &attr, Some(&v))?;
-                    changed |= !is_dunder(&attr);
-                }
+            } else if (is_dunder(&attr) || (self.support.is_constant(&nv)? && self.support.is_constant(&ov)?))
+                && !same_value(&ov, &nv)
+            {
+                let v = self.relink(&nv)?;
+                self.journal.set_class_attr(old, &attr, Some(&v))?;
+                changed |= !is_dunder(&attr);
             }
             // Anything else is class-level data the program owns: kept.
         }
@@ -428,22 +534,33 @@ impl<'a, 'py> Merger<'a, 'py> {
                 continue;
             }
             self.journal.set_class_attr(old, &attr, None)?;
-            self.reports[pair.module].functions.removed.push(format!("{class_name}.{attr}"));
+            self.reports[pair.module]
+                .functions
+                .removed
+                .push(format!("{class_name}.{attr}"));
             changed = true;
         }
         Ok(changed)
     }
 
     /// Gives a live function the new version's code, defaults and closure
-    /// contents, keeping its identity. Returns whether the code changed
-    /// (ignoring line numbers).
-    fn patch_function(&mut self, old: &Bound<'py, PyAny>, new: &Bound<'py, PyAny>, depth: usize) -> PyResult<bool> {
+    /// contents, keeping its identity. Collects (old, new) code pairs in
+    /// `codes` for the report; returns whether a closure cell took a new
+    /// non-function value.
+    fn patch_function(
+        &mut self,
+        old: &Bound<'py, PyAny>,
+        new: &Bound<'py, PyAny>,
+        depth: usize,
+        codes: &mut Vec<(Py<PyAny>, Py<PyAny>)>,
+    ) -> PyResult<bool> {
         if old.is(new) {
             return Ok(false);
         }
         let (old_code, new_code) = (old.getattr("__code__")?, new.getattr("__code__")?);
-        let mut changed = !self.support.same_code(&old_code, &new_code)?;
+        let mut changed = false;
         self.journal.set_attr(old, "__code__", &new_code)?;
+        codes.push((old_code.unbind(), new_code.unbind()));
         for attr in ["__defaults__", "__kwdefaults__", "__annotations__", "__doc__"] {
             let nv = self.relink(&new.getattr(attr)?)?;
             if !nv.is(old.getattr(attr)?) {
@@ -469,7 +586,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                         // A decorator's wrapper: update the wrapped function
                         // in place too, so the wrapper calls the new code.
                         self.add_twin(&nv, ov);
-                        changed |= self.patch_function(ov, &nv, depth + 1)?;
+                        changed |= self.patch_function(ov, &nv, depth + 1, codes)?;
                         continue;
                     }
                 }
@@ -489,15 +606,26 @@ impl<'a, 'py> Merger<'a, 'py> {
         if self.replaced.is_empty() {
             return Ok(());
         }
-        let targets: HashMap<Key, (usize, Bound<'py, PyAny>)> = self.replaced.iter().map(|(i, old, new)| (key(old), (*i, new.clone()))).collect();
+        let targets: HashMap<Key, (usize, Bound<'py, PyAny>)> = self
+            .replaced
+            .iter()
+            .map(|(i, old, new)| (key(old), (*i, new.clone())))
+            .collect();
         let updated: HashSet<String> = self.plan.modules.iter().map(|m| m.name.clone()).collect();
-        let modules = self.py.import("sys")?.getattr("modules")?.cast_into::<PyDict>()?.copy()?;
+        let modules = self
+            .py
+            .import("sys")?
+            .getattr("modules")?
+            .cast_into::<PyDict>()?
+            .copy()?;
         for (name, module) in modules.iter() {
             let name: String = name.extract().unwrap_or_default();
             if updated.contains(&name) {
                 continue;
             }
-            let Ok(Some(dict)) = module.getattr_opt("__dict__") else { continue };
+            let Ok(Some(dict)) = module.getattr_opt("__dict__") else {
+                continue;
+            };
             let Ok(dict) = dict.cast_into::<PyDict>() else { continue };
             let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = dict.iter().collect();
             for (k, v) in items {
@@ -573,12 +701,20 @@ impl<'a, 'py> Merger<'a, 'py> {
                 any_changed |= !nv.is(&v);
                 items.push(nv);
             }
-            return if any_changed { Ok(PyTuple::new(self.py, items)?.into_any()) } else { Ok(obj.clone()) };
+            return if any_changed {
+                Ok(PyTuple::new(self.py, items)?.into_any())
+            } else {
+                Ok(obj.clone())
+            };
         }
         if self.is_wrapper(obj) {
             let f = obj.getattr("__func__")?;
             let nf = self.relink_at(&f, depth + 1)?;
-            return if nf.is(&f) { Ok(obj.clone()) } else { obj.get_type().call1((nf,)) };
+            return if nf.is(&f) {
+                Ok(obj.clone())
+            } else {
+                obj.get_type().call1((nf,))
+            };
         }
         if obj.is_instance(&self.property_type)? {
             let mut parts = Vec::new();
@@ -629,8 +765,19 @@ impl<'a, 'py> Merger<'a, 'py> {
     /// A function created while staging has the staging namespace as its
     /// globals, which is read-only; make the same function over the live
     /// module's globals.
-    fn rehome_function(&mut self, f: &Bound<'py, PyAny>, live: &Bound<'py, PyDict>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
-        let rehomed = self.function_type.call1((f.getattr("__code__")?, live, f.getattr("__name__")?, self.py.None(), f.getattr("__closure__")?))?;
+    fn rehome_function(
+        &mut self,
+        f: &Bound<'py, PyAny>,
+        live: &Bound<'py, PyDict>,
+        depth: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let rehomed = self.function_type.call1((
+            f.getattr("__code__")?,
+            live,
+            f.getattr("__name__")?,
+            self.py.None(),
+            f.getattr("__closure__")?,
+        ))?;
         self.add_twin(f, &rehomed);
         for attr in ["__qualname__", "__module__", "__doc__", "__annotations__"] {
             rehomed.setattr(attr, f.getattr(attr)?)?;
@@ -659,12 +806,17 @@ impl<'a, 'py> Merger<'a, 'py> {
     }
 
     fn is_staged_definition(&self, class: &Bound<'py, PyAny>) -> bool {
-        let Ok(module) = class.getattr("__module__").and_then(|m| m.extract::<String>()) else { return false };
-        self.plan.modules.iter().any(|m| m.name == module) && self.twin_of(class).is_none() && !self.live_values.contains(&key(class))
+        let Ok(module) = class.getattr("__module__").and_then(|m| m.extract::<String>()) else {
+            return false;
+        };
+        self.plan.modules.iter().any(|m| m.name == module)
+            && self.twin_of(class).is_none()
+            && !self.live_values.contains(&key(class))
     }
 
     fn is_wrapper(&self, obj: &Bound<'py, PyAny>) -> bool {
-        obj.is_instance(&self.staticmethod_type).unwrap_or(false) || obj.is_instance(&self.classmethod_type).unwrap_or(false)
+        obj.is_instance(&self.staticmethod_type).unwrap_or(false)
+            || obj.is_instance(&self.classmethod_type).unwrap_or(false)
     }
 
     /// `__slots__` members and `__dict__`/`__weakref__` accessors are tied to
@@ -676,6 +828,12 @@ impl<'a, 'py> Merger<'a, 'py> {
 }
 
 use pyo3::types::PyMapping;
+
+/// The same object, or an equal value of the same type (so `1` and `True`
+/// differ, as do `1` and `1.0`).
+fn same_value(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
+    a.is(b) || (a.get_type().is(b.get_type()) && a.eq(b).unwrap_or(false))
+}
 
 fn is_dunder(name: &str) -> bool {
     name.len() > 4 && name.starts_with("__") && name.ends_with("__")
@@ -691,11 +849,17 @@ fn is_class(obj: &Bound<'_, PyAny>) -> bool {
 
 /// A function or class whose `__module__` is `module`.
 fn defined_in(obj: &Bound<'_, PyAny>, module: &str) -> bool {
-    (is_function(obj) || is_class(obj)) && obj.getattr("__module__").and_then(|m| m.extract::<String>()).is_ok_and(|m| m == module)
+    (is_function(obj) || is_class(obj))
+        && obj
+            .getattr("__module__")
+            .and_then(|m| m.extract::<String>())
+            .is_ok_and(|m| m == module)
 }
 
 fn qualname(obj: &Bound<'_, PyAny>) -> String {
-    obj.getattr("__qualname__").and_then(|q| q.extract()).unwrap_or_else(|_| "?".to_string())
+    obj.getattr("__qualname__")
+        .and_then(|q| q.extract())
+        .unwrap_or_else(|_| "?".to_string())
 }
 
 /// A function's `__code__` can only be replaced by code with the same free
@@ -716,7 +880,11 @@ fn cell_contents<'py>(cell: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
 
 /// A class's own namespace, as (name, raw value) pairs.
 fn class_items<'py>(class: &Bound<'py, PyAny>) -> Vec<(String, Bound<'py, PyAny>)> {
-    let Ok(items) = class.getattr("__dict__").and_then(|d| d.call_method0("items")).and_then(|i| i.try_iter().map(|it| it.collect::<Vec<_>>())) else {
+    let Ok(items) = class
+        .getattr("__dict__")
+        .and_then(|d| d.call_method0("items"))
+        .and_then(|i| i.try_iter().map(|it| it.collect::<Vec<_>>()))
+    else {
         return Vec::new();
     };
     items

@@ -34,7 +34,10 @@ use support::Support;
 /// exiting, unparsable); refusals and rollbacks are reports.
 pub fn apply(state: &HostState, spec_path: &str, spec_text: &str, dry_run: bool) -> Result<Report, Problem> {
     let started = Instant::now();
-    let source = SpecSource { path: spec_path.to_string(), text: spec_text.to_string() };
+    let source = SpecSource {
+        path: spec_path.to_string(),
+        text: spec_text.to_string(),
+    };
     let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
     let _gate = state.begin_update().map_err(|e| match e {
         GateError::Busy => Problem::new("another update is in progress in this program; nothing was changed")
@@ -88,14 +91,21 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
     report.modules = plan
         .modules
         .iter()
-        .map(|m| ModuleReport { module: m.name.clone(), source: m.source.clone(), ..ModuleReport::default() })
+        .map(|m| ModuleReport {
+            module: m.name.clone(),
+            source: m.source.clone(),
+            ..ModuleReport::default()
+        })
         .collect();
 
     if dry_run {
         match safepoint::blockers(py, &support, &plan) {
-            Ok(found) => report.warnings.extend(
-                found.iter().map(|f| format!("thread `{}` is in {} at {}:{} now; apply would wait for it", f.thread, f.function, f.file, f.line)),
-            ),
+            Ok(found) => report.warnings.extend(found.iter().map(|f| {
+                format!(
+                    "thread `{}` is in {} at {}:{} now; apply would wait for it",
+                    f.thread, f.function, f.file, f.line
+                )
+            })),
             Err(problem) => return report.problem = Some(problem),
         }
         report.outcome = Outcome::Checked;
@@ -118,7 +128,10 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
         Err(problem) => return report.problem = Some(problem),
     };
     if !staged.imported.is_empty() {
-        report.warnings.push(format!("the new code imported modules the program had not: {}", staged.imported.join(", ")));
+        report.warnings.push(format!(
+            "the new code imported modules the program had not: {}",
+            staged.imported.join(", ")
+        ));
     }
 
     // Staging let other threads run, so the safe point is checked again in
@@ -147,10 +160,9 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
     let t = Instant::now();
     let merged = merge::merge(py, &support, &plan, &staged, &mut journal);
     report.timings.commit_ms = ms(t);
-    let failure = match merged {
-        Ok(modules) => {
-            report.modules = modules;
-            match &plan.after {
+    let (merged, failure) = match merged {
+        Ok(merged) => {
+            let failure = match &plan.after {
                 Some(after) => {
                     let t = Instant::now();
                     let checked = evaluate_after(py, &support, after);
@@ -158,9 +170,10 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
                     checked.err()
                 }
                 None => None,
-            }
+            };
+            (Some(merged), failure)
         }
-        Err(problem) => Some(problem),
+        Err(problem) => (None, Some(problem)),
     };
     if let Some(mut problem) = failure {
         let t = Instant::now();
@@ -179,6 +192,9 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
     drop(gc);
     let t = &mut report.timings;
     t.pause_ms = t.commit_ms + t.check_ms + t.rollback_ms;
+    if let (Some(merged), Outcome::Committed) = (merged, report.outcome) {
+        report.modules = merged.finish(py, &support);
+    }
 }
 
 fn evaluate_after(py: Python<'_>, support: &Support<'_>, after: &AfterCheck) -> Result<(), Problem> {
@@ -189,11 +205,18 @@ fn evaluate_after(py: Python<'_>, support: &Support<'_>, after: &AfterCheck) -> 
         .and_then(|value| value.is_truthy());
     match result {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Problem::new(format!("`[check] after` was false after the commit: {}; the update was rolled back", after.text))
-            .at(after.location.clone(), "evaluated to a false value")),
+        Ok(false) => Err(Problem::new(format!(
+            "`[check] after` was false after the commit: {}; the update was rolled back",
+            after.text
+        ))
+        .at(after.location.clone(), "evaluated to a false value")),
         Err(e) => {
-            let mut problem = support.problem(py, "`[check] after` raised after the commit; the update was rolled back", &e);
-            problem.location = Some(after.location.clone());
+            let mut problem = support.problem(
+                py,
+                "`[check] after` raised after the commit; the update was rolled back",
+                &e,
+            );
+            problem.location = Some(Box::new(after.location.clone()));
             problem.label = Some("raised".into());
             Err(problem)
         }
@@ -209,7 +232,10 @@ struct GcPaused<'py> {
 impl<'py> GcPaused<'py> {
     fn new(py: Python<'py>) -> Self {
         let gc = py.import("gc").ok().filter(|gc| {
-            gc.call_method0("isenabled").and_then(|e| e.is_truthy()).unwrap_or(false) && gc.call_method0("disable").is_ok()
+            gc.call_method0("isenabled")
+                .and_then(|e| e.is_truthy())
+                .unwrap_or(false)
+                && gc.call_method0("disable").is_ok()
         });
         GcPaused { gc }
     }
@@ -226,4 +252,3 @@ impl Drop for GcPaused<'_> {
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
-

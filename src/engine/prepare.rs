@@ -18,7 +18,13 @@ use crate::host::state::HostState;
 use crate::plan::{AfterCheck, ModulePlan, Plan};
 use crate::spec::{did_you_mean, Spec, SpecSource};
 
-pub fn prepare(py: Python<'_>, support: &Support<'_>, state: &HostState, source: &SpecSource, spec: &Spec) -> Result<Plan, Problem> {
+pub fn prepare(
+    py: Python<'_>,
+    support: &Support<'_>,
+    state: &HostState,
+    source: &SpecSource,
+    spec: &Spec,
+) -> Result<Plan, Problem> {
     check_program(state, source, spec)?;
     check_version(state, source, spec)?;
 
@@ -29,7 +35,10 @@ pub fn prepare(py: Python<'_>, support: &Support<'_>, state: &HostState, source:
         .map_err(|e| support.problem(py, "could not read sys.modules", &e))?;
 
     // Find each module and the file its new source comes from.
-    let spec_dir = Path::new(&source.path).parent().map(Path::to_path_buf).unwrap_or_default();
+    let spec_dir = Path::new(&source.path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let mut located = Vec::new();
     for reload in &spec.reload {
         let name = reload.module.get_ref();
@@ -37,18 +46,31 @@ pub fn prepare(py: Python<'_>, support: &Support<'_>, state: &HostState, source:
         let path = match &reload.source {
             Some(s) => {
                 let p = spec_dir.join(s.get_ref());
-                if !p.is_file() {
-                    return Err(source
-                        .problem(s.span(), format!("source file {} does not exist", p.display()), "no such file")
-                        .with_help("`source` is relative to the directory of the spec file"));
+                match p.canonicalize() {
+                    Ok(p) if p.is_file() => p,
+                    _ => {
+                        return Err(source
+                            .problem(
+                                s.span(),
+                                format!("source file {} does not exist", p.display()),
+                                "no such file",
+                            )
+                            .with_help("`source` is relative to the directory of the spec file"))
+                    }
                 }
-                p
             }
-            None => match support.module_source(module.as_any()).map_err(|e| support.problem(py, "could not locate source", &e))? {
+            None => match support
+                .module_source(module.as_any())
+                .map_err(|e| support.problem(py, "could not locate source", &e))?
+            {
                 Some(p) => PathBuf::from(p),
                 None => {
                     return Err(source
-                        .problem(reload.module.span(), format!("module `{name}` has no Python source to reload"), "built-in, extension or bytecode-only module")
+                        .problem(
+                            reload.module.span(),
+                            format!("module `{name}` has no Python source to reload"),
+                            "built-in, extension or bytecode-only module",
+                        )
                         .with_help("give the new source explicitly with `source = \"path/to/module.py\"`"))
                 }
             },
@@ -57,23 +79,40 @@ pub fn prepare(py: Python<'_>, support: &Support<'_>, state: &HostState, source:
     }
 
     // Read every new source with the GIL released: other threads keep running.
-    let texts: Vec<Result<String, std::io::Error>> = py.detach(|| located.iter().map(|(_, _, p)| std::fs::read_to_string(p)).collect());
+    let texts: Vec<Result<String, std::io::Error>> =
+        py.detach(|| located.iter().map(|(_, _, p)| std::fs::read_to_string(p)).collect());
 
-    let builtins = py.import("builtins").map_err(|e| support.problem(py, "could not import builtins", &e))?;
+    let builtins = py
+        .import("builtins")
+        .map_err(|e| support.problem(py, "could not import builtins", &e))?;
     let mut modules = Vec::new();
     for ((reload, module, path), text) in located.into_iter().zip(texts) {
         let path_str = path.display().to_string();
         let text = text.map_err(|e| {
-            source
-                .problem(reload.module.span(), format!("could not read the new source of `{}` at {path_str}: {e}", reload.module.get_ref()), "source unreadable")
+            source.problem(
+                reload.module.span(),
+                format!(
+                    "could not read the new source of `{}` at {path_str}: {e}",
+                    reload.module.get_ref()
+                ),
+                "source unreadable",
+            )
         })?;
         let code = builtins
             .getattr("compile")
             .and_then(|compile| compile.call1((text.as_str(), path_str.as_str(), "exec", 0, true)))
             .map_err(|e| {
-                let mut p = support.problem(py, &format!("the new source of `{}` does not compile", reload.module.get_ref()), &e);
+                let mut p = support.problem(
+                    py,
+                    &format!("the new source of `{}` does not compile", reload.module.get_ref()),
+                    &e,
+                );
                 if p.location.is_none() {
-                    p.location = Some(Location::in_text(&source.path, &source.text, reload.module.span()));
+                    p.location = Some(Box::new(Location::in_text(
+                        &source.path,
+                        &source.text,
+                        reload.module.span(),
+                    )));
                 }
                 p.causes.clear();
                 p
@@ -81,20 +120,36 @@ pub fn prepare(py: Python<'_>, support: &Support<'_>, state: &HostState, source:
         check_reset_names(source, reload, &code)?;
         modules.push(ModulePlan {
             name: reload.module.get_ref().clone(),
-            module: module.bind(py).clone().cast_into::<PyModule>().map_err(|e| Problem::new(e.to_string()))?.unbind(),
+            module: module
+                .bind(py)
+                .clone()
+                .cast_into::<PyModule>()
+                .map_err(|e| Problem::new(e.to_string()))?
+                .unbind(),
             source: path_str,
             code: code.unbind(),
             keep: reload.keep.iter().map(|k| k.get_ref().clone()).collect::<BTreeSet<_>>(),
-            reset: reload.reset.iter().map(|k| k.get_ref().clone()).collect::<BTreeSet<_>>(),
+            reset: reload
+                .reset
+                .iter()
+                .map(|k| k.get_ref().clone())
+                .collect::<BTreeSet<_>>(),
         });
     }
 
     let inactive_code_ids = PySet::empty(py).map_err(|e| Problem::new(e.to_string()))?;
     for path in &spec.safe_point.inactive {
         let code = resolve_function_code(py, &sys_modules, path.get_ref()).map_err(|why| {
-            source.problem(path.span(), format!("`{}` cannot be checked for activity: {why}", path.get_ref()), "not a function in the program")
+            source.problem(
+                path.span(),
+                format!("`{}` cannot be checked for activity: {why}", path.get_ref()),
+                "not a function in the program",
+            )
         })?;
-        let id = builtins.getattr("id").and_then(|id| id.call1((code,))).map_err(|e| Problem::new(e.to_string()))?;
+        let id = builtins
+            .getattr("id")
+            .and_then(|id| id.call1((code,)))
+            .map_err(|e| Problem::new(e.to_string()))?;
         inactive_code_ids.add(id).map_err(|e| Problem::new(e.to_string()))?;
     }
 
@@ -117,7 +172,15 @@ fn check_program(state: &HostState, source: &SpecSource, spec: &Spec) -> Result<
     if let Some(program) = &spec.update.program {
         if program.get_ref() != &state.name {
             return Err(source
-                .problem(program.span(), format!("this update is for `{}`, but the program is `{}`", program.get_ref(), state.name), "program name")
+                .problem(
+                    program.span(),
+                    format!(
+                        "this update is for `{}`, but the program is `{}`",
+                        program.get_ref(),
+                        state.name
+                    ),
+                    "program name",
+                )
                 .with_help("choose the right program with --pid, or start it with `pyreload run --name`"));
         }
     }
@@ -129,18 +192,39 @@ fn check_version(state: &HostState, source: &SpecSource, spec: &Spec) -> Result<
     let to = spec.update.to.get_ref();
     if current.as_deref() == Some(to.as_str()) && spec.update.from.as_ref().map(|f| f.get_ref()) != Some(to) {
         return Err(source
-            .problem(spec.update.to.span(), format!("the program is already at version {to}"), "already applied")
+            .problem(
+                spec.update.to.span(),
+                format!("the program is already at version {to}"),
+                "already applied",
+            )
             .with_help("`pyreload status` shows the update history"));
     }
     if let Some(from) = &spec.update.from {
         if current.as_deref() != Some(from.get_ref().as_str()) {
             let problem = match &current {
                 Some(v) => source
-                    .problem(from.span(), format!("the program runs version {v}, but this update is from version {}", from.get_ref()), "version mismatch")
+                    .problem(
+                        from.span(),
+                        format!(
+                            "the program runs version {v}, but this update is from version {}",
+                            from.get_ref()
+                        ),
+                        "version mismatch",
+                    )
                     .with_help("apply the updates in order; `pyreload status` shows the current version"),
                 None => source
-                    .problem(from.span(), format!("the program has no version, but this update is from version {}", from.get_ref()), "version mismatch")
-                    .with_help(format!("start the program with `pyreload run --version {} ...`", from.get_ref())),
+                    .problem(
+                        from.span(),
+                        format!(
+                            "the program has no version, but this update is from version {}",
+                            from.get_ref()
+                        ),
+                        "version mismatch",
+                    )
+                    .with_help(format!(
+                        "start the program with `pyreload run --version {} ...`",
+                        from.get_ref()
+                    )),
             };
             return Err(problem);
         }
@@ -161,11 +245,18 @@ fn find_module<'py>(
             .problem(name.span(), "`__main__` cannot be reloaded", "the main script")
             .with_help("running the main script again would restart the program; move the code to update into a module it imports"));
     }
-    match sys_modules.get_item(n).map_err(|e| support.problem(py, "could not read sys.modules", &e))? {
+    match sys_modules
+        .get_item(n)
+        .map_err(|e| support.problem(py, "could not read sys.modules", &e))?
+    {
         Some(m) if !m.is_none() => Ok(m),
         _ => {
             let keys: Vec<String> = sys_modules.keys().extract().unwrap_or_default();
-            let mut problem = source.problem(name.span(), format!("module `{n}` is not loaded in the program"), "not in sys.modules");
+            let mut problem = source.problem(
+                name.span(),
+                format!("module `{n}` is not loaded in the program"),
+                "not in sys.modules",
+            );
             problem = match did_you_mean(n, keys.iter().map(String::as_str)) {
                 Some(best) => problem.with_help(format!("did you mean `{best}`?")),
                 None => problem.with_help("only modules the program has imported can be reloaded"),
@@ -176,13 +267,21 @@ fn find_module<'py>(
 }
 
 /// `reset` names a global the new source must define; anything else is a typo.
-fn check_reset_names(source: &SpecSource, reload: &crate::spec::Reload, code: &Bound<'_, PyAny>) -> Result<(), Problem> {
+fn check_reset_names(
+    source: &SpecSource,
+    reload: &crate::spec::Reload,
+    code: &Bound<'_, PyAny>,
+) -> Result<(), Problem> {
     let names: Vec<String> = code.getattr("co_names").and_then(|n| n.extract()).unwrap_or_default();
     for reset in &reload.reset {
         if !names.contains(reset.get_ref()) {
             let mut p = source.problem(
                 reset.span(),
-                format!("`{}` is listed in `reset`, but the new source of `{}` does not define it", reset.get_ref(), reload.module.get_ref()),
+                format!(
+                    "`{}` is listed in `reset`, but the new source of `{}` does not define it",
+                    reset.get_ref(),
+                    reload.module.get_ref()
+                ),
                 "not a global of the new source",
             );
             if let Some(best) = did_you_mean(reset.get_ref(), names.iter().map(String::as_str)) {
@@ -197,7 +296,11 @@ fn check_reset_names(source: &SpecSource, reload: &crate::spec::Reload, code: &B
 /// The code object of the function at a dotted path such as
 /// `pkg.mod.Class.method`: the longest prefix that is a loaded module, then
 /// attributes.
-fn resolve_function_code<'py>(py: Python<'py>, sys_modules: &Bound<'py, PyDict>, path: &str) -> Result<Bound<'py, PyAny>, String> {
+fn resolve_function_code<'py>(
+    py: Python<'py>,
+    sys_modules: &Bound<'py, PyDict>,
+    path: &str,
+) -> Result<Bound<'py, PyAny>, String> {
     let parts: Vec<&str> = path.split('.').collect();
     let (mut obj, rest) = (1..=parts.len())
         .rev()
@@ -209,16 +312,32 @@ fn resolve_function_code<'py>(py: Python<'py>, sys_modules: &Bound<'py, PyDict>,
     for (i, attr) in rest.iter().enumerate() {
         let next = match obj.getattr("__dict__").ok().and_then(|d| d.get_item(*attr).ok()) {
             Some(v) => v,
-            None => obj.getattr(*attr).map_err(|_| format!("`{}` has no attribute `{attr}`", parts[..parts.len() - rest.len() + i].join(".")))?,
+            None => obj.getattr(*attr).map_err(|_| {
+                format!(
+                    "`{}` has no attribute `{attr}`",
+                    parts[..parts.len() - rest.len() + i].join(".")
+                )
+            })?,
         };
         obj = next;
     }
-    let function = if obj.hasattr("__func__").unwrap_or(false) { obj.getattr("__func__").map_err(|e| e.to_string())? } else { obj };
+    let function = if obj.hasattr("__func__").unwrap_or(false) {
+        obj.getattr("__func__").map_err(|e| e.to_string())?
+    } else {
+        obj
+    };
     let _ = py;
-    function.getattr("__code__").map_err(|_| "it is not a Python function".to_string())
+    function
+        .getattr("__code__")
+        .map_err(|_| "it is not a Python function".to_string())
 }
 
-fn compile_after(py: Python<'_>, support: &Support<'_>, source: &SpecSource, expr: &Spanned<String>) -> Result<AfterCheck, Problem> {
+fn compile_after(
+    py: Python<'_>,
+    support: &Support<'_>,
+    source: &SpecSource,
+    expr: &Spanned<String>,
+) -> Result<AfterCheck, Problem> {
     let location = source.location(expr.span());
     let code = py
         .import("builtins")
@@ -226,16 +345,20 @@ fn compile_after(py: Python<'_>, support: &Support<'_>, source: &SpecSource, exp
         .and_then(|compile| compile.call1((expr.get_ref().as_str(), "<[check] after>", "eval", 0, true)))
         .map_err(|e| {
             let mut p = support.problem(py, "`[check] after` is not a valid Python expression", &e);
-            p.location = Some(location.clone());
+            p.location = Some(Box::new(location.clone()));
             p.label = Some("syntax error in this expression".into());
             p.causes.clear();
             p
         })?;
     support.import_named_modules(expr.get_ref()).map_err(|e| {
         let mut p = support.problem(py, "could not import a module that `[check] after` names", &e);
-        p.location = Some(location.clone());
+        p.location = Some(Box::new(location.clone()));
         p.label = Some("names this module".into());
         p
     })?;
-    Ok(AfterCheck { text: expr.get_ref().clone(), location, code: code.unbind() })
+    Ok(AfterCheck {
+        text: expr.get_ref().clone(),
+        location,
+        code: code.unbind(),
+    })
 }

@@ -21,12 +21,20 @@ pub fn blockers(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Ve
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    support.active_frames(ids.as_any()).map_err(|e| support.problem(py, "could not inspect the program's threads", &e))
+    support
+        .active_frames(ids.as_any())
+        .map_err(|e| support.problem(py, "could not inspect the program's threads", &e))
 }
 
 /// Waits until [`blockers`] is empty or `deadline` passes. Counts checks in
 /// `checks`.
-pub fn wait(py: Python<'_>, support: &Support<'_>, plan: &Plan, deadline: Instant, checks: &mut u32) -> Result<(), Problem> {
+pub fn wait(
+    py: Python<'_>,
+    support: &Support<'_>,
+    plan: &Plan,
+    deadline: Instant,
+    checks: &mut u32,
+) -> Result<(), Problem> {
     loop {
         let found = blockers(py, support, plan)?;
         if !plan.inactive.is_empty() {
@@ -49,11 +57,18 @@ pub fn timed_out(plan: &Plan, found: &[ActiveFrame]) -> Problem {
         plan.timeout.as_millis(),
         found.len(),
         if found.len() == 1 { " is" } else { "s are" },
-        plan.inactive.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+        plan.inactive
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
     .with_help("make the function return sooner, or raise [safe_point] timeout_ms");
     for frame in found {
-        problem = problem.caused_by(format!("thread `{}` is in {} at {}:{}", frame.thread, frame.function, frame.file, frame.line));
+        problem = problem.caused_by(format!(
+            "thread `{}` is in {} at {}:{}",
+            frame.thread, frame.function, frame.file, frame.line
+        ));
         for line in &frame.stack {
             problem = problem.caused_by(format!("    {line}"));
         }

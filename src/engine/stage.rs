@@ -16,7 +16,14 @@ use crate::plan::Plan;
 
 /// Attributes a staging module copies from the live one, so the new body
 /// sees the same `__file__`, package and loader.
-const MODULE_DUNDERS: [&str; 6] = ["__file__", "__package__", "__spec__", "__loader__", "__path__", "__cached__"];
+const MODULE_DUNDERS: [&str; 6] = [
+    "__file__",
+    "__package__",
+    "__spec__",
+    "__loader__",
+    "__path__",
+    "__cached__",
+];
 
 /// The new version of every module, ready to merge.
 pub struct Staged {
@@ -58,7 +65,15 @@ fn run_bodies(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Vec<
         ns.set_item("__builtins__", &builtins_ns).map_err(fail)?;
         staged.set_item(&m.name, &staging).map_err(fail)?;
         exec.call1((m.code.bind(py), &ns)).map_err(|e| {
-            let mut p = support.problem(py, &format!("the new version of `{}` raised while loading; the program was not changed", m.name), &e);
+            let mut p = support.problem_in(
+                py,
+                &format!(
+                    "the new version of `{}` raised while loading; the program was not changed",
+                    m.name
+                ),
+                &e,
+                Some(&m.source),
+            );
             p.help = Some("fix the module's top-level code; it runs once, as on a first import".into());
             p
         })?;
@@ -82,7 +97,9 @@ fn new_module_names(py: Python<'_>, before: &Bound<'_, PySet>) -> PyResult<Vec<S
 /// Removes modules that a failed or undone update imported, so the program
 /// is left with the modules it had.
 pub fn forget_modules(py: Python<'_>, names: &[String]) {
-    let Ok(modules) = py.import("sys").and_then(|sys| sys.getattr("modules")) else { return };
+    let Ok(modules) = py.import("sys").and_then(|sys| sys.getattr("modules")) else {
+        return;
+    };
     for name in names {
         let _ = modules.call_method1("pop", (name, py.None()));
     }

@@ -91,13 +91,18 @@ def active_frames(code_ids):
     return found
 
 
-def describe_exception(exc, tb):
-    """(one-line summary, traceback lines, (file, line) of the innermost frame
-    or of the syntax error). `tb` is passed separately because an exception
-    fetched through the C API may not carry its __traceback__ yet."""
+def describe_exception(exc, tb, prefer_file=None):
+    """(one-line summary, traceback lines, (file, line) of the syntax error,
+    or of the innermost frame in `prefer_file`, or of the innermost frame).
+    `tb` is passed separately because an exception fetched through the C API
+    may not carry its __traceback__ yet."""
     if tb is None:
         tb = exc.__traceback__
-    summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, SyntaxError):
+        # The snippet shows the file, line and caret; say only what is wrong.
+        summary = f"{type(exc).__name__}: {exc.msg}"
+    else:
+        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     lines = [
         line.rstrip()
         for chunk in traceback.format_exception(type(exc), exc, tb)
@@ -107,10 +112,15 @@ def describe_exception(exc, tb):
     if isinstance(exc, SyntaxError) and exc.filename is not None:
         where = (exc.filename, exc.lineno or 1, exc.offset or 1)
     else:
-        while tb is not None and tb.tb_next is not None:
+        innermost = preferred = None
+        while tb is not None:
+            innermost = tb
+            if prefer_file is not None and tb.tb_frame.f_code.co_filename == prefer_file:
+                preferred = tb
             tb = tb.tb_next
-        if tb is not None:
-            where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno, 1)
+        chosen = preferred or innermost
+        if chosen is not None:
+            where = (chosen.tb_frame.f_code.co_filename, chosen.tb_lineno, 1)
     return summary, lines, where
 
 

@@ -2,9 +2,9 @@
 
 use std::ffi::CString;
 
+use pyo3::call::PyCallArgs;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::call::PyCallArgs;
 use pyo3::types::PyDict;
 
 use crate::diagnostic::{Location, Problem};
@@ -28,7 +28,9 @@ impl<'py> Support<'py> {
             py.run(&code, Some(&ns), None)?;
             Ok(ns.unbind())
         })?;
-        Ok(Support { ns: ns.bind(py).clone() })
+        Ok(Support {
+            ns: ns.bind(py).clone(),
+        })
     }
 
     fn call(&self, name: &str, args: impl PyCallArgs<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -72,7 +74,13 @@ impl<'py> Support<'py> {
             self.call("active_frames", (code_ids,))?.extract()?;
         Ok(found
             .into_iter()
-            .map(|(thread, function, file, line, stack)| ActiveFrame { thread, function, file, line, stack })
+            .map(|(thread, function, file, line, stack)| ActiveFrame {
+                thread,
+                function,
+                file,
+                line,
+                stack,
+            })
             .collect())
     }
 
@@ -80,8 +88,15 @@ impl<'py> Support<'py> {
     /// syntax error or the innermost frame, and whose causes are the
     /// traceback.
     pub fn problem(&self, py: Python<'py>, context: &str, err: &PyErr) -> Problem {
-        let described: PyResult<(String, Vec<String>, Option<(String, usize, usize)>)> =
-            self.call("describe_exception", (err.value(py), err.traceback(py))).and_then(|d| d.extract());
+        self.problem_in(py, context, err, None)
+    }
+
+    /// Like [`Support::problem`], but locates the error in `file` (the
+    /// module being loaded) when the traceback passes through it.
+    pub fn problem_in(&self, py: Python<'py>, context: &str, err: &PyErr, file: Option<&str>) -> Problem {
+        let described: PyResult<DescribedException> = self
+            .call("describe_exception", (err.value(py), err.traceback(py), file))
+            .and_then(|d| d.extract());
         match described {
             Ok((summary, lines, where_)) => {
                 let mut problem = Problem::new(format!("{context}: {summary}"));
@@ -96,6 +111,10 @@ impl<'py> Support<'py> {
         }
     }
 }
+
+/// What `describe_exception` returns: a one-line summary, the traceback
+/// lines, and the (file, line, column) to point at.
+type DescribedException = (String, Vec<String>, Option<(String, usize, usize)>);
 
 /// A thread that holds the safe point back.
 #[derive(Debug, Clone)]

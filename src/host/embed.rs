@@ -70,8 +70,8 @@ impl Invocation {
 /// by CPython itself and ends the process with its exit status, as `python`
 /// would.
 pub fn initialize(invocation: &Invocation) {
-    let program_name = CString::new(invocation.program_name.as_bytes())
-        .expect("program name from the OS has no NUL bytes");
+    let program_name =
+        CString::new(invocation.program_name.as_bytes()).expect("program name from the OS has no NUL bytes");
     let argv = invocation.argv();
     let mut argv_ptrs: Vec<*const std::os::raw::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
 
@@ -86,20 +86,13 @@ pub fn initialize(invocation: &Invocation) {
         ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
         let mut config = config.assume_init();
 
-        let status = ffi::PyConfig_SetBytesString(
-            &mut config,
-            &mut config.program_name,
-            program_name.as_ptr(),
-        );
+        let status = ffi::PyConfig_SetBytesString(&mut config, &mut config.program_name, program_name.as_ptr());
         exit_on_error(&mut config, status);
 
         // Let CPython parse the argv exactly as its own `main()` does.
         config.parse_argv = 1;
-        let status = ffi::PyConfig_SetBytesArgv(
-            &mut config,
-            argv_ptrs.len() as ffi::Py_ssize_t,
-            argv_ptrs.as_mut_ptr(),
-        );
+        let status =
+            ffi::PyConfig_SetBytesArgv(&mut config, argv_ptrs.len() as ffi::Py_ssize_t, argv_ptrs.as_mut_ptr());
         exit_on_error(&mut config, status);
 
         let status = ffi::Py_InitializeFromConfig(&config);

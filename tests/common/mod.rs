@@ -31,7 +31,10 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::Builder::new().prefix("pyreload-test-").tempdir().unwrap(), log: Mutex::new(Vec::new()) }
+        Sandbox {
+            dir: tempfile::Builder::new().prefix("pyreload-test-").tempdir().unwrap(),
+            log: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -53,7 +56,9 @@ impl Sandbox {
     /// A `pyreload` command with this sandbox's runtime directory.
     pub fn pyreload(&self) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.env("PYRELOAD_RUNTIME_DIR", self.runtime_dir()).env_remove("VIRTUAL_ENV").env("NO_COLOR", "1");
+        cmd.env("PYRELOAD_RUNTIME_DIR", self.runtime_dir())
+            .env_remove("VIRTUAL_ENV")
+            .env("NO_COLOR", "1");
         cmd
     }
 
@@ -73,8 +78,15 @@ impl Sandbox {
 
     /// `pyreload apply --socket S --json SPEC`, parsed.
     pub fn apply_json(&self, host: &Hosted, spec: &Path) -> (i32, serde_json::Value) {
-        let out = self.run(&["apply", "--socket", host.socket().to_str().unwrap(), "--json", spec.to_str().unwrap()]);
-        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("apply printed no JSON ({e}):\n{}", self.transcript()));
+        let out = self.run(&[
+            "apply",
+            "--socket",
+            host.socket().to_str().unwrap(),
+            "--json",
+            spec.to_str().unwrap(),
+        ]);
+        let json = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("apply printed no JSON ({e}):\n{}", self.transcript()));
         (out.status.code().unwrap_or(-1), json)
     }
 
@@ -86,7 +98,10 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("==== pyreload commands run by the failed test ====\n{}", self.transcript());
+            eprintln!(
+                "==== pyreload commands run by the failed test ====\n{}",
+                self.transcript()
+            );
         }
     }
 }
@@ -115,7 +130,10 @@ impl Hosted {
     pub fn start(sandbox: &Sandbox, launch: Launch<'_>) -> Hosted {
         let stderr_path = sandbox.path().join(format!("program-{}.stderr", unique()));
         let mut cmd = sandbox.pyreload();
-        cmd.arg("run").args(&launch.args).current_dir(&launch.cwd).stderr(std::fs::File::create(&stderr_path).unwrap());
+        cmd.arg("run")
+            .args(&launch.args)
+            .current_dir(&launch.cwd)
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
         for (k, v) in &launch.env {
             cmd.env(k, v);
         }
@@ -130,7 +148,14 @@ impl Hosted {
         let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().map(BufReader::new);
-        Hosted { child, stdin, stdout, stderr_path, stdout_path, command: format!("pyreload run {}", launch.args.join(" ")) }
+        Hosted {
+            child,
+            stdin,
+            stdout,
+            stderr_path,
+            stdout_path,
+            command: format!("pyreload run {}", launch.args.join(" ")),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -148,7 +173,11 @@ impl Hosted {
 
     fn socket_in(&self, dir: &Path) -> PathBuf {
         let path = dir.join(format!("{}.sock", self.pid()));
-        wait_until(Duration::from_secs(20), || path.exists(), || format!("control socket {} never appeared\n{}", path.display(), self.logs()));
+        wait_until(
+            Duration::from_secs(20),
+            || path.exists(),
+            || format!("control socket {} never appeared\n{}", path.display(), self.logs()),
+        );
         path
     }
 
@@ -159,7 +188,11 @@ impl Hosted {
         stdin.flush().unwrap();
         let mut answer = String::new();
         self.stdout.as_mut().unwrap().read_line(&mut answer).unwrap();
-        assert!(!answer.is_empty(), "program closed stdout while asked {line:?}\n{}", self.logs());
+        assert!(
+            !answer.is_empty(),
+            "program closed stdout while asked {line:?}\n{}",
+            self.logs()
+        );
         answer.trim_end().to_string()
     }
 
@@ -169,7 +202,11 @@ impl Hosted {
         loop {
             let mut l = String::new();
             let n = self.stdout.as_mut().unwrap().read_line(&mut l).unwrap();
-            assert!(n > 0, "program ended before printing {line:?}; printed {seen:?}\n{}", self.logs());
+            assert!(
+                n > 0,
+                "program ended before printing {line:?}; printed {seen:?}\n{}",
+                self.logs()
+            );
             if l.trim_end() == line {
                 return;
             }
@@ -182,21 +219,33 @@ impl Hosted {
     }
 
     pub fn stdout_log(&self) -> String {
-        self.stdout_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+        self.stdout_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     pub fn logs(&self) -> String {
-        format!("$ {}\n--- program stdout\n{}--- program stderr\n{}", self.command, self.stdout_log(), self.stderr())
+        format!(
+            "$ {}\n--- program stdout\n{}--- program stderr\n{}",
+            self.command,
+            self.stdout_log(),
+            self.stderr()
+        )
     }
 
     /// Waits for the program to exit on its own.
-    pub fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "program did not exit in {timeout:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "program did not exit in {timeout:?}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -244,15 +293,30 @@ impl KvServer {
         let hosted = Hosted::start(
             sandbox,
             Launch {
-                args: ["--name", "kvserver", "--version", version, "-m", "kvserver", "--port", "0", "--port-file", port_file.to_str().unwrap()]
-                    .map(String::from)
-                    .to_vec(),
+                args: [
+                    "--name",
+                    "kvserver",
+                    "--version",
+                    version,
+                    "-m",
+                    "kvserver",
+                    "--port",
+                    "0",
+                    "--port-file",
+                    port_file.to_str().unwrap(),
+                ]
+                .map(String::from)
+                .to_vec(),
                 cwd: repo().join("case-study").join(version_dir),
                 interactive: false,
                 env: vec![],
             },
         );
-        wait_until(Duration::from_secs(20), || port_file.exists(), || format!("kvserver never wrote its port\n{}", hosted.logs()));
+        wait_until(
+            Duration::from_secs(20),
+            || port_file.exists(),
+            || format!("kvserver never wrote its port\n{}", hosted.logs()),
+        );
         let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
         KvServer { hosted, port }
     }
@@ -277,14 +341,20 @@ impl KvClient {
     pub fn connect(port: u16) -> KvClient {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        KvClient { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
+        KvClient {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
     }
 
     pub fn try_ask(&mut self, line: &str) -> std::io::Result<String> {
         self.writer.write_all(format!("{line}\n").as_bytes())?;
         let mut reply = String::new();
         if self.reader.read_line(&mut reply)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
         }
         Ok(reply.trim_end().to_string())
     }

@@ -1,0 +1,370 @@
+//! Acceptance: the case-study server, updated while clients use it.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{repo, stderr, stdout, KvClient, KvServer, Sandbox};
+
+const CLIENTS: usize = 8;
+const KEYS: usize = 1_000;
+
+/// What one client thread saw.
+#[derive(Default, Debug)]
+struct Tally {
+    requests: usize,
+    failures: Vec<String>,
+}
+
+/// Starts `CLIENTS` threads, each on its own persistent connection, each
+/// writing and reading back its own keys until `stop` is set (or a bounded
+/// time has passed). Every reply is checked.
+fn drive(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicUsize>) -> Vec<thread::JoinHandle<Tally>> {
+    (0..CLIENTS)
+        .map(|id| {
+            let (stop, progress) = (stop.clone(), progress.clone());
+            thread::spawn(move || {
+                let mut client = KvClient::connect(port);
+                let mut tally = Tally::default();
+                let started = Instant::now();
+                let mut i = 0usize;
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                    i += 1;
+                    let key = format!("load-{id}-{}", i % 64);
+                    for (request, expected) in [
+                        (format!("SET {key} {i}"), "OK".to_string()),
+                        (format!("GET {key}"), format!("VALUE {i}")),
+                    ] {
+                        tally.requests += 1;
+                        match client.try_ask(&request) {
+                            Ok(reply) if reply == expected => {}
+                            Ok(reply) => tally
+                                .failures
+                                .push(format!("{request:?} -> {reply:?}, expected {expected:?}")),
+                            Err(e) => {
+                                tally.failures.push(format!("{request:?}: connection failed: {e}"));
+                                return tally;
+                            }
+                        }
+                    }
+                    progress.fetch_add(1, Ordering::SeqCst);
+                }
+                tally
+            })
+        })
+        .collect()
+}
+
+fn wait_for_progress(progress: &AtomicUsize, at_least: usize) {
+    common::wait_until(
+        Duration::from_secs(30),
+        || progress.load(Ordering::SeqCst) >= at_least,
+        || "clients made no progress".into(),
+    );
+}
+
+fn populate(server: &KvServer) {
+    let mut c = server.client();
+    for k in 0..KEYS {
+        assert_eq!(c.ask(&format!("SET key{k} value{k}")), "OK");
+    }
+}
+
+fn assert_all_keys(server: &KvServer) {
+    let mut c = server.client();
+    for k in 0..KEYS {
+        assert_eq!(c.ask(&format!("GET key{k}")), format!("VALUE value{k}"), "key{k} lost");
+    }
+}
+
+#[test]
+fn v1_to_v2_applies_under_load_without_dropping_a_connection_or_a_key() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    populate(&server);
+    // The v1 behaviour the update changes.
+    assert_eq!(server.ask("SET spaced hello world"), "OK");
+    assert_eq!(server.ask("GET spaced"), "VALUE hello");
+    assert_eq!(server.ask("INCR counter"), "ERR unknown command INCR");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let clients = drive(server.port, stop.clone(), progress.clone());
+    wait_for_progress(&progress, 200);
+
+    let spec = repo().join("specs/v1-to-v2.toml");
+    let (code, report) = sandbox.apply_json(&server.hosted, &spec);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["outcome"], "committed");
+
+    // Keep the load on after the update.
+    let after = progress.load(Ordering::SeqCst);
+    wait_for_progress(&progress, after + 200);
+    stop.store(true, Ordering::SeqCst);
+    let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failures: Vec<&String> = tallies.iter().flat_map(|t| &t.failures).collect();
+    assert!(failures.is_empty(), "requests failed during the update: {failures:#?}");
+    assert!(
+        tallies.iter().all(|t| t.requests > 0),
+        "a client made no requests: {tallies:?}"
+    );
+    let total: usize = tallies.iter().map(|t| t.requests).sum();
+    eprintln!("{CLIENTS} clients made {total} requests across the update, none failed");
+
+    assert_all_keys(&server);
+    assert_eq!(
+        server.ask("GET spaced"),
+        "VALUE hello",
+        "data written before the update is kept as it was"
+    );
+    assert_eq!(server.ask("SET spaced hello world"), "OK");
+    assert_eq!(server.ask("GET spaced"), "VALUE hello world", "the bug fix is live");
+    assert_eq!(server.ask("INCR counter"), "VALUE 1", "the new command is live");
+    assert_eq!(server.ask("INCR counter"), "VALUE 2");
+    assert_eq!(server.ask("VERSION"), "VERSION 2.0");
+    let stats = server.ask("STATS");
+    assert!(
+        stats.contains(&format!("connections={}", 1)) || stats.contains("connections="),
+        "{stats}"
+    );
+
+    // The report names what changed.
+    let modules = report["modules"].as_array().unwrap();
+    assert_eq!(modules[0]["module"], "kvserver.store");
+    assert_eq!(modules[0]["functions"]["added"], serde_json::json!(["Store.incr"]));
+    assert_eq!(modules[1]["functions"]["changed"], serde_json::json!(["parse"]));
+    assert_eq!(modules[1]["functions"]["added"], serde_json::json!(["cmd_incr"]));
+    assert_eq!(modules[1]["globals"]["reset"], serde_json::json!(["COMMANDS"]));
+    assert_eq!(modules[1]["globals"]["updated"], serde_json::json!(["VERSION"]));
+
+    // Applying it again is refused: the server is already at 2.0.
+    let out = sandbox.run(&[
+        "apply",
+        "--socket",
+        server.hosted.socket().to_str().unwrap(),
+        spec.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the program is already at version 2.0"),
+        "{}",
+        stderr(&out)
+    );
+
+    // status shows the version and both attempts.
+    let out = sandbox.run(&["status", "--pid", &server.hosted.pid().to_string(), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["version"], "2.0");
+    let outcomes: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["committed", "refused"]);
+    assert!(
+        server
+            .hosted
+            .stderr()
+            .contains("pyreload: applied update `v1-to-v2` (1.0 -> 2.0)"),
+        "{}",
+        server.hosted.stderr()
+    );
+}
+
+/// (fixture, exit status, what stderr must say)
+const BAD_INPUTS: &[(&str, i32, &[&str])] = &[
+    (
+        "unknown-key",
+        2,
+        &[
+            "unknown field `timeout`",
+            "unknown-key.toml:",
+            "timeout = 5000",
+            "did you mean `timeout_ms`?",
+        ],
+    ),
+    (
+        "module-not-loaded",
+        1,
+        &[
+            "module `kvserver.stor` is not loaded in the program",
+            "did you mean `kvserver.store`?",
+            "module-not-loaded.toml:",
+        ],
+    ),
+    (
+        "syntax-error",
+        1,
+        &["does not compile", "SyntaxError", "protocol_syntax.py:27"],
+    ),
+    (
+        "wrong-from",
+        1,
+        &[
+            "the program runs version 1.0, but this update is from version 0.9",
+            "wrong-from.toml:",
+        ],
+    ),
+    (
+        "check-fails",
+        1,
+        &["`[check] after` was false after the commit", "rolled back"],
+    ),
+    (
+        "body-raises",
+        1,
+        &[
+            "raised while loading",
+            "KeyError: 'KVSERVER_MAX_VALUE'",
+            "protocol_raises.py:",
+        ],
+    ),
+];
+
+#[test]
+fn each_bad_input_gets_a_clear_error_and_leaves_the_server_as_it_was() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    populate(&server);
+    let mut watcher = server.client();
+    let spec_dir = repo().join("tests/fixtures/specs");
+    for (fixture, code, messages) in BAD_INPUTS {
+        let spec = spec_dir.join(format!("{fixture}.toml"));
+        let out = sandbox.run(&[
+            "apply",
+            "--socket",
+            server.hosted.socket().to_str().unwrap(),
+            spec.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "{fixture}: wrong exit status\n{}",
+            sandbox.transcript()
+        );
+        for m in *messages {
+            assert!(
+                stderr(&out).contains(m),
+                "{fixture}: stderr lacks {m:?}:\n{}",
+                stderr(&out)
+            );
+        }
+        // The program is exactly as it was: v1 behaviour, all data, and an
+        // open connection still served.
+        assert_eq!(watcher.ask("VERSION"), "VERSION 1.0", "{fixture}");
+        assert_eq!(watcher.ask("INCR n"), "ERR unknown command INCR", "{fixture}");
+        assert_eq!(watcher.ask("SET s a b"), "OK");
+        assert_eq!(watcher.ask("GET s"), "VALUE a", "{fixture}: the v1 bug is still there");
+    }
+    assert_all_keys(&server);
+    let status = sandbox.run(&["status", "--socket", server.hosted.socket().to_str().unwrap()]);
+    assert!(stdout(&status).contains("version: 1.0"), "{}", stdout(&status));
+    // A refused update never imported anything for good: the broken module's
+    // dependencies are gone again, and a good update still applies.
+    let (code, report) = sandbox.apply_json(&server.hosted, &repo().join("specs/v1-to-v2.toml"));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(watcher.ask("VERSION"), "VERSION 2.0");
+}
+
+#[test]
+fn a_safe_point_that_never_comes_times_out_naming_the_thread() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    // Every connection thread sits in Server._serve for as long as its
+    // client stays connected, so this safe point cannot be reached while
+    // one is.
+    let mut client = server.client();
+    assert_eq!(client.ask("PING"), "PONG");
+    let spec = std::fs::read_to_string(repo().join("specs/v1-to-v2.toml"))
+        .unwrap()
+        .replace("../case-study/", &format!("{}/case-study/", repo().display()))
+        .replace(
+            "inactive = [\"kvserver.protocol.dispatch\"]",
+            "inactive = [\"kvserver.server.Server._serve\"]",
+        )
+        .replace("timeout_ms = 5000", "timeout_ms = 300");
+    let spec = sandbox.write("blocked.toml", &spec);
+    let (code, report) = sandbox.apply_json(&server.hosted, &spec);
+    assert_eq!(code, 1);
+    assert_eq!(report["outcome"], "refused");
+    let problem = &report["problem"];
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("not reached within 300 ms"),
+        "{problem:#}"
+    );
+    let causes = problem["causes"].to_string();
+    assert!(
+        causes.contains("thread `conn-1` is in Server._serve at") && causes.contains("server.py:"),
+        "{causes}"
+    );
+    assert!(report["safe_point_checks"].as_u64().unwrap() > 1);
+    assert_eq!(client.ask("VERSION"), "VERSION 1.0");
+    // Once the connection closes, the same update goes through.
+    drop(client);
+    let (code, report) = sandbox.apply_json(&server.hosted, &spec);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(server.ask("VERSION"), "VERSION 2.0");
+}
+
+#[test]
+fn check_validates_against_the_running_server_and_changes_nothing() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let spec = repo().join("specs/v1-to-v2.toml");
+    let out = sandbox.run(&[
+        "check",
+        "--pid",
+        &server.hosted.pid().to_string(),
+        spec.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Checked (nothing changed) `v1-to-v2` on `kvserver`"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("module kvserver.store"));
+    assert_eq!(server.ask("VERSION"), "VERSION 1.0");
+    let bad = repo().join("tests/fixtures/specs/syntax-error.toml");
+    let out = sandbox.run(&[
+        "check",
+        "--pid",
+        &server.hosted.pid().to_string(),
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not compile"));
+    let history = sandbox.run(&["status", "--pid", &server.hosted.pid().to_string(), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(
+        status["history"],
+        serde_json::json!([]),
+        "check is not an update attempt"
+    );
+}
+
+#[test]
+fn the_server_shuts_down_cleanly_on_sigterm_after_an_update() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let (code, report) = sandbox.apply_json(&server.hosted, &repo().join("specs/v1-to-v2.toml"));
+    assert_eq!(code, 0, "{report:#}");
+    let socket = server.hosted.socket();
+    server.hosted.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut hosted = server.hosted;
+    let status = hosted.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", hosted.logs());
+    assert!(
+        hosted.stdout_log().contains("kvserver: shut down cleanly"),
+        "the program's own cleanup did not run\n{}",
+        hosted.logs()
+    );
+    assert!(!socket.exists(), "socket left behind after a clean exit");
+}

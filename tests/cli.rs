@@ -1,0 +1,228 @@
+//! The command line as a user meets it: help that teaches, discovery of
+//! the program to talk to, and errors that say what to do.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{repo, stderr, stdout, Hosted, Launch, Sandbox};
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["--help"]);
+    assert!(out.status.success());
+    for word in [
+        "run",
+        "apply",
+        "check",
+        "status",
+        "Exit status: 0 success, 1 update refused or rolled back, 2",
+    ] {
+        assert!(
+            stdout(&out).contains(word),
+            "top-level help lacks {word:?}:\n{}",
+            stdout(&out)
+        );
+    }
+    for (sub, example) in [
+        (
+            "run",
+            "pyreload run --name kvserver --version 1.0 -m kvserver --port 7000",
+        ),
+        ("apply", "pyreload apply specs/v1-to-v2.toml"),
+        ("check", "pyreload check specs/v1-to-v2.toml"),
+        ("status", "pyreload status --pid 4242 --json"),
+    ] {
+        let out = sandbox.run(&[sub, "--help"]);
+        assert!(out.status.success(), "{sub} --help failed");
+        assert!(
+            stdout(&out).contains(example),
+            "`{sub} --help` lacks the example {example:?}:\n{}",
+            stdout(&out)
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let sandbox = Sandbox::new();
+    assert_eq!(sandbox.run(&["apply"]).status.code(), Some(2));
+    assert_eq!(sandbox.run(&["frobnicate"]).status.code(), Some(2));
+    let out = sandbox.run(&["apply", "no/such/spec.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("could not read the spec no/such/spec.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A program that idles until its stdin closes.
+fn idle(sandbox: &Sandbox, name: &str, version: &str) -> Hosted {
+    sandbox.write("idle.py", "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n");
+    let mut h = Hosted::start(
+        sandbox,
+        Launch {
+            args: ["--name", name, "--version", version, "idle.py"]
+                .map(String::from)
+                .to_vec(),
+            cwd: sandbox.path().to_path_buf(),
+            interactive: true,
+            env: vec![],
+        },
+    );
+    h.expect_line("ready");
+    h.socket();
+    h
+}
+
+#[test]
+fn status_finds_the_only_program_or_lists_the_candidates() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no program is running under `pyreload run`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let alpha = idle(&sandbox, "alpha", "3.1");
+    let out = sandbox.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("alpha (pid {})\n  version: 3.1\n", alpha.pid())),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("history: no updates yet"));
+
+    let beta = idle(&sandbox, "beta", "7");
+    let out = sandbox.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("2 programs match; choose one with --pid or --socket"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {} `alpha` version 3.1", alpha.pid()))
+            && err.contains(&format!("pid {} `beta` version 7", beta.pid())),
+        "{err}"
+    );
+
+    // Each selector picks the right one.
+    let by_name = sandbox.run(&["status", "--name", "beta", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&by_name.stdout).unwrap();
+    assert_eq!(json["pid"], beta.pid());
+    let by_pid = sandbox.run(&["status", "--pid", &alpha.pid().to_string(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&by_pid.stdout).unwrap();
+    assert_eq!(json["name"], "alpha");
+    let socket = beta.socket();
+    let by_socket = sandbox.run(&["status", "--socket", socket.to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&by_socket.stdout).unwrap();
+    assert_eq!(json["name"], "beta");
+    let out = sandbox.run(&["status", "--name", "gamma"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no running program is named `gamma`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sandbox.run(&["status", "--pid", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no program with pid 1 is running under `pyreload run`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn apply_without_a_flag_picks_the_program_the_spec_names() {
+    let sandbox = Sandbox::new();
+    let _other = idle(&sandbox, "other", "1.0");
+    let server = common::KvServer::start(&sandbox, "v1", "1.0");
+    // Two programs run, but the spec says `program = "kvserver"`.
+    let out = sandbox.run(&["apply", repo().join("specs/v1-to-v2.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!(
+            "Applied `v1-to-v2` on `kvserver` (pid {}): 1.0 -> 2.0",
+            server.hosted.pid()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(server.ask("VERSION"), "VERSION 2.0");
+}
+
+#[test]
+fn a_socket_left_by_a_dead_program_is_cleaned_up() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.runtime_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // pid_max is at most 2^22, so no process has this pid.
+    let stale = dir.join("4194999.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let out = sandbox.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no program is running"), "{}", stderr(&out));
+    assert!(!stale.exists(), "the stale socket was not removed");
+}
+
+#[test]
+fn a_runtime_dir_others_can_enter_is_refused() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.runtime_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sandbox.write("x.py", "print('should not run')\n");
+    let out = sandbox
+        .pyreload()
+        .args(["run", "x.py"])
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("has mode 755; control sockets need a private directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("chmod 700"), "{}", stderr(&out));
+}
+
+#[test]
+fn garbage_on_the_control_socket_gets_an_error_and_the_program_goes_on() {
+    use std::io::{Read, Write};
+    let sandbox = Sandbox::new();
+    let server = common::KvServer::start(&sandbox, "v1", "1.0");
+    let socket = server.hosted.socket();
+    let frame = |body: &[u8]| [&(body.len() as u32).to_be_bytes()[..], body].concat();
+    let junk_frames = [
+        frame(b"hello"),
+        b"\xff\xff\xff\xff".to_vec(),
+        frame(br#"{"type":"nope"}"#),
+        frame(br#"{"type":"apply","protocol":1}"#),
+    ];
+    for junk in &junk_frames {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(junk).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert!(reply["message"].as_str().unwrap().contains("bad request"), "{reply}");
+    }
+    assert_eq!(server.ask("PING"), "PONG");
+    let out = sandbox.run(&["status", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+}
