@@ -321,6 +321,32 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_spec_example_and_every_worked_spec_parse() {
+        let readme = include_str!("../README.md");
+        let examples: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert!(!examples.is_empty(), "README shows no spec");
+        for example in examples {
+            parse_text(example).unwrap_or_else(|e| panic!("README example does not parse: {e:?}\n{example}"));
+        }
+        for dir in ["specs", "bench/specs"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                parse(&SpecSource {
+                    path: path.display().to_string(),
+                    text,
+                })
+                .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            }
+        }
+    }
+
+    #[test]
     fn names() {
         assert!(is_dotted_name("kvserver.store.Store"));
         assert!(!is_dotted_name("kvserver..store"));
