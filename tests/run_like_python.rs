@@ -294,6 +294,17 @@ fn a_missing_script_is_a_usage_error() {
 }
 
 #[test]
+fn a_forked_child_that_exits_leaves_the_parents_socket_alone() {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "forks.py",
+        "import os, sys\npid = os.fork()\nif pid == 0:\n    sys.exit(0)\nos.waitpid(pid, 0)\nprint(os.path.exists(os.path.join(os.environ['PYRELOAD_RUNTIME_DIR'], f'{os.getpid()}.sock')))\n",
+    );
+    let out = hosted(&sandbox, &["forks.py"]);
+    assert_eq!(stdout(&out), "True\n", "{}", stderr(&out));
+}
+
+#[test]
 fn the_control_socket_is_private_and_removed_on_exit() {
     use std::os::unix::fs::PermissionsExt;
     let sandbox = Sandbox::new();

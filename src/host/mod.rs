@@ -65,7 +65,7 @@ static SOCKET_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 fn remove_at_exit(path: PathBuf) {
     extern "C" fn remove_socket() {
         if let Some(path) = SOCKET_PATH.get() {
-            let _ = std::fs::remove_file(path);
+            state::remove_own_socket(path);
         }
     }
     if SOCKET_PATH.set(path).is_ok() {

@@ -50,7 +50,7 @@ pub mod pyreload {
         py.detach(|| {
             host.mark_exiting();
             // No update can start any more; stop advertising the socket.
-            let _ = std::fs::remove_file(&host.socket_path);
+            crate::host::state::remove_own_socket(&host.socket_path);
         });
         Ok(())
     }

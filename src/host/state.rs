@@ -108,6 +108,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Removes the control socket, unless this process is a child forked from
+/// the program: it inherits the exit hooks, but the socket is its parent's.
+pub fn remove_own_socket(path: &std::path::Path) {
+    if path.file_stem().and_then(|s| s.to_str()) == Some(std::process::id().to_string().as_str()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
