@@ -7,6 +7,8 @@
 
 fn main() {
     pyo3_build_config::add_libpython_rpath_link_args();
+    // Py_3_11, Py_3_12, ... for code that depends on the CPython version.
+    pyo3_build_config::use_pyo3_cfgs();
     let config = pyo3_build_config::get();
     let executable = config
         .executable()

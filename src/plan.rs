@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyModule, PySet};
+use pyo3::types::{PyList, PyModule, PySet};
 
 use crate::diagnostic::Location;
 
@@ -23,8 +23,8 @@ pub struct ModulePlan {
     pub reset: BTreeSet<String>,
 }
 
-/// `[check] after`, compiled.
-pub struct AfterCheck {
+/// A Python expression from the spec (`condition`, `after`), compiled.
+pub struct Expression {
     pub text: String,
     pub location: Location,
     pub code: Py<PyAny>,
@@ -34,10 +34,16 @@ pub struct AfterCheck {
 pub struct Plan {
     pub to: String,
     pub modules: Vec<ModulePlan>,
-    /// The dotted paths of `[safe_point] inactive`, for reports.
+    /// Every function that must be inactive (those the update changes or
+    /// removes, plus `inactive`, minus `allow_active`), as dotted paths.
     pub inactive: Vec<String>,
-    /// `id()` of each inactive function's code object.
+    /// `id()` of each of their code objects.
     pub inactive_code_ids: Py<PySet>,
-    pub after: Option<AfterCheck>,
+    /// Those of their code objects that are generators or coroutines, which
+    /// can also be suspended off every thread's stack.
+    pub generator_codes: Py<PyList>,
+    pub condition: Option<Expression>,
+    pub update_point: Option<String>,
+    pub after: Option<Expression>,
     pub timeout: Duration,
 }

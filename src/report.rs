@@ -119,10 +119,22 @@ pub struct Timings {
     pub check_ms: f64,
     /// Undoing the commit, when it failed.
     pub rollback_ms: f64,
-    /// Time no other thread could run Python code: commit, check and any rollback.
+    /// Time every other thread was stopped for the commit: the final
+    /// safe-point check, the merge, `[check] after` and any rollback.
     pub pause_ms: f64,
     /// From receiving the request to finishing the report.
     pub total_ms: f64,
+}
+
+/// What the safe point required.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafePointSummary {
+    /// Functions that had to be inactive (dotted paths).
+    pub inactive: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_point: Option<String>,
 }
 
 /// The whole account of one update attempt.
@@ -138,6 +150,9 @@ pub struct Report {
     pub timings: Timings,
     /// How many times the safe point was checked before it held.
     pub safe_point_checks: u32,
+    /// How many other threads the commit stopped.
+    pub stopped_threads: usize,
+    pub safe_point: SafePointSummary,
     /// Why the update was refused or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
@@ -218,7 +233,11 @@ impl Report {
             t.check_ms,
             if t.rollback_ms > 0.0 { format!(", rollback {:.2} ms", t.rollback_ms) } else { String::new() }
         );
-        let _ = writeln!(out, "  pause: {:.3} ms   total: {:.2} ms", t.pause_ms, t.total_ms);
+        let _ = writeln!(
+            out,
+            "  pause: {:.3} ms ({} other threads stopped)   total: {:.2} ms",
+            t.pause_ms, self.stopped_threads, t.total_ms
+        );
         for w in &self.warnings {
             let _ = writeln!(out, "  warning: {w}");
         }

@@ -66,13 +66,25 @@ pub struct Reload {
 }
 
 /// `[safe_point]`: when the update may happen.
+///
+/// By default every function the update changes or removes must be inactive:
+/// on no thread's stack, and not suspended in a generator or coroutine.
+/// `inactive` adds functions to that set, `allow_active` takes some out.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SafePoint {
-    /// Functions and methods (dotted paths) that must not be running on any
-    /// thread when the update commits.
+    /// More functions and methods (dotted paths) that must not be running
+    /// when the update commits, beyond those it changes.
     #[serde(default)]
     pub inactive: Vec<Spanned<String>>,
+    /// Changed functions whose running calls may finish with the old code.
+    #[serde(default)]
+    pub allow_active: Vec<Spanned<String>>,
+    /// A Python expression that must be true at the moment of commit,
+    /// evaluated in the program while every other thread is stopped.
+    pub condition: Option<Spanned<String>>,
+    /// Commit only while a thread waits in `pyreload.update_point(NAME)`.
+    pub update_point: Option<Spanned<String>>,
     /// How long to wait for the safe point before refusing the update.
     pub timeout_ms: Option<Spanned<u64>>,
 }
@@ -184,6 +196,12 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
     if let Some(after) = &spec.check.after {
         require_text(after, "[check] after");
     }
+    if let Some(condition) = &spec.safe_point.condition {
+        require_text(condition, "[safe_point] condition");
+    }
+    if let Some(point) = &spec.safe_point.update_point {
+        require_text(point, "[safe_point] update_point");
+    }
 
     if spec.reload.is_empty() {
         problems.push(
@@ -243,13 +261,32 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         }
     }
 
-    for name in &spec.safe_point.inactive {
-        if !is_dotted_name(name.get_ref()) {
-            problems.push(source.problem(
-                name.span(),
-                format!("`{}` is not a function path", name.get_ref()),
-                "expected a dotted path such as `kvserver.store.Store.compact`",
-            ));
+    let mut listed: HashMap<&str, &str> = HashMap::new();
+    for (list, key) in [
+        (&spec.safe_point.inactive, "inactive"),
+        (&spec.safe_point.allow_active, "allow_active"),
+    ] {
+        for name in list {
+            let n = name.get_ref();
+            if !is_dotted_name(n) {
+                problems.push(source.problem(
+                    name.span(),
+                    format!("`{n}` is not a function path"),
+                    "expected a dotted path such as `kvserver.store.Store.compact`",
+                ));
+            } else if let Some(other) = listed.insert(n, key) {
+                if other != key {
+                    problems.push(
+                        source
+                            .problem(
+                                name.span(),
+                                format!("`{n}` is listed in both `{other}` and `{key}`"),
+                                "listed again here",
+                            )
+                            .with_help("a function either must be inactive or may stay active, not both"),
+                    );
+                }
+            }
         }
     }
     if let Some(timeout) = &spec.safe_point.timeout_ms {

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Hosted, Launch, Sandbox};
+use common::{Hosted, Sandbox, PROBE_LOOP};
 
 const SHOP_V1: &str = r#"
 import functools
@@ -165,13 +165,6 @@ shop.CACHE["k"] = "v"
 shop.Cart.registry.append("r")
 shop.bump()
 shop.bump()
-print("ready", flush=True)
-for line in sys.stdin:
-    try:
-        result = repr(eval(line, globals()))
-    except Exception as e:
-        result = f"raised {type(e).__name__}: {e}"
-    print(result, flush=True)
 "#;
 
 const SPEC: &str = r#"
@@ -187,18 +180,8 @@ keep = ["HITS"]
 
 fn start(sandbox: &Sandbox) -> Hosted {
     sandbox.write("shop.py", SHOP_V1);
-    sandbox.write("probe.py", PROBE);
-    let mut probe = Hosted::start(
-        sandbox,
-        Launch {
-            args: ["--version", "1", "probe.py"].map(String::from).to_vec(),
-            cwd: sandbox.path().to_path_buf(),
-            interactive: true,
-            env: vec![],
-        },
-    );
-    probe.expect_line("ready");
-    probe
+    sandbox.write("probe.py", &format!("{PROBE}{PROBE_LOOP}"));
+    common::probe(sandbox, &["--version", "1", "probe.py"])
 }
 
 fn apply(sandbox: &Sandbox, probe: &Hosted, spec: &str) -> (i32, serde_json::Value) {
@@ -355,20 +338,11 @@ fn reset_takes_new_data_and_objects_built_from_new_classes_join_the_live_class()
     let sandbox = Sandbox::new();
     let v1 = "class Handler:\n    def run(self):\n        return 'old'\n\ndef a():\n    return 'a1'\n\nTABLE = {'a': a}\nDEFAULT = Handler()\n";
     sandbox.write("shop.py", v1);
-    sandbox.write("probe.py", &PROBE.replace("from shop import price, greet\n", "").replace(
-        "cart = shop.Cart()\ncart.add(5)\nheld = shop.price\nbound = cart.add\nunbound = shop.Cart.add\nshop.CACHE[\"k\"] = \"v\"\nshop.Cart.registry.append(\"r\")\nshop.bump()\nshop.bump()\n",
-        "table = shop.TABLE\nh = shop.DEFAULT\n",
-    ));
-    let mut p = Hosted::start(
-        &sandbox,
-        Launch {
-            args: vec!["probe.py".into()],
-            cwd: sandbox.path().to_path_buf(),
-            interactive: true,
-            env: vec![],
-        },
+    sandbox.write(
+        "probe.py",
+        &format!("import sys, shop\ntable = shop.TABLE\nh = shop.DEFAULT\n{PROBE_LOOP}"),
     );
-    p.expect_line("ready");
+    let mut p = common::probe(&sandbox, &["probe.py"]);
     let v2 = "class Handler:\n    def run(self):\n        return 'new'\n\ndef a():\n    return 'a2'\n\ndef b():\n    return 'b2'\n\nTABLE = {'a': a, 'b': b}\nDEFAULT = Handler()\n";
     sandbox.write("shop.py", v2);
     let spec =
@@ -395,20 +369,8 @@ fn a_changed_slots_layout_is_refused_with_the_reason() {
         "shop.py",
         "class P:\n    __slots__ = ('x',)\n    def __init__(self):\n        self.x = 1\n",
     );
-    sandbox.write("probe.py", &PROBE.replace("from shop import price, greet\n", "").replace(
-        "cart = shop.Cart()\ncart.add(5)\nheld = shop.price\nbound = cart.add\nunbound = shop.Cart.add\nshop.CACHE[\"k\"] = \"v\"\nshop.Cart.registry.append(\"r\")\nshop.bump()\nshop.bump()\n",
-        "p = shop.P()\n",
-    ));
-    let mut p = Hosted::start(
-        &sandbox,
-        Launch {
-            args: vec!["probe.py".into()],
-            cwd: sandbox.path().to_path_buf(),
-            interactive: true,
-            env: vec![],
-        },
-    );
-    p.expect_line("ready");
+    sandbox.write("probe.py", &format!("import sys, shop\np = shop.P()\n{PROBE_LOOP}"));
+    let mut p = common::probe(&sandbox, &["probe.py"]);
     sandbox.write(
         "shop.py",
         "class P:\n    __slots__ = ('x', 'y')\n    def __init__(self):\n        self.x = 1\n        self.y = 2\n",

@@ -9,12 +9,14 @@
 //! | commit   | paused: one GIL hold, no bytecode    | rolled back|
 //! | check    | `[check] after` evaluated            | rolled back|
 
+pub mod fault;
 pub mod journal;
 pub mod merge;
 pub mod prepare;
 pub mod safepoint;
 pub mod stage;
 pub mod support;
+pub mod world;
 
 use std::time::Instant;
 
@@ -23,11 +25,13 @@ use pyo3::prelude::*;
 use crate::control::protocol::HistoryEntry;
 use crate::diagnostic::Problem;
 use crate::host::state::{unix_seconds, GateError, HostState};
-use crate::plan::AfterCheck;
-use crate::report::{ModuleReport, Outcome, Report, Timings};
+use crate::host::update_point::POINTS;
+use crate::plan::Plan;
+use crate::report::{ModuleReport, Outcome, Report, SafePointSummary, Timings};
 use crate::spec::{self, SpecSource};
 use journal::Journal;
 use support::Support;
+use world::StoppedWorld;
 
 /// Validates the spec against the running program and, unless `dry_run`,
 /// applies it. `Err` means the request could not be served at all (busy,
@@ -54,6 +58,8 @@ pub fn apply(state: &HostState, spec_path: &str, spec_text: &str, dry_run: bool)
         modules: Vec::new(),
         timings: Timings::default(),
         safe_point_checks: 0,
+        stopped_threads: 0,
+        safe_point: SafePointSummary::default(),
         problem: None,
         warnings: Vec::new(),
     };
@@ -97,24 +103,36 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
             ..ModuleReport::default()
         })
         .collect();
+    report.safe_point = SafePointSummary {
+        inactive: plan.inactive.clone(),
+        condition: plan.condition.as_ref().map(|c| c.text.clone()),
+        update_point: plan.update_point.clone(),
+    };
 
     if dry_run {
-        match safepoint::blockers(py, &support, &plan) {
-            Ok(found) => report.warnings.extend(found.iter().map(|f| {
-                format!(
-                    "thread `{}` is in {} at {}:{} now; apply would wait for it",
-                    f.thread, f.function, f.file, f.line
-                )
-            })),
+        match safepoint::check(py, &support, &plan, &[]) {
+            Ok(b) => report.warnings.extend(describe_blockers_now(&b, &plan)),
             Err(problem) => return report.problem = Some(problem),
         }
         report.outcome = Outcome::Checked;
         return;
     }
 
+    if fault::split_commit_requested() {
+        match fault::split_commit(py, &support, &plan) {
+            Ok(()) => {
+                report.outcome = Outcome::Committed;
+                state.set_version(Some(plan.to.clone()));
+            }
+            Err(problem) => report.problem = Some(problem),
+        }
+        return;
+    }
+
     let deadline = Instant::now() + plan.timeout;
+    let _point = plan.update_point.as_deref().map(|name| POINTS.request(name));
     let t = Instant::now();
-    let waited = safepoint::wait(py, &support, &plan, deadline, &mut report.safe_point_checks);
+    let waited = wait(py, &support, &plan, deadline, &mut report.safe_point_checks);
     report.timings.wait_ms = ms(t);
     if let Err(problem) = waited {
         return report.problem = Some(problem);
@@ -134,93 +152,159 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
         ));
     }
 
-    // Staging let other threads run, so the safe point is checked again in
-    // the same GIL hold as the commit.
+    // Staging let the program run, so the safe point is decided again, with
+    // every other thread stopped, and the commit follows in the same window.
+    let mut interval = safepoint::FIRST_INTERVAL;
     loop {
-        let found = match safepoint::blockers(py, &support, &plan) {
-            Ok(found) => found,
+        let stopped_at = Instant::now();
+        let world = match StoppedWorld::stop(py) {
+            Ok(world) => world,
+            Err(e) => {
+                stage::forget_modules(py, &staged.imported);
+                return report.problem = Some(support.problem(py, "could not stop the program's threads", &e));
+            }
+        };
+        report.safe_point_checks += 1;
+        report.stopped_threads = world.threads;
+        let blockers = match safepoint::check(py, &support, &plan, &POINTS.waiting()) {
+            Ok(b) => b,
             Err(problem) => {
+                drop(world);
                 stage::forget_modules(py, &staged.imported);
                 return report.problem = Some(problem);
             }
         };
-        if found.is_empty() {
-            break;
+        if blockers.clear() {
+            let merged = commit(py, &support, state, &plan, &staged, report);
+            drop(world);
+            report.timings.pause_ms = ms(stopped_at);
+            if let Some(merged) = merged {
+                report.modules = merged.finish(py, &support);
+            }
+            return;
         }
-        report.safe_point_checks += 1;
+        drop(world);
         if Instant::now() >= deadline {
             stage::forget_modules(py, &staged.imported);
-            return report.problem = Some(safepoint::timed_out(&plan, &found));
+            return report.problem = Some(safepoint::timed_out(&plan, &blockers));
         }
-        py.detach(|| std::thread::sleep(safepoint::POLL_INTERVAL));
+        safepoint::sleep(py, interval, deadline);
+        interval = safepoint::next_interval(interval);
     }
+}
 
+/// Waits, with the program running, until the safe point looks reachable.
+fn wait(
+    py: Python<'_>,
+    support: &Support<'_>,
+    plan: &Plan,
+    deadline: Instant,
+    checks: &mut u32,
+) -> Result<(), Problem> {
+    let mut interval = safepoint::FIRST_INTERVAL;
+    loop {
+        if plan.update_point.is_some() && POINTS.waiting().is_empty() {
+            py.detach(|| POINTS.wait_for_arrival(deadline));
+        }
+        *checks += 1;
+        let blockers = safepoint::check(py, support, plan, &POINTS.waiting())?;
+        if blockers.clear() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(safepoint::timed_out(plan, &blockers));
+        }
+        safepoint::sleep(py, interval, deadline);
+        interval = safepoint::next_interval(interval);
+    }
+}
+
+/// The commit proper, inside the stopped world: merge, check, and roll back
+/// on any failure. Returns the merge, for its report, when committed.
+fn commit(
+    py: Python<'_>,
+    support: &Support<'_>,
+    state: &HostState,
+    plan: &Plan,
+    staged: &stage::Staged,
+    report: &mut Report,
+) -> Option<merge::Merged> {
     let gc = GcPaused::new(py);
     let mut journal = Journal::default();
     let t = Instant::now();
-    let merged = merge::merge(py, &support, &plan, &staged, &mut journal);
+    let merged = merge::merge(py, support, plan, staged, &mut journal);
     report.timings.commit_ms = ms(t);
     let (merged, failure) = match merged {
         Ok(merged) => {
-            let failure = match &plan.after {
-                Some(after) => {
-                    let t = Instant::now();
-                    let checked = evaluate_after(py, &support, after);
-                    report.timings.check_ms = ms(t);
-                    checked.err()
+            let failure = plan.after.as_ref().and_then(|after| {
+                let t = Instant::now();
+                let checked = safepoint::evaluate(py, support, after, "[check] after");
+                report.timings.check_ms = ms(t);
+                match checked {
+                    Ok(true) => None,
+                    Ok(false) => Some(
+                        Problem::new(format!(
+                            "`[check] after` was false after the commit: {}; the update was rolled back",
+                            after.text
+                        ))
+                        .at(after.location.clone(), "evaluated to a false value"),
+                    ),
+                    Err(mut problem) => {
+                        problem.message = format!("{} after the commit; the update was rolled back", problem.message);
+                        Some(problem)
+                    }
                 }
-                None => None,
-            };
+            });
             (Some(merged), failure)
         }
         Err(problem) => (None, Some(problem)),
     };
-    if let Some(mut problem) = failure {
-        let t = Instant::now();
-        let errors = journal.rollback(py);
-        stage::forget_modules(py, &staged.imported);
-        report.timings.rollback_ms = ms(t);
-        for e in errors {
-            problem = problem.caused_by(format!("rollback could not restore a value: {e}"));
+    let result = match failure {
+        Some(mut problem) => {
+            let t = Instant::now();
+            let errors = journal.rollback(py);
+            stage::forget_modules(py, &staged.imported);
+            report.timings.rollback_ms = ms(t);
+            for e in errors {
+                problem = problem.caused_by(format!("rollback could not restore a value: {e}"));
+            }
+            report.outcome = Outcome::RolledBack;
+            report.problem = Some(problem);
+            None
         }
-        report.outcome = Outcome::RolledBack;
-        report.problem = Some(problem);
-    } else {
-        report.outcome = Outcome::Committed;
-        state.set_version(Some(plan.to.clone()));
-    }
+        None => {
+            report.outcome = Outcome::Committed;
+            state.set_version(Some(plan.to.clone()));
+            merged
+        }
+    };
     drop(gc);
-    let t = &mut report.timings;
-    t.pause_ms = t.commit_ms + t.check_ms + t.rollback_ms;
-    if let (Some(merged), Outcome::Committed) = (merged, report.outcome) {
-        report.modules = merged.finish(py, &support);
-    }
+    result
 }
 
-fn evaluate_after(py: Python<'_>, support: &Support<'_>, after: &AfterCheck) -> Result<(), Problem> {
-    let code = after.code.bind(py);
-    let result = support
-        .check_globals(code)
-        .and_then(|globals| py.import("builtins")?.getattr("eval")?.call1((code, globals)))
-        .and_then(|value| value.is_truthy());
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Problem::new(format!(
-            "`[check] after` was false after the commit: {}; the update was rolled back",
-            after.text
-        ))
-        .at(after.location.clone(), "evaluated to a false value")),
-        Err(e) => {
-            let mut problem = support.problem(
-                py,
-                "`[check] after` raised after the commit; the update was rolled back",
-                &e,
-            );
-            problem.location = Some(Box::new(after.location.clone()));
-            problem.label = Some("raised".into());
-            Err(problem)
-        }
+/// For `check`: what would hold the safe point back right now.
+fn describe_blockers_now(b: &safepoint::Blockers, plan: &Plan) -> Vec<String> {
+    let mut out: Vec<String> = b
+        .threads
+        .iter()
+        .map(|f| {
+            format!(
+                "thread `{}` is in {} at {}:{} now; apply would wait for it",
+                f.thread, f.function, f.file, f.line
+            )
+        })
+        .collect();
+    out.extend(b.suspended.iter().map(|s| {
+        format!(
+            "{} {} is suspended at {}:{} now; apply would wait for it",
+            s.kind, s.function, s.file, s.line
+        )
+    }));
+    if b.condition_false {
+        let text = plan.condition.as_ref().map(|c| c.text.as_str()).unwrap_or_default();
+        out.push(format!("the condition `{text}` is false now; apply would wait for it"));
     }
+    out
 }
 
 /// Keeps the cyclic garbage collector off for the commit: a collection

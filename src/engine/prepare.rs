@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyModule, PySet};
+use pyo3::types::{PyDict, PyList, PyModule, PySet};
 use toml::Spanned;
 
 use super::support::Support;
 use crate::diagnostic::{Location, Problem};
 use crate::host::state::HostState;
-use crate::plan::{AfterCheck, ModulePlan, Plan};
+use crate::plan::{Expression, ModulePlan, Plan};
 use crate::spec::{did_you_mean, Spec, SpecSource};
 
 pub fn prepare(
@@ -137,35 +137,79 @@ pub fn prepare(
         });
     }
 
-    let inactive_code_ids = PySet::empty(py).map_err(|e| Problem::new(e.to_string()))?;
-    for path in &spec.safe_point.inactive {
-        let code = resolve_function_code(py, &sys_modules, path.get_ref()).map_err(|why| {
-            source.problem(
-                path.span(),
-                format!("`{}` cannot be checked for activity: {why}", path.get_ref()),
-                "not a function in the program",
-            )
-        })?;
-        let id = builtins
-            .getattr("id")
-            .and_then(|id| id.call1((code,)))
-            .map_err(|e| Problem::new(e.to_string()))?;
-        inactive_code_ids.add(id).map_err(|e| Problem::new(e.to_string()))?;
+    let inactive = inactive_set(py, support, source, spec, &sys_modules, &modules)?;
+    let fail = |e: PyErr| Problem::new(format!("could not build the safe-point check: {e}"));
+    let inactive_code_ids = PySet::empty(py).map_err(fail)?;
+    let generator_codes = PyList::empty(py);
+    for (_, code) in &inactive {
+        inactive_code_ids
+            .add(builtins.getattr("id").and_then(|id| id.call1((code,))).map_err(fail)?)
+            .map_err(fail)?;
+        if support.is_generator_code(code).map_err(fail)? {
+            generator_codes.append(code).map_err(fail)?;
+        }
     }
-
-    let after = match &spec.check.after {
-        Some(expr) => Some(compile_after(py, support, source, expr)?),
-        None => None,
+    let expression = |expr: &Option<Spanned<String>>, what: &str| -> Result<Option<Expression>, Problem> {
+        expr.as_ref()
+            .map(|e| compile_expression(py, support, source, e, what))
+            .transpose()
     };
 
     Ok(Plan {
         to: spec.update.to.get_ref().clone(),
         modules,
-        inactive: spec.safe_point.inactive.iter().map(|s| s.get_ref().clone()).collect(),
+        inactive: inactive.into_iter().map(|(name, _)| name).collect(),
         inactive_code_ids: inactive_code_ids.unbind(),
-        after,
+        generator_codes: generator_codes.unbind(),
+        condition: expression(&spec.safe_point.condition, "[safe_point] condition")?,
+        update_point: spec.safe_point.update_point.as_ref().map(|p| p.get_ref().clone()),
+        after: expression(&spec.check.after, "[check] after")?,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
     })
+}
+
+/// The functions that must not be running when the update commits: by
+/// default every function it changes or removes, plus `inactive`, minus
+/// `allow_active`. Returned as (dotted path, code object).
+fn inactive_set<'py>(
+    py: Python<'py>,
+    support: &Support<'py>,
+    source: &SpecSource,
+    spec: &Spec,
+    sys_modules: &Bound<'py, PyDict>,
+    modules: &[ModulePlan],
+) -> Result<Vec<(String, Bound<'py, PyAny>)>, Problem> {
+    let resolve = |path: &Spanned<String>, key: &str| {
+        resolve_function_code(sys_modules, path.get_ref()).map_err(|why| {
+            source.problem(
+                path.span(),
+                format!("`{}` in `{key}` cannot be checked for activity: {why}", path.get_ref()),
+                "not a function in the program",
+            )
+        })
+    };
+    let mut set: Vec<(String, Bound<'py, PyAny>)> = Vec::new();
+    for m in modules {
+        let changed = support
+            .changed_functions(m.module.bind(py).as_any(), m.code.bind(py))
+            .map_err(|e| support.problem(py, &format!("could not compare the functions of `{}`", m.name), &e))?;
+        set.extend(
+            changed
+                .into_iter()
+                .map(|(qualname, code)| (format!("{}.{qualname}", m.name), code)),
+        );
+    }
+    for path in &spec.safe_point.allow_active {
+        let code = resolve(path, "allow_active")?;
+        set.retain(|(_, c)| !c.is(&code));
+    }
+    for path in &spec.safe_point.inactive {
+        let code = resolve(path, "inactive")?;
+        if !set.iter().any(|(_, c)| c.is(&code)) {
+            set.push((path.get_ref().clone(), code));
+        }
+    }
+    Ok(set)
 }
 
 fn check_program(state: &HostState, source: &SpecSource, spec: &Spec) -> Result<(), Problem> {
@@ -296,11 +340,7 @@ fn check_reset_names(
 /// The code object of the function at a dotted path such as
 /// `pkg.mod.Class.method`: the longest prefix that is a loaded module, then
 /// attributes.
-fn resolve_function_code<'py>(
-    py: Python<'py>,
-    sys_modules: &Bound<'py, PyDict>,
-    path: &str,
-) -> Result<Bound<'py, PyAny>, String> {
+fn resolve_function_code<'py>(sys_modules: &Bound<'py, PyDict>, path: &str) -> Result<Bound<'py, PyAny>, String> {
     let parts: Vec<&str> = path.split('.').collect();
     let (mut obj, rest) = (1..=parts.len())
         .rev()
@@ -326,37 +366,39 @@ fn resolve_function_code<'py>(
     } else {
         obj
     };
-    let _ = py;
     function
         .getattr("__code__")
         .map_err(|_| "it is not a Python function".to_string())
 }
 
-fn compile_after(
+/// Compiles a spec expression where it will run, importing the submodules
+/// it names, so that a typo is refused now and not at commit time.
+fn compile_expression(
     py: Python<'_>,
     support: &Support<'_>,
     source: &SpecSource,
     expr: &Spanned<String>,
-) -> Result<AfterCheck, Problem> {
+    what: &str,
+) -> Result<Expression, Problem> {
     let location = source.location(expr.span());
     let code = py
         .import("builtins")
         .and_then(|b| b.getattr("compile"))
-        .and_then(|compile| compile.call1((expr.get_ref().as_str(), "<[check] after>", "eval", 0, true)))
+        .and_then(|compile| compile.call1((expr.get_ref().as_str(), format!("<{what}>"), "eval", 0, true)))
         .map_err(|e| {
-            let mut p = support.problem(py, "`[check] after` is not a valid Python expression", &e);
+            let mut p = support.problem(py, &format!("`{what}` is not a valid Python expression"), &e);
             p.location = Some(Box::new(location.clone()));
             p.label = Some("syntax error in this expression".into());
             p.causes.clear();
             p
         })?;
     support.import_named_modules(expr.get_ref()).map_err(|e| {
-        let mut p = support.problem(py, "could not import a module that `[check] after` names", &e);
+        let mut p = support.problem(py, &format!("could not import a module that `{what}` names"), &e);
         p.location = Some(Box::new(location.clone()));
         p.label = Some("names this module".into());
         p
     })?;
-    Ok(AfterCheck {
+    Ok(Expression {
         text: expr.get_ref().clone(),
         location,
         code: code.unbind(),

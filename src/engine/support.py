@@ -57,8 +57,9 @@ def staging_builtins(staged):
     return namespace
 
 
-def active_frames(code_ids):
-    """Threads, other than the caller, that are executing one of the code
+def active_frames(code_ids, exempt=()):
+    """Threads, other than the caller and those in `exempt` (idents of
+    threads waiting at an update point), that are executing one of the code
     objects whose id() is in `code_ids`.
 
     Returns [(thread name, qualified name, file, line, stack)] where stack is
@@ -68,7 +69,7 @@ def active_frames(code_ids):
     me = threading.get_ident()
     found = []
     for ident, frame in sys._current_frames().items():
-        if ident == me:
+        if ident == me or ident in exempt:
             continue
         f = frame
         while f is not None and id(f.f_code) not in code_ids:
@@ -89,6 +90,99 @@ def active_frames(code_ids):
             )
         )
     return found
+
+
+_GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # GENERATOR, COROUTINE, ITERABLE_COROUTINE, ASYNC_GENERATOR
+
+
+def is_generator_code(code):
+    """Only generator-like code can be suspended off every thread's stack."""
+    return bool(code.co_flags & _GENERATOR_FLAGS)
+
+
+def suspended(codes):
+    """Generators, coroutines and async generators that are suspended in one
+    of `codes` (a list of code objects), found through the collector.
+
+    Returns [(kind, qualified name, file, line, task)] where task names the
+    asyncio task driving a coroutine, or is None.
+    """
+    import gc
+
+    tasks = {}
+    try:
+        import asyncio.tasks
+
+        for task in list(asyncio.tasks._all_tasks):
+            tasks[id(task.get_coro())] = task.get_name()
+    except Exception:
+        pass
+    wanted = {id(c) for c in codes}
+    found = []
+    for obj in gc.get_referrers(*codes):
+        if isinstance(obj, types.GeneratorType):
+            frame, kind = obj.gi_frame, "generator"
+        elif isinstance(obj, types.CoroutineType):
+            frame, kind = obj.cr_frame, "coroutine"
+        elif isinstance(obj, types.AsyncGeneratorType):
+            frame, kind = obj.ag_frame, "async generator"
+        else:
+            continue
+        if frame is None or id(frame.f_code) not in wanted:
+            continue
+        found.append((kind, frame.f_code.co_qualname, frame.f_code.co_filename, frame.f_lineno, tasks.get(id(obj))))
+    return found
+
+
+def changed_functions(module, new_code):
+    """The live functions and methods of `module` that the new module code
+    changes (different code, ignoring line numbers) or no longer defines,
+    as [(qualified name, code)]. Found by comparing code objects, not text."""
+    new = {}
+
+    def collect(code):
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                new.setdefault(const.co_qualname, []).append(const)
+                collect(const)
+
+    collect(new_code)
+    name = module.__name__
+    seen = set()
+    out = []
+
+    def consider(fn, depth=0):
+        if not isinstance(fn, types.FunctionType) or fn.__module__ != name or id(fn) in seen:
+            return
+        seen.add(id(fn))
+        code = fn.__code__
+        candidates = new.get(code.co_qualname, ())
+        if not any(same_code(code, c) for c in candidates):
+            out.append((code.co_qualname, code))
+        # A decorated function's wrapper holds the real function in a cell.
+        for cell in fn.__closure__ or ():
+            try:
+                inner = cell.cell_contents
+            except ValueError:
+                continue
+            if depth < 4:
+                consider(inner, depth + 1)
+
+    def visit(namespace, depth):
+        for value in list(namespace.values()):
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property):
+                for f in (value.fget, value.fset, value.fdel):
+                    consider(f)
+            elif isinstance(value, types.FunctionType):
+                consider(value)
+            elif isinstance(value, type) and value.__module__ == name and id(value) not in seen and depth < 4:
+                seen.add(id(value))
+                visit(vars(value), depth + 1)
+
+    visit(vars(module), 0)
+    return out
 
 
 def describe_exception(exc, tb, prefer_file=None):

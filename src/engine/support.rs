@@ -64,14 +64,44 @@ impl<'py> Support<'py> {
         self.call("import_named_modules", (expression,)).map(drop)
     }
 
+    pub fn is_generator_code(&self, code: &Bound<'py, PyAny>) -> PyResult<bool> {
+        self.call("is_generator_code", (code,))?.is_truthy()
+    }
+
+    /// Generators and coroutines suspended in one of `codes`.
+    pub fn suspended(&self, codes: &Bound<'py, PyAny>) -> PyResult<Vec<Suspended>> {
+        let found: Vec<(String, String, String, u32, Option<String>)> = self.call("suspended", (codes,))?.extract()?;
+        Ok(found
+            .into_iter()
+            .map(|(kind, function, file, line, task)| Suspended {
+                kind,
+                function,
+                file,
+                line,
+                task,
+            })
+            .collect())
+    }
+
+    /// Live functions of `module` that `new_code` changes or removes.
+    pub fn changed_functions(
+        &self,
+        module: &Bound<'py, PyAny>,
+        new_code: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+        self.call("changed_functions", (module, new_code))?.extract()
+    }
+
     pub fn check_globals(&self, code: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
         Ok(self.call("check_globals", (code,))?.cast_into::<PyDict>()?)
     }
 
-    /// Threads other than ours executing one of `code_ids`.
-    pub fn active_frames(&self, code_ids: &Bound<'py, PyAny>) -> PyResult<Vec<ActiveFrame>> {
+    /// Threads other than ours, and other than those in `exempt`,
+    /// executing one of `code_ids`.
+    pub fn active_frames(&self, code_ids: &Bound<'py, PyAny>, exempt: &[u64]) -> PyResult<Vec<ActiveFrame>> {
+        let exempt = pyo3::types::PyFrozenSet::new(self.ns.py(), exempt)?;
         let found: Vec<(String, String, String, u32, Vec<String>)> =
-            self.call("active_frames", (code_ids,))?.extract()?;
+            self.call("active_frames", (code_ids, exempt))?.extract()?;
         Ok(found
             .into_iter()
             .map(|(thread, function, file, line, stack)| ActiveFrame {
@@ -115,6 +145,17 @@ impl<'py> Support<'py> {
 /// What `describe_exception` returns: a one-line summary, the traceback
 /// lines, and the (file, line, column) to point at.
 type DescribedException = (String, Vec<String>, Option<(String, usize, usize)>);
+
+/// A generator or coroutine suspended in a function that must be inactive.
+#[derive(Debug, Clone)]
+pub struct Suspended {
+    pub kind: String,
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// The asyncio task driving it, if any.
+    pub task: Option<String>,
+}
 
 /// A thread that holds the safe point back.
 #[derive(Debug, Clone)]

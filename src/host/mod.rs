@@ -9,6 +9,7 @@ pub mod embed;
 pub mod pymodule;
 pub mod python;
 pub mod state;
+pub mod update_point;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

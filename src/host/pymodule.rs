@@ -35,6 +35,22 @@ pub mod pyreload {
         Ok(host()?.version())
     }
 
+    /// Marks a place where an update may happen, such as the top of a main
+    /// loop. When an update waits for this point (`[safe_point]
+    /// update_point = "name"`), the calling thread stays here until the
+    /// update has committed or given up, and True is returned. Otherwise it
+    /// returns False at once: the cost is one atomic load.
+    #[pyfunction]
+    fn update_point(py: Python<'_>, name: &str) -> bool {
+        use crate::host::update_point::POINTS;
+        if !POINTS.pending() {
+            return false;
+        }
+        // SAFETY: a plain C call that only reads the calling thread's id.
+        let thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64;
+        py.detach(|| POINTS.arrive(name, thread))
+    }
+
     /// The program's name, as `pyreload status` shows it.
     #[pyfunction]
     fn name() -> PyResult<String> {

@@ -106,6 +106,35 @@ impl Drop for Sandbox {
     }
 }
 
+/// The tail of a probe program: prints `ready`, then answers each Python
+/// expression read on stdin with its repr (or `raised Type: message`),
+/// evaluated in the program's `__main__`.
+pub const PROBE_LOOP: &str = r#"
+print("ready", flush=True)
+for line in sys.stdin:
+    try:
+        result = repr(eval(line, globals()))
+    except Exception as e:
+        result = f"raised {type(e).__name__}: {e}"
+    print(result, flush=True)
+"#;
+
+/// Starts `script` (already written in the sandbox) under `pyreload run`
+/// with pipes, and waits for its `ready`.
+pub fn probe(sandbox: &Sandbox, args: &[&str]) -> Hosted {
+    let mut p = Hosted::start(
+        sandbox,
+        Launch {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: sandbox.path().to_path_buf(),
+            interactive: true,
+            env: vec![],
+        },
+    );
+    p.expect_line("ready");
+    p
+}
+
 /// A program running under `pyreload run`, killed when dropped.
 pub struct Hosted {
     pub child: Child,

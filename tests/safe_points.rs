@@ -1,0 +1,386 @@
+//! Safe points: the stopped world, the default inactive set, conditions,
+//! update points and suspended generators, each checked from inside a live
+//! program.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{probe, Hosted, Sandbox, PROBE_LOOP};
+
+fn spec(modules: &[&str], safe_point: &str, extra: &str) -> String {
+    let mut s = String::from("[update]\nname = \"t\"\nto = \"2\"\n");
+    for m in modules {
+        s.push_str(&format!("\n[[reload]]\nmodule = \"{m}\"\n"));
+    }
+    s.push_str(&format!("\n[safe_point]\n{safe_point}\n{extra}"));
+    s
+}
+
+fn apply(sandbox: &Sandbox, p: &Hosted, name: &str, text: &str) -> (i32, serde_json::Value) {
+    let path = sandbox.write(name, text);
+    sandbox.apply_json(p, &path)
+}
+
+/// Three threads that never stop touching `shared.COUNTER`: one spinning
+/// in pure Python, one sleeping in C between increments, one with its own
+/// trace function (as under a debugger or coverage), counting events.
+const BUSY: &str = r#"
+import sys, threading, time
+import shared, busy_mod
+
+def spin():
+    while True:
+        shared.COUNTER[0] += 1
+
+def sleeper():
+    while True:
+        time.sleep(0.001)
+        shared.COUNTER[0] += 1
+
+def step():
+    shared.COUNTER[0] += 1
+
+def traced():
+    def tracer(frame, event, arg):
+        shared.EVENTS[0] += 1
+        return tracer
+    sys.settrace(tracer)
+    while True:
+        time.sleep(0.001)
+        step()
+
+for f in (spin, sleeper, traced):
+    threading.Thread(target=f, name=f.__name__, daemon=True).start()
+"#;
+
+const BUSY_MOD: &str = r#"
+import time
+import shared
+
+VALUE = 1
+
+def frozen():
+    """True when no other thread moved the counter for 50 ms, the GIL
+    released all along (time.sleep)."""
+    before = shared.COUNTER[0]
+    time.sleep(0.05)
+    return shared.COUNTER[0] == before
+"#;
+
+#[test]
+fn no_other_thread_runs_during_the_commit_window_and_all_resume_after() {
+    let sandbox = Sandbox::new();
+    sandbox.write("shared.py", "COUNTER = [0]\nEVENTS = [0]\n");
+    sandbox.write("busy_mod.py", BUSY_MOD);
+    sandbox.write("busy.py", &format!("{BUSY}{PROBE_LOOP}"));
+    let mut p = probe(&sandbox, &["busy.py"]);
+    // Control: outside an update, the other threads do move the counter
+    // while the caller sleeps, so the check below can fail.
+    assert_eq!(p.ask("busy_mod.frozen()"), "False");
+    common::wait_until(
+        Duration::from_secs(5),
+        || p.ask("shared.EVENTS[0] > 0") == "True",
+        || "the tracer never ran".into(),
+    );
+
+    sandbox.write("busy_mod.py", &BUSY_MOD.replace("VALUE = 1", "VALUE = 2"));
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "frozen.toml",
+        &spec(&["busy_mod"], "", "[check]\nafter = \"busy_mod.frozen()\"\n"),
+    );
+    assert_eq!(code, 0, "the world was not stopped during [check] after: {report:#}");
+    assert_eq!(report["outcome"], "committed");
+    // The three workers and the main thread, blocked reading stdin.
+    assert_eq!(report["stopped_threads"], 4, "{report:#}");
+    assert!(report["timings"]["pause_ms"].as_f64().unwrap() >= 50.0, "{report:#}");
+    assert_eq!(p.ask("busy_mod.VALUE"), "2");
+
+    // Every thread runs again, and the traced one still has its tracer.
+    let counts = |p: &mut Hosted| -> (u64, u64) {
+        let v = p.ask("(shared.COUNTER[0], shared.EVENTS[0])");
+        let (a, b) = v.trim_matches(|c| c == '(' || c == ')').split_once(", ").unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    let (c1, e1) = counts(&mut p);
+    std::thread::sleep(Duration::from_millis(100));
+    let (c2, e2) = counts(&mut p);
+    assert!(
+        c2 > c1 && e2 > e1,
+        "threads did not resume, or the tracer was lost: {c1}->{c2}, {e1}->{e2}"
+    );
+    assert_eq!(
+        p.ask("sorted(t.name for t in __import__('threading').enumerate())"),
+        "['MainThread', 'sleeper', 'spin', 'traced']"
+    );
+}
+
+const WORKER: &str = r#"
+import sys, threading, time
+import loop_mod
+threading.Thread(target=loop_mod.run_forever, name="worker", daemon=True).start()
+time.sleep(0.05)
+"#;
+
+#[test]
+fn a_changed_function_that_is_running_blocks_the_update_unless_allowed() {
+    let sandbox = Sandbox::new();
+    let v1 = "import time\n\ndef run_forever():\n    while True:\n        time.sleep(0.005)\n\ndef helper():\n    return 1\n";
+    sandbox.write("loop_mod.py", v1);
+    sandbox.write("prog.py", &format!("{WORKER}{PROBE_LOOP}"));
+    let mut p = probe(&sandbox, &["prog.py"]);
+    sandbox.write(
+        "loop_mod.py",
+        &v1.replace("0.005", "0.004").replace("return 1", "return 2"),
+    );
+
+    // By default every changed function must be inactive.
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "default.toml",
+        &spec(&["loop_mod"], "timeout_ms = 300", ""),
+    );
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "refused");
+    assert_eq!(
+        report["safe_point"]["inactive"],
+        serde_json::json!(["loop_mod.run_forever", "loop_mod.helper"])
+    );
+    let problem = &report["problem"];
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("not reached within 300 ms"),
+        "{problem:#}"
+    );
+    let causes = problem["causes"].to_string();
+    assert!(
+        causes.contains("thread `worker` is in run_forever at") && causes.contains("loop_mod.py:5"),
+        "{causes}"
+    );
+    assert_eq!(p.ask("loop_mod.helper()"), "1", "a refused update changed nothing");
+
+    // check says so before anyone applies it.
+    let out = sandbox.run(&[
+        "check",
+        "--pid",
+        &p.pid().to_string(),
+        sandbox.path().join("default.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        common::stdout(&out).contains("warning: thread `worker` is in run_forever"),
+        "{}",
+        common::stdout(&out)
+    );
+
+    // The running call may finish with the old code: allow it.
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "allow.toml",
+        &spec(
+            &["loop_mod"],
+            "timeout_ms = 2000\nallow_active = [\"loop_mod.run_forever\"]",
+            "",
+        ),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["safe_point"]["inactive"], serde_json::json!(["loop_mod.helper"]));
+    assert_eq!(p.ask("loop_mod.helper()"), "2");
+}
+
+#[test]
+fn a_condition_delays_the_commit_until_it_holds() {
+    let sandbox = Sandbox::new();
+    sandbox.write("gate.py", "OPEN = [False]\nVALUE = 1\n");
+    sandbox.write("prog.py", &format!("import sys, gate\n{PROBE_LOOP}"));
+    let mut p = probe(&sandbox, &["prog.py"]);
+    sandbox.write("gate.py", "OPEN = [False]\nVALUE = 2\n");
+    let path = sandbox.write(
+        "cond.toml",
+        &spec(&["gate"], "condition = \"gate.OPEN[0]\"\ntimeout_ms = 10000", ""),
+    );
+
+    let started = Instant::now();
+    let apply = sandbox
+        .pyreload()
+        .args([
+            "apply",
+            "--json",
+            "--socket",
+            p.socket().to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(p.ask("gate.VALUE"), "1", "committed before the condition held");
+    assert_eq!(p.ask("gate.OPEN.__setitem__(0, True)"), "None");
+    let out = apply.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    assert!(report["timings"]["wait_ms"].as_f64().unwrap() >= 300.0, "{report:#}");
+    assert!(report["safe_point_checks"].as_u64().unwrap() > 3, "{report:#}");
+    assert!(started.elapsed() < Duration::from_secs(9));
+    assert_eq!(p.ask("gate.VALUE"), "2");
+}
+
+#[test]
+fn a_condition_that_never_holds_times_out_and_a_bad_one_is_refused_at_once() {
+    let sandbox = Sandbox::new();
+    sandbox.write("gate.py", "OPEN = [False]\nVALUE = 1\n");
+    sandbox.write("prog.py", &format!("import sys, gate\n{PROBE_LOOP}"));
+    let mut p = probe(&sandbox, &["prog.py"]);
+    sandbox.write("gate.py", "OPEN = [False]\nVALUE = 2\n");
+
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "never.toml",
+        &spec(&["gate"], "condition = \"gate.OPEN[0]\"\ntimeout_ms = 300", ""),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        report["problem"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the condition `gate.OPEN[0]` stayed false"),
+        "{report:#}"
+    );
+
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "syntax.toml",
+        &spec(&["gate"], "condition = \"gate.OPEN[0] ==\"", ""),
+    );
+    assert_eq!(code, 1);
+    let problem = &report["problem"];
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("`[safe_point] condition` is not a valid Python expression"),
+        "{problem:#}"
+    );
+    assert_eq!(problem["location"]["line"], 9, "{problem:#}");
+    assert_eq!(report["timings"]["wait_ms"], 0.0, "refused in prepare, without waiting");
+
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "raises.toml",
+        &spec(&["gate"], "condition = \"gate.CLOSED\"", ""),
+    );
+    assert_eq!(code, 1);
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`[safe_point] condition` raised") && message.contains("AttributeError"),
+        "{message}"
+    );
+    assert_eq!(p.ask("gate.VALUE"), "1");
+}
+
+const TICKER: &str = r#"
+import sys, threading, time
+import pyreload, shared, tick_mod
+
+def ticker():
+    while True:
+        shared.AT_POINT[0] = True
+        if pyreload.update_point("tick"):
+            shared.WAITED[0] += 1
+        shared.AT_POINT[0] = False
+        tick_mod.tick()
+        time.sleep(0.002)
+
+threading.Thread(target=ticker, name="ticker", daemon=True).start()
+"#;
+
+#[test]
+fn an_update_point_commits_while_a_thread_waits_there() {
+    let sandbox = Sandbox::new();
+    sandbox.write("shared.py", "AT_POINT = [False]\nWAITED = [0]\nTICKS = [0]\n");
+    sandbox.write(
+        "tick_mod.py",
+        "import shared\n\ndef tick():\n    shared.TICKS[0] += 1\n",
+    );
+    sandbox.write("prog.py", &format!("{TICKER}{PROBE_LOOP}"));
+    let mut p = probe(&sandbox, &["prog.py"]);
+    sandbox.write(
+        "tick_mod.py",
+        "import shared\n\ndef tick():\n    shared.TICKS[0] += 2\n",
+    );
+
+    // The check runs in the stopped world; the ticker is inside
+    // update_point at that moment, so its flag is up.
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "tick.toml",
+        &spec(
+            &["tick_mod"],
+            "update_point = \"tick\"\ntimeout_ms = 5000",
+            "[check]\nafter = \"shared.AT_POINT[0]\"\n",
+        ),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["safe_point"]["update_point"], "tick");
+    common::wait_until(
+        Duration::from_secs(5),
+        || p.ask("shared.WAITED[0]") == "1",
+        || "the ticker never reported waiting".into(),
+    );
+    let before: u64 = p.ask("shared.TICKS[0]").parse().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let after: u64 = p.ask("shared.TICKS[0]").parse().unwrap();
+    assert!(
+        after > before && (after - before) % 2 == 0,
+        "the ticker runs the new code: {before} -> {after}"
+    );
+
+    let never =
+        spec(&["tick_mod"], "update_point = \"never\"\ntimeout_ms = 300", "").replace("to = \"2\"", "to = \"3\"");
+    let (code, report) = apply(&sandbox, &p, "never.toml", &never);
+    assert_eq!(code, 1);
+    assert!(
+        report["problem"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no thread reached pyreload.update_point(\"never\")"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_suspended_generator_in_a_changed_function_blocks_until_it_finishes() {
+    let sandbox = Sandbox::new();
+    let v1 = "def numbers():\n    i = 0\n    while True:\n        yield i\n        i += 1\n";
+    sandbox.write("gen_mod.py", v1);
+    sandbox.write(
+        "prog.py",
+        &format!("import sys, gen_mod\ng = gen_mod.numbers()\nnext(g)\n{PROBE_LOOP}"),
+    );
+    let mut p = probe(&sandbox, &["prog.py"]);
+    sandbox.write("gen_mod.py", &v1.replace("i += 1", "i += 2"));
+    let text = spec(&["gen_mod"], "timeout_ms = 300", "");
+    let (code, report) = apply(&sandbox, &p, "gen.toml", &text);
+    assert_eq!(code, 1, "{report:#}");
+    let causes = report["problem"]["causes"].to_string();
+    assert!(
+        causes.contains("generator numbers is suspended at") && causes.contains("gen_mod.py:4"),
+        "{causes}"
+    );
+    assert_eq!(p.ask("g.close()"), "None");
+    let (code, report) = apply(&sandbox, &p, "gen2.toml", &text);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        p.ask("list(zip(range(3), gen_mod.numbers()))"),
+        "[(0, 0), (1, 2), (2, 4)]"
+    );
+}
