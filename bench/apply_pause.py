@@ -4,10 +4,15 @@
     python3 bench/apply_pause.py --pyreload target/release/pyreload [--rounds 30]
 
 One kvserver runs under `pyreload run` with 10,000 keys. The v1->v2 spec and
-its reverse (bench/specs/v2-to-v1.toml) are applied alternately, first with
-the server idle, then with 8 clients on persistent connections sending
-SET/GET as fast as they can. Both phases run in the same process, back to
-back, so their ratio is meaningful even on a noisy machine.
+its reverse (bench/specs/v2-to-v1.toml) are applied alternately, with 0, 1,
+8 and 64 clients on persistent connections sending SET/GET as fast as they
+can (each client is one more server thread the commit must stop). All
+phases run in the same process, back to back, so their ratios are
+meaningful even on a noisy machine.
+
+Then, with 8 clients, it measures the throughput while an update waits for
+a safe point that never comes (bench/specs/never.toml), against the
+throughput just before: waiting must not slow the program down.
 
 Reported per phase, over all updates:
   pause    time other threads could not run Python (commit + check), from
@@ -50,10 +55,11 @@ def connect(port):
 
 def load(port, stop, tally):
     s, f = connect(port)
+    me = id(tally)  # keys of its own, so another client cannot change them between SET and GET
     i = 0
     while not stop.is_set():
         i += 1
-        for req, want in ((f"SET b{i % 100} {i}", "OK"), (f"GET b{i % 100}", f"VALUE {i}")):
+        for req, want in ((f"SET b{me}-{i % 100} {i}", "OK"), (f"GET b{me}-{i % 100}", f"VALUE {i}")):
             f.write(req + "\n")
             f.flush()
             got = f.readline().rstrip("\n")
@@ -74,15 +80,39 @@ def apply_rounds(pyreload, env, rounds, start_index):
         if report.get("outcome") != "committed":
             sys.exit(f"update {n} did not commit:\n{out.stdout}\n{out.stderr}")
         tm = report["timings"]
-        rows.append({"pause": tm["pause_ms"], "commit": tm["commit_ms"], "host": tm["total_ms"], "apply": wall})
+        rows.append({"pause": tm["pause_ms"], "stop": tm["stop_ms"], "commit": tm["commit_ms"], "resume": tm["resume_ms"],
+                     "host": tm["total_ms"], "apply": wall,
+                     "threads": report["stopped_threads"], "checks": report["safe_point_checks"]})
     return rows
+
+
+def with_clients(port, n, body):
+    """Runs body() while n clients load the server; returns (result, requests, failed)."""
+    stop = threading.Event()
+    tallies = [{"requests": 0, "failed": 0} for _ in range(n)]
+    threads = [threading.Thread(target=load, args=(port, stop, t)) for t in tallies]
+    for t in threads:
+        t.start()
+    time.sleep(0.3 if n else 0)
+    result = body(tallies)
+    stop.set()
+    for t in threads:
+        t.join()
+    return result, sum(t["requests"] for t in tallies), sum(t["failed"] for t in tallies)
+
+
+def throughput(tallies, seconds):
+    start = sum(t["requests"] for t in tallies)
+    time.sleep(seconds)
+    return (sum(t["requests"] for t in tallies) - start) / seconds
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
     parser.add_argument("--rounds", type=int, default=30, help="updates per phase (>= 30 for a p99)")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 8, 64],
+                        help="client counts, comma-separated (default 0,1,8,64)")
     args = parser.parse_args()
     pyreload = str(pathlib.Path(args.pyreload).resolve())
 
@@ -107,18 +137,28 @@ def main():
         for _ in range(10_000):
             f.readline()
 
-        idle = apply_rounds(pyreload, env, args.rounds, 0)
+        phases = []
+        done = 0
+        for n in args.clients:
+            rows, requests, failed = with_clients(port, n, lambda _t: apply_rounds(pyreload, env, args.rounds, done))
+            done += args.rounds
+            phases.append((n, rows, requests, failed))
 
-        stop = threading.Event()
-        tallies = [{"requests": 0, "failed": 0} for _ in range(args.clients)]
-        threads = [threading.Thread(target=load, args=(port, stop, t)) for t in tallies]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-        loaded = apply_rounds(pyreload, env, args.rounds, args.rounds % 2)
-        stop.set()
-        for t in threads:
-            t.join()
+        def waiting(tallies):
+            # Three alternating pairs: 1.5 s with no update pending, then
+            # 1.5 s while one waits for a safe point that never comes.
+            pairs = []
+            for _ in range(3):
+                before = throughput(tallies, 1.5)
+                pending = subprocess.Popen([pyreload, "apply", "--json", str(REPO / "bench/specs/never.toml")],
+                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                time.sleep(0.1)
+                during = throughput(tallies, 1.5)
+                report = json.loads(pending.communicate()[0])
+                pairs.append((before, during, report))
+            return pairs
+
+        pairs, wait_requests, wait_failed = with_clients(port, 8, waiting)
 
         for k in range(0, 10_000, 997):
             f.write(f"GET key{k}\n")
@@ -131,19 +171,28 @@ def main():
     print(f"kvserver v1<->v2 update, {args.rounds} updates per phase, 10,000 keys, "
           f"{os.cpu_count()} CPUs, pyreload {pyreload}")
     print()
-    print("| phase | metric | p50 ms | p90 ms | p99 ms | max ms |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, rows in (("idle", idle), (f"{args.clients} clients", loaded)):
-        for metric in ("pause", "commit", "host", "apply"):
+    print("| clients | threads stopped | metric | p50 ms | p90 ms | p99 ms | max ms |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for n, rows, _, _ in phases:
+        threads = max(r["threads"] for r in rows)
+        for metric in ("pause", "stop", "commit", "resume", "host", "apply"):
             v = [r[metric] for r in rows]
-            print(f"| {name} | {metric} | {pct(v, 50):.3f} | {pct(v, 90):.3f} | {pct(v, 99):.3f} | {max(v):.3f} |")
+            print(f"| {n} | {threads} | {metric} | {pct(v, 50):.3f} | {pct(v, 90):.3f} | {pct(v, 99):.3f} | {max(v):.3f} |")
     print()
-    for metric in ("pause", "apply"):
-        ratio = statistics.median(r[metric] for r in loaded) / statistics.median(r[metric] for r in idle)
-        print(f"median {metric} under load / idle: {ratio:.2f}x")
-    requests = sum(t["requests"] for t in tallies)
-    failed = sum(t["failed"] for t in tallies)
-    print(f"client requests during the loaded phase: {requests}, failed: {failed}")
+    base = statistics.median(r["pause"] for r in phases[0][1])
+    for n, rows, requests, failed in phases:
+        ratio = statistics.median(r["pause"] for r in rows) / base
+        checks = statistics.median(r["checks"] for r in rows)
+        print(f"- {n} clients: median pause {ratio:.2f}x the idle one, median {checks:.0f} safe-point checks, "
+              f"{requests} client requests during the phase, {failed} failed")
+    ratios = sorted(d / b for b, d, _ in pairs)
+    checks = statistics.median(r["safe_point_checks"] for _, _, r in pairs)
+    outcomes = {r["outcome"] for _, _, r in pairs}
+    print(f"- while an update waited for a safe point that never came (2 s, median {checks:.0f} checks, "
+          f"outcome {'/'.join(sorted(outcomes))}), 8 clients got {ratios[1]:.2f}x the throughput of the "
+          f"1.5 s just before (median of 3 pairs; all: {', '.join(f'{r:.2f}' for r in ratios)}); "
+          f"{wait_requests} requests, {wait_failed} failed")
+    failed = sum(p[3] for p in phases) + wait_failed
     return 1 if failed else 0
 
 

@@ -113,12 +113,16 @@ pub struct Timings {
     /// Running the new module bodies into staging namespaces. The program
     /// keeps running on the old version meanwhile.
     pub stage_ms: f64,
+    /// Stopping every other thread (part of the pause).
+    pub stop_ms: f64,
     /// Merging the staged modules into the live ones, under one GIL hold.
     pub commit_ms: f64,
     /// Evaluating `[check] after`.
     pub check_ms: f64,
     /// Undoing the commit, when it failed.
     pub rollback_ms: f64,
+    /// Letting every other thread go again (part of the pause).
+    pub resume_ms: f64,
     /// Time every other thread was stopped for the commit: the final
     /// safe-point check, the merge, `[check] after` and any rollback.
     pub pause_ms: f64,

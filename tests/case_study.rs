@@ -82,8 +82,19 @@ fn assert_all_keys(server: &KvServer) {
 
 #[test]
 fn v1_to_v2_applies_under_load_without_dropping_a_connection_or_a_key() {
+    update_under_load(&[]);
+}
+
+#[test]
+fn the_asyncio_server_takes_the_same_update_under_load_with_the_same_guarantees() {
+    update_under_load(&["--asyncio"]);
+}
+
+/// The acceptance scenario: kvserver 1.0 (threaded, or asyncio with
+/// `--asyncio`) with 1,000 keys and 8 clients hammering it, updated to 2.0.
+fn update_under_load(server_args: &[&str]) {
     let sandbox = Sandbox::new();
-    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let server = KvServer::start_with(&sandbox, "v1", "1.0", server_args);
     populate(&server);
     // The v1 behaviour the update changes.
     assert_eq!(server.ask("SET spaced hello world"), "OK");
@@ -345,6 +356,56 @@ fn a_safe_point_that_never_comes_times_out_naming_the_thread() {
     let (code, report) = sandbox.apply_json(&server.hosted, &spec);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(server.ask("VERSION"), "VERSION 2.0");
+}
+
+#[test]
+fn a_suspended_coroutine_holds_the_update_back_until_its_task_ends() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start_with(&sandbox, "v1", "1.0", &["--asyncio"]);
+    // A new handle_client: each connection's task is suspended inside it,
+    // at `await reader.readline()`, for as long as the client is connected.
+    let source = std::fs::read_to_string(repo().join("case-study/v1/kvserver/aserver.py")).unwrap();
+    let changed = source.replace(
+        "STATS.connection_opened()",
+        "STATS.connection_opened()\n    writer.write(b\"HELLO\\n\")",
+    );
+    assert_ne!(source, changed);
+    let new_source = sandbox.write("aserver_v2.py", &changed);
+    let spec = sandbox.write(
+        "coroutine.toml",
+        &format!(
+            "[update]\nname = \"greet\"\nfrom = \"1.0\"\nto = \"1.1\"\n\n[[reload]]\nmodule = \"kvserver.aserver\"\nsource = \"{}\"\n\n[safe_point]\ntimeout_ms = 300\n",
+            new_source.display()
+        ),
+    );
+    let mut client = server.client();
+    assert_eq!(client.ask("PING"), "PONG");
+    let (code, report) = sandbox.apply_json(&server.hosted, &spec);
+    assert_eq!(code, 1, "{report:#}");
+    let causes = report["problem"]["causes"].to_string();
+    let await_line = source
+        .lines()
+        .position(|l| l.contains("await reader.readline()"))
+        .unwrap()
+        + 1;
+    assert!(
+        causes.contains("coroutine handle_client is suspended at")
+            && causes.contains(&format!("aserver.py:{await_line}"))
+            && causes.contains("(asyncio task `Task-"),
+        "{causes}"
+    );
+    assert_eq!(client.ask("VERSION"), "VERSION 1.0", "the connection is still served");
+    // With no client connected no task runs handle_client: the update commits.
+    drop(client);
+    common::wait_until(
+        Duration::from_secs(5),
+        || server.ask("STATS").ends_with("connections=1"),
+        || "the closed connection was never noticed".into(),
+    );
+    let (code, report) = sandbox.apply_json(&server.hosted, &spec);
+    assert_eq!(code, 0, "{report:#}");
+    let mut fresh = server.client();
+    assert_eq!(fresh.ask("PING"), "HELLO", "new connections get the new coroutine");
 }
 
 #[test]

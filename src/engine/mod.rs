@@ -157,7 +157,9 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
     let mut interval = safepoint::FIRST_INTERVAL;
     loop {
         let stopped_at = Instant::now();
-        let world = match StoppedWorld::stop(py) {
+        let world = StoppedWorld::stop(py);
+        report.timings.stop_ms = ms(stopped_at);
+        let world = match world {
             Ok(world) => world,
             Err(e) => {
                 stage::forget_modules(py, &staged.imported);
@@ -176,7 +178,9 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
         };
         if blockers.clear() {
             let merged = commit(py, &support, state, &plan, &staged, report);
+            let t = Instant::now();
             drop(world);
+            report.timings.resume_ms = ms(t);
             report.timings.pause_ms = ms(stopped_at);
             if let Some(merged) = merged {
                 report.modules = merged.finish(py, &support);

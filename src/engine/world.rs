@@ -100,6 +100,10 @@ unsafe extern "C" fn park(
     0
 }
 
+/// The switch interval during the window, in seconds: longer than any
+/// commit, so the control thread is never asked to hand the GIL round.
+const WINDOW_SWITCH_INTERVAL_S: f64 = 1.0;
+
 /// One thread's trace hook as it was before the window.
 struct SavedTrace {
     tstate: *mut ffi::PyThreadState,
@@ -112,6 +116,9 @@ struct SavedTrace {
 /// While this value lives, no other thread executes bytecode. Dropping it
 /// restores every thread's tracing state and lets them go.
 pub struct StoppedWorld<'py> {
+    sys: Bound<'py, PyAny>,
+    /// The switch interval to restore.
+    switch_interval: Bound<'py, PyAny>,
     saved: Vec<SavedTrace>,
     frames: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     /// How many threads other than ours were stopped.
@@ -136,8 +143,17 @@ impl<'py> StoppedWorld<'py> {
                 ));
             }
         }
+        // Every other thread that gets the GIL during the window parks at
+        // once, so nothing needs the GIL handed round on a timer. Waiters
+        // that time out would still ask for it, and with many threads those
+        // hand-offs (each one only to park again) add up to a longer pause.
+        let sys = py.import("sys")?.into_any();
+        let switch_interval = sys.call_method0("getswitchinterval")?;
+        sys.call_method1("setswitchinterval", (WINDOW_SWITCH_INTERVAL_S,))?;
         *gate_closed() = true;
         let mut world = StoppedWorld {
+            sys,
+            switch_interval,
             saved: Vec::with_capacity(threads.len()),
             frames: Vec::new(),
             threads: threads.len(),
@@ -197,6 +213,7 @@ impl Drop for StoppedWorld<'_> {
         }
         *gate_closed() = false;
         GATE.opened.notify_all();
+        let _ = self.sys.call_method1("setswitchinterval", (&self.switch_interval,));
     }
 }
 

@@ -318,6 +318,12 @@ pub struct KvServer {
 
 impl KvServer {
     pub fn start(sandbox: &Sandbox, version_dir: &str, version: &str) -> KvServer {
+        KvServer::start_with(sandbox, version_dir, version, &[])
+    }
+
+    /// Like [`KvServer::start`], with more arguments for the server (such
+    /// as `--asyncio`).
+    pub fn start_with(sandbox: &Sandbox, version_dir: &str, version: &str, extra: &[&str]) -> KvServer {
         let port_file = sandbox.path().join(format!("port-{}", unique()));
         let hosted = Hosted::start(
             sandbox,
@@ -334,8 +340,10 @@ impl KvServer {
                     "--port-file",
                     port_file.to_str().unwrap(),
                 ]
-                .map(String::from)
-                .to_vec(),
+                .iter()
+                .chain(extra)
+                .map(|a| a.to_string())
+                .collect(),
                 cwd: repo().join("case-study").join(version_dir),
                 interactive: false,
                 env: vec![],
