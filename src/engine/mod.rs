@@ -129,10 +129,10 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
         return;
     }
 
-    let deadline = Instant::now() + plan.timeout;
+    let mut pacer = safepoint::Pacer::new(Instant::now() + plan.timeout);
     let _point = plan.update_point.as_deref().map(|name| POINTS.request(name));
     let t = Instant::now();
-    let waited = wait(py, &support, &plan, deadline, &mut report.safe_point_checks);
+    let waited = wait(py, &support, &plan, &mut pacer, &mut report.safe_point_checks);
     report.timings.wait_ms = ms(t);
     if let Err(problem) = waited {
         return report.problem = Some(problem);
@@ -154,7 +154,6 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
 
     // Staging let the program run, so the safe point is decided again, with
     // every other thread stopped, and the commit follows in the same window.
-    let mut interval = safepoint::FIRST_INTERVAL;
     loop {
         let stopped_at = Instant::now();
         let world = StoppedWorld::stop(py);
@@ -188,12 +187,10 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
             return;
         }
         drop(world);
-        if Instant::now() >= deadline {
+        if !pacer.next(py) {
             stage::forget_modules(py, &staged.imported);
             return report.problem = Some(safepoint::timed_out(&plan, &blockers));
         }
-        safepoint::sleep(py, interval, deadline);
-        interval = safepoint::next_interval(interval);
     }
 }
 
@@ -202,12 +199,12 @@ fn wait(
     py: Python<'_>,
     support: &Support<'_>,
     plan: &Plan,
-    deadline: Instant,
+    pacer: &mut safepoint::Pacer,
     checks: &mut u32,
 ) -> Result<(), Problem> {
-    let mut interval = safepoint::FIRST_INTERVAL;
     loop {
         if plan.update_point.is_some() && POINTS.waiting().is_empty() {
+            let deadline = pacer.deadline();
             py.detach(|| POINTS.wait_for_arrival(deadline));
         }
         *checks += 1;
@@ -215,11 +212,9 @@ fn wait(
         if blockers.clear() {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if !pacer.next(py) {
             return Err(safepoint::timed_out(plan, &blockers));
         }
-        safepoint::sleep(py, interval, deadline);
-        interval = safepoint::next_interval(interval);
     }
 }
 

@@ -81,15 +81,37 @@ pub fn evaluate(py: Python<'_>, support: &Support<'_>, expr: &Expression, what: 
         })
 }
 
-/// The pause before the next check, doubling from [`FIRST_INTERVAL`].
-pub fn next_interval(interval: Duration) -> Duration {
-    (interval * 2).min(MAX_INTERVAL)
+/// Paces the checks of a safe point: sleeps without the GIL between them,
+/// doubling the pause from [`FIRST_INTERVAL`] to [`MAX_INTERVAL`], until
+/// the deadline.
+pub struct Pacer {
+    interval: Duration,
+    deadline: Instant,
 }
 
-/// Sleeps without the GIL until the next check is due or `deadline`.
-pub fn sleep(py: Python<'_>, interval: Duration, deadline: Instant) {
-    let until = (Instant::now() + interval).min(deadline);
-    py.detach(|| std::thread::sleep(until.saturating_duration_since(Instant::now())));
+impl Pacer {
+    pub fn new(deadline: Instant) -> Pacer {
+        Pacer {
+            interval: FIRST_INTERVAL,
+            deadline,
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Waits for the next check. Returns false, without waiting, once the
+    /// deadline has passed.
+    pub fn next(&mut self, py: Python<'_>) -> bool {
+        if Instant::now() >= self.deadline {
+            return false;
+        }
+        let until = (Instant::now() + self.interval).min(self.deadline);
+        py.detach(|| std::thread::sleep(until.saturating_duration_since(Instant::now())));
+        self.interval = (self.interval * 2).min(MAX_INTERVAL);
+        true
+    }
 }
 
 /// The refusal when the safe point never came: what held it back, and where.
