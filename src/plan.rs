@@ -21,6 +21,36 @@ pub struct ModulePlan {
     pub code: Py<PyAny>,
     pub keep: BTreeSet<String>,
     pub reset: BTreeSet<String>,
+    /// Globals a `[[transform]]` converts: the merge leaves them as they
+    /// are, so their transformer gets the running value.
+    pub transformed: BTreeSet<String>,
+    /// New in this version: `module` is a fresh module object, added to
+    /// `sys.modules` by the commit.
+    pub new: bool,
+}
+
+/// What a `[[transform]]` converts.
+pub enum TransformTarget {
+    Class,
+    /// A module global: the module's name and the global's.
+    Global {
+        module: String,
+        name: String,
+    },
+}
+
+/// One `[[transform]]`, checked against the program.
+pub struct TransformPlan {
+    pub target: TransformTarget,
+    /// Dotted path of the class or global.
+    pub path: String,
+    pub function: Option<String>,
+    /// (attribute, compiled expression, globals to evaluate it in)
+    pub defaults: Vec<(String, Py<PyAny>, Py<PyAny>)>,
+    pub mode: crate::spec::Mode,
+    pub reverse: Option<String>,
+    /// The `[[transform]]` table, for errors.
+    pub location: Location,
 }
 
 /// A Python expression from the spec (`condition`, `after`), compiled.
@@ -45,5 +75,6 @@ pub struct Plan {
     pub condition: Option<Expression>,
     pub update_point: Option<String>,
     pub after: Option<Expression>,
+    pub transforms: Vec<TransformPlan>,
     pub timeout: Duration,
 }

@@ -70,6 +70,8 @@ pub struct Globals {
     pub updated: Vec<String>,
     /// Listed in `reset`: took the new source's value.
     pub reset: Vec<String>,
+    /// Converted by a `[[transform]]`.
+    pub transformed: Vec<String>,
     /// New in this version.
     pub added: Vec<String>,
     /// Removed because the new source no longer defines them.
@@ -130,6 +132,21 @@ pub struct Timings {
     pub total_ms: f64,
 }
 
+/// What one `[[transform]]` converted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransformReport {
+    /// The class or global, as a dotted path.
+    pub target: String,
+    /// `class` or `global`.
+    pub kind: String,
+    /// Instances converted (1 for a global).
+    pub instances: usize,
+    /// Finding the instances: one walk of the collector's objects.
+    pub find_ms: f64,
+    /// Running `defaults` and the transformer on them.
+    pub convert_ms: f64,
+}
+
 /// What the safe point required.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SafePointSummary {
@@ -157,6 +174,8 @@ pub struct Report {
     /// How many other threads the commit stopped.
     pub stopped_threads: usize,
     pub safe_point: SafePointSummary,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<TransformReport>,
     /// Why the update was refused or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
@@ -215,6 +234,7 @@ impl Report {
                 ("globals kept", &g.kept),
                 ("constants updated", &g.updated),
                 ("globals reset", &g.reset),
+                ("globals transformed", &g.transformed),
                 ("globals added", &g.added),
                 ("globals removed", &g.removed),
                 ("rebound", &m.rebound),

@@ -29,7 +29,58 @@ pub struct Spec {
     #[serde(default)]
     pub safe_point: SafePoint,
     #[serde(default)]
+    pub transform: Vec<Transform>,
+    #[serde(default)]
     pub check: Check,
+}
+
+/// How a class transform converts live instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every instance during the commit.
+    #[default]
+    Eager,
+    /// Each instance on its first use after the commit.
+    Lazy,
+}
+
+/// `[[transform]]`: converts live data to the new version's representation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    /// A class (dotted path) whose live instances are converted, in place.
+    pub class: Option<Spanned<String>>,
+    /// A module global (dotted path) whose value is converted or replaced.
+    pub global: Option<Spanned<String>>,
+    /// The transformer (dotted path, resolved in the updated program). For
+    /// a class: called once per instance, mutating it or returning its new
+    /// `__dict__`. For a global: called with the old value, returns the new.
+    pub function: Option<Spanned<String>>,
+    /// Class transforms only: attributes to add, each a Python expression
+    /// evaluated per instance (`{ ttl = "None" }`).
+    #[serde(default)]
+    pub defaults: std::collections::BTreeMap<String, Spanned<String>>,
+    /// Class transforms only: `eager` (default) or `lazy`.
+    pub mode: Option<Spanned<Mode>>,
+    /// The transformer that converts the data back, used by `pyreload
+    /// rollback`. Without it, an update that transforms data cannot be
+    /// rolled back.
+    pub reverse: Option<Spanned<String>>,
+}
+
+impl Transform {
+    pub fn mode(&self) -> Mode {
+        self.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default()
+    }
+
+    /// The class or global this transform converts.
+    pub fn target(&self) -> &Spanned<String> {
+        self.class
+            .as_ref()
+            .or(self.global.as_ref())
+            .expect("validated: a transform has a class or a global")
+    }
 }
 
 /// `[update]`: what this update is and which version it moves between.
@@ -63,6 +114,10 @@ pub struct Reload {
     /// (e.g. a dispatch table built at import).
     #[serde(default)]
     pub reset: Vec<Spanned<String>>,
+    /// The module is new in this version: it is loaded from `source` and
+    /// added to the program, instead of reloaded.
+    #[serde(default)]
+    pub new: bool,
 }
 
 /// `[safe_point]`: when the update may happen.
@@ -289,6 +344,20 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
             }
         }
     }
+    for reload in &spec.reload {
+        if reload.new && reload.source.is_none() {
+            problems.push(
+                source
+                    .problem(
+                        reload.module.span(),
+                        format!("new module `{}` has no `source`", reload.module.get_ref()),
+                        "new = true",
+                    )
+                    .with_help("a module the program does not have yet needs `source = \"path/to/module.py\"`"),
+            );
+        }
+    }
+    validate_transforms(source, spec, &mut problems);
     if let Some(timeout) = &spec.safe_point.timeout_ms {
         let t = *timeout.get_ref();
         if t == 0 || t > MAX_TIMEOUT_MS {
@@ -300,6 +369,105 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         }
     }
     problems
+}
+
+fn validate_transforms(source: &SpecSource, spec: &Spec, problems: &mut Vec<Problem>) {
+    for t in &spec.transform {
+        let (target, kind) = match (&t.class, &t.global) {
+            (Some(c), None) => (c, "class"),
+            (None, Some(g)) => (g, "global"),
+            (Some(c), Some(_)) => {
+                problems.push(
+                    source
+                        .problem(
+                            c.span(),
+                            "a [[transform]] converts either a `class` or a `global`, not both",
+                            "here",
+                        )
+                        .with_help("split it into two [[transform]] tables"),
+                );
+                continue;
+            }
+            (None, None) => {
+                let span = t.function.as_ref().map(|f| f.span()).unwrap_or(0..0);
+                problems.push(
+                    source
+                        .problem(
+                            span,
+                            "a [[transform]] needs a `class` or a `global` to convert",
+                            "in this table",
+                        )
+                        .with_help("add `class = \"package.module.Class\"` or `global = \"package.module.NAME\"`"),
+                );
+                continue;
+            }
+        };
+        for path in [Some(target), t.function.as_ref(), t.reverse.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !is_dotted_name(path.get_ref()) || !path.get_ref().contains('.') {
+                problems.push(source.problem(
+                    path.span(),
+                    format!("`{}` is not a dotted path", path.get_ref()),
+                    "expected `package.module.name`",
+                ));
+            }
+        }
+        if kind == "global" {
+            if t.function.is_none() {
+                problems.push(
+                    source
+                        .problem(
+                            target.span(),
+                            "a global transform needs a `function`",
+                            "converts this global",
+                        )
+                        .with_help("the function is called with the old value and returns the new one"),
+                );
+            }
+            if let Some((name, _)) = t.defaults.iter().next() {
+                problems.push(source.problem(
+                    target.span(),
+                    format!("`defaults` ({name} = ...) apply to class transforms only"),
+                    "a global",
+                ));
+            }
+            if let Some(mode) = &t.mode {
+                problems.push(source.problem(
+                    mode.span(),
+                    "`mode` applies to class transforms only",
+                    "a global is converted once, in the commit",
+                ));
+            }
+        } else if t.function.is_none() && t.defaults.is_empty() {
+            problems.push(
+                source
+                    .problem(
+                        target.span(),
+                        "a class transform needs a `function`, `defaults`, or both",
+                        "converts this class",
+                    )
+                    .with_help("for new fields with default values: defaults = { ttl = \"None\" }"),
+            );
+        }
+        for (name, expr) in &t.defaults {
+            if !is_identifier(name) {
+                problems.push(source.problem(
+                    expr.span(),
+                    format!("`{name}` is not an attribute name"),
+                    "in `defaults`",
+                ));
+            }
+            if expr.get_ref().trim().is_empty() {
+                problems.push(source.problem(
+                    expr.span(),
+                    format!("the default of `{name}` is empty"),
+                    "expected a Python expression, such as \"None\"",
+                ));
+            }
+        }
+    }
 }
 
 /// `a.b.c` where each part is a Python identifier.

@@ -7,6 +7,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use super::support::Support;
+
 enum Entry {
     DictItem {
         dict: Py<PyDict>,
@@ -34,6 +36,11 @@ enum Entry {
     Cell {
         cell: Py<PyAny>,
         old: Option<Py<PyAny>>,
+    },
+    /// Instances' states saved before a transformer ran, as
+    /// `support.save_state` makes them.
+    States {
+        saved: Py<PyList>,
     },
 }
 
@@ -127,12 +134,23 @@ impl Journal {
         Ok(())
     }
 
+    /// Starts a list of saved instance states; the transform appends to it
+    /// as it goes, so a failure halfway is undone up to where it got.
+    pub fn states<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyList> {
+        let saved = PyList::empty(py);
+        self.entries.push(Entry::States {
+            saved: saved.clone().unbind(),
+        });
+        saved
+    }
+
     /// Undoes every change, newest first. Returns the errors met on the way;
     /// undoing continues past them so that as much as possible is restored.
-    pub fn rollback(self, py: Python<'_>) -> Vec<PyErr> {
+    pub fn rollback(self, py: Python<'_>, support: &Support<'_>) -> Vec<PyErr> {
         let mut errors = Vec::new();
         for entry in self.entries.into_iter().rev() {
             let result = match entry {
+                Entry::States { saved } => support.restore_states(saved.bind(py)),
                 Entry::DictItem { dict, key, old } => match old {
                     Some(old) => dict.bind(py).set_item(key.bind(py), old.bind(py)),
                     None => dict.bind(py).del_item(key.bind(py)),

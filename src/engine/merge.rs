@@ -424,6 +424,8 @@ impl<'a, 'py> Merger<'a, 'py> {
                 self.reports[i].globals.reset.push(name);
             } else if plan.keep.contains(&name) {
                 self.reports[i].globals.kept.push(name);
+            } else if plan.transformed.contains(&name) {
+                self.reports[i].globals.transformed.push(name);
             } else if (is_function(&old) || is_class(&old)) && defined_in(&old, &module) {
                 // Same name, but it cannot be patched in place.
                 let nv = self.relink(&new)?;

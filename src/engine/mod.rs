@@ -16,6 +16,7 @@ pub mod prepare;
 pub mod safepoint;
 pub mod stage;
 pub mod support;
+pub mod transform;
 pub mod world;
 
 use std::time::Instant;
@@ -60,6 +61,7 @@ pub fn apply(state: &HostState, spec_path: &str, spec_text: &str, dry_run: bool)
         safe_point_checks: 0,
         stopped_threads: 0,
         safe_point: SafePointSummary::default(),
+        transforms: Vec::new(),
         problem: None,
         warnings: Vec::new(),
     };
@@ -231,7 +233,12 @@ fn commit(
     let gc = GcPaused::new(py);
     let mut journal = Journal::default();
     let t = Instant::now();
-    let merged = merge::merge(py, support, plan, staged, &mut journal);
+    let merged = merge::merge(py, support, plan, staged, &mut journal)
+        .and_then(|merged| add_new_modules(py, support, plan, &mut journal).map(|()| merged))
+        .and_then(|merged| {
+            report.transforms = transform::run(py, support, plan, &mut journal)?;
+            Ok(merged)
+        });
     report.timings.commit_ms = ms(t);
     let (merged, failure) = match merged {
         Ok(merged) => {
@@ -261,7 +268,7 @@ fn commit(
     let result = match failure {
         Some(mut problem) => {
             let t = Instant::now();
-            let errors = journal.rollback(py);
+            let errors = journal.rollback(py, support);
             stage::forget_modules(py, &staged.imported);
             report.timings.rollback_ms = ms(t);
             for e in errors {
@@ -279,6 +286,27 @@ fn commit(
     };
     drop(gc);
     result
+}
+
+/// Puts the modules new in this version into `sys.modules` and onto their
+/// parent package, as an import would.
+fn add_new_modules(py: Python<'_>, support: &Support<'_>, plan: &Plan, journal: &mut Journal) -> Result<(), Problem> {
+    let fail = |e: PyErr| support.problem(py, "could not add a new module", &e);
+    let sys_modules = py.import("sys").and_then(|s| s.getattr("modules")).map_err(fail)?;
+    let sys_modules = sys_modules
+        .cast_into::<pyo3::types::PyDict>()
+        .map_err(|e| Problem::new(e.to_string()))?;
+    for m in plan.modules.iter().filter(|m| m.new) {
+        let module = m.module.bind(py).clone().into_any();
+        let name = pyo3::types::PyString::new(py, &m.name).into_any();
+        journal.set_item(&sys_modules, &name, &module).map_err(fail)?;
+        if let Some((parent, child)) = m.name.rsplit_once('.') {
+            if let Some(parent) = sys_modules.get_item(parent).map_err(fail)? {
+                journal.set_attr(&parent, child, &module).map_err(fail)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// For `check`: what would hold the safe point back right now.

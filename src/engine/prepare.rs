@@ -15,7 +15,7 @@ use toml::Spanned;
 use super::support::Support;
 use crate::diagnostic::{Location, Problem};
 use crate::host::state::HostState;
-use crate::plan::{Expression, ModulePlan, Plan};
+use crate::plan::{Expression, ModulePlan, Plan, TransformPlan, TransformTarget};
 use crate::spec::{did_you_mean, Spec, SpecSource};
 
 pub fn prepare(
@@ -42,12 +42,11 @@ pub fn prepare(
     let mut located = Vec::new();
     for reload in &spec.reload {
         let name = reload.module.get_ref();
-        let module = find_module(py, support, &sys_modules, source, &reload.module)?;
-        let path = match &reload.source {
+        let explicit = match &reload.source {
             Some(s) => {
                 let p = spec_dir.join(s.get_ref());
                 match p.canonicalize() {
-                    Ok(p) if p.is_file() => p,
+                    Ok(p) if p.is_file() => Some(p),
                     _ => {
                         return Err(source
                             .problem(
@@ -59,6 +58,14 @@ pub fn prepare(
                     }
                 }
             }
+            None => None,
+        };
+        let module = match (&explicit, reload.new) {
+            (Some(path), true) => new_module(py, support, &sys_modules, source, &reload.module, path)?,
+            _ => find_module(py, support, &sys_modules, source, &reload.module)?,
+        };
+        let path = match explicit {
+            Some(p) => p,
             None => match support
                 .module_source(module.as_any())
                 .map_err(|e| support.problem(py, "could not locate source", &e))?
@@ -134,6 +141,14 @@ pub fn prepare(
                 .iter()
                 .map(|k| k.get_ref().clone())
                 .collect::<BTreeSet<_>>(),
+            new: reload.new,
+            transformed: spec
+                .transform
+                .iter()
+                .filter_map(|t| t.global.as_ref()?.get_ref().rsplit_once('.'))
+                .filter(|(module, _)| *module == reload.module.get_ref().as_str())
+                .map(|(_, name)| name.to_string())
+                .collect(),
         });
     }
 
@@ -164,8 +179,93 @@ pub fn prepare(
         condition: expression(&spec.safe_point.condition, "[safe_point] condition")?,
         update_point: spec.safe_point.update_point.as_ref().map(|p| p.get_ref().clone()),
         after: expression(&spec.check.after, "[check] after")?,
+        transforms: transforms(py, support, source, spec, &sys_modules)?,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
     })
+}
+
+/// Checks each `[[transform]]` against the program: its target's module is
+/// loaded or part of the update, its transformer's module can be found, and
+/// its defaults compile.
+fn transforms(
+    py: Python<'_>,
+    support: &Support<'_>,
+    source: &SpecSource,
+    spec: &Spec,
+    sys_modules: &Bound<'_, PyDict>,
+) -> Result<Vec<TransformPlan>, Problem> {
+    let updated: Vec<&str> = spec.reload.iter().map(|r| r.module.get_ref().as_str()).collect();
+    let known = |path: &str| {
+        let module = module_part(path, sys_modules, &updated);
+        module.is_some()
+    };
+    let mut out = Vec::new();
+    for t in &spec.transform {
+        let target = t.target();
+        if !known(target.get_ref()) {
+            return Err(source
+                .problem(
+                    target.span(),
+                    format!("no module of `{}` is loaded or updated", target.get_ref()),
+                    "unknown module",
+                )
+                .with_help("name the class or global with its module, as `package.module.Name`"));
+        }
+        for f in [t.function.as_ref(), t.reverse.as_ref()].into_iter().flatten() {
+            let _ = support.import_named_modules(f.get_ref());
+            if !known(f.get_ref()) {
+                return Err(source
+                    .problem(
+                        f.span(),
+                        format!("no module of `{}` is loaded, updated or importable", f.get_ref()),
+                        "unknown module",
+                    )
+                    .with_help("put transformers in a module the update loads, or one the program can import"));
+            }
+        }
+        let mut defaults = Vec::new();
+        for (name, expr) in &t.defaults {
+            let compiled = compile_expression(py, support, source, expr, &format!("defaults.{name}"))?;
+            let globals = support
+                .check_globals(compiled.code.bind(py))
+                .map_err(|e| support.problem(py, "could not prepare a default", &e))?;
+            defaults.push((name.clone(), compiled.code, globals.into_any().unbind()));
+        }
+        let path = target.get_ref().clone();
+        let target_kind = match &t.global {
+            Some(g) => {
+                let (module, name) = g.get_ref().rsplit_once('.').expect("validated: dotted");
+                TransformTarget::Global {
+                    module: module.to_string(),
+                    name: name.to_string(),
+                }
+            }
+            None => TransformTarget::Class,
+        };
+        out.push(TransformPlan {
+            target: target_kind,
+            path,
+            function: t.function.as_ref().map(|f| f.get_ref().clone()),
+            defaults,
+            mode: t.mode(),
+            reverse: t.reverse.as_ref().map(|r| r.get_ref().clone()),
+            location: source.location(target.span()),
+        });
+    }
+    Ok(out)
+}
+
+/// The longest prefix of `path` that is a loaded or updated module.
+fn module_part<'a>(path: &'a str, sys_modules: &Bound<'_, PyDict>, updated: &[&str]) -> Option<&'a str> {
+    let mut end = path.len();
+    while let Some(dot) = path[..end].rfind('.') {
+        let module = &path[..dot];
+        if updated.contains(&module) || sys_modules.contains(module).unwrap_or(false) {
+            return Some(module);
+        }
+        end = dot;
+    }
+    None
 }
 
 /// The functions that must not be running when the update commits: by
@@ -276,6 +376,44 @@ fn check_version(state: &HostState, source: &SpecSource, spec: &Spec) -> Result<
     Ok(())
 }
 
+/// A fresh, empty module object for a module new in this version, as the
+/// import system would make it for `path`. It joins `sys.modules` only when
+/// the update commits.
+fn new_module<'py>(
+    py: Python<'py>,
+    support: &Support<'py>,
+    sys_modules: &Bound<'py, PyDict>,
+    source: &SpecSource,
+    name: &Spanned<String>,
+    path: &Path,
+) -> Result<Bound<'py, PyAny>, Problem> {
+    let n = name.get_ref();
+    if sys_modules.contains(n).unwrap_or(false) {
+        return Err(source
+            .problem(
+                name.span(),
+                format!("module `{n}` is already loaded, so it is not new"),
+                "new = true",
+            )
+            .with_help("remove `new = true` to reload it"));
+    }
+    if let Some((parent, _)) = n.rsplit_once('.') {
+        if !sys_modules.contains(parent).unwrap_or(false) {
+            return Err(source.problem(
+                name.span(),
+                format!("the package `{parent}` of new module `{n}` is not loaded"),
+                "its package must be loaded",
+            ));
+        }
+    }
+    py.import("importlib.util")
+        .and_then(|util| {
+            let spec = util.call_method1("spec_from_file_location", (n.as_str(), path))?;
+            util.call_method1("module_from_spec", (spec,))
+        })
+        .map_err(|e| support.problem(py, &format!("could not create new module `{n}`"), &e))
+}
+
 fn find_module<'py>(
     py: Python<'py>,
     support: &Support<'py>,
@@ -303,7 +441,9 @@ fn find_module<'py>(
             );
             problem = match did_you_mean(n, keys.iter().map(String::as_str)) {
                 Some(best) => problem.with_help(format!("did you mean `{best}`?")),
-                None => problem.with_help("only modules the program has imported can be reloaded"),
+                None => problem.with_help(
+                    "only modules the program has imported can be reloaded; a module new in this version needs `new = true` and a `source`",
+                ),
             };
             Err(problem)
         }

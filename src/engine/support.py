@@ -310,3 +310,107 @@ def check_globals(code):
         if module is not None:
             g[name] = module
     return g
+
+
+def resolve(path):
+    """The object at a dotted path: the longest prefix that is a loaded
+    module, then attributes."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        module = sys.modules.get(".".join(parts[:i]))
+        if module is not None:
+            obj = module
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+            return obj
+    raise LookupError(f"no module of `{path}` is loaded")
+
+
+def instances_of(cls):
+    """Live instances of `cls` and of its subclasses, found with one walk of
+    the collector's objects (instances of heap types refer to their type).
+    Instances the collector does not track (of classes with empty
+    __slots__ and no __dict__) are not found."""
+    import gc
+
+    classes = [cls]
+    i = 0
+    while i < len(classes):
+        classes.extend(classes[i].__subclasses__())
+        i += 1
+    wanted = set(map(id, classes))
+    return [o for o in gc.get_referrers(*classes) if id(type(o)) in wanted]
+
+
+def _slot_names(cls):
+    names = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        if isinstance(slots, str):
+            slots = (slots,)
+        names.extend(s for s in slots if s not in ("__dict__", "__weakref__"))
+    return names
+
+
+_MISSING = object()
+
+
+def save_state(obj):
+    """Everything a transformer may change: the instance dict and slots."""
+    d = obj.__dict__.copy() if hasattr(obj, "__dict__") else None
+    slots = {name: getattr(obj, name, _MISSING) for name in _slot_names(type(obj))}
+    return (obj, d, slots)
+
+
+def restore_states(saved):
+    """Puts back states saved by save_state, newest first."""
+    for obj, d, slots in reversed(saved):
+        if d is not None:
+            current = obj.__dict__
+            current.clear()
+            current.update(d)
+        for name, value in slots.items():
+            if value is _MISSING:
+                if hasattr(obj, name):
+                    delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+
+def set_state(obj, state):
+    """Applies a transformer's returned state (a dict of attributes)."""
+    if hasattr(obj, "__dict__"):
+        current = obj.__dict__
+        current.clear()
+    slots = set(_slot_names(type(obj)))
+    for name, value in state.items():
+        if name in slots or not hasattr(obj, "__dict__"):
+            setattr(obj, name, value)
+        else:
+            current[name] = value
+
+
+def convert(obj, defaults, fn):
+    """Converts one instance: `defaults` is [(name, code, globals)] and
+    `fn` is the transformer or None. A transformer either mutates the
+    instance and returns None, or returns its new state as a dict."""
+    for name, code, g in defaults:
+        if not hasattr(obj, name):
+            setattr(obj, name, eval(code, g))
+    if fn is not None:
+        result = fn(obj)
+        if result is not None:
+            if not isinstance(result, dict):
+                raise TypeError(
+                    f"the transformer returned {type(result).__name__}; "
+                    "it must change the instance and return None, or return its new state as a dict"
+                )
+            set_state(obj, result)
+
+
+def convert_all(saved, objs, defaults, fn):
+    """Converts every instance, saving each one's state into `saved` first,
+    so that a failure at any instance can be undone."""
+    for obj in objs:
+        saved.append(save_state(obj))
+        convert(obj, defaults, fn)

@@ -5,7 +5,7 @@ use std::ffi::CString;
 use pyo3::call::PyCallArgs;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 use crate::diagnostic::{Location, Problem};
 
@@ -90,6 +90,29 @@ impl<'py> Support<'py> {
         new_code: &Bound<'py, PyAny>,
     ) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
         self.call("changed_functions", (module, new_code))?.extract()
+    }
+
+    pub fn resolve(&self, path: &str) -> PyResult<Bound<'py, PyAny>> {
+        self.call("resolve", (path,))
+    }
+
+    pub fn instances_of(&self, class: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        Ok(self.call("instances_of", (class,))?.cast_into::<PyList>()?)
+    }
+
+    /// Converts `objs`, saving each state into `saved` first.
+    pub fn convert_all(
+        &self,
+        saved: &Bound<'py, PyList>,
+        objs: &Bound<'py, PyAny>,
+        defaults: &Bound<'py, PyAny>,
+        function: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        self.call("convert_all", (saved, objs, defaults, function)).map(drop)
+    }
+
+    pub fn restore_states(&self, saved: &Bound<'py, PyList>) -> PyResult<()> {
+        self.call("restore_states", (saved,)).map(drop)
     }
 
     pub fn check_globals(&self, code: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {

@@ -1,0 +1,239 @@
+//! `[[transform]]`: live data converted to the new representation, in the
+//! commit, with every instance's identity kept and every change undone if
+//! any transformer fails.
+
+mod common;
+
+use common::{probe, Hosted, Sandbox, PROBE_LOOP};
+
+const N: usize = 10_000;
+
+const STORE_V1: &str = r#"
+class Item:
+    def __init__(self, value):
+        self.value = value
+
+class Special(Item):
+    pass
+
+class Point:
+    __slots__ = ("x", "y")
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+ITEMS = {i: Item(i) for i in range(10_000)}
+SPECIAL = [Special(-1), Special(-2)]
+POINTS = [Point(i, i) for i in range(100)]
+TOTAL = 41
+"#;
+
+const STORE_V2: &str = r#"
+class Item:
+    def __init__(self, value):
+        self.value = value
+        self.version = 2
+        self.tag = "new"
+
+    def describe(self):
+        return f"{self.value}@{self.version}/{self.tag}"
+
+class Special(Item):
+    pass
+
+class Point:
+    __slots__ = ("x", "y")
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+ITEMS = {}
+SPECIAL = []
+POINTS = []
+TOTAL = 0
+"#;
+
+const MIGRATIONS: &str = r#"
+CALLS = [0]
+
+def item_in_place(obj):
+    CALLS[0] += 1
+    obj.version = 2
+
+def item_state(obj):
+    return {"value": obj.value, "version": 2, "tag": "from-state"}
+
+def fail_on_last(obj):
+    CALLS[0] += 1
+    if CALLS[0] == 10_002:  # 10,000 items and 2 specials
+        raise ValueError(f"cannot convert {obj.value}")
+    obj.version = 2
+
+def point_swap(p):
+    p.x, p.y = p.y * 10, p.x
+
+def total_v2(old):
+    return {"total": old}
+"#;
+
+const PROGRAM: &str = r#"
+import sys, store, migrations
+held = store.ITEMS[1234]
+special = store.SPECIAL[0]
+
+def dump():
+    items = sorted((k, sorted(vars(v).items())) for k, v in store.ITEMS.items())
+    return hash(repr((items, [sorted(vars(s).items()) for s in store.SPECIAL],
+                      [(p.x, p.y) for p in store.POINTS], store.TOTAL)))
+"#;
+
+fn start(sandbox: &Sandbox) -> Hosted {
+    sandbox.write("store.py", STORE_V1);
+    sandbox.write("migrations.py", MIGRATIONS);
+    sandbox.write("prog.py", &format!("{PROGRAM}{PROBE_LOOP}"));
+    let p = probe(sandbox, &["--version", "1", "prog.py"]);
+    sandbox.write("store.py", STORE_V2);
+    p
+}
+
+fn spec(transforms: &str) -> String {
+    format!(
+        "[update]\nname = \"store-v2\"\nfrom = \"1\"\nto = \"2\"\n\n[[reload]]\nmodule = \"store\"\n\n[safe_point]\ntimeout_ms = 2000\n\n{transforms}"
+    )
+}
+
+fn apply(sandbox: &Sandbox, p: &Hosted, text: &str) -> (i32, serde_json::Value) {
+    let path = sandbox.write("spec.toml", text);
+    sandbox.apply_json(p, &path)
+}
+
+#[test]
+fn an_eager_class_transform_converts_every_instance_in_place_keeping_identity() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    let ids = p.ask("(id(held), id(special), id(store.ITEMS[0]))");
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.item_in_place\"\ndefaults = { tag = \"'default'\" }\n\n[[transform]]\nglobal = \"store.TOTAL\"\nfunction = \"migrations.total_v2\"\n"),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    let t = &report["transforms"][0];
+    assert_eq!(t["kind"], "class");
+    assert_eq!(t["instances"], N + 2, "every Item and Special instance, once: {t:#}");
+    assert!(
+        t["find_ms"].as_f64().unwrap() > 0.0 && t["convert_ms"].as_f64().unwrap() > 0.0,
+        "{t:#}"
+    );
+    assert_eq!(
+        p.ask("migrations.CALLS[0]"),
+        (N + 2).to_string(),
+        "the transformer ran exactly once per instance"
+    );
+    assert_eq!(
+        p.ask("(id(held), id(special), id(store.ITEMS[0]))"),
+        ids,
+        "identity kept"
+    );
+    assert_eq!(
+        p.ask("held.describe(), special.describe()"),
+        "('1234@2/default', '-1@2/default')"
+    );
+    assert_eq!(
+        p.ask("all(v.version == 2 and v.tag == 'default' for v in store.ITEMS.values())"),
+        "True"
+    );
+    assert_eq!(
+        p.ask("type(held) is store.Item and isinstance(special, store.Item)"),
+        "True"
+    );
+    assert_eq!(p.ask("store.TOTAL"), "{'total': 41}");
+    assert_eq!(report["transforms"][1]["kind"], "global");
+}
+
+#[test]
+fn a_transformer_may_return_the_new_state_and_slots_classes_convert_too() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.item_state\"\n\n[[transform]]\nclass = \"store.Point\"\nfunction = \"migrations.point_swap\"\n"),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(p.ask("held.describe()"), "'1234@2/from-state'");
+    assert_eq!(
+        p.ask("[(q.x, q.y) for q in store.POINTS[:3]]"),
+        "[(0, 0), (10, 1), (20, 2)]"
+    );
+    assert_eq!(report["transforms"][1]["instances"], 100);
+}
+
+#[test]
+fn a_transformer_that_raises_on_the_last_instance_leaves_all_data_as_it_was() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    let before = p.ask("dump()");
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nglobal = \"store.TOTAL\"\nfunction = \"migrations.total_v2\"\n\n[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.fail_on_last\"\ndefaults = { tag = \"'x'\" }\n"),
+    );
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "rolled_back");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("converting `store.Item` failed on instance 10002 of 10002")
+            && message.contains("ValueError: cannot convert"),
+        "{message}"
+    );
+    assert_eq!(p.ask("migrations.CALLS[0]"), "10002");
+    assert_eq!(
+        p.ask("dump()"),
+        before,
+        "the data after the rollback differs from before"
+    );
+    assert_eq!(p.ask("hasattr(store.Item, 'describe'), store.TOTAL"), "(False, 41)");
+    assert_eq!(p.ask("__import__('pyreload').version()"), "'1'");
+}
+
+#[test]
+fn transform_specs_that_cannot_work_are_refused_before_anything_changes() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    for (transforms, message) in [
+        (
+            "[[transform]]\nclass = \"store.Item\"\n",
+            "a class transform needs a `function`, `defaults`, or both",
+        ),
+        (
+            "[[transform]]\nclass = \"store.Item\"\nglobal = \"store.TOTAL\"\nfunction = \"migrations.total_v2\"\n",
+            "either a `class` or a `global`, not both",
+        ),
+        (
+            "[[transform]]\nglobal = \"store.TOTAL\"\n",
+            "a global transform needs a `function`",
+        ),
+        (
+            "[[transform]]\nclass = \"nowhere.Item\"\nfunction = \"migrations.item_state\"\n",
+            "no module of `nowhere.Item` is loaded or updated",
+        ),
+        (
+            "[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.nope\"\n",
+            "transformer `migrations.nope` was not found in the updated program",
+        ),
+    ] {
+        let path = sandbox.write("bad.toml", &spec(transforms));
+        let out = sandbox.run(&[
+            "apply",
+            "--socket",
+            p.socket().to_str().unwrap(),
+            path.to_str().unwrap(),
+        ]);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            common::stderr(&out).contains(message),
+            "expected {message:?}:\n{}",
+            common::stderr(&out)
+        );
+        assert_eq!(p.ask("hasattr(store.Item, 'describe')"), "False");
+    }
+}
