@@ -30,6 +30,7 @@ pub struct ModulePlan {
 }
 
 /// What a `[[transform]]` converts.
+#[derive(Clone)]
 pub enum TransformTarget {
     Class,
     /// A module global: the module's name and the global's.
@@ -49,8 +50,8 @@ pub struct TransformPlan {
     pub defaults: Vec<(String, Py<PyAny>, Py<PyAny>)>,
     pub mode: crate::spec::Mode,
     pub reverse: Option<String>,
-    /// The `[[transform]]` table, for errors.
-    pub location: Location,
+    /// The `[[transform]]` table, for errors (none for a rollback's reverse).
+    pub location: Option<Location>,
 }
 
 /// A Python expression from the spec (`condition`, `after`), compiled.

@@ -244,6 +244,32 @@ impl Report {
                 }
             }
         }
+        for t in &self.transforms {
+            let _ = writeln!(
+                out,
+                "  transform {} `{}`: {} converted (found in {:.2} ms, converted in {:.2} ms)",
+                t.kind, t.target, t.instances, t.find_ms, t.convert_ms
+            );
+        }
+        let sp = &self.safe_point;
+        let mut required = Vec::new();
+        if !sp.inactive.is_empty() {
+            const SHOWN: usize = 6;
+            let mut names = sp.inactive.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if sp.inactive.len() > SHOWN {
+                names.push_str(&format!(" and {} more", sp.inactive.len() - SHOWN));
+            }
+            required.push(format!("inactive {names}"));
+        }
+        if let Some(c) = &sp.condition {
+            required.push(format!("condition `{c}`"));
+        }
+        if let Some(p) = &sp.update_point {
+            required.push(format!("update point `{p}`"));
+        }
+        if !required.is_empty() {
+            let _ = writeln!(out, "  safe point: {}", required.join("; "));
+        }
         let t = &self.timings;
         let _ =
             writeln!(

@@ -97,6 +97,13 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
             return EXIT_REFUSED;
         }
     };
+    print_response(response, json, Some((&source.path, &source.text)))
+}
+
+/// Prints a host's answer to an update request (the report on stdout, any
+/// problem on stderr) and returns the exit status it means. `known` is the
+/// spec, to draw snippets from.
+pub fn print_response(response: Response, json: bool, known: Option<(&str, &str)>) -> i32 {
     match response {
         Response::Report(report) => {
             if json {
@@ -105,7 +112,7 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
                 print!("{}", report.to_text());
             }
             if let Some(problem) = &report.problem {
-                eprint!("{}", problem.render(Some((&source.path, &source.text))));
+                eprint!("{}", problem.render(known));
             }
             report.outcome.exit_code()
         }
@@ -113,7 +120,7 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
             if json {
                 println!("{}", serde_json::json!({ "error": problem }));
             }
-            eprint!("{}", problem.render(Some((&source.path, &source.text))));
+            eprint!("{}", problem.render(known));
             EXIT_REFUSED
         }
         Response::Status(_) => {

@@ -6,6 +6,7 @@
 //! connection error.
 
 mod apply;
+mod rollback;
 mod run;
 mod status;
 
@@ -35,7 +36,8 @@ pub const EXIT_USAGE: i32 = 2;
         pyreload run --name kvserver --version 1.0 -m kvserver --port 7000\n  \
         pyreload check specs/v1-to-v2.toml\n  \
         pyreload apply specs/v1-to-v2.toml\n  \
-        pyreload status\n\n\
+        pyreload status\n  \
+        pyreload rollback\n\n\
         Exit status: 0 success, 1 update refused or rolled back, 2 usage, spec or connection error.\n\
         `pyreload run` exits with the program's own status."
 )]
@@ -49,6 +51,7 @@ enum Command {
     Run(run::RunArgs),
     Apply(apply::ApplyArgs),
     Check(apply::CheckArgs),
+    Rollback(rollback::RollbackArgs),
     Status(status::StatusArgs),
 }
 
@@ -81,6 +84,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(args),
         Command::Apply(args) => apply::apply(args),
         Command::Check(args) => apply::check(args),
+        Command::Rollback(args) => rollback::rollback(args),
         Command::Status(args) => status::status(args),
     }
 }

@@ -52,6 +52,27 @@ fn to_text(info: &ProgramInfo) -> String {
     let _ = writeln!(out, "  version: {}", info.version.as_deref().unwrap_or("(none)"));
     let _ = writeln!(out, "  uptime:  {:.1} s", info.uptime_s);
     let _ = writeln!(out, "  socket:  {}", info.socket);
+    match info.rollback.first() {
+        None => {
+            let _ = writeln!(out, "  rollback: nothing to roll back");
+        }
+        Some(last) => {
+            let what = format!(
+                "`{}` ({} -> {})",
+                last.name,
+                last.to,
+                last.from.as_deref().unwrap_or("(none)")
+            );
+            let _ = match &last.blocked {
+                None => writeln!(
+                    out,
+                    "  rollback: `pyreload rollback` undoes {what}; {} update(s) can be undone in turn",
+                    info.rollback.len()
+                ),
+                Some(why) => writeln!(out, "  rollback: {what} cannot be rolled back: {why}"),
+            };
+        }
+    }
     if info.history.is_empty() {
         let _ = writeln!(out, "  history: no updates yet");
         return out;

@@ -34,6 +34,13 @@ pub enum Request {
         spec_text: String,
         dry_run: bool,
     },
+    /// Undo the last committed update (with `dry_run`, only say whether it
+    /// could be).
+    Rollback {
+        protocol: u32,
+        dry_run: bool,
+        timeout_ms: u64,
+    },
 }
 
 /// The host's answer to a [`Request`].
@@ -58,6 +65,20 @@ pub struct ProgramInfo {
     pub uptime_s: f64,
     pub socket: String,
     pub history: Vec<HistoryEntry>,
+    /// Committed updates `pyreload rollback` would undo, newest first.
+    #[serde(default)]
+    pub rollback: Vec<RollbackInfo>,
+}
+
+/// One committed update on the rollback stack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackInfo {
+    pub name: String,
+    pub from: Option<String>,
+    pub to: String,
+    /// Why it cannot be rolled back, if it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 /// One update attempt, as remembered by the host.

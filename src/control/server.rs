@@ -133,7 +133,9 @@ fn handle(mut stream: UnixStream, state: &HostState) {
 
 fn respond(request: Request, state: &HostState) -> Response {
     let protocol = match &request {
-        Request::Status { protocol } | Request::Apply { protocol, .. } => *protocol,
+        Request::Status { protocol } | Request::Apply { protocol, .. } | Request::Rollback { protocol, .. } => {
+            *protocol
+        }
     };
     if protocol != PROTOCOL_VERSION {
         return Response::Error(
@@ -150,14 +152,26 @@ fn respond(request: Request, state: &HostState) -> Response {
             spec_text,
             dry_run,
             ..
-        } => match engine::apply(state, &spec_path, &spec_text, dry_run) {
-            Ok(report) => {
-                if !dry_run {
-                    eprintln!("pyreload: {}", report.one_line());
-                }
-                Response::Report(Box::new(report))
+        } => reported(engine::apply(state, &spec_path, &spec_text, dry_run), dry_run),
+        Request::Rollback {
+            dry_run, timeout_ms, ..
+        } => reported(
+            engine::rollback::rollback(state, dry_run, std::time::Duration::from_millis(timeout_ms)),
+            dry_run,
+        ),
+    }
+}
+
+/// Answers with the report, logging an update that changed (or tried to
+/// change) the program on its stderr.
+fn reported(result: Result<crate::report::Report, Problem>, dry_run: bool) -> Response {
+    match result {
+        Ok(report) => {
+            if !dry_run {
+                eprintln!("pyreload: {}", report.one_line());
             }
-            Err(problem) => Response::Error(problem),
-        },
+            Response::Report(Box::new(report))
+        }
+        Err(problem) => Response::Error(problem),
     }
 }

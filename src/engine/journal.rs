@@ -48,6 +48,11 @@ enum Entry {
 #[derive(Default)]
 pub struct Journal {
     entries: Vec<Entry>,
+    /// Indexes of entries that changed data (transformed instances and
+    /// globals): undone when the commit fails, but not by `pyreload
+    /// rollback`, which converts the data as it is then with the spec's
+    /// reverse transformers.
+    data: Vec<usize>,
 }
 
 impl Journal {
@@ -138,10 +143,65 @@ impl Journal {
     /// as it goes, so a failure halfway is undone up to where it got.
     pub fn states<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyList> {
         let saved = PyList::empty(py);
+        self.data.push(self.entries.len());
         self.entries.push(Entry::States {
             saved: saved.clone().unbind(),
         });
         saved
+    }
+
+    /// Like [`Journal::set_item`], for a global whose data a transformer
+    /// converted.
+    pub fn set_data_item<'py>(
+        &mut self,
+        dict: &Bound<'py, PyDict>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        self.data.push(self.entries.len());
+        self.set_item(dict, key, value)
+    }
+
+    /// The journal of the code changes only, kept after a commit so that
+    /// `pyreload rollback` can restore the old version's code.
+    pub fn into_code_only(self) -> Journal {
+        let data = self.data;
+        let entries = self
+            .entries
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !data.contains(i))
+            .map(|(_, e)| e)
+            .collect();
+        Journal {
+            entries,
+            data: Vec::new(),
+        }
+    }
+
+    /// The functions this journal patched, as (dotted name, current code,
+    /// code it would restore).
+    pub fn patched_codes<'py>(&self, py: Python<'py>) -> Vec<(String, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Attr {
+                    target,
+                    name,
+                    old: Some(old),
+                } if name == "__code__" => {
+                    let f = target.bind(py);
+                    let module: String = f.getattr("__module__").ok()?.extract().ok()?;
+                    let qualname: String = f.getattr("__qualname__").ok()?.extract().ok()?;
+                    Some((
+                        format!("{module}.{qualname}"),
+                        f.getattr("__code__").ok()?,
+                        old.bind(py).clone(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Undoes every change, newest first. Returns the errors met on the way;

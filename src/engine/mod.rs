@@ -13,6 +13,7 @@ pub mod fault;
 pub mod journal;
 pub mod merge;
 pub mod prepare;
+pub mod rollback;
 pub mod safepoint;
 pub mod stage;
 pub mod support;
@@ -280,6 +281,12 @@ fn commit(
         }
         None => {
             report.outcome = Outcome::Committed;
+            state.push_committed(rollback::Committed::from_plan(
+                report.update.clone(),
+                report.from.clone(),
+                plan,
+                journal,
+            ));
             state.set_version(Some(plan.to.clone()));
             merged
         }

@@ -249,7 +249,7 @@ fn transforms(
             defaults,
             mode: t.mode(),
             reverse: t.reverse.as_ref().map(|r| r.get_ref().clone()),
-            location: source.location(target.span()),
+            location: Some(source.location(target.span())),
         });
     }
     Ok(out)
@@ -409,7 +409,11 @@ fn new_module<'py>(
     py.import("importlib.util")
         .and_then(|util| {
             let spec = util.call_method1("spec_from_file_location", (n.as_str(), path))?;
-            util.call_method1("module_from_spec", (spec,))
+            let module = util.call_method1("module_from_spec", (spec,))?;
+            // As an import would have it once the body ran: functions merged
+            // into this namespace find their builtins here.
+            module.setattr("__builtins__", py.import("builtins")?.getattr("__dict__")?)?;
+            Ok(module)
         })
         .map_err(|e| support.problem(py, &format!("could not create new module `{n}`"), &e))
 }

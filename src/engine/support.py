@@ -29,6 +29,19 @@ def same_code(a, b):
         return a == b
 
 
+class _PackageOverlay:
+    """A package as a staged module body sees it: the submodules the update
+    stages come from staging, everything else from the package."""
+
+    def __init__(self, package, children):
+        self._package = package
+        self._children = children
+
+    def __getattr__(self, name):
+        child = self._children.get(name)
+        return child if child is not None else getattr(self._package, name)
+
+
 def staging_builtins(staged):
     """A builtins namespace for running a new module body in staging.
 
@@ -50,6 +63,11 @@ def staging_builtins(staged):
             staging = staged.get(full)
             if staging is not None:
                 return staging
+            children = {item: staged[f"{full}.{item}"] for item in fromlist if f"{full}.{item}" in staged}
+            if children:
+                # `from pkg import sub`, where the update stages pkg.sub
+                # (perhaps a module new in this version).
+                return _PackageOverlay(module, children)
         return module
 
     namespace = dict(builtins.__dict__)
@@ -414,3 +432,4 @@ def convert_all(saved, objs, defaults, fn):
     for obj in objs:
         saved.append(save_state(obj))
         convert(obj, defaults, fn)
+

@@ -34,15 +34,15 @@ pub fn run(
         .collect()
 }
 
-fn run_one(
+pub fn run_one(
     py: Python<'_>,
     support: &Support<'_>,
     t: &TransformPlan,
     journal: &mut Journal,
 ) -> Result<TransformReport, Problem> {
     let located = |mut p: Problem| {
-        if p.location.is_none() {
-            p.location = Some(Box::new(t.location.clone()));
+        if let (None, Some(location)) = (&p.location, &t.location) {
+            p.location = Some(Box::new(location.clone()));
             p.label = Some("this transform".into());
         }
         p
@@ -88,7 +88,7 @@ fn run_one(
                 ))
             })?;
             journal
-                .set_item(&dict, &pyo3::types::PyString::new(py, name).into_any(), &new)
+                .set_data_item(&dict, &pyo3::types::PyString::new(py, name).into_any(), &new)
                 .map_err(|e| located(support.problem(py, "could not bind the converted global", &e)))?;
             report.instances = 1;
             report.convert_ms = ms(t0);

@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::control::protocol::{HistoryEntry, ProgramInfo};
+use crate::engine::rollback::Committed;
 
 /// Whether Python may still be entered from the control thread.
 ///
@@ -28,6 +29,8 @@ pub struct HostState {
     pub socket_path: std::path::PathBuf,
     version: Mutex<Option<String>>,
     history: Mutex<Vec<HistoryEntry>>,
+    /// Committed updates that `pyreload rollback` can undo, newest last.
+    committed: Mutex<Vec<Committed>>,
     /// Held for the whole of an update; see [`Lifecycle`].
     lifecycle: Mutex<Lifecycle>,
 }
@@ -50,6 +53,7 @@ impl HostState {
             socket_path,
             version: Mutex::new(version),
             history: Mutex::new(Vec::new()),
+            committed: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(Lifecycle::Running),
         }
     }
@@ -68,6 +72,18 @@ impl HostState {
         lock(&self.history).push(entry);
     }
 
+    pub fn push_committed(&self, committed: Committed) {
+        lock(&self.committed).push(committed);
+    }
+
+    pub fn pop_committed(&self) -> Option<Committed> {
+        lock(&self.committed).pop()
+    }
+
+    pub fn with_last_committed<R>(&self, f: impl FnOnce(&Committed) -> R) -> Option<R> {
+        lock(&self.committed).last().map(f)
+    }
+
     pub fn info(&self) -> ProgramInfo {
         ProgramInfo {
             name: self.name.clone(),
@@ -77,6 +93,7 @@ impl HostState {
             uptime_s: self.started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
             socket: self.socket_path.display().to_string(),
             history: lock(&self.history).clone(),
+            rollback: lock(&self.committed).iter().rev().map(Committed::info).collect(),
         }
     }
 

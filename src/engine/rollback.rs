@@ -1,0 +1,258 @@
+//! `pyreload rollback`: undo the last committed update.
+//!
+//! After a commit the host keeps the update's journal, without its data
+//! entries, and the spec's `reverse` transformers. Rolling back waits for
+//! its own safe point (every function whose code it restores must be
+//! inactive). In a stopped world it then converts the data as it is now
+//! with the reverse transformers, journaled so that a failing reverse
+//! changes nothing, and replays the code journal backwards. Updates roll
+//! back newest first, one per call.
+
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PySet};
+
+use super::journal::Journal;
+use super::support::Support;
+use super::world::StoppedWorld;
+use super::{safepoint, transform};
+use crate::control::protocol::{HistoryEntry, RollbackInfo};
+use crate::diagnostic::Problem;
+use crate::host::state::{unix_seconds, GateError, HostState};
+use crate::plan::{Plan, TransformPlan};
+use crate::report::{Outcome, Report, SafePointSummary, Timings};
+use crate::spec::Mode;
+
+/// What the host keeps of a committed update, to be able to undo it.
+pub struct Committed {
+    pub name: String,
+    pub from: Option<String>,
+    pub to: String,
+    /// The code changes, as the journal recorded them.
+    pub journal: Journal,
+    /// The spec's reverse transforms, in the order to run them.
+    pub reverses: Vec<TransformPlan>,
+    /// Why this update cannot be rolled back, if it cannot.
+    pub blocked: Option<String>,
+}
+
+impl Committed {
+    /// Keeps what `pyreload rollback` needs from a plan that committed.
+    pub fn from_plan(name: String, from: Option<String>, plan: &Plan, journal: Journal) -> Committed {
+        let missing: Vec<&str> = plan
+            .transforms
+            .iter()
+            .filter(|t| t.reverse.is_none())
+            .map(|t| t.path.as_str())
+            .collect();
+        let blocked = (!missing.is_empty()).then(|| {
+            format!(
+                "it transformed {} and its spec declares no `reverse` for {}",
+                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+                if missing.len() == 1 { "it" } else { "them" }
+            )
+        });
+        let reverses = plan
+            .transforms
+            .iter()
+            .rev()
+            .filter_map(|t| {
+                Some(TransformPlan {
+                    target: t.target.clone(),
+                    path: t.path.clone(),
+                    function: Some(t.reverse.clone()?),
+                    defaults: Vec::new(),
+                    mode: Mode::Eager,
+                    reverse: None,
+                    location: None,
+                })
+            })
+            .collect();
+        Committed {
+            name,
+            from,
+            to: plan.to.clone(),
+            journal: journal.into_code_only(),
+            reverses,
+            blocked,
+        }
+    }
+
+    pub fn info(&self) -> RollbackInfo {
+        RollbackInfo {
+            name: self.name.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            blocked: self.blocked.clone(),
+        }
+    }
+}
+
+/// Undoes the last committed update (or, with `dry_run`, says whether it
+/// could).
+pub fn rollback(state: &HostState, dry_run: bool, timeout: Duration) -> Result<Report, Problem> {
+    let started = Instant::now();
+    let _gate = state.begin_update().map_err(|e| match e {
+        GateError::Busy => Problem::new("an update is in progress in this program; nothing was rolled back")
+            .with_help("wait for it to finish and try again"),
+        GateError::Exiting => Problem::new("the program is exiting; nothing was rolled back"),
+    })?;
+    let (name, to, blocked) = state
+        .with_last_committed(|c| (c.name.clone(), c.from.clone(), c.blocked.clone()))
+        .ok_or_else(|| {
+            Problem::new("there is nothing to roll back: no update has been applied since the program started")
+        })?;
+    if let Some(why) = blocked {
+        return Err(Problem::new(format!("cannot roll back `{name}`: {why}; nothing was changed")).with_help(
+            "add `reverse = \"module.function\"` to each [[transform]] of the spec; the reverse transformer turns the new data back into the old",
+        ));
+    }
+    let mut report = Report {
+        update: format!("rollback of {name}"),
+        program: state.name.clone(),
+        pid: state.pid,
+        from: state.version(),
+        to: to.clone().unwrap_or_else(|| "(none)".into()),
+        outcome: Outcome::Refused,
+        modules: Vec::new(),
+        timings: Timings::default(),
+        safe_point_checks: 0,
+        stopped_threads: 0,
+        safe_point: SafePointSummary::default(),
+        transforms: Vec::new(),
+        problem: None,
+        warnings: Vec::new(),
+    };
+    Python::attach(|py| run(py, state, dry_run, timeout, &mut report));
+    report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if !dry_run {
+        state.record(HistoryEntry {
+            name: report.update.clone(),
+            from: report.from.clone(),
+            to: report.to.clone(),
+            at: unix_seconds(std::time::SystemTime::now()),
+            outcome: report.outcome,
+            pause_ms: report.timings.pause_ms,
+            total_ms: report.timings.total_ms,
+        });
+    }
+    Ok(report)
+}
+
+fn run(py: Python<'_>, state: &HostState, dry_run: bool, timeout: Duration, report: &mut Report) {
+    let support = match Support::load(py) {
+        Ok(s) => s,
+        Err(e) => return report.problem = Some(Problem::new(format!("could not load pyreload's helpers: {e}"))),
+    };
+    let plan = match safe_point_plan(py, &support, state, timeout) {
+        Ok(plan) => plan,
+        Err(e) => return report.problem = Some(support.problem(py, "could not prepare the rollback", &e)),
+    };
+    report.safe_point = SafePointSummary {
+        inactive: plan.inactive.clone(),
+        ..SafePointSummary::default()
+    };
+    if dry_run {
+        report.outcome = Outcome::Checked;
+        return;
+    }
+    let mut pacer = safepoint::Pacer::new(Instant::now() + plan.timeout);
+    loop {
+        let stopped_at = Instant::now();
+        let world = match StoppedWorld::stop(py) {
+            Ok(world) => world,
+            Err(e) => return report.problem = Some(support.problem(py, "could not stop the program's threads", &e)),
+        };
+        report.safe_point_checks += 1;
+        report.stopped_threads = world.threads;
+        let blockers = match safepoint::check(py, &support, &plan, &[]) {
+            Ok(b) => b,
+            Err(problem) => return report.problem = Some(problem),
+        };
+        if blockers.clear() {
+            undo(py, &support, state, report);
+            drop(world);
+            report.timings.pause_ms = stopped_at.elapsed().as_secs_f64() * 1000.0;
+            return;
+        }
+        drop(world);
+        if !pacer.next(py) {
+            return report.problem = Some(safepoint::timed_out(&plan, &blockers));
+        }
+    }
+}
+
+/// Inside the stopped world: reverse the data, then the code.
+fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, report: &mut Report) {
+    let t = Instant::now();
+    let mut data_journal = Journal::default();
+    let reversed: Result<Vec<_>, Problem> = state
+        .with_last_committed(|c| {
+            c.reverses
+                .iter()
+                .map(|r| transform::run_one(py, support, r, &mut data_journal))
+                .collect()
+        })
+        .unwrap_or_else(|| Ok(Vec::new()));
+    match reversed {
+        Ok(reports) => report.transforms = reports,
+        Err(problem) => {
+            for e in data_journal.rollback(py, support) {
+                report.warnings.push(format!("could not restore a value: {e}"));
+            }
+            report.problem = Some(Problem {
+                message: format!(
+                    "{}; the rollback was abandoned and the program still runs version {}",
+                    problem.message,
+                    report.from.as_deref().unwrap_or("(none)")
+                ),
+                ..problem
+            });
+            return;
+        }
+    }
+    let Some(committed) = state.pop_committed() else { return };
+    for e in committed.journal.rollback(py, support) {
+        report.warnings.push(format!("could not restore a value: {e}"));
+    }
+    report.timings.commit_ms = t.elapsed().as_secs_f64() * 1000.0;
+    report.outcome = Outcome::Committed;
+    state.set_version(committed.from);
+}
+
+/// The safe point of a rollback: every function whose code it restores must
+/// be inactive.
+fn safe_point_plan(py: Python<'_>, support: &Support<'_>, state: &HostState, timeout: Duration) -> PyResult<Plan> {
+    let builtins = py.import("builtins")?;
+    let ids = PySet::empty(py)?;
+    let generators = PyList::empty(py);
+    let mut inactive = Vec::new();
+    let codes = state
+        .with_last_committed(|c| c.journal.patched_codes(py))
+        .unwrap_or_default();
+    for (name, code, old) in codes {
+        if support.same_code(&code, &old)? {
+            continue;
+        }
+        ids.add(builtins.getattr("id")?.call1((&code,))?)?;
+        if support.is_generator_code(&code)? {
+            generators.append(&code)?;
+        }
+        inactive.push(name);
+    }
+    inactive.sort();
+    inactive.dedup();
+    Ok(Plan {
+        to: String::new(),
+        modules: Vec::new(),
+        inactive,
+        inactive_code_ids: ids.unbind(),
+        generator_codes: generators.unbind(),
+        condition: None,
+        update_point: None,
+        after: None,
+        transforms: Vec::new(),
+        timeout,
+    })
+}
