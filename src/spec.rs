@@ -451,6 +451,13 @@ fn validate_transforms(source: &SpecSource, spec: &Spec, problems: &mut Vec<Prob
                     .with_help("for new fields with default values: defaults = { ttl = \"None\" }"),
             );
         }
+        if let (Some(mode), Mode::Lazy) = (&t.mode, t.mode()) {
+            problems.push(
+                source
+                    .problem(mode.span(), "lazy migration is not implemented yet", "mode = \"lazy\"")
+                    .with_help("use mode = \"eager\" (the default): every instance is converted in the commit"),
+            );
+        }
         for (name, expr) in &t.defaults {
             if !is_identifier(name) {
                 problems.push(source.problem(

@@ -22,7 +22,6 @@ use crate::diagnostic::Problem;
 use crate::host::state::{unix_seconds, GateError, HostState};
 use crate::plan::{Plan, TransformPlan};
 use crate::report::{Outcome, Report, SafePointSummary, Timings};
-use crate::spec::Mode;
 
 /// What the host keeps of a committed update, to be able to undo it.
 pub struct Committed {
@@ -63,7 +62,6 @@ impl Committed {
                     path: t.path.clone(),
                     function: Some(t.reverse.clone()?),
                     defaults: Vec::new(),
-                    mode: Mode::Eager,
                     reverse: None,
                     location: None,
                 })
