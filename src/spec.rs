@@ -258,10 +258,10 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         require_text(point, "[safe_point] update_point");
     }
 
-    if spec.reload.is_empty() {
+    if spec.reload.is_empty() && spec.transform.is_empty() {
         problems.push(
-            Problem::new("the spec reloads nothing")
-                .at(source.location(0..0), "no [[reload]] table in this file")
+            Problem::new("the spec changes nothing")
+                .at(source.location(0..0), "no [[reload]] or [[transform]] table in this file")
                 .with_help("add a table per module to update:\n\n[[reload]]\nmodule = \"package.module\""),
         );
     }

@@ -373,11 +373,13 @@ def _slot_names(cls):
 _MISSING = object()
 
 
-def save_state(obj):
+def save_state(obj, slot_names=None):
     """Everything a transformer may change: the instance dict and slots."""
-    d = obj.__dict__.copy() if hasattr(obj, "__dict__") else None
-    slots = {name: getattr(obj, name, _MISSING) for name in _slot_names(type(obj))}
-    return (obj, d, slots)
+    if slot_names is None:
+        slot_names = tuple(_slot_names(type(obj)))
+    d = getattr(obj, "__dict__", None)
+    slots = {name: getattr(obj, name, _MISSING) for name in slot_names} if slot_names else None
+    return (obj, None if d is None else d.copy(), slots)
 
 
 def restore_states(saved):
@@ -387,7 +389,7 @@ def restore_states(saved):
             current = obj.__dict__
             current.clear()
             current.update(d)
-        for name, value in slots.items():
+        for name, value in (slots or {}).items():
             if value is _MISSING:
                 if hasattr(obj, name):
                     delattr(obj, name)
@@ -408,28 +410,33 @@ def set_state(obj, state):
             current[name] = value
 
 
-def convert(obj, defaults, fn):
-    """Converts one instance: `defaults` is [(name, code, globals)] and
-    `fn` is the transformer or None. A transformer either mutates the
-    instance and returns None, or returns its new state as a dict."""
-    for name, code, g in defaults:
-        if not hasattr(obj, name):
-            setattr(obj, name, eval(code, g))
-    if fn is not None:
-        result = fn(obj)
-        if result is not None:
-            if not isinstance(result, dict):
-                raise TypeError(
-                    f"the transformer returned {type(result).__name__}; "
-                    "it must change the instance and return None, or return its new state as a dict"
-                )
-            set_state(obj, result)
-
-
 def convert_all(saved, objs, defaults, fn):
     """Converts every instance, saving each one's state into `saved` first,
-    so that a failure at any instance can be undone."""
+    so that a failure at any instance can be undone. This loop is the cost
+    per instance of an eager migration, so it stays close to a plain loop:
+    slot names are looked up once per type, and the common case (a dict
+    instance, no defaults) calls nothing but copy and the transformer."""
+    append = saved.append
+    slot_cache = {}
     for obj in objs:
-        saved.append(save_state(obj))
-        convert(obj, defaults, fn)
-
+        cls = type(obj)
+        slot_names = slot_cache.get(cls)
+        if slot_names is None:
+            slot_names = slot_cache[cls] = tuple(_slot_names(cls))
+        if slot_names:
+            append(save_state(obj, slot_names))
+        else:
+            append((obj, obj.__dict__.copy(), None))
+        if defaults:
+            for name, code, g in defaults:
+                if not hasattr(obj, name):
+                    setattr(obj, name, eval(code, g))
+        if fn is not None:
+            result = fn(obj)
+            if result is not None:
+                if not isinstance(result, dict):
+                    raise TypeError(
+                        f"the transformer returned {type(result).__name__}; "
+                        "it must change the instance and return None, or return its new state as a dict"
+                    )
+                set_state(obj, result)
