@@ -48,6 +48,7 @@ pub struct TransformPlan {
     pub function: Option<String>,
     /// (attribute, compiled expression, globals to evaluate it in)
     pub defaults: Vec<(String, Py<PyAny>, Py<PyAny>)>,
+    pub mode: crate::spec::Mode,
     pub reverse: Option<String>,
     /// The `[[transform]]` table, for errors (none for a rollback's reverse).
     pub location: Option<Location>,

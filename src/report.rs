@@ -145,6 +145,25 @@ pub struct TransformReport {
     pub find_ms: f64,
     /// Running `defaults` and the transformer on them.
     pub convert_ms: f64,
+    /// `mode = "lazy"` only: what happened after the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy: Option<LazyReport>,
+}
+
+/// How a lazy migration went, once the update had committed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LazyReport {
+    /// The sample converted in the commit, to prove the transformer works.
+    pub converted_in_commit: usize,
+    /// Instances the program converted by using them.
+    pub converted_on_use: usize,
+    /// Instances pyreload converted afterwards, in batches, while the
+    /// program ran.
+    pub converted_by_sweep: usize,
+    /// Transformer errors; each such instance kept its old state.
+    pub failures: Vec<String>,
+    /// The sweep, from the end of the pause to the hooks' removal.
+    pub sweep_ms: f64,
 }
 
 /// What the safe point required.
@@ -245,11 +264,28 @@ impl Report {
             }
         }
         for t in &self.transforms {
-            let _ = writeln!(
-                out,
-                "  transform {} `{}`: {} converted (found in {:.2} ms, converted in {:.2} ms)",
-                t.kind, t.target, t.instances, t.find_ms, t.convert_ms
-            );
+            match &t.lazy {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  transform {} `{}`: {} converted (found in {:.2} ms, converted in {:.2} ms)",
+                        t.kind, t.target, t.instances, t.find_ms, t.convert_ms
+                    );
+                }
+                Some(l) => {
+                    let _ = writeln!(
+                        out,
+                        "  transform {} `{}` (lazy): {} converted in the commit, {} on first use, {} by the sweep in {:.2} ms{}",
+                        t.kind,
+                        t.target,
+                        l.converted_in_commit,
+                        l.converted_on_use,
+                        l.converted_by_sweep,
+                        l.sweep_ms,
+                        if l.failures.is_empty() { String::new() } else { format!(", {} failed", l.failures.len()) }
+                    );
+                }
+            }
         }
         let sp = &self.safe_point;
         let mut required = Vec::new();

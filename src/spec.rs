@@ -261,7 +261,10 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
     if spec.reload.is_empty() && spec.transform.is_empty() {
         problems.push(
             Problem::new("the spec changes nothing")
-                .at(source.location(0..0), "no [[reload]] or [[transform]] table in this file")
+                .at(
+                    source.location(0..0),
+                    "no [[reload]] or [[transform]] table in this file",
+                )
                 .with_help("add a table per module to update:\n\n[[reload]]\nmodule = \"package.module\""),
         );
     }
@@ -449,13 +452,6 @@ fn validate_transforms(source: &SpecSource, spec: &Spec, problems: &mut Vec<Prob
                         "converts this class",
                     )
                     .with_help("for new fields with default values: defaults = { ttl = \"None\" }"),
-            );
-        }
-        if let (Some(mode), Mode::Lazy) = (&t.mode, t.mode()) {
-            problems.push(
-                source
-                    .problem(mode.span(), "lazy migration is not implemented yet", "mode = \"lazy\"")
-                    .with_help("use mode = \"eager\" (the default): every instance is converted in the commit"),
             );
         }
         for (name, expr) in &t.defaults {

@@ -92,6 +92,29 @@ fn step(sandbox: &Sandbox, server: &KvServer, progress: &AtomicUsize, args: &[&s
 
 #[test]
 fn four_versions_forward_and_back_under_load_keep_every_key() {
+    forward_and_back(false);
+}
+
+#[test]
+fn the_same_with_lazy_migrations() {
+    forward_and_back(true);
+}
+
+/// Specs from `specs/`, with every [[transform]] made lazy when `lazy`.
+fn spec_file(sandbox: &Sandbox, name: &str, lazy: bool) -> String {
+    let path = repo().join("specs").join(name);
+    if !lazy {
+        return path.display().to_string();
+    }
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("../case-study/", &format!("{}/case-study/", repo().display()))
+        .replace("mode = \"eager\"\n", "")
+        .replace("[[transform]]\n", "[[transform]]\nmode = \"lazy\"\n");
+    sandbox.write(&format!("lazy-{name}"), &text).display().to_string()
+}
+
+fn forward_and_back(lazy: bool) {
     let sandbox = Sandbox::new();
     let server = KvServer::start(&sandbox, "v1", "1.0");
     populate(&server);
@@ -99,7 +122,7 @@ fn four_versions_forward_and_back_under_load_keep_every_key() {
     let progress = Arc::new(AtomicUsize::new(0));
     let clients = load(server.port, stop.clone(), progress.clone());
     let mut c = server.client();
-    let spec = |name: &str| repo().join("specs").join(name).display().to_string();
+    let spec = |name: &str| spec_file(&sandbox, name, lazy);
 
     step(&sandbox, &server, &progress, &["apply", &spec("v1-to-v2.toml")]);
     assert_all_keys(&server, "v1-to-v2");
@@ -118,6 +141,7 @@ fn four_versions_forward_and_back_under_load_keep_every_key() {
     let entries = &report["transforms"][0];
     assert_eq!(entries["target"], "kvserver.store.Entry");
     assert!(entries["instances"].as_u64().unwrap() >= KEYS as u64, "{entries:#}");
+    assert_eq!(entries["lazy"].is_object(), lazy, "{entries:#}");
     assert_all_keys(&server, "v3-to-v4");
     assert_eq!(c.ask("VER key42"), "VER 1", "`version` became `rev` with its value");
     for _ in 0..3 {

@@ -237,3 +237,186 @@ fn transform_specs_that_cannot_work_are_refused_before_anything_changes() {
         assert_eq!(p.ask("hasattr(store.Item, 'describe')"), "False");
     }
 }
+
+const LAZY_PROGRAM: &str = r#"
+import pickle, sys, threading, time
+import pyreload, store, migrations
+
+SEEN = {}
+
+def first_use_while_lazy():
+    # Waits for the commit, then uses instances at once, while the sweep
+    # is still converting: reads, writes, method calls, isinstance, repr
+    # and pickling must all see converted instances.
+    while pyreload.version() != "2":
+        time.sleep(0.0005)
+    items = [store.ITEMS[i] for i in range(9_999, 9_899, -1)]
+    SEEN["pickled"] = all(pickle.loads(pickle.dumps(o)).version == 2 for o in items[:20])
+    SEEN["read"] = all(o.version == 2 for o in items[20:40])
+    items[40].value = "written"
+    SEEN["write"] = (items[40].value, items[40].version)
+    SEEN["method"] = items[41].describe()
+    SEEN["isinstance"] = isinstance(items[42], store.Item)
+    SEEN["repr"] = "Item" in repr(items[43])
+
+def hammer():
+    # Touches instances from another thread during the sweep too, to race
+    # the sweep for the same instances.
+    while pyreload.version() != "2":
+        time.sleep(0.0005)
+    for i in range(0, 10_000, 7):
+        store.ITEMS[i].value
+
+threading.Thread(target=first_use_while_lazy, daemon=True).start()
+for _ in range(3):
+    threading.Thread(target=hammer, daemon=True).start()
+
+def dump():
+    items = sorted((k, sorted(vars(v).items())) for k, v in store.ITEMS.items())
+    return hash(repr((items, [sorted(vars(s).items()) for s in store.SPECIAL], store.TOTAL)))
+"#;
+
+const COUNTING: &str = r#"
+
+def count_once(obj):
+    obj.times = getattr(obj, "times", 0) + 1
+    obj.version = 2
+
+def fail_in_sweep(obj):
+    CALLS[0] += 1
+    if CALLS[0] == 150:  # after the sample of 100, in the sweep
+        raise ValueError(f"cannot convert {obj.value}")
+    obj.version = 2
+
+def fail_always(obj):
+    raise ValueError("broken transformer")
+"#;
+
+fn start_lazy(sandbox: &Sandbox) -> Hosted {
+    sandbox.write("store.py", STORE_V1);
+    sandbox.write("migrations.py", &format!("{MIGRATIONS}{COUNTING}"));
+    sandbox.write("prog.py", &format!("{LAZY_PROGRAM}{PROBE_LOOP}"));
+    let p = probe(sandbox, &["--version", "1", "prog.py"]);
+    sandbox.write("store.py", STORE_V2);
+    p
+}
+
+#[test]
+fn a_lazy_transform_pauses_for_a_sample_and_converts_every_instance_exactly_once() {
+    let sandbox = Sandbox::new();
+    let mut p = start_lazy(&sandbox);
+    let ids = p.ask("(id(store.ITEMS[0]), id(store.ITEMS[9999]))");
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.count_once\"\nmode = \"lazy\"\ndefaults = { tag = \"'lazy'\" }\n"),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    let lazy = &report["transforms"][0]["lazy"];
+    assert_eq!(lazy["converted_in_commit"], 100, "{lazy:#}");
+    let total = lazy["converted_in_commit"].as_u64().unwrap()
+        + lazy["converted_on_use"].as_u64().unwrap()
+        + lazy["converted_by_sweep"].as_u64().unwrap();
+    assert_eq!(total, (N + 2) as u64, "{lazy:#}");
+    assert_eq!(lazy["failures"], serde_json::json!([]));
+    // Exactly once each, though three threads raced the sweep.
+    assert_eq!(
+        p.ask("sorted({o.times for o in list(store.ITEMS.values()) + store.SPECIAL})"),
+        "[1]"
+    );
+    assert_eq!(
+        p.ask("all(o.version == 2 and o.tag == 'lazy' for o in store.ITEMS.values())"),
+        "True"
+    );
+    assert_eq!(
+        p.ask("(id(store.ITEMS[0]), id(store.ITEMS[9999]))"),
+        ids,
+        "identity kept"
+    );
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        || p.ask("len(SEEN)") == "6",
+        || "the first-use thread did not finish".into(),
+    );
+    assert_eq!(
+        p.ask("SEEN['pickled'], SEEN['read'], SEEN['write'], SEEN['isinstance'], SEEN['repr']"),
+        "(True, True, ('written', 2), True, True)"
+    );
+    assert_eq!(p.ask("SEEN['method']"), "'9958@2/lazy'");
+    // The hooks are gone once every instance is converted.
+    assert_eq!(
+        p.ask("[n for n in ('__getattribute__', '__setattr__', '__delattr__', '__new__') if n in vars(store.Item)]"),
+        "[]"
+    );
+    // New instances are new from the start.
+    assert_eq!(p.ask("store.Item(5).describe()"), "'5@2/new'");
+}
+
+#[test]
+fn a_lazy_transformer_that_fails_on_the_sample_rolls_the_update_back() {
+    let sandbox = Sandbox::new();
+    let mut p = start_lazy(&sandbox);
+    let before = p.ask("dump()");
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.fail_always\"\nmode = \"lazy\"\n"),
+    );
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "rolled_back");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the lazy transformer for `store.Item` failed on instance 1 of a sample of 100"),
+        "{message}"
+    );
+    assert_eq!(p.ask("dump()"), before);
+    assert_eq!(
+        p.ask("[n for n in ('__getattribute__', '__new__') if n in vars(store.Item)], hasattr(store.Item, 'describe')"),
+        "([], False)"
+    );
+    assert_eq!(
+        p.ask("store.Item(7).value"),
+        "7",
+        "the class creates instances as before"
+    );
+}
+
+#[test]
+fn a_lazy_failure_after_the_commit_is_logged_and_blocks_rollback() {
+    let sandbox = Sandbox::new();
+    let mut p = start_lazy(&sandbox);
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.fail_in_sweep\"\nreverse = \"migrations.item_state\"\nmode = \"lazy\"\n"),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    // The failing instance kept its old state; it is tried again on its
+    // next use (the transformer here fails only once).
+    let failures = report["transforms"][0]["lazy"]["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{report:#}");
+    assert!(
+        failures[0].as_str().unwrap().starts_with("ValueError: cannot convert "),
+        "{failures:?}"
+    );
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("1 instance(s) of `store.Item` could not be converted"),
+        "{report:#}"
+    );
+    assert!(
+        p.stderr().contains(
+            "pyreload: lazy conversion of a Item for update `store-v2` failed, the object keeps its old state"
+        ),
+        "{}",
+        p.stderr()
+    );
+    let out = sandbox.run(&["rollback", "--socket", p.socket().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("the lazy migration of `store.Item` failed on 1 instance(s)"),
+        "{}",
+        common::stderr(&out)
+    );
+}

@@ -222,7 +222,12 @@ impl Journal {
                 },
                 Entry::ClassAttr { class, name, old } => match old {
                     Some(old) => class.bind(py).setattr(name.as_str(), old.bind(py)),
-                    None => class.bind(py).delattr(name.as_str()),
+                    // Already gone (a finished lazy migration removes its
+                    // hooks itself): nothing to undo.
+                    None => match class_dict_get(class.bind(py), &name) {
+                        Ok(Some(_)) => remove_class_attr(class.bind(py), &name),
+                        other => other.map(drop),
+                    },
                 },
                 Entry::Cell { cell, old } => match old {
                     Some(old) => cell.bind(py).setattr("cell_contents", old.bind(py)),
@@ -234,6 +239,16 @@ impl Journal {
             }
         }
         errors
+    }
+}
+
+/// Removes an entry of a class's own namespace. `__new__` needs more than
+/// `delattr` to leave the class as it was: see [`super::world::remove_own_new`].
+pub fn remove_class_attr(class: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
+    if name == "__new__" {
+        super::world::remove_own_new(class)
+    } else {
+        class.delattr(name)
     }
 }
 

@@ -148,6 +148,13 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
         Ok(staged) => staged,
         Err(problem) => return report.problem = Some(problem),
     };
+    let samples = match transform::lazy_samples(py, &support, &plan) {
+        Ok(samples) => samples,
+        Err(problem) => {
+            stage::forget_modules(py, &staged.imported);
+            return report.problem = Some(problem);
+        }
+    };
     if !staged.imported.is_empty() {
         report.warnings.push(format!(
             "the new code imported modules the program had not: {}",
@@ -179,13 +186,14 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
             }
         };
         if blockers.clear() {
-            let merged = commit(py, &support, state, &plan, &staged, report);
+            let merged = commit(py, &support, state, &plan, &staged, &samples, report);
             let t = Instant::now();
             drop(world);
             report.timings.resume_ms = ms(t);
             report.timings.pause_ms = ms(stopped_at);
-            if let Some(merged) = merged {
+            if let Some((merged, lazies)) = merged {
                 report.modules = merged.finish(py, &support);
+                finish_lazy(py, state, lazies, report);
             }
             return;
         }
@@ -229,16 +237,18 @@ fn commit(
     state: &HostState,
     plan: &Plan,
     staged: &stage::Staged,
+    samples: &[Option<Py<pyo3::types::PyList>>],
     report: &mut Report,
-) -> Option<merge::Merged> {
+) -> Option<(merge::Merged, Vec<transform::PendingLazy>)> {
     let gc = GcPaused::new(py);
     let mut journal = Journal::default();
     let t = Instant::now();
     let merged = merge::merge(py, support, plan, staged, &mut journal)
         .and_then(|merged| add_new_modules(py, support, plan, &mut journal).map(|()| merged))
         .and_then(|merged| {
-            report.transforms = transform::run(py, support, plan, &mut journal)?;
-            Ok(merged)
+            let (reports, lazies) = transform::run(py, support, plan, &report.update, samples, &mut journal)?;
+            report.transforms = reports;
+            Ok((merged, lazies))
         });
     report.timings.commit_ms = ms(t);
     let (merged, failure) = match merged {
@@ -293,6 +303,30 @@ fn commit(
     };
     drop(gc);
     result
+}
+
+/// With the world running again: finishes lazy migrations, so their hooks
+/// come off and converted data can be rolled back.
+fn finish_lazy(py: Python<'_>, state: &HostState, lazies: Vec<transform::PendingLazy>, report: &mut Report) {
+    for lazy in lazies {
+        let index = lazy.report;
+        let transform = &mut report.transforms[index];
+        let target = transform.target.clone();
+        if let Err(e) = transform::sweep(py, lazy, transform) {
+            report
+                .warnings
+                .push(format!("the lazy migration of `{target}` could not finish: {e}"));
+        }
+        let failures = report.transforms[index].lazy.as_ref().map_or(0, |l| l.failures.len());
+        if failures > 0 {
+            report.warnings.push(format!(
+                "{failures} instance(s) of `{target}` could not be converted and keep their old state; using them raises"
+            ));
+            state.block_last_committed(format!(
+                "the lazy migration of `{target}` failed on {failures} instance(s), which were never converted"
+            ));
+        }
+    }
 }
 
 /// Puts the modules new in this version into `sys.modules` and onto their

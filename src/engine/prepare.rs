@@ -247,6 +247,7 @@ fn transforms(
             path,
             function: t.function.as_ref().map(|f| f.get_ref().clone()),
             defaults,
+            mode: t.mode(),
             reverse: t.reverse.as_ref().map(|r| r.get_ref().clone()),
             location: Some(source.location(target.span())),
         });

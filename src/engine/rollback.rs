@@ -62,6 +62,7 @@ impl Committed {
                     path: t.path.clone(),
                     function: Some(t.reverse.clone()?),
                     defaults: Vec::new(),
+                    mode: crate::spec::Mode::Eager,
                     reverse: None,
                     location: None,
                 })

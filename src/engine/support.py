@@ -11,6 +11,7 @@ import sys
 import threading
 import traceback
 import types
+import weakref
 
 
 def _strip_lines(code):
@@ -377,8 +378,21 @@ def save_state(obj, slot_names=None):
     """Everything a transformer may change: the instance dict and slots."""
     if slot_names is None:
         slot_names = tuple(_slot_names(type(obj)))
-    d = getattr(obj, "__dict__", None)
-    slots = {name: getattr(obj, name, _MISSING) for name in slot_names} if slot_names else None
+    # object.__getattribute__: the state as stored, without running a lazy
+    # migration's conversion hook.
+    get = object.__getattribute__
+    try:
+        d = get(obj, "__dict__")
+    except AttributeError:
+        d = None
+    slots = None
+    if slot_names:
+        slots = {}
+        for name in slot_names:
+            try:
+                slots[name] = get(obj, name)
+            except AttributeError:
+                slots[name] = _MISSING
     return (obj, None if d is None else d.copy(), slots)
 
 
@@ -440,3 +454,155 @@ def convert_all(saved, objs, defaults, fn):
                         "it must change the instance and return None, or return its new state as a dict"
                     )
                 set_state(obj, result)
+
+
+class LazyMigration:
+    """Converts the instances of a class on their first use after an update.
+
+    Installed on the class by the commit, in O(1): hooks on attribute
+    reads, writes and deletes convert an instance before the access goes
+    through, once (the instance's id is then recorded, with a weak
+    reference). Instances created after the update are born converted
+    (the `__new__` hook records them). Conversion is serialised by one lock,
+    so two threads never convert one instance, and a transformer may use its
+    own instance freely. Method calls, isinstance, repr and pickling all go
+    through attribute access, so they see converted instances.
+    """
+
+    HOOKED = ("__getattribute__", "__setattr__", "__delattr__", "__new__")
+
+    def __init__(self, cls, defaults, fn, label):
+        self.cls = cls
+        self.defaults = defaults
+        self.fn = fn
+        self.label = label
+        self.lock = threading.RLock()
+        self.done = {}
+        self.converting = set()
+        self.in_commit = 0
+        self.on_use = 0
+        self.by_sweep = 0
+        self.failures = []
+        self.sweeping = False
+        self.quiet = False
+        self._base_get = cls.__getattribute__
+        self._base_set = cls.__setattr__
+        self._base_del = cls.__delattr__
+        self._base_new = cls.__new__
+
+    def _forget(self, key):
+        def callback(ref):
+            if self.done.get(key) is ref:
+                del self.done[key]
+        return callback
+
+    def mark(self, obj):
+        key = id(obj)
+        self.done[key] = weakref.ref(obj, self._forget(key))
+
+    def is_done(self, obj):
+        ref = self.done.get(id(obj))
+        return ref is not None and ref() is obj
+
+    def ensure(self, obj):
+        if self.is_done(obj):
+            return
+        key = id(obj)
+        with self.lock:
+            if self.is_done(obj) or key in self.converting:
+                return
+            self.converting.add(key)
+            saved = save_state(obj)
+            try:
+                for name, code, g in self.defaults:
+                    if not hasattr(obj, name):
+                        setattr(obj, name, eval(code, g))
+                if self.fn is not None:
+                    result = self.fn(obj)
+                    if result is not None:
+                        set_state(obj, result)
+                self.mark(obj)
+                if self.sweeping:
+                    self.by_sweep += 1
+                elif self.quiet:
+                    self.in_commit += 1
+                else:
+                    self.on_use += 1
+            except BaseException as e:
+                restore_states([saved])
+                if self.quiet:
+                    raise
+                self.failures.append(f"{type(e).__name__}: {e}")
+                sys.stderr.write(
+                    f"pyreload: lazy conversion of a {type(obj).__qualname__} for update `{self.label}` failed, "
+                    f"the object keeps its old state: {type(e).__name__}: {e}\n"
+                )
+                raise
+            finally:
+                self.converting.discard(key)
+
+    def hooks(self):
+        """The class attributes to install (the commit journals them)."""
+        m = self
+        base_get, base_set, base_del, base_new = self._base_get, self._base_set, self._base_del, self._base_new
+
+        def __getattribute__(self, name):
+            m.ensure(self)
+            return base_get(self, name)
+
+        def __setattr__(self, name, value):
+            m.ensure(self)
+            base_set(self, name, value)
+
+        def __delattr__(self, name):
+            m.ensure(self)
+            base_del(self, name)
+
+        def __new__(cls, *args, **kwargs):
+            obj = base_new(cls) if base_new is object.__new__ else base_new(cls, *args, **kwargs)
+            m.mark(obj)
+            return obj
+
+        return {
+            "__getattribute__": __getattribute__,
+            "__setattr__": __setattr__,
+            "__delattr__": __delattr__,
+            "__new__": staticmethod(__new__),
+        }
+
+    def convert_sample(self, saved, objs):
+        """In the commit: converts a sample of live instances now, their
+        states saved into `saved` (the journal's), so that a transformer that
+        cannot work rolls the whole update back instead of failing later on
+        first use."""
+        self.quiet = True
+        try:
+            for obj in objs:
+                saved.append(save_state(obj))
+                self.ensure(obj)
+        finally:
+            self.quiet = False
+
+    def pending(self):
+        """Live instances not converted yet (one walk of the collector's objects)."""
+        return [o for o in instances_of(self.cls) if not self.is_done(o)]
+
+    def sweep(self, batch):
+        """Converts up to `batch` instances from `pending`; returns how many
+        are left. A failing instance is skipped (and logged)."""
+        self.sweeping = True
+        try:
+            while batch and self._queue:
+                obj = self._queue.pop()
+                try:
+                    self.ensure(obj)
+                except Exception:
+                    pass
+                batch -= 1
+        finally:
+            self.sweeping = False
+        return len(self._queue)
+
+    def start_sweep(self):
+        self._queue = self.pending()
+        return len(self._queue)

@@ -111,6 +111,17 @@ impl<'py> Support<'py> {
         self.call("convert_all", (saved, objs, defaults, function)).map(drop)
     }
 
+    /// A `LazyMigration` for `class` (see support.py).
+    pub fn lazy_migration(
+        &self,
+        class: &Bound<'py, PyAny>,
+        defaults: &Bound<'py, PyAny>,
+        function: &Bound<'py, PyAny>,
+        label: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call("LazyMigration", (class, defaults, function, label))
+    }
+
     pub fn restore_states(&self, saved: &Bound<'py, PyList>) -> PyResult<()> {
         self.call("restore_states", (saved,)).map(drop)
     }

@@ -217,6 +217,33 @@ impl Drop for StoppedWorld<'_> {
     }
 }
 
+/// Removes a class's own `__new__` and makes the class create instances as
+/// its base does again.
+///
+/// Deleting `__new__` from a heap type leaves its `tp_new` slot pointing at
+/// the generic `slot_tp_new` (CPython's `update_one_slot` keeps the type's
+/// current `tp_new` when the MRO yields `object.__new__`), after which
+/// `Cls(arg)` fails with "object.__new__() takes exactly one argument". A
+/// lazy migration's `__new__` hook, removed again, must not leave that
+/// behind, so the slot is reset to the base's, as class creation sets it.
+pub fn remove_own_new(class: &Bound<'_, PyAny>) -> PyResult<()> {
+    class.delattr("__new__")?;
+    let class = class.cast::<pyo3::types::PyType>()?;
+    // SAFETY: `class` is a live type object and we hold the GIL; `tp_base`
+    // of a heap type is set (at least `object`). Writing `tp_new` is what
+    // `inherit_special` does when the class is created, and
+    // `PyType_Modified` invalidates the type's caches afterwards.
+    unsafe {
+        let tp = class.as_type_ptr();
+        let base = (*tp).tp_base;
+        if !base.is_null() {
+            (*tp).tp_new = (*base).tp_new;
+            ffi::PyType_Modified(tp);
+        }
+    }
+    Ok(())
+}
+
 /// Every thread state of the current interpreter except `me`.
 fn other_thread_states(me: *mut ffi::PyThreadState) -> Vec<*mut ffi::PyThreadState> {
     let mut out = Vec::new();

@@ -76,6 +76,13 @@ impl HostState {
         lock(&self.committed).push(committed);
     }
 
+    /// Marks the last committed update as impossible to roll back.
+    pub fn block_last_committed(&self, why: String) {
+        if let Some(last) = lock(&self.committed).last_mut() {
+            last.blocked = Some(why);
+        }
+    }
+
     pub fn pop_committed(&self) -> Option<Committed> {
         lock(&self.committed).pop()
     }
