@@ -384,7 +384,7 @@ fn a_lazy_transformer_that_fails_on_the_sample_rolls_the_update_back() {
 #[test]
 fn a_lazy_failure_after_the_commit_is_logged_and_blocks_rollback() {
     let sandbox = Sandbox::new();
-    let mut p = start_lazy(&sandbox);
+    let p = start_lazy(&sandbox);
     let (code, report) = apply(
         &sandbox,
         &p,
