@@ -8,7 +8,8 @@
 2. shows the two things 2.0 changes (a bug, a missing command),
 3. starts 8 clients on persistent connections, each checking every reply,
 4. runs `pyreload check` and `pyreload apply specs/v1-to-v2.toml` under that load,
-5. shows the new behaviour, that every key and connection survived, and
+5. applies v2-to-v3 (values become Entry objects) and rolls it back,
+6. shows the new behaviour, that every key and connection survived, and
    `pyreload status`, then stops the server with SIGTERM.
 
 Only the standard library is used. Exits non-zero if anything is off.
@@ -132,7 +133,21 @@ def main():
         before = sum(t["requests"] for t in tallies)
         if run(args.pyreload, "apply", "specs/v1-to-v2.toml", env=env) != 0:
             problems.append("apply failed")
-        time.sleep(1.0)
+        time.sleep(0.5)
+
+        heading("2.0 -> 3.0 changes the data: every value becomes an Entry (a [[transform]])")
+        if run(args.pyreload, "apply", "specs/v2-to-v3.toml", env=env) != 0:
+            problems.append("apply v2-to-v3 failed")
+        show(setup, "VER greeting")
+        show(setup, "SETEX session 60 abc")
+        show(setup, "TTL session")
+
+        heading("Roll 3.0 back: the reverse transformer turns Entries back into values")
+        if run(args.pyreload, "rollback", env=env) != 0:
+            problems.append("rollback failed")
+        show(setup, "GET session")
+        show(setup, "VER greeting")
+        time.sleep(0.5)
         stop.set()
         for t in threads:
             t.join(timeout=30)
@@ -142,7 +157,7 @@ def main():
               f"{CLIENTS - sum(1 for t in tallies if any('connection lost' in f for f in t['failures']))}/{CLIENTS} connections still open")
         problems.extend(failures)
 
-        heading("What 2.0 does, on the same connection as before")
+        heading("What 2.0 does, on the same connection as at the start")
         show(setup, "GET greeting")
         show(setup, "SET greeting hello world")
         show(setup, "GET greeting")
