@@ -204,6 +204,26 @@ pub struct Report {
 }
 
 impl Report {
+    /// An attempt that has not done anything yet: refused until it commits.
+    pub fn begin(update: String, program: String, pid: u32, from: Option<String>, to: String) -> Report {
+        Report {
+            update,
+            program,
+            pid,
+            from,
+            to,
+            outcome: Outcome::Refused,
+            modules: Vec::new(),
+            timings: Timings::default(),
+            safe_point_checks: 0,
+            stopped_threads: 0,
+            safe_point: SafePointSummary::default(),
+            transforms: Vec::new(),
+            problem: None,
+            warnings: Vec::new(),
+        }
+    }
+
     /// One line for the program's log.
     pub fn one_line(&self) -> String {
         let mut line = format!(

@@ -24,12 +24,11 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 
-use crate::control::protocol::HistoryEntry;
 use crate::diagnostic::Problem;
-use crate::host::state::{unix_seconds, GateError, HostState};
+use crate::host::state::{GateError, HostState};
 use crate::host::update_point::POINTS;
 use crate::plan::Plan;
-use crate::report::{ModuleReport, Outcome, Report, SafePointSummary, Timings};
+use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
 use crate::spec::{self, SpecSource};
 use journal::Journal;
 use support::Support;
@@ -50,34 +49,17 @@ pub fn apply(state: &HostState, spec_path: &str, spec_text: &str, dry_run: bool)
             .with_help("wait for it to finish and try again; `pyreload status` shows the history"),
         GateError::Exiting => Problem::new("the program is exiting; nothing was changed"),
     })?;
-    let mut report = Report {
-        update: spec.update.name.get_ref().clone(),
-        program: state.name.clone(),
-        pid: state.pid,
-        from: state.version(),
-        to: spec.update.to.get_ref().clone(),
-        outcome: Outcome::Refused,
-        modules: Vec::new(),
-        timings: Timings::default(),
-        safe_point_checks: 0,
-        stopped_threads: 0,
-        safe_point: SafePointSummary::default(),
-        transforms: Vec::new(),
-        problem: None,
-        warnings: Vec::new(),
-    };
+    let mut report = Report::begin(
+        spec.update.name.get_ref().clone(),
+        state.name.clone(),
+        state.pid,
+        state.version(),
+        spec.update.to.get_ref().clone(),
+    );
     Python::attach(|py| run(py, state, &source, &spec, dry_run, &mut report));
     report.timings.total_ms = ms(started);
     if !dry_run {
-        state.record(HistoryEntry {
-            name: report.update.clone(),
-            from: report.from.clone(),
-            to: report.to.clone(),
-            at: unix_seconds(std::time::SystemTime::now()),
-            outcome: report.outcome,
-            pause_ms: report.timings.pause_ms,
-            total_ms: report.timings.total_ms,
-        });
+        state.record_attempt(&report);
     }
     Ok(report)
 }

@@ -17,11 +17,11 @@ use super::journal::Journal;
 use super::support::Support;
 use super::world::StoppedWorld;
 use super::{safepoint, transform};
-use crate::control::protocol::{HistoryEntry, RollbackInfo};
+use crate::control::protocol::RollbackInfo;
 use crate::diagnostic::Problem;
-use crate::host::state::{unix_seconds, GateError, HostState};
+use crate::host::state::{GateError, HostState};
 use crate::plan::{Plan, TransformPlan};
-use crate::report::{Outcome, Report, SafePointSummary, Timings};
+use crate::report::{Outcome, Report, SafePointSummary};
 
 /// What the host keeps of a committed update, to be able to undo it.
 pub struct Committed {
@@ -107,34 +107,17 @@ pub fn rollback(state: &HostState, dry_run: bool, timeout: Duration) -> Result<R
             "add `reverse = \"module.function\"` to each [[transform]] of the spec; the reverse transformer turns the new data back into the old",
         ));
     }
-    let mut report = Report {
-        update: format!("rollback of {name}"),
-        program: state.name.clone(),
-        pid: state.pid,
-        from: state.version(),
-        to: to.clone().unwrap_or_else(|| "(none)".into()),
-        outcome: Outcome::Refused,
-        modules: Vec::new(),
-        timings: Timings::default(),
-        safe_point_checks: 0,
-        stopped_threads: 0,
-        safe_point: SafePointSummary::default(),
-        transforms: Vec::new(),
-        problem: None,
-        warnings: Vec::new(),
-    };
+    let mut report = Report::begin(
+        format!("rollback of {name}"),
+        state.name.clone(),
+        state.pid,
+        state.version(),
+        to.clone().unwrap_or_else(|| "(none)".into()),
+    );
     Python::attach(|py| run(py, state, dry_run, timeout, &mut report));
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     if !dry_run {
-        state.record(HistoryEntry {
-            name: report.update.clone(),
-            from: report.from.clone(),
-            to: report.to.clone(),
-            at: unix_seconds(std::time::SystemTime::now()),
-            outcome: report.outcome,
-            pause_ms: report.timings.pause_ms,
-            total_ms: report.timings.total_ms,
-        });
+        state.record_attempt(&report);
     }
     Ok(report)
 }

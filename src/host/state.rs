@@ -68,8 +68,17 @@ impl HostState {
         *lock(&self.version) = version;
     }
 
-    pub fn record(&self, entry: HistoryEntry) {
-        lock(&self.history).push(entry);
+    /// Adds an update attempt, whatever its outcome, to the history.
+    pub fn record_attempt(&self, report: &crate::report::Report) {
+        lock(&self.history).push(HistoryEntry {
+            name: report.update.clone(),
+            from: report.from.clone(),
+            to: report.to.clone(),
+            at: unix_seconds(SystemTime::now()),
+            outcome: report.outcome,
+            pause_ms: report.timings.pause_ms,
+            total_ms: report.timings.total_ms,
+        });
     }
 
     pub fn push_committed(&self, committed: Committed) {
