@@ -99,6 +99,9 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
             Ok(b) => report.warnings.extend(describe_blockers_now(&b, &plan)),
             Err(problem) => return report.problem = Some(problem),
         }
+        if let Err(problem) = predict(py, &support, &plan, report) {
+            return report.problem = Some(problem);
+        }
         report.outcome = Outcome::Checked;
         return;
     }
@@ -328,6 +331,41 @@ fn add_new_modules(py: Python<'_>, support: &Support<'_>, plan: &Plan, journal: 
                 journal.set_attr(&parent, child, &module).map_err(fail)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// For `check`: the plan, what the update would do, found without running
+/// any new code. Functions and classes come from comparing code objects;
+/// transforms say how many instances they would convert now.
+fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Report) -> Result<(), Problem> {
+    for (m, module_report) in plan.modules.iter().zip(report.modules.iter_mut()) {
+        let (functions, classes) = support
+            .predict(m.module.bind(py).as_any(), m.code.bind(py))
+            .map_err(|e| support.problem(py, &format!("could not compare the code of `{}`", m.name), &e))?;
+        module_report.functions = functions;
+        module_report.classes = classes;
+        module_report.globals.reset = m.reset.iter().cloned().collect();
+        module_report.globals.transformed = m.transformed.iter().cloned().collect();
+    }
+    for t in &plan.transforms {
+        let (kind, instances) = match t.target {
+            crate::plan::TransformTarget::Global { .. } => ("global", 1),
+            crate::plan::TransformTarget::Class => (
+                "class",
+                support
+                    .resolve(&t.path)
+                    .and_then(|class| support.instances_of(&class))
+                    .map(|list| list.len())
+                    .unwrap_or(0),
+            ),
+        };
+        report.transforms.push(crate::report::TransformReport {
+            target: t.path.clone(),
+            kind: kind.into(),
+            instances,
+            ..Default::default()
+        });
     }
     Ok(())
 }

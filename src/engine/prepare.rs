@@ -152,6 +152,7 @@ pub fn prepare(
         });
     }
 
+    check_reload_order(py, support, source, spec, &modules)?;
     let inactive = inactive_set(py, support, source, spec, &sys_modules, &modules)?;
     let fail = |e: PyErr| Problem::new(format!("could not build the safe-point check: {e}"));
     let inactive_code_ids = PySet::empty(py).map_err(fail)?;
@@ -182,6 +183,75 @@ pub fn prepare(
         transforms: transforms(py, support, source, spec, &sys_modules)?,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
     })
+}
+
+/// A module's new body runs while staging, and `from B import x` in it sees
+/// the staged B only if B was staged first. So a module must come after
+/// every updated module it imports from. A wrong order is refused with the
+/// order that follows the imports.
+fn check_reload_order(
+    py: Python<'_>,
+    support: &Support<'_>,
+    source: &SpecSource,
+    spec: &Spec,
+    modules: &[ModulePlan],
+) -> Result<(), Problem> {
+    let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+    let mut imports: Vec<Vec<usize>> = Vec::new();
+    for m in modules {
+        let module = m.module.bind(py);
+        let is_package = module.hasattr("__path__").unwrap_or(false);
+        let package = if is_package {
+            m.name.clone()
+        } else {
+            m.name.rsplit_once('.').map(|(p, _)| p.to_string()).unwrap_or_default()
+        };
+        let imported = support
+            .imported_modules(m.code.bind(py), &package)
+            .map_err(|e| support.problem(py, &format!("could not read the imports of `{}`", m.name), &e))?;
+        imports.push(
+            imported
+                .iter()
+                .filter_map(|i| names.iter().position(|n| n == i))
+                .filter(|&j| names[j] != m.name)
+                .collect(),
+        );
+    }
+    for (i, deps) in imports.iter().enumerate() {
+        if let Some(&j) = deps.iter().find(|&&j| j > i) {
+            let order = dependency_order(&names, &imports).join(", ");
+            return Err(source
+                .problem(
+                    spec.reload[i].module.span(),
+                    format!(
+                        "`{}` imports from `{}`, which this spec reloads after it",
+                        names[i], names[j]
+                    ),
+                    "reloaded too early",
+                )
+                .with_help(format!(
+                    "reload `{}` first; in import order the [[reload]] tables are: {order}",
+                    names[j]
+                )));
+        }
+    }
+    Ok(())
+}
+
+/// The updated modules, each after the ones it imports from (the spec's
+/// order where the imports leave it free, or if they form a cycle).
+fn dependency_order<'a>(names: &[&'a str], imports: &[Vec<usize>]) -> Vec<&'a str> {
+    let mut placed = vec![false; names.len()];
+    let mut order = Vec::new();
+    while order.len() < names.len() {
+        let next = (0..names.len())
+            .find(|&i| !placed[i] && imports[i].iter().all(|&j| placed[j]))
+            .or_else(|| (0..names.len()).find(|&i| !placed[i]))
+            .expect("an unplaced module remains");
+        placed[next] = true;
+        order.push(names[next]);
+    }
+    order
 }
 
 /// Checks each `[[transform]]` against the program: its target's module is

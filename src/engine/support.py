@@ -606,3 +606,103 @@ class LazyMigration:
     def start_sweep(self):
         self._queue = self.pending()
         return len(self._queue)
+
+
+_CO_NEWLOCALS = 0x2
+
+
+def _code_tree(code):
+    """Every code object nested in `code`, depth first."""
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield const
+            yield from _code_tree(const)
+
+
+def predict(module, new_code):
+    """What reloading `module` from `new_code` will do to its functions and
+    classes, found by comparing code objects (ignoring line numbers) without
+    running the new code: ({changed, added, removed, unchanged} for
+    functions, the same for classes)."""
+    name = module.__name__
+    new_functions = {}
+    new_classes = set()
+    for code in _code_tree(new_code):
+        if "<" in code.co_qualname:
+            continue  # lambdas, comprehensions, nested functions
+        if code.co_flags & _CO_NEWLOCALS:
+            new_functions.setdefault(code.co_qualname, []).append(code)
+        else:
+            new_classes.add(code.co_qualname)
+    live_functions = {}
+    live_classes = set()
+
+    def visit(namespace, depth):
+        for value in list(namespace.values()):
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property):
+                candidates = [value.fget, value.fset, value.fdel]
+            else:
+                candidates = [value]
+            for v in candidates:
+                if isinstance(v, types.FunctionType) and v.__module__ == name and "<" not in v.__qualname__:
+                    live_functions.setdefault(v.__qualname__, v.__code__)
+                elif isinstance(v, type) and v.__module__ == name and depth < 4 and v.__qualname__ not in live_classes:
+                    live_classes.add(v.__qualname__)
+                    visit(vars(v), depth + 1)
+
+    visit(vars(module), 0)
+    functions = {"changed": [], "added": [], "removed": [], "unchanged": 0}
+    for qualname, code in live_functions.items():
+        candidates = new_functions.get(qualname)
+        if candidates is None:
+            functions["removed"].append(qualname)
+        elif any(same_code(code, c) for c in candidates):
+            functions["unchanged"] += 1
+        else:
+            functions["changed"].append(qualname)
+    new_only_classes = {c for c in new_classes if c not in live_classes}
+    functions["added"] = [
+        q for q in new_functions
+        if q not in live_functions and not any(q.startswith(c + ".") for c in new_only_classes)
+    ]
+    touched = {q.rsplit(".", 1)[0] for q in functions["changed"] + functions["added"] + functions["removed"] if "." in q}
+    classes = {
+        "changed": [c for c in live_classes if c in new_classes and c in touched],
+        "added": [c for c in new_classes if c not in live_classes],
+        "removed": [c for c in live_classes if c not in new_classes],
+        "unchanged": len([c for c in live_classes if c in new_classes and c not in touched]),
+    }
+    for d in (functions, classes):
+        for key in ("changed", "added", "removed"):
+            d[key].sort()
+    return functions, classes
+
+
+def imported_modules(code, package):
+    """Absolute names of the modules a module body imports from, read from
+    its bytecode: `import a.b` gives a.b, `from .c import d` gives pkg.c and
+    pkg.c.d (d may be a submodule)."""
+    import dis
+
+    found = set()
+    level = 0
+    fromlist = None
+    for ins in dis.get_instructions(code):
+        if ins.opname == "LOAD_CONST":
+            level, fromlist = fromlist, ins.argval
+            continue
+        if ins.opname == "IMPORT_NAME":
+            lvl = level if isinstance(level, int) else 0
+            base = ins.argval
+            try:
+                full = importlib.util.resolve_name("." * lvl + base, package) if lvl else base
+            except (ImportError, ValueError):
+                continue
+            found.add(full)
+            for item in fromlist or ():
+                if item != "*":
+                    found.add(f"{full}.{item}")
+        level = fromlist = None
+    return sorted(found)

@@ -8,6 +8,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
 
 use crate::diagnostic::{Location, Problem};
+use crate::report::Changes;
 
 const SOURCE: &str = include_str!("support.py");
 
@@ -92,6 +93,19 @@ impl<'py> Support<'py> {
         self.call("changed_functions", (module, new_code))?.extract()
     }
 
+    /// What reloading `module` from `new_code` will do to its functions and
+    /// classes, without running the new code.
+    pub fn predict(&self, module: &Bound<'py, PyAny>, new_code: &Bound<'py, PyAny>) -> PyResult<(Changes, Changes)> {
+        let (functions, classes): (Bound<'py, PyDict>, Bound<'py, PyDict>) =
+            self.call("predict", (module, new_code))?.extract()?;
+        Ok((changes(&functions)?, changes(&classes)?))
+    }
+
+    /// The modules a module body imports from.
+    pub fn imported_modules(&self, code: &Bound<'py, PyAny>, package: &str) -> PyResult<Vec<String>> {
+        self.call("imported_modules", (code, package))?.extract()
+    }
+
     pub fn resolve(&self, path: &str) -> PyResult<Bound<'py, PyAny>> {
         self.call("resolve", (path,))
     }
@@ -174,6 +188,19 @@ impl<'py> Support<'py> {
             Err(_) => Problem::new(format!("{context}: {err}")),
         }
     }
+}
+
+fn changes(d: &Bound<'_, PyDict>) -> PyResult<Changes> {
+    let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        d.get_item(key)?
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(key.to_string()))
+    };
+    Ok(Changes {
+        changed: get("changed")?.extract()?,
+        added: get("added")?.extract()?,
+        removed: get("removed")?.extract()?,
+        unchanged: get("unchanged")?.extract()?,
+    })
 }
 
 /// What `describe_exception` returns: a one-line summary, the traceback

@@ -1,0 +1,126 @@
+//! `pyreload check` prints the plan, and the plan is what `apply` then does.
+
+mod common;
+
+use common::{repo, stderr, KvServer, Sandbox};
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}{}", common::stdout(out), stderr(out)))
+}
+
+#[test]
+fn the_plan_of_every_worked_spec_is_what_apply_then_does() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let requests: Vec<String> = (0..2000).map(|k| format!("SET key{k} value{k}")).collect();
+    server.client().pipeline(&requests);
+    let socket = server.hosted.socket();
+    let socket = socket.to_str().unwrap();
+    for name in ["v1-to-v2.toml", "v2-to-v3.toml", "v3-to-v4.toml"] {
+        let spec = repo().join("specs").join(name);
+        let spec = spec.to_str().unwrap();
+        let checked = sandbox.run(&["check", "--json", "--socket", socket, spec]);
+        assert_eq!(checked.status.code(), Some(0), "{}", stderr(&checked));
+        let plan = json(&checked);
+        assert_eq!(plan["outcome"], "checked");
+        let applied = sandbox.run(&["apply", "--json", "--socket", socket, spec]);
+        assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
+        let done = json(&applied);
+        for (planned, actual) in plan["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(done["modules"].as_array().unwrap())
+        {
+            assert_eq!(planned["module"], actual["module"]);
+            for group in ["functions", "classes"] {
+                for key in ["changed", "added", "removed"] {
+                    assert_eq!(
+                        planned[group][key], actual[group][key],
+                        "{name}: {} {group}.{key}",
+                        planned["module"]
+                    );
+                }
+            }
+            assert_eq!(planned["globals"]["reset"], actual["globals"]["reset"], "{name}");
+        }
+        let transforms = |r: &serde_json::Value| r["transforms"].as_array().cloned().unwrap_or_default();
+        assert_eq!(transforms(&plan).len(), transforms(&done).len(), "{name}");
+        for (planned, actual) in transforms(&plan).iter().zip(&transforms(&done)) {
+            assert_eq!(planned["target"], actual["target"]);
+            assert_eq!(
+                planned["instances"], actual["instances"],
+                "{name}: instances to convert"
+            );
+        }
+        assert_eq!(plan["safe_point"], done["safe_point"], "{name}");
+    }
+    // The text form says the same for a person.
+    let out = sandbox.run(&[
+        "check",
+        "--socket",
+        socket,
+        repo().join("specs/v1-to-v2.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "already at 4.0: {}", stderr(&out));
+}
+
+#[test]
+fn check_prints_the_plan_as_text() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let out = sandbox.run(&[
+        "check",
+        "--pid",
+        &server.hosted.pid().to_string(),
+        repo().join("specs/v1-to-v2.toml").to_str().unwrap(),
+    ]);
+    let text = common::stdout(&out);
+    assert!(text.contains("module kvserver.store"), "{text}");
+    assert!(text.contains("functions: added Store.incr; 5 unchanged"), "{text}");
+    assert!(
+        text.contains("functions: changed parse; added cmd_incr; 10 unchanged"),
+        "{text}"
+    );
+    assert!(text.contains("globals reset: COMMANDS"), "{text}");
+    assert!(
+        text.contains("safe point: inactive kvserver.protocol.parse, kvserver.protocol.dispatch"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_reload_order_against_the_imports_is_refused_with_the_fix() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    // protocol imports from store, so store must be reloaded first.
+    let text = std::fs::read_to_string(repo().join("specs/v1-to-v2.toml"))
+        .unwrap()
+        .replace("../case-study/", &format!("{}/case-study/", repo().display()));
+    let (head, rest) = text.split_once("[[reload]]\nmodule = \"kvserver.store\"").unwrap();
+    let (store, rest) = rest.split_once("[[reload]]\nmodule = \"kvserver.protocol\"").unwrap();
+    let (protocol, tail) = rest.split_once("[safe_point]").unwrap();
+    let swapped = format!("{head}[[reload]]\nmodule = \"kvserver.protocol\"{protocol}[[reload]]\nmodule = \"kvserver.store\"{store}[safe_point]{tail}");
+    let spec = sandbox.write("wrong-order.toml", &swapped);
+    let out = sandbox.run(&[
+        "check",
+        "--json",
+        "--pid",
+        &server.hosted.pid().to_string(),
+        spec.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let problem = &json(&out)["problem"];
+    assert_eq!(
+        problem["message"],
+        "`kvserver.protocol` imports from `kvserver.store`, which this spec reloads after it"
+    );
+    assert_eq!(
+        problem["help"],
+        "reload `kvserver.store` first; in import order the [[reload]] tables are: kvserver.store, kvserver.protocol"
+    );
+    assert_eq!(problem["location"]["line"], 23);
+    assert!(stderr(&out).contains("wrong-order.toml:23:10"), "{}", stderr(&out));
+    assert_eq!(server.ask("VERSION"), "VERSION 1.0");
+}
