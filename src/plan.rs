@@ -17,6 +17,8 @@ pub struct ModulePlan {
     pub module: Py<PyModule>,
     /// Path of the new source.
     pub source: String,
+    /// The new source, as read.
+    pub text: String,
     /// The new source, compiled.
     pub code: Py<PyAny>,
     pub keep: BTreeSet<String>,

@@ -124,3 +124,43 @@ fn a_reload_order_against_the_imports_is_refused_with_the_fix() {
     assert!(stderr(&out).contains("wrong-order.toml:23:10"), "{}", stderr(&out));
     assert_eq!(server.ask("VERSION"), "VERSION 1.0");
 }
+
+#[test]
+fn diff_shows_the_running_source_against_the_new_one() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let socket = server.hosted.socket();
+    let socket = socket.to_str().unwrap();
+    let spec = |name: &str| repo().join("specs").join(name).display().to_string();
+    let out = sandbox.run(&["diff", "--socket", socket, &spec("v1-to-v2.toml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("--- ") && text.contains("case-study/v1/kvserver/store.py (running)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+++ ") && text.contains("case-study/v2/kvserver/store.py (new)"),
+        "{text}"
+    );
+    assert!(text.contains("\n+    def incr(self, key, by=1):\n"), "{text}");
+    assert!(text.contains("\n-    parts = line.split()\n"), "{text}");
+    assert!(!text.contains('\x1b'), "no color when stdout is not a terminal");
+    assert_eq!(server.ask("VERSION"), "VERSION 1.0", "diff changes nothing");
+
+    // After the update, "running" is what pyreload loaded, not the file the
+    // module was first imported from; a rollback puts the old one back.
+    assert_eq!(
+        sandbox
+            .run(&["apply", "--socket", socket, &spec("v1-to-v2.toml")])
+            .status
+            .code(),
+        Some(0)
+    );
+    let text = common::stdout(&sandbox.run(&["diff", "--socket", socket, &spec("v2-to-v3.toml")]));
+    assert!(text.contains("case-study/v2/kvserver/store.py (running)"), "{text}");
+    assert!(text.contains("--- kvserver.migrations (new module)"), "{text}");
+    assert_eq!(sandbox.run(&["rollback", "--socket", socket]).status.code(), Some(0));
+    let text = common::stdout(&sandbox.run(&["diff", "--socket", socket, &spec("v1-to-v2.toml")]));
+    assert!(text.contains("case-study/v1/kvserver/store.py (running)"), "{text}");
+}

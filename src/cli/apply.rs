@@ -61,14 +61,9 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
         Ok(source) => source,
         Err(code) => return code,
     };
-    let parsed = match spec::parse(&source) {
+    let parsed = match parse_spec(&source) {
         Ok(spec) => spec,
-        Err(problems) => {
-            for p in &problems {
-                eprint!("{}", p.render(Some((&source.path, &source.text))));
-            }
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let program = parsed.update.program.as_ref().map(|p| p.get_ref().clone());
     let found = match client::find(&target.selector(program)) {
@@ -123,16 +118,27 @@ pub fn print_response(response: Response, json: bool, known: Option<(&str, &str)
             eprint!("{}", problem.render(known));
             EXIT_REFUSED
         }
-        Response::Status(_) => {
-            error("the program answered with a status instead of a report");
+        Response::Status(_) | Response::Sources { .. } => {
+            error("the program answered with something other than a report");
             EXIT_REFUSED
         }
     }
 }
 
+/// Parses and statically checks the spec, printing every problem; the
+/// error is the exit status.
+pub fn parse_spec(source: &SpecSource) -> Result<spec::Spec, i32> {
+    spec::parse(source).map_err(|problems| {
+        for p in &problems {
+            eprint!("{}", p.render(Some((&source.path, &source.text))));
+        }
+        EXIT_USAGE
+    })
+}
+
 /// Reads the spec and makes its path absolute, so the host resolves
 /// `source = ...` against the spec's directory whatever its own cwd is.
-fn read_spec(path: &PathBuf) -> Result<SpecSource, i32> {
+pub fn read_spec(path: &PathBuf) -> Result<SpecSource, i32> {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
     match std::fs::read_to_string(&absolute) {
         Ok(text) => Ok(SpecSource {

@@ -6,6 +6,7 @@
 //! connection error.
 
 mod apply;
+mod diff;
 mod rollback;
 mod run;
 mod status;
@@ -51,6 +52,7 @@ enum Command {
     Run(run::RunArgs),
     Apply(apply::ApplyArgs),
     Check(apply::CheckArgs),
+    Diff(diff::DiffArgs),
     Rollback(rollback::RollbackArgs),
     Status(status::StatusArgs),
 }
@@ -84,6 +86,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(args),
         Command::Apply(args) => apply::apply(args),
         Command::Check(args) => apply::check(args),
+        Command::Diff(args) => diff::diff(args),
         Command::Rollback(args) => rollback::rollback(args),
         Command::Status(args) => status::status(args),
     }

@@ -127,7 +127,9 @@ fn probe(socket: &Path) -> io::Result<Target> {
             info,
         }),
         Response::Error(problem) => Err(io::Error::other(problem.message)),
-        Response::Report(_) => Err(io::Error::other("unexpected answer to a status request")),
+        Response::Report(_) | Response::Sources { .. } => {
+            Err(io::Error::other("unexpected answer to a status request"))
+        }
     }
 }
 

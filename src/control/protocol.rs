@@ -34,6 +34,12 @@ pub enum Request {
         spec_text: String,
         dry_run: bool,
     },
+    /// The running and new source of each module the spec updates.
+    Sources {
+        protocol: u32,
+        spec_path: String,
+        spec_text: String,
+    },
     /// Undo the last committed update (with `dry_run`, only say whether it
     /// could be).
     Rollback {
@@ -49,6 +55,9 @@ pub enum Request {
 pub enum Response {
     Status(ProgramInfo),
     Report(Box<Report>),
+    Sources {
+        modules: Vec<ModuleSources>,
+    },
     /// The request could not be served at all (busy, malformed, wrong
     /// protocol version). Update failures are reports, not errors.
     Error(Problem),
@@ -68,6 +77,16 @@ pub struct ProgramInfo {
     /// Committed updates `pyreload rollback` would undo, newest first.
     #[serde(default)]
     pub rollback: Vec<RollbackInfo>,
+}
+
+/// A module's source as it runs now and as the spec would load it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleSources {
+    pub module: String,
+    /// (path, text), or None for a module new in this update.
+    pub running: Option<(String, String)>,
+    pub new_path: String,
+    pub new_text: String,
 }
 
 /// One committed update on the rollback stack.

@@ -133,9 +133,10 @@ fn handle(mut stream: UnixStream, state: &HostState) {
 
 fn respond(request: Request, state: &HostState) -> Response {
     let protocol = match &request {
-        Request::Status { protocol } | Request::Apply { protocol, .. } | Request::Rollback { protocol, .. } => {
-            *protocol
-        }
+        Request::Status { protocol }
+        | Request::Apply { protocol, .. }
+        | Request::Sources { protocol, .. }
+        | Request::Rollback { protocol, .. } => *protocol,
     };
     if protocol != PROTOCOL_VERSION {
         return Response::Error(
@@ -153,6 +154,12 @@ fn respond(request: Request, state: &HostState) -> Response {
             dry_run,
             ..
         } => reported(engine::apply(state, &spec_path, &spec_text, dry_run), dry_run),
+        Request::Sources {
+            spec_path, spec_text, ..
+        } => match engine::sources(state, &spec_path, &spec_text) {
+            Ok(modules) => Response::Sources { modules },
+            Err(problem) => Response::Error(problem),
+        },
         Request::Rollback {
             dry_run, timeout_ms, ..
         } => reported(

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 
+use crate::control::protocol::ModuleSources;
 use crate::diagnostic::Problem;
 use crate::host::state::{GateError, HostState};
 use crate::host::update_point::POINTS;
@@ -33,6 +34,42 @@ use crate::spec::{self, SpecSource};
 use journal::Journal;
 use support::Support;
 use world::StoppedWorld;
+
+/// For `pyreload diff`: the running and the new source of every module the
+/// spec updates. Resolves the spec as an apply would, and changes nothing.
+pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Vec<ModuleSources>, Problem> {
+    let source = SpecSource {
+        path: spec_path.to_string(),
+        text: spec_text.to_string(),
+    };
+    let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
+    let _gate = state
+        .begin_update()
+        .map_err(|e| Problem::new(format!("cannot read the program's sources now: {e}")))?;
+    Python::attach(|py| {
+        let support = Support::load(py).map_err(|e| Problem::new(format!("could not load pyreload's helpers: {e}")))?;
+        let plan = prepare::prepare(py, &support, state, &source, &spec)?;
+        let mut out = Vec::new();
+        for m in &plan.modules {
+            let running = match state.running_source(&m.name) {
+                Some(s) => Some(s),
+                None if m.new => None,
+                None => support
+                    .module_source(m.module.bind(py).as_any())
+                    .ok()
+                    .flatten()
+                    .and_then(|path| Some((path.clone(), py.detach(|| std::fs::read_to_string(&path)).ok()?))),
+            };
+            out.push(ModuleSources {
+                module: m.name.clone(),
+                running,
+                new_path: m.source.clone(),
+                new_text: m.text.clone(),
+            });
+        }
+        Ok(out)
+    })
+}
 
 /// Validates the spec against the running program and, unless `dry_run`,
 /// applies it. `Err` means the request could not be served at all (busy,
@@ -276,11 +313,18 @@ fn commit(
         }
         None => {
             report.outcome = Outcome::Committed;
+            let loaded = plan
+                .modules
+                .iter()
+                .map(|m| (m.name.clone(), Some((m.source.clone(), m.text.clone()))))
+                .collect();
+            let previous_sources = state.swap_sources(loaded);
             state.push_committed(rollback::Committed::from_plan(
                 report.update.clone(),
                 report.from.clone(),
                 plan,
                 journal,
+                previous_sources,
             ));
             state.set_version(Some(plan.to.clone()));
             merged

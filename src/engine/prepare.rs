@@ -134,6 +134,7 @@ pub fn prepare(
                 .map_err(|e| Problem::new(e.to_string()))?
                 .unbind(),
             source: path_str,
+            text,
             code: code.unbind(),
             keep: reload.keep.iter().map(|k| k.get_ref().clone()).collect::<BTreeSet<_>>(),
             reset: reload

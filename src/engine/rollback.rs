@@ -34,11 +34,19 @@ pub struct Committed {
     pub reverses: Vec<TransformPlan>,
     /// Why this update cannot be rolled back, if it cannot.
     pub blocked: Option<String>,
+    /// The running sources the update replaced, to put back.
+    pub previous_sources: Vec<(String, Option<(String, String)>)>,
 }
 
 impl Committed {
     /// Keeps what `pyreload rollback` needs from a plan that committed.
-    pub fn from_plan(name: String, from: Option<String>, plan: &Plan, journal: Journal) -> Committed {
+    pub fn from_plan(
+        name: String,
+        from: Option<String>,
+        plan: &Plan,
+        journal: Journal,
+        previous_sources: Vec<(String, Option<(String, String)>)>,
+    ) -> Committed {
         let missing: Vec<&str> = plan
             .transforms
             .iter()
@@ -75,6 +83,7 @@ impl Committed {
             journal: journal.into_code_only(),
             reverses,
             blocked,
+            previous_sources,
         }
     }
 
@@ -200,6 +209,7 @@ fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, report: &mut R
     }
     report.timings.commit_ms = t.elapsed().as_secs_f64() * 1000.0;
     report.outcome = Outcome::Committed;
+    state.swap_sources(committed.previous_sources);
     state.set_version(committed.from);
 }
 

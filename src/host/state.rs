@@ -29,6 +29,9 @@ pub struct HostState {
     pub socket_path: std::path::PathBuf,
     version: Mutex<Option<String>>,
     history: Mutex<Vec<HistoryEntry>>,
+    /// The source each module runs, for the modules pyreload loaded: name ->
+    /// (path, text). Other modules run the file their `__spec__` names.
+    sources: Mutex<std::collections::HashMap<String, (String, String)>>,
     /// Committed updates that `pyreload rollback` can undo, newest last.
     committed: Mutex<Vec<Committed>>,
     /// Held for the whole of an update; see [`Lifecycle`].
@@ -54,6 +57,7 @@ impl HostState {
             version: Mutex::new(version),
             history: Mutex::new(Vec::new()),
             committed: Mutex::new(Vec::new()),
+            sources: Mutex::new(std::collections::HashMap::new()),
             lifecycle: Mutex::new(Lifecycle::Running),
         }
     }
@@ -83,6 +87,30 @@ impl HostState {
 
     pub fn push_committed(&self, committed: Committed) {
         lock(&self.committed).push(committed);
+    }
+
+    /// The source a module runs, if pyreload loaded it.
+    pub fn running_source(&self, module: &str) -> Option<(String, String)> {
+        lock(&self.sources).get(module).cloned()
+    }
+
+    /// Records the sources an update loaded; returns what they replace, for
+    /// a rollback to put back.
+    pub fn swap_sources(
+        &self,
+        loaded: Vec<(String, Option<(String, String)>)>,
+    ) -> Vec<(String, Option<(String, String)>)> {
+        let mut sources = lock(&self.sources);
+        loaded
+            .into_iter()
+            .map(|(module, source)| {
+                let previous = match source {
+                    Some(s) => sources.insert(module.clone(), s),
+                    None => sources.remove(&module),
+                };
+                (module, previous)
+            })
+            .collect()
     }
 
     /// Marks the last committed update as impossible to roll back.

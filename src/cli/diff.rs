@@ -1,0 +1,107 @@
+//! `pyreload diff`: what an update would change, as source diffs.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::Args;
+use similar::TextDiff;
+
+use super::apply::{parse_spec, read_spec};
+use super::{error, TargetArgs, EXIT_OK, EXIT_REFUSED, EXIT_USAGE};
+use crate::control::client::{self, exchange};
+use crate::control::protocol::{ModuleSources, Request, Response, PROTOCOL_VERSION};
+
+/// Show what an update spec would change, as a diff of each module's source
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    pyreload diff specs/v1-to-v2.toml\n  \
+    pyreload diff --pid 4242 specs/v1-to-v2.toml | less -R\n\n\
+    For each module the spec updates: a unified diff of the source the program runs now (what \
+    pyreload last loaded, or the module's file) against the new source. Colored on a terminal. \
+    Changes nothing.")]
+pub struct DiffArgs {
+    /// The update spec (TOML)
+    spec: std::path::PathBuf,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+pub fn diff(args: DiffArgs) -> i32 {
+    let source = match read_spec(&args.spec) {
+        Ok(source) => source,
+        Err(code) => return code,
+    };
+    let spec = match parse_spec(&source) {
+        Ok(spec) => spec,
+        Err(code) => return code,
+    };
+    let program = spec.update.program.as_ref().map(|p| p.get_ref().clone());
+    let found = match client::find(&args.target.selector(program)) {
+        Ok(found) => found,
+        Err(e) => {
+            error(e);
+            return EXIT_USAGE;
+        }
+    };
+    let request = Request::Sources {
+        protocol: PROTOCOL_VERSION,
+        spec_path: source.path.clone(),
+        spec_text: source.text.clone(),
+    };
+    match exchange(&found.socket, &request, Some(Duration::from_secs(60))) {
+        Ok(Response::Sources { modules }) => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            for m in &modules {
+                print!("{}", render(m, color));
+            }
+            EXIT_OK
+        }
+        Ok(Response::Error(problem)) => {
+            eprint!("{}", problem.render(Some((&source.path, &source.text))));
+            EXIT_REFUSED
+        }
+        Ok(_) => {
+            error("the program answered with something other than sources");
+            EXIT_REFUSED
+        }
+        Err(e) => {
+            error(format!(
+                "lost contact with `{}` (pid {}): {e}",
+                found.info.name, found.info.pid
+            ));
+            EXIT_REFUSED
+        }
+    }
+}
+
+/// One module's unified diff, with `---`/`+++` headers naming the files.
+fn render(m: &ModuleSources, color: bool) -> String {
+    let (old_name, old_text) = match &m.running {
+        Some((path, text)) => (format!("{} (running)", path), text.as_str()),
+        None => (format!("{} (new module)", m.module), ""),
+    };
+    let new_name = format!("{} (new)", m.new_path);
+    let diff = TextDiff::from_lines(old_text, m.new_text.as_str());
+    let text = diff
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_name, &new_name)
+        .to_string();
+    if text.is_empty() {
+        return format!("{}: no change\n", m.module);
+    }
+    if !color {
+        return text;
+    }
+    text.lines()
+        .map(|line| {
+            let code = match line.as_bytes().first() {
+                Some(b'+') if !line.starts_with("+++") => "32",
+                Some(b'-') if !line.starts_with("---") => "31",
+                Some(b'@') => "36",
+                _ => return format!("{line}\n"),
+            };
+            format!("\x1b[{code}m{line}\x1b[0m\n")
+        })
+        .collect()
+}
