@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -20,7 +21,7 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// A parsed, statically valid update spec.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     pub update: Update,
@@ -35,7 +36,7 @@ pub struct Spec {
 }
 
 /// How a class transform converts live instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Every instance during the commit.
@@ -46,26 +47,32 @@ pub enum Mode {
 }
 
 /// `[[transform]]`: converts live data to the new version's representation.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Transform {
     /// A class (dotted path) whose live instances are converted, in place.
+    #[schemars(with = "Option<String>")]
     pub class: Option<Spanned<String>>,
     /// A module global (dotted path) whose value is converted or replaced.
+    #[schemars(with = "Option<String>")]
     pub global: Option<Spanned<String>>,
     /// The transformer (dotted path, resolved in the updated program). For
     /// a class: called once per instance, mutating it or returning its new
     /// `__dict__`. For a global: called with the old value, returns the new.
+    #[schemars(with = "Option<String>")]
     pub function: Option<Spanned<String>>,
     /// Class transforms only: attributes to add, each a Python expression
     /// evaluated per instance (`{ ttl = "None" }`).
     #[serde(default)]
+    #[schemars(with = "std::collections::BTreeMap<String, String>")]
     pub defaults: std::collections::BTreeMap<String, Spanned<String>>,
     /// Class transforms only: `eager` (default) or `lazy`.
+    #[schemars(with = "Option<Mode>")]
     pub mode: Option<Spanned<Mode>>,
     /// The transformer that converts the data back, used by `pyreload
     /// rollback`. Without it, an update that transforms data cannot be
     /// rolled back.
+    #[schemars(with = "Option<String>")]
     pub reverse: Option<Spanned<String>>,
 }
 
@@ -84,35 +91,43 @@ impl Transform {
 }
 
 /// `[update]`: what this update is and which version it moves between.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Update {
     /// Shown in reports and in `pyreload status` history.
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// When set, the running program's name must match.
+    #[schemars(with = "Option<String>")]
     pub program: Option<Spanned<String>>,
     /// When set, the running program must be at this version.
+    #[schemars(with = "Option<String>")]
     pub from: Option<Spanned<String>>,
     /// The version the program is at once the update commits.
+    #[schemars(with = "String")]
     pub to: Spanned<String>,
 }
 
 /// `[[reload]]`: one module to load again from new source.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reload {
     /// Dotted module name, as in `sys.modules`.
+    #[schemars(with = "String")]
     pub module: Spanned<String>,
     /// New source file, relative to the spec's directory. Defaults to the
     /// module's own file on disk.
+    #[schemars(with = "Option<String>")]
     pub source: Option<Spanned<String>>,
     /// Globals that keep their running value even though they look like
     /// plain constants (e.g. a counter held in an int).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub keep: Vec<Spanned<String>>,
     /// Globals that take the new source's value even though they hold data
     /// (e.g. a dispatch table built at import).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub reset: Vec<Spanned<String>>,
     /// The module is new in this version: it is loaded from `source` and
     /// added to the program, instead of reloaded.
@@ -125,22 +140,27 @@ pub struct Reload {
 /// By default every function the update changes or removes must be inactive:
 /// on no thread's stack, and not suspended in a generator or coroutine.
 /// `inactive` adds functions to that set, `allow_active` takes some out.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SafePoint {
     /// More functions and methods (dotted paths) that must not be running
     /// when the update commits, beyond those it changes.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub inactive: Vec<Spanned<String>>,
     /// Changed functions whose running calls may finish with the old code.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub allow_active: Vec<Spanned<String>>,
     /// A Python expression that must be true at the moment of commit,
     /// evaluated in the program while every other thread is stopped.
+    #[schemars(with = "Option<String>")]
     pub condition: Option<Spanned<String>>,
     /// Commit only while a thread waits in `pyreload.update_point(NAME)`.
+    #[schemars(with = "Option<String>")]
     pub update_point: Option<Spanned<String>>,
     /// How long to wait for the safe point before refusing the update.
+    #[schemars(with = "Option<u64>")]
     pub timeout_ms: Option<Spanned<u64>>,
 }
 
@@ -154,12 +174,22 @@ impl SafePoint {
 }
 
 /// `[check]`: how to tell that the updated program is healthy.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
     /// A Python expression evaluated right after the commit. False or an
     /// exception rolls the update back.
+    #[schemars(with = "Option<String>")]
     pub after: Option<Spanned<String>>,
+}
+
+/// The JSON Schema of the spec format, for editors (Taplo / Even Better
+/// TOML) and tools. It comes from these types, so it cannot drift from
+/// what pyreload accepts.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(Spec)).expect("schemas serialize");
+    schema["title"] = "pyreload update spec".into();
+    schema
 }
 
 /// A spec file's text with its path, so every error can point into it.

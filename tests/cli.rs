@@ -16,7 +16,10 @@ fn every_subcommand_has_help_with_an_example() {
         "run",
         "apply",
         "check",
+        "diff",
+        "rollback",
         "status",
+        "schema",
         "Exit status: 0 success, 1 update refused or rolled back, 2",
     ] {
         assert!(
@@ -33,6 +36,9 @@ fn every_subcommand_has_help_with_an_example() {
         ("apply", "pyreload apply specs/v1-to-v2.toml"),
         ("check", "pyreload check specs/v1-to-v2.toml"),
         ("status", "pyreload status --pid 4242 --json"),
+        ("rollback", "pyreload rollback --pid 4242 --check"),
+        ("diff", "pyreload diff specs/v1-to-v2.toml"),
+        ("schema", "#:schema ./spec.schema.json"),
     ] {
         let out = sandbox.run(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");
@@ -225,4 +231,57 @@ fn garbage_on_the_control_socket_gets_an_error_and_the_program_goes_on() {
     assert_eq!(server.ask("PING"), "PONG");
     let out = sandbox.run(&["status", "--socket", socket.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn schema_prints_the_spec_schema_kept_in_docs_and_the_worked_specs_follow_it() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["schema"]);
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(repo().join("docs/spec.schema.json")).unwrap();
+    assert_eq!(
+        stdout(&out),
+        committed,
+        "docs/spec.schema.json is stale: regenerate it with `pyreload schema > docs/spec.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(schema["additionalProperties"], false, "unknown keys are errors");
+    // Every key the worked specs use is one the schema documents.
+    let table_schema = |name: &str| -> serde_json::Value {
+        let reference = schema["properties"][name].to_string();
+        let def = ["Update", "Reload", "SafePoint", "Transform", "Check"]
+            .into_iter()
+            .find(|d| reference.contains(&format!("#/$defs/{d}")))
+            .unwrap();
+        schema["$defs"][def].clone()
+    };
+    for dir in ["specs", "bench/specs"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("#:schema "),
+                "{} lacks the #:schema line for editors",
+                path.display()
+            );
+            let spec: toml::Table = toml::from_str(&text).unwrap();
+            for (table, value) in &spec {
+                let def = table_schema(table);
+                let tables: Vec<&toml::Table> = match value {
+                    toml::Value::Table(t) => vec![t],
+                    toml::Value::Array(items) => items.iter().filter_map(|i| i.as_table()).collect(),
+                    _ => panic!("{table} is not a table"),
+                };
+                for t in tables {
+                    for key in t.keys() {
+                        assert!(
+                            def["properties"].get(key).is_some(),
+                            "{}: [{table}] {key} is not in the schema",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

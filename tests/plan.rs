@@ -120,8 +120,8 @@ fn a_reload_order_against_the_imports_is_refused_with_the_fix() {
         problem["help"],
         "reload `kvserver.store` first; in import order the [[reload]] tables are: kvserver.store, kvserver.protocol"
     );
-    assert_eq!(problem["location"]["line"], 23);
-    assert!(stderr(&out).contains("wrong-order.toml:23:10"), "{}", stderr(&out));
+    assert_eq!(problem["location"]["line"], 24);
+    assert!(stderr(&out).contains("wrong-order.toml:24:10"), "{}", stderr(&out));
     assert_eq!(server.ask("VERSION"), "VERSION 1.0");
 }
 

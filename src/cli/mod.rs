@@ -9,6 +9,7 @@ mod apply;
 mod diff;
 mod rollback;
 mod run;
+mod schema;
 mod status;
 
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub const EXIT_USAGE: i32 = 2;
     after_help = "Examples:\n  \
         pyreload run --name kvserver --version 1.0 -m kvserver --port 7000\n  \
         pyreload check specs/v1-to-v2.toml\n  \
+        pyreload diff specs/v1-to-v2.toml\n  \
         pyreload apply specs/v1-to-v2.toml\n  \
         pyreload status\n  \
         pyreload rollback\n\n\
@@ -55,6 +57,7 @@ enum Command {
     Diff(diff::DiffArgs),
     Rollback(rollback::RollbackArgs),
     Status(status::StatusArgs),
+    Schema(schema::SchemaArgs),
 }
 
 /// How `apply`, `check` and `status` find the program.
@@ -89,6 +92,7 @@ pub fn main() -> i32 {
         Command::Diff(args) => diff::diff(args),
         Command::Rollback(args) => rollback::rollback(args),
         Command::Status(args) => status::status(args),
+        Command::Schema(args) => schema::schema(args),
     }
 }
 
