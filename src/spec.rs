@@ -228,8 +228,12 @@ fn toml_problem(source: &SpecSource, e: &toml::de::Error) -> Problem {
     if let Some(span) = e.span() {
         problem = problem.at(source.location(span), "here");
     }
-    if let Some(help) = unknown_field_help(&message) {
+    if let Some(help) = unknown_field_help(&message).or_else(|| missing_field_help(&message)) {
         problem = problem.with_help(help);
+    } else if message.contains("expected a sequence") {
+        problem = problem.with_help(
+            "`reload` and `transform` are lists of tables: write [[reload]] (double brackets), once per module",
+        );
     }
     problem
 }
@@ -251,6 +255,18 @@ fn unknown_field_help(message: &str) -> Option<String> {
                 .join(", ")
         )),
     }
+}
+
+/// serde says "missing field `to`"; say what to add.
+fn missing_field_help(message: &str) -> Option<String> {
+    let field = message.strip_prefix("missing field `")?.split('`').next()?;
+    Some(match field {
+        "update" => {
+            "every spec starts with an [update] table:\n\n[update]\nname = \"my-update\"\nto = \"2.0\"".to_string()
+        }
+        "module" => "each [[reload]] table names its module: module = \"package.module\"".to_string(),
+        f => format!("add `{f} = ...` here; `pyreload schema` describes every key"),
+    })
 }
 
 /// The closest candidate to `word`, if any is close enough to be a typo.
@@ -302,7 +318,13 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
     let mut seen: HashMap<&str, Range<usize>> = HashMap::new();
     for reload in &spec.reload {
         let module = reload.module.get_ref();
-        if !is_dotted_name(module) {
+        if module.is_empty() {
+            problems.push(source.problem(
+                reload.module.span(),
+                "the module name is empty",
+                "expected a dotted name such as `kvserver.store`",
+            ));
+        } else if !is_dotted_name(module) {
             problems.push(source.problem(
                 reload.module.span(),
                 format!("`{module}` is not a module name"),
