@@ -3,6 +3,7 @@
 mod cli;
 mod control;
 mod diagnostic;
+mod draft;
 mod engine;
 mod host;
 mod plan;

@@ -20,6 +20,7 @@ fn every_subcommand_has_help_with_an_example() {
         "rollback",
         "status",
         "schema",
+        "new",
         "Exit status: 0 success, 1 update refused or rolled back, 2",
     ] {
         assert!(
@@ -39,6 +40,7 @@ fn every_subcommand_has_help_with_an_example() {
         ("rollback", "pyreload rollback --pid 4242 --check"),
         ("diff", "pyreload diff specs/v1-to-v2.toml"),
         ("schema", "#:schema ./spec.schema.json"),
+        ("new", "pyreload new --from case-study/v1 --to case-study/v2"),
     ] {
         let out = sandbox.run(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");

@@ -164,3 +164,80 @@ fn diff_shows_the_running_source_against_the_new_one() {
     let text = common::stdout(&sandbox.run(&["diff", "--socket", socket, &spec("v1-to-v2.toml")]));
     assert!(text.contains("case-study/v1/kvserver/store.py (running)"), "{text}");
 }
+
+#[test]
+fn new_drafts_a_spec_that_applies_once_its_todos_are_decided() {
+    let sandbox = Sandbox::new();
+    let repo_arg = |p: &str| repo().join(p).display().to_string();
+    let draft = sandbox.path().join("specs/draft.toml");
+    std::fs::create_dir_all(draft.parent().unwrap()).unwrap();
+    let out = sandbox.run(&[
+        "new",
+        "--from",
+        &repo_arg("case-study/v1"),
+        "--to",
+        &repo_arg("case-study/v2"),
+        "--output",
+        draft.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&draft).unwrap();
+    let store = text.find("module = \"kvserver.store\"").expect("store is in the draft");
+    let protocol = text
+        .find("module = \"kvserver.protocol\"")
+        .expect("protocol is in the draft");
+    assert!(store < protocol, "dependency order: protocol imports store\n{text}");
+    assert!(text.contains("# functions: added cmd_incr, changed parse"), "{text}");
+    assert!(
+        text.contains("# TODO: COMMANDS is built at import and its definition changed"),
+        "{text}"
+    );
+    assert!(text.contains("name = \"TODO: name this update\""), "{text}");
+
+    // Never overwrites.
+    let again = sandbox.run(&[
+        "new",
+        "--from",
+        &repo_arg("case-study/v1"),
+        "--to",
+        &repo_arg("case-study/v2"),
+        "--output",
+        draft.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+
+    // Decide the TODOs as a user would, and apply it.
+    let decided = text
+        .replace("name = \"TODO: name this update\"", "name = \"drafted\"")
+        .replace("from = \"TODO: the version the program runs now\"", "from = \"1.0\"")
+        .replace("to = \"TODO: the version this update brings\"", "to = \"2.0\"")
+        .replace("# reset = [\"COMMANDS\"]", "reset = [\"COMMANDS\"]");
+    std::fs::write(&draft, decided).unwrap();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let out = sandbox.run(&[
+        "apply",
+        "--pid",
+        &server.hosted.pid().to_string(),
+        draft.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(server.ask("INCR n"), "VALUE 1");
+
+    // A class whose instances change layout, and a module new in the tree.
+    let out = sandbox.run(&[
+        "new",
+        "--from",
+        &repo_arg("case-study/v3"),
+        "--to",
+        &repo_arg("case-study/v4"),
+    ]);
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("module = \"kvserver.hot\"") && text.contains("new = true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TODO: class kvserver.store.Entry changed its instance layout (+hits, +rev, -version)"),
+        "{text}"
+    );
+}

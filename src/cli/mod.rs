@@ -7,6 +7,7 @@
 
 mod apply;
 mod diff;
+mod new;
 mod rollback;
 mod run;
 mod schema;
@@ -55,6 +56,7 @@ enum Command {
     Apply(apply::ApplyArgs),
     Check(apply::CheckArgs),
     Diff(diff::DiffArgs),
+    New(new::NewArgs),
     Rollback(rollback::RollbackArgs),
     Status(status::StatusArgs),
     Schema(schema::SchemaArgs),
@@ -90,6 +92,7 @@ pub fn main() -> i32 {
         Command::Apply(args) => apply::apply(args),
         Command::Check(args) => apply::check(args),
         Command::Diff(args) => diff::diff(args),
+        Command::New(args) => new::new(args),
         Command::Rollback(args) => rollback::rollback(args),
         Command::Status(args) => status::status(args),
         Command::Schema(args) => schema::schema(args),

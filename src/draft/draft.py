@@ -1,0 +1,144 @@
+"""Compares two source trees for `pyreload new`.
+
+Runs in the client's own interpreter, not in any program. Returns plain
+data; the Rust side writes the draft spec.
+"""
+
+import ast
+import os
+
+
+def _modules(root):
+    """{module name: path} for every .py file under root."""
+    found = {}
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")))
+        for filename in sorted(filenames):
+            if not filename.endswith(".py"):
+                continue
+            path = os.path.join(directory, filename)
+            parts = os.path.relpath(path, root)[:-3].split(os.sep)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if parts and all(p.isidentifier() for p in parts):
+                found[".".join(parts)] = path
+    return found
+
+
+def _strip(node):
+    """ast.dump without positions, so moving code is not a change."""
+    return ast.dump(node, include_attributes=False)
+
+
+def _imports(tree, module, is_package):
+    package = module if is_package else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - node.level + 1] if node.level > 1 else parts
+                base = ".".join(p for p in parts + ([node.module] if node.module else []) if p)
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+    return out
+
+
+def _functions(tree):
+    """{qualified name: dump} of functions and methods, top level and in classes."""
+    out = {}
+
+    def visit(body, prefix):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out[prefix + node.name] = _strip(node)
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body, prefix + node.name + ".")
+
+    visit(tree.body, "")
+    return out
+
+
+def _layouts(tree):
+    """{class name: (bases, slots, instance attributes)}: what live
+    instances' layout depends on."""
+    out = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        attrs, slots = set(), None
+        for item in ast.walk(node):
+            if isinstance(item, ast.Attribute) and isinstance(item.ctx, ast.Store):
+                if isinstance(item.value, ast.Name) and item.value.id == "self":
+                    attrs.add(item.attr)
+            if isinstance(item, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in item.targets):
+                slots = _strip(item.value)
+        out[node.name] = ([_strip(b) for b in node.bases], slots, attrs)
+    return out
+
+
+def _tables(tree):
+    """{name: dump} of top-level assignments of containers and calls: values
+    built at import that may be code (a dispatch table) or data."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Dict, ast.List, ast.Set, ast.Call)):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    out[target.id] = _strip(node.value)
+    return out
+
+
+def compare(old_root, new_root):
+    old, new = _modules(old_root), _modules(new_root)
+    changed = []
+    for name, path in new.items():
+        with open(path, encoding="utf-8") as f:
+            new_source = f.read()
+        new_tree = ast.parse(new_source, path)
+        entry = {"module": name, "path": path, "new": name not in old, "functions": [], "layouts": [], "tables": []}
+        is_package = os.path.basename(path) == "__init__.py"
+        entry["imports"] = sorted(_imports(new_tree, name, is_package))
+        if name in old:
+            with open(old[name], encoding="utf-8") as f:
+                old_source = f.read()
+            if old_source == new_source:
+                continue
+            old_tree = ast.parse(old_source, old[name])
+            if _strip(old_tree) == _strip(new_tree):
+                continue  # comments or layout only
+            of, nf = _functions(old_tree), _functions(new_tree)
+            entry["functions"] = sorted(
+                [f"changed {q}" for q in nf if q in of and of[q] != nf[q]]
+                + [f"added {q}" for q in nf if q not in of]
+                + [f"removed {q}" for q in of if q not in nf]
+            )
+            ol, nl = _layouts(old_tree), _layouts(new_tree)
+            for cls in sorted(set(ol) & set(nl)):
+                (ob, os_, oa), (nb, ns, na) = ol[cls], nl[cls]
+                notes = []
+                if ob != nb:
+                    notes.append("bases changed")
+                if os_ != ns:
+                    notes.append("__slots__ changed")
+                if oa != na:
+                    notes += [f"+{a}" for a in sorted(na - oa)] + [f"-{a}" for a in sorted(oa - na)]
+                if notes:
+                    entry["layouts"].append((cls, ", ".join(notes)))
+            ot, nt = _tables(old_tree), _tables(new_tree)
+            entry["tables"] = sorted(n for n in nt if n in ot and ot[n] != nt[n])
+        changed.append(entry)
+    # Dependency order: each module after the changed modules it imports.
+    names = [e["module"] for e in changed]
+    ordered, placed = [], set()
+    while len(ordered) < len(changed):
+        ready = [e for e in changed if e["module"] not in placed and all(
+            d not in names or d == e["module"] or d in placed for d in e["imports"])]
+        pick = ready[0] if ready else next(e for e in changed if e["module"] not in placed)
+        ordered.append(pick)
+        placed.add(pick["module"])
+    removed = sorted(set(old) - set(new))
+    return [(e["module"], e["path"], e["new"], e["functions"], e["layouts"], e["tables"]) for e in ordered], removed
