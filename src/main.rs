@@ -9,6 +9,7 @@ mod host;
 mod plan;
 mod report;
 mod spec;
+mod watch;
 
 fn main() {
     std::process::exit(cli::main());

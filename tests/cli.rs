@@ -21,6 +21,7 @@ fn every_subcommand_has_help_with_an_example() {
         "status",
         "schema",
         "new",
+        "watch",
         "Exit status: 0 success, 1 update refused or rolled back, 2",
     ] {
         assert!(
@@ -41,6 +42,7 @@ fn every_subcommand_has_help_with_an_example() {
         ("diff", "pyreload diff specs/v1-to-v2.toml"),
         ("schema", "#:schema ./spec.schema.json"),
         ("new", "pyreload new --from case-study/v1 --to case-study/v2"),
+        ("watch", "pyreload watch deploy/"),
     ] {
         let out = sandbox.run(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");

@@ -65,12 +65,27 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
         Ok(spec) => spec,
         Err(code) => return code,
     };
+    let response = match request_update(&source, &parsed, target, dry_run) {
+        Ok(response) => response,
+        Err(code) => return code,
+    };
+    print_response(response, json, Some((&source.path, &source.text)))
+}
+
+/// Finds the program and sends it the spec; the error is the exit status,
+/// after the reason has been printed.
+pub fn request_update(
+    source: &SpecSource,
+    parsed: &spec::Spec,
+    target: &TargetArgs,
+    dry_run: bool,
+) -> Result<Response, i32> {
     let program = parsed.update.program.as_ref().map(|p| p.get_ref().clone());
     let found = match client::find(&target.selector(program)) {
         Ok(found) => found,
         Err(e) => {
             error(e);
-            return EXIT_USAGE;
+            return Err(EXIT_USAGE);
         }
     };
     let request = Request::Apply {
@@ -82,17 +97,13 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
     // The host bounds its own wait by the spec's timeout; allow for that
     // plus a generous margin before deciding the program is stuck.
     let timeout = Duration::from_millis(parsed.safe_point.timeout_ms()) + Duration::from_secs(120);
-    let response = match exchange(&found.socket, &request, Some(timeout)) {
-        Ok(r) => r,
-        Err(e) => {
-            error(format!(
-                "lost contact with `{}` (pid {}): {e}",
-                found.info.name, found.info.pid
-            ));
-            return EXIT_REFUSED;
-        }
-    };
-    print_response(response, json, Some((&source.path, &source.text)))
+    exchange(&found.socket, &request, Some(timeout)).map_err(|e| {
+        error(format!(
+            "lost contact with `{}` (pid {}): {e}",
+            found.info.name, found.info.pid
+        ));
+        EXIT_REFUSED
+    })
 }
 
 /// Prints a host's answer to an update request (the report on stdout, any

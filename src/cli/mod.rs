@@ -12,6 +12,7 @@ mod rollback;
 mod run;
 mod schema;
 mod status;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,7 @@ enum Command {
     Rollback(rollback::RollbackArgs),
     Status(status::StatusArgs),
     Schema(schema::SchemaArgs),
+    Watch(watch::WatchArgs),
 }
 
 /// How `apply`, `check` and `status` find the program.
@@ -96,6 +98,7 @@ pub fn main() -> i32 {
         Command::Rollback(args) => rollback::rollback(args),
         Command::Status(args) => status::status(args),
         Command::Schema(args) => schema::schema(args),
+        Command::Watch(args) => watch::watch(args),
     }
 }
 

@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// The version the program starts at; a spec's `from` must match it
     #[arg(long = "version", value_name = "VERSION")]
     program_version: Option<String>,
+    /// Dev mode: when a file of one of the program's own modules changes,
+    /// reload it (safely: a broken edit is refused and logged)
+    #[arg(long)]
+    reload: bool,
     /// Run a library module as a script, as `python -m MODULE`
     #[arg(short = 'm', value_name = "MODULE")]
     module: Option<String>,
@@ -50,6 +54,7 @@ pub fn run(args: RunArgs) -> i32 {
     match host::run(RunOptions {
         name: args.name,
         version: args.program_version,
+        reload: args.reload,
         target,
         args: program_args,
     }) {

@@ -85,16 +85,23 @@ fn to_text(info: &ProgramInfo) -> String {
             Outcome::RolledBack => "rolled back",
             Outcome::Checked => "checked",
         };
+        let t = &h.timings;
         let _ = writeln!(
             out,
-            "    {:>3}. {}  {} -> {}  {}  pause {:.2} ms  total {:.1} ms",
+            "    {:>3}. {}  {} -> {}  {}  at +{:.1} s  pause {:.2} ms  total {:.1} ms (prepare {:.1}, wait {:.1}, stage {:.1}, commit {:.1}, check {:.1})",
             i + 1,
             h.name,
             h.from.as_deref().unwrap_or("(none)"),
             h.to,
             outcome,
+            (h.at - info.started_at).max(0.0),
             h.pause_ms,
-            h.total_ms
+            h.total_ms,
+            t.prepare_ms,
+            t.wait_ms,
+            t.stage_ms,
+            t.commit_ms,
+            t.check_ms
         );
     }
     out

@@ -111,6 +111,9 @@ pub struct HistoryEntry {
     pub outcome: crate::report::Outcome,
     pub pause_ms: f64,
     pub total_ms: f64,
+    /// Time in each phase.
+    #[serde(default)]
+    pub timings: crate::report::Timings,
 }
 
 /// Why a frame could not be read.

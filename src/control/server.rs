@@ -56,23 +56,8 @@ impl Listener {
 }
 
 /// Starts the control thread. It lives until the process exits.
-///
-/// Signals such as SIGINT must reach the interpreter's main thread, which
-/// turns them into `KeyboardInterrupt` and whose blocking calls they
-/// interrupt, never one of ours. So the control thread is created with every
-/// signal blocked (a thread inherits its creator's mask; blocking inside the
-/// new thread would leave a window before it first runs), and the threads it
-/// spawns inherit that.
 pub fn spawn(listener: Listener, state: Arc<HostState>) {
-    use nix::sys::signal::{SigSet, SigmaskHow};
-    let previous = SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK);
-    std::thread::Builder::new()
-        .name("pyreload-control".into())
-        .spawn(move || serve(listener, state))
-        .expect("could not start the control thread");
-    if let Ok(previous) = previous {
-        let _ = previous.thread_set_mask();
-    }
+    crate::host::spawn_service_thread("pyreload-control", move || serve(listener, state));
 }
 
 fn serve(listener: Listener, state: Arc<HostState>) {

@@ -35,6 +35,19 @@ use journal::Journal;
 use support::Support;
 use world::StoppedWorld;
 
+/// For `pyreload run --reload`: the loaded modules whose files these are,
+/// in reload order.
+pub fn modules_for_files(state: &HostState, files: &[std::path::PathBuf]) -> Result<Vec<String>, Problem> {
+    let _gate = state.begin_update().map_err(|e| Problem::new(e.to_string()))?;
+    Python::attach(|py| {
+        let support = Support::load(py).map_err(|e| Problem::new(e.to_string()))?;
+        let paths = files.iter().map(|f| f.display().to_string()).collect();
+        support
+            .modules_for_files(paths)
+            .map_err(|e| support.problem(py, "could not map files to modules", &e))
+    })
+}
+
 /// For `pyreload diff`: the running and the new source of every module the
 /// spec updates. Resolves the spec as an apply would, and changes nothing.
 pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Vec<ModuleSources>, Problem> {

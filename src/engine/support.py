@@ -706,3 +706,19 @@ def imported_modules(code, package):
                     found.add(f"{full}.{item}")
         level = fromlist = None
     return sorted(found)
+
+
+def modules_for_files(paths):
+    """Names of the loaded modules whose source file is one of `paths`, in
+    the order to reload them: reverse import order, so that a module
+    usually comes after the modules it imports (they finished importing
+    first, but were entered later)."""
+    import os
+
+    wanted = {os.path.realpath(p) for p in paths}
+    found = []
+    for name, module in list(sys.modules.items()):
+        path = module_source(module)
+        if name != "__main__" and path and os.path.realpath(path) in wanted:
+            found.append(name)
+    return list(reversed(found))

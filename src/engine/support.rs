@@ -106,6 +106,10 @@ impl<'py> Support<'py> {
         self.call("imported_modules", (code, package))?.extract()
     }
 
+    pub fn modules_for_files(&self, paths: Vec<String>) -> PyResult<Vec<String>> {
+        self.call("modules_for_files", (paths,))?.extract()
+    }
+
     pub fn resolve(&self, path: &str) -> PyResult<Bound<'py, PyAny>> {
         self.call("resolve", (path,))
     }

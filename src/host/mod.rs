@@ -5,6 +5,7 @@
 //! blocks in `accept` without the GIL, so between updates the program pays
 //! nothing: no trace function, no timer, no thread taking the GIL.
 
+pub mod autoreload;
 pub mod embed;
 pub mod pymodule;
 pub mod python;
@@ -26,6 +27,8 @@ use state::HostState;
 pub struct RunOptions {
     pub name: Option<String>,
     pub version: Option<String>,
+    /// Dev mode: reload the program's own modules when their files change.
+    pub reload: bool,
     pub target: Target,
     pub args: Vec<OsString>,
 }
@@ -33,6 +36,17 @@ pub struct RunOptions {
 /// Runs the program to completion and returns its exit status.
 pub fn run(options: RunOptions) -> Result<i32> {
     let python = python::resolve()?;
+    // What `sys.path[0]` will be once `Py_RunMain` starts: the script's
+    // directory, or the current one for `-m`.
+    let program_dir = match &options.target {
+        Target::Script(path) => Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        Target::Module(_) => PathBuf::from("."),
+    };
+    let reload = options.reload;
     let name = options.name.clone().unwrap_or_else(|| default_name(&options.target));
 
     let listener = control::server::Listener::bind().context("could not open the control socket")?;
@@ -52,8 +66,31 @@ pub fn run(options: RunOptions) -> Result<i32> {
     Python::attach(register_exit_hook).context("could not register the exit hook")?;
 
     remove_at_exit(listener.path().to_path_buf());
+    if reload {
+        autoreload::spawn(state.clone(), program_dir)?;
+    }
     control::server::spawn(listener, state);
     Ok(embed::run_main())
+}
+
+/// Starts one of pyreload's own threads in the host.
+///
+/// Signals such as SIGINT must reach the interpreter's main thread, which
+/// turns them into `KeyboardInterrupt` and whose blocking calls they
+/// interrupt, never one of ours. So the thread is created with every signal
+/// blocked (a thread inherits its creator's mask; blocking inside the new
+/// thread would leave a window before it first runs), and the threads it
+/// spawns inherit that.
+pub fn spawn_service_thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    let previous = SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK);
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("could not start {name}: {e}"));
+    if let Ok(previous) = previous {
+        let _ = previous.thread_set_mask();
+    }
 }
 
 static SOCKET_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

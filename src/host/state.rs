@@ -82,6 +82,7 @@ impl HostState {
             outcome: report.outcome,
             pause_ms: report.timings.pause_ms,
             total_ms: report.timings.total_ms,
+            timings: report.timings.clone(),
         });
     }
 
