@@ -43,7 +43,13 @@ fn the_plan_of_every_worked_spec_is_what_apply_then_does() {
                     );
                 }
             }
-            assert_eq!(planned["globals"]["reset"], actual["globals"]["reset"], "{name}");
+            for key in ["reset", "kept", "transformed"] {
+                assert_eq!(
+                    planned["globals"][key], actual["globals"][key],
+                    "{name}: {} globals.{key}",
+                    planned["module"]
+                );
+            }
         }
         let transforms = |r: &serde_json::Value| r["transforms"].as_array().cloned().unwrap_or_default();
         assert_eq!(transforms(&plan).len(), transforms(&done).len(), "{name}");

@@ -72,6 +72,9 @@ def point_swap(p):
 
 def total_v2(old):
     return {"total": old}
+
+def no_argument():
+    return None
 "#;
 
 const PROGRAM: &str = r#"
@@ -218,7 +221,15 @@ fn transform_specs_that_cannot_work_are_refused_before_anything_changes() {
         ),
         (
             "[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.nope\"\n",
-            "transformer `migrations.nope` was not found in the updated program",
+            "`migrations.nope` is not in the program",
+        ),
+        (
+            "[[transform]]\nglobal = \"store.TOTAL\"\nfunction = \"migrations.no_argument\"\n",
+            "cannot be called with one argument",
+        ),
+        (
+            "[[transform]]\nclass = \"store.Item\"\nfunction = \"store.Item.describe\"\n",
+            "`store.Item.describe` is not in the program",
         ),
     ] {
         let path = sandbox.write("bad.toml", &spec(transforms));

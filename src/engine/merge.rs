@@ -448,7 +448,10 @@ impl<'a, 'py> Merger<'a, 'py> {
                     self.journal.set_item(&live, &key_obj, &new)?;
                     self.reports[i].globals.updated.push(name);
                 }
-            } else if !old.is(&new) {
+            } else {
+                // Data: it keeps its running value (even when the new body
+                // bound the very same object, as an import from a module the
+                // update does not touch does).
                 self.reports[i].globals.kept.push(name);
             }
         }

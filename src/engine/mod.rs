@@ -404,6 +404,7 @@ fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Repo
         module_report.classes = classes;
         module_report.globals.reset = m.reset.iter().cloned().collect();
         module_report.globals.transformed = m.transformed.iter().cloned().collect();
+        module_report.globals.kept = kept_globals(py, support, m)?;
     }
     for t in &plan.transforms {
         let (kind, instances) = match t.target {
@@ -425,6 +426,28 @@ fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Repo
         });
     }
     Ok(())
+}
+
+/// The data globals the merge will keep: bound again by the new module body,
+/// holding data (not a constant, not code) now, and not listed in `reset`,
+/// `keep` or a transform.
+fn kept_globals(py: Python<'_>, support: &Support<'_>, m: &crate::plan::ModulePlan) -> Result<Vec<String>, Problem> {
+    let fail = |e: PyErr| support.problem(py, &format!("could not predict the globals of `{}`", m.name), &e);
+    let live = m.module.bind(py).dict();
+    let mut kept = Vec::new();
+    for name in support.stored_names(m.code.bind(py)).map_err(fail)? {
+        if name.starts_with("__") || m.reset.contains(&name) || m.transformed.contains(&name) {
+            continue;
+        }
+        let Some(value) = live.get_item(&name).map_err(fail)? else {
+            continue;
+        };
+        let data = !support.is_constant(&value).map_err(fail)? && !support.is_code_like(&value).map_err(fail)?;
+        if data || m.keep.contains(&name) {
+            kept.push(name);
+        }
+    }
+    Ok(kept)
 }
 
 /// For `check`: what would hold the safe point back right now.

@@ -172,6 +172,7 @@ pub fn prepare(
             .transpose()
     };
 
+    let transforms = transforms(py, support, source, spec, &sys_modules, &modules)?;
     Ok(Plan {
         to: spec.update.to.get_ref().clone(),
         modules,
@@ -181,7 +182,7 @@ pub fn prepare(
         condition: expression(&spec.safe_point.condition, "[safe_point] condition")?,
         update_point: spec.safe_point.update_point.as_ref().map(|p| p.get_ref().clone()),
         after: expression(&spec.check.after, "[check] after")?,
-        transforms: transforms(py, support, source, spec, &sys_modules)?,
+        transforms,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
     })
 }
@@ -264,8 +265,15 @@ fn transforms(
     source: &SpecSource,
     spec: &Spec,
     sys_modules: &Bound<'_, PyDict>,
+    modules: &[ModulePlan],
 ) -> Result<Vec<TransformPlan>, Problem> {
     let updated: Vec<&str> = spec.reload.iter().map(|r| r.module.get_ref().as_str()).collect();
+    let new_codes = PyDict::new(py);
+    for m in modules {
+        new_codes
+            .set_item(&m.name, m.code.bind(py))
+            .map_err(|e| Problem::new(e.to_string()))?;
+    }
     let known = |path: &str| {
         let module = module_part(path, sys_modules, &updated);
         module.is_some()
@@ -292,6 +300,14 @@ fn transforms(
                         "unknown module",
                     )
                     .with_help("put transformers in a module the update loads, or one the program can import"));
+            }
+            let why = support
+                .check_transformer(f.get_ref(), &new_codes)
+                .map_err(|e| support.problem(py, "could not check a transformer", &e))?;
+            if let Some(why) = why {
+                return Err(source.problem(f.span(), why, "not a usable transformer").with_help(
+                    "a transformer takes one argument: the instance (class transform) or the old value (global transform)",
+                ));
             }
         }
         let mut defaults = Vec::new();

@@ -722,3 +722,44 @@ def modules_for_files(paths):
         if name != "__main__" and path and os.path.realpath(path) in wanted:
             found.append(name)
     return list(reversed(found))
+
+
+def stored_names(code):
+    """Names the module body binds at top level (assignments, imports,
+    definitions), read from its bytecode."""
+    import dis
+
+    return sorted({i.argval for i in dis.get_instructions(code) if i.opname in ("STORE_NAME", "STORE_GLOBAL")})
+
+
+def check_transformer(path, new_codes):
+    """Why `path` cannot be a transformer (called with one argument), or
+    None. `new_codes` maps module names the update reloads to their new
+    code: a transformer defined there is checked in the new code."""
+    import inspect
+
+    module, _, name = path.rpartition(".")
+    code = new_codes.get(module)
+    if code is not None:
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType) and const.co_name == name and const.co_qualname == name:
+                takes_varargs = bool(const.co_flags & 0x04)
+                if const.co_argcount == 0 and not takes_varargs:
+                    return f"`{path}` takes no argument; a transformer is called with one (the instance, or the old value)"
+                if const.co_posonlyargcount > 1 or const.co_kwonlyargcount and const.co_argcount == 0:
+                    return f"`{path}` cannot be called with one positional argument"
+                return None
+        return f"the new source of `{module}` defines no function `{name}`"
+    try:
+        fn = resolve(path)
+    except Exception as e:
+        return f"`{path}` is not in the program: {e}"
+    if not callable(fn):
+        return f"`{path}` is not callable"
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError as e:
+        return f"`{path}` cannot be called with one argument: {e}"
+    except ValueError:
+        pass  # no signature (a builtin): let the call tell
+    return None

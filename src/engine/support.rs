@@ -110,6 +110,15 @@ impl<'py> Support<'py> {
         self.call("modules_for_files", (paths,))?.extract()
     }
 
+    pub fn stored_names(&self, code: &Bound<'py, PyAny>) -> PyResult<Vec<String>> {
+        self.call("stored_names", (code,))?.extract()
+    }
+
+    /// Why `path` cannot serve as a transformer, if it cannot.
+    pub fn check_transformer(&self, path: &str, new_codes: &Bound<'py, PyDict>) -> PyResult<Option<String>> {
+        self.call("check_transformer", (path, new_codes))?.extract()
+    }
+
     pub fn resolve(&self, path: &str) -> PyResult<Bound<'py, PyAny>> {
         self.call("resolve", (path,))
     }
