@@ -16,9 +16,9 @@
 //! - Names the new source no longer defines are removed if they were
 //!   functions or classes of the module, and kept otherwise.
 //!
-//! Everything here is C-level work through pyo3 under one GIL hold: no
-//! bytecode runs, so no other thread can observe a half-merged program.
-//! Every change is journaled for rollback.
+//! It runs in the stopped world (world.rs), so no other thread can observe a
+//! half-merged program, even though a few small Python helpers run on the
+//! control thread. Every change is journaled for rollback.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,13 +1,17 @@
-//! The update engine: prepare → wait → stage → commit → check, with
-//! rollback of the commit on any failure.
+//! The update engine: prepare → wait → stage → commit (merge, transform,
+//! check), with rollback of the commit on any failure.
 //!
-//! | phase    | the program                          | on failure |
-//! |----------|--------------------------------------|------------|
-//! | prepare  | runs; nothing changed                | refused    |
-//! | wait     | runs; GIL released between checks    | refused    |
-//! | stage    | runs the old version, consistently   | refused    |
-//! | commit   | paused: one GIL hold, no bytecode    | rolled back|
-//! | check    | `[check] after` evaluated            | rolled back|
+//! | phase     | the program                                  | on failure  |
+//! |-----------|----------------------------------------------|-------------|
+//! | prepare   | runs; nothing changed                        | refused     |
+//! | wait      | runs; GIL released between checks            | refused     |
+//! | stage     | runs the old version, consistently           | refused     |
+//! | commit    | stopped (world.rs): safe point decided again | refused     |
+//! | merge     | stopped                                      | rolled back |
+//! | transform | stopped                                      | rolled back |
+//! | check     | stopped: `[check] after`                     | rolled back |
+//!
+//! A lazy migration finishes after the pause, with the program running.
 
 pub mod fault;
 pub mod journal;

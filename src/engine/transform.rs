@@ -7,7 +7,9 @@
 //! instance, saving each instance's state into the journal first. A global
 //! transform calls its transformer with the old value and binds the result.
 //! Transformers are looked up after the merge, so they are the new
-//! version's.
+//! version's. A lazy class transform converts only a sample here and
+//! installs hooks that convert the rest on first use; [`sweep`] finishes it
+//! after the pause.
 
 use std::time::Instant;
 
