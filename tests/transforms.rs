@@ -228,6 +228,10 @@ fn transform_specs_that_cannot_work_are_refused_before_anything_changes() {
             "cannot be called with one argument",
         ),
         (
+            "[[transform]]\nclass = \"store.Point\"\nfunction = \"migrations.point_swap\"\nmode = \"lazy\"\n",
+            "`store.Point` cannot be migrated lazily: its instances do not support weak references",
+        ),
+        (
             "[[transform]]\nclass = \"store.Item\"\nfunction = \"store.Item.describe\"\n",
             "`store.Item.describe` is not in the program",
         ),

@@ -310,6 +310,27 @@ fn transforms(
                 ));
             }
         }
+        if t.mode() == crate::spec::Mode::Lazy && t.class.is_some() {
+            // A lazy migration records converted instances with weak
+            // references; a class whose __slots__ leave them out cannot have one.
+            let weakrefable = support
+                .resolve(target.get_ref())
+                .and_then(|class| class.getattr("__weakrefoffset__"))
+                .and_then(|offset| offset.extract::<isize>())
+                .map(|offset| offset != 0);
+            if let Ok(false) = weakrefable {
+                return Err(source
+                    .problem(
+                        target.span(),
+                        format!(
+                            "`{}` cannot be migrated lazily: its instances do not support weak references",
+                            target.get_ref()
+                        ),
+                        "mode = \"lazy\"",
+                    )
+                    .with_help("use mode = \"eager\", or add \"__weakref__\" to the class's __slots__"));
+            }
+        }
         let mut defaults = Vec::new();
         for (name, expr) in &t.defaults {
             let compiled = compile_expression(py, support, source, expr, &format!("defaults.{name}"))?;
