@@ -11,7 +11,7 @@ objects) and the time to convert them, apart. Printed: ns per instance for
 each, and the conversion as a ratio of the floor.
 
 The same update with `mode = "lazy"` runs next, on a fresh program of the
-same size: its pause (a sample of 100 converted in the commit) against the
+same size: its pause (a sample of 32 converted in the commit) against the
 eager pause, and the sweep that converts the rest after the pause.
 """
 

@@ -299,7 +299,7 @@ def count_once(obj):
 
 def fail_in_sweep(obj):
     CALLS[0] += 1
-    if CALLS[0] == 150:  # after the sample of 100, in the sweep
+    if CALLS[0] == 150:  # after the sample of 32, in the sweep
         raise ValueError(f"cannot convert {obj.value}")
     obj.version = 2
 
@@ -328,7 +328,7 @@ fn a_lazy_transform_pauses_for_a_sample_and_converts_every_instance_exactly_once
     );
     assert_eq!(code, 0, "{report:#}");
     let lazy = &report["transforms"][0]["lazy"];
-    assert_eq!(lazy["converted_in_commit"], 100, "{lazy:#}");
+    assert_eq!(lazy["converted_in_commit"], 32, "{lazy:#}");
     let total = lazy["converted_in_commit"].as_u64().unwrap()
         + lazy["converted_on_use"].as_u64().unwrap()
         + lazy["converted_by_sweep"].as_u64().unwrap();
@@ -381,7 +381,7 @@ fn a_lazy_transformer_that_fails_on_the_sample_rolls_the_update_back() {
     assert_eq!(report["outcome"], "rolled_back");
     let message = report["problem"]["message"].as_str().unwrap();
     assert!(
-        message.contains("the lazy transformer for `store.Item` failed on instance 1 of a sample of 100"),
+        message.contains("the lazy transformer for `store.Item` failed on instance 1 of a sample of 32"),
         "{message}"
     );
     assert_eq!(p.ask("dump()"), before);

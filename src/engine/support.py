@@ -478,7 +478,9 @@ class LazyMigration:
         self.label = label
         self.lock = threading.RLock()
         self.done = {}
-        self.converting = set()
+        self.ref_keys = {}
+        self.converting = {}
+        self.slot_cache = {}
         self.in_commit = 0
         self.on_use = 0
         self.by_sweep = 0
@@ -490,29 +492,40 @@ class LazyMigration:
         self._base_del = cls.__delattr__
         self._base_new = cls.__new__
 
-    def _forget(self, key):
-        def callback(ref):
-            if self.done.get(key) is ref:
-                del self.done[key]
-        return callback
+    def _forget(self, ref):
+        key = self.ref_keys.pop(ref, None)
+        if key is not None and self.done.get(key) is ref:
+            del self.done[key]
 
     def mark(self, obj):
         key = id(obj)
-        self.done[key] = weakref.ref(obj, self._forget(key))
+        ref = weakref.ref(obj, self._forget)
+        self.ref_keys[ref] = key
+        self.done[key] = ref
 
     def is_done(self, obj):
         ref = self.done.get(id(obj))
         return ref is not None and ref() is obj
 
     def ensure(self, obj):
-        if self.is_done(obj):
-            return
+        # The fast paths take no lock: a converted instance, or an access
+        # the converting thread makes itself (the transformer using its own
+        # instance). Reading a dict is atomic under the GIL.
         key = id(obj)
+        ref = self.done.get(key)
+        if ref is not None and ref() is obj:
+            return
+        if self.converting.get(key) == threading.get_ident():
+            return
         with self.lock:
             if self.is_done(obj) or key in self.converting:
                 return
-            self.converting.add(key)
-            saved = save_state(obj)
+            self.converting[key] = threading.get_ident()
+            cls = type(obj)
+            slot_names = self.slot_cache.get(cls)
+            if slot_names is None:
+                slot_names = self.slot_cache[cls] = tuple(_slot_names(cls))
+            saved = save_state(obj, slot_names)
             try:
                 for name, code, g in self.defaults:
                     if not hasattr(obj, name):
@@ -539,7 +552,7 @@ class LazyMigration:
                 )
                 raise
             finally:
-                self.converting.discard(key)
+                del self.converting[key]
 
     def hooks(self):
         """The class attributes to install (the commit journals them)."""

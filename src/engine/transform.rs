@@ -77,7 +77,7 @@ fn defaults_list<'py>(py: Python<'py>, t: &TransformPlan) -> PyResult<Bound<'py,
 
 /// How many live instances a lazy migration converts in the commit, as a
 /// sample that proves the transformer works on real data.
-pub const LAZY_SAMPLE: usize = 100;
+pub const LAZY_SAMPLE: usize = 32;
 
 /// Before the pause, with the program running: up to [`LAZY_SAMPLE`] live
 /// instances of each lazily transformed class, by transform index.

@@ -1,0 +1,130 @@
+"""Benchmark: what hosting costs between updates.
+
+    python3 bench/overhead.py --pyreload target/release/pyreload [--json out.json]
+
+The case-study server runs under `python3 -m kvserver` and under `pyreload
+run -m kvserver`, alternately, five times each, 4 seconds per run, with 8
+closed-loop clients on 127.0.0.1. No update happens: this is the cost of
+being updatable.
+
+The clients share the 2 cores with the server, so throughput swings with
+scheduling from run to run. The figure that does not is the server's CPU
+time per request (user + system, from /proc/<pid>/stat): the ratio
+python3 / pyreload of that is the overhead figure (1.0: none). Throughput
+is printed beside it.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CLIENTS = 8
+SECONDS = 4.0
+
+
+def serve(cmd, env, port_file):
+    proc = subprocess.Popen(cmd + ["--port", "0", "--port-file", str(port_file)], cwd=REPO / "case-study/v1",
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.time() > deadline:
+            sys.exit("server did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process, from /proc."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(port, pid):
+    stop = threading.Event()
+    counts = [0] * CLIENTS
+
+    def client(i):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            f = s.makefile("rw", encoding="utf-8", newline="\n")
+            n = 0
+            while not stop.is_set():
+                n += 1
+                # One request per round trip: two small replies in a row
+                # would wait on Nagle and delayed ACKs, not on the server.
+                for request in (f"SET k{i}-{n % 50} {n}\n", f"GET k{i}-{n % 50}\n"):
+                    f.write(request)
+                    f.flush()
+                    f.readline()
+                    counts[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    start, cpu_start = sum(counts), cpu_seconds(pid)
+    time.sleep(SECONDS)
+    done, cpu = sum(counts) - start, cpu_seconds(pid) - cpu_start
+    stop.set()
+    for t in threads:
+        t.join()
+    return done / SECONDS, cpu / done * 1e6
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
+    parser.add_argument("--python", default="python3")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="pyreload-overhead-"))
+    env = dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run"))
+    pyreload = str(pathlib.Path(args.pyreload).resolve())
+    rows = []
+    for i in range(args.pairs):
+        pair = {}
+        ways = [("python3", [args.python, "-m", "kvserver"]), ("pyreload", [pyreload, "run", "-m", "kvserver"])]
+        # Alternate which goes first, so a drift in the machine's load
+        # does not favour either.
+        for name, cmd in (ways if i % 2 == 0 else ways[::-1]):
+            proc, port = serve(cmd, env, work / f"port-{name}-{i}")
+            try:
+                pair[name], pair[name + "_cpu_us"] = throughput(port, proc.pid)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+        rows.append(pair)
+    ratios = sorted(r["pyreload"] / r["python3"] for r in rows)
+    cpu_ratios = sorted(r["python3_cpu_us"] / r["pyreload_cpu_us"] for r in rows)
+    result = {
+        "pairs": rows,
+        "ratio_median": statistics.median(cpu_ratios),
+        "ratio_min": cpu_ratios[0],
+        "ratio_max": cpu_ratios[-1],
+        "throughput_ratio_median": statistics.median(ratios),
+    }
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
+    print("| pair | python3 req/s | pyreload run req/s | python3 CPU µs/request | pyreload run CPU µs/request | CPU ratio python3 / pyreload |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for i, r in enumerate(rows, 1):
+        print(f"| {i} | {r['python3']:.0f} | {r['pyreload']:.0f} | {r['python3_cpu_us']:.1f} | {r['pyreload_cpu_us']:.1f} | "
+              f"{r['python3_cpu_us'] / r['pyreload_cpu_us']:.3f} |")
+    print()
+    print(f"server CPU per request, python3 / pyreload run: median {result['ratio_median']:.3f} "
+          f"(pairs from {cpu_ratios[0]:.3f} to {cpu_ratios[-1]:.3f}); "
+          f"throughput pyreload / python3: median {result['throughput_ratio_median']:.3f} "
+          f"(pairs from {ratios[0]:.3f} to {ratios[-1]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
