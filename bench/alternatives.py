@@ -84,22 +84,29 @@ class Load:
         self.failed = 0
         self.probe = {"old": 0, "new": 0, "mixed": 0, "error": 0}
 
+    def connect(self):
+        s = socket.create_connection(("127.0.0.1", self.port_getter()), timeout=5)
+        return s, s.makefile("rw", encoding="utf-8", newline="\n")
+
+    @staticmethod
+    def ask(f, request):
+        f.write(request + "\n")
+        f.flush()
+        return f.readline().rstrip("\n")
+
     def client(self, cid):
         i = 0
         conn = None
         while not self.stop.is_set():
             try:
                 if conn is None:
-                    s = socket.create_connection(("127.0.0.1", self.port_getter()), timeout=5)
-                    conn = (s, s.makefile("rw", encoding="utf-8", newline="\n"))
+                    conn = self.connect()
                 s, f = conn
                 i += 1
                 key = f"load{cid}-{i % 50}"
                 for request, expected in ((f"SET {key} {i}", "OK"), (f"GET {key}", f"VALUE {i}")):
                     t = time.perf_counter()
-                    f.write(request + "\n")
-                    f.flush()
-                    reply = f.readline().rstrip("\n")
+                    reply = self.ask(f, request)
                     if not reply:
                         raise ConnectionError("closed")
                     ok = reply == expected
@@ -123,12 +130,9 @@ class Load:
         while not self.stop.is_set():
             try:
                 if conn is None:
-                    s = socket.create_connection(("127.0.0.1", self.port_getter()), timeout=5)
-                    conn = (s, s.makefile("rw", encoding="utf-8", newline="\n"))
+                    conn = self.connect()
                 s, f = conn
-                f.write("INCR probe\n")
-                f.flush()
-                reply = f.readline().rstrip("\n")
+                reply = self.ask(f, "INCR probe")
                 kind = ("new" if reply.startswith("VALUE") else "old" if "unknown command" in reply
                         else "mixed" if "internal error" in reply else "error")
                 self.probe[kind] += 1
