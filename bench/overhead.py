@@ -12,11 +12,19 @@ scheduling from run to run. The figure that does not is the server's CPU
 time per request (user + system, from /proc/<pid>/stat): the ratio
 python3 / pyreload of that is the overhead figure (1.0: none). Throughput
 is printed beside it.
+
+Then, where `perf` is on PATH, one more run each way is sampled with
+`perf record -e cpu-clock`, and the share of samples in each binary and
+library is printed side by side: where the CPU time goes, and whether any
+of it is pyreload's own code.
 """
 
 import argparse
 import json
 import os
+import re
+import shutil
+import signal
 import pathlib
 import socket
 import statistics
@@ -28,7 +36,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLIENTS = 8
-SECONDS = 4.0
+SECONDS = 3.0
+EXECUTABLE = "the executable itself (python3.11 / pyreload)"
 
 
 def serve(cmd, env, port_file):
@@ -79,11 +88,37 @@ def throughput(port, pid):
     return done / SECONDS, cpu / done * 1e6
 
 
+def profile(cmd, env, port_file, out):
+    """Where one run's CPU time goes: percent of cpu-clock samples per binary or library."""
+    proc, port = serve(cmd, env, port_file)
+    perf = subprocess.Popen(["perf", "record", "-q", "-F", "997", "-e", "cpu-clock", "-p", str(proc.pid), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        throughput(port, proc.pid)
+    finally:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=30)
+        proc.terminate()
+        proc.wait(timeout=20)
+    report = subprocess.run(["perf", "report", "-i", str(out), "--stdio", "--sort", "dso", "-g", "none"],
+                            capture_output=True, text=True).stdout
+    shares = {EXECUTABLE: 0.0}
+    for line in report.splitlines():
+        m = re.match(r"\s+([\d.]+)%\s+(\S+)", line)
+        if m:
+            dso = m.group(2)
+            # The host binary itself: python3.11 for one, pyreload for the other.
+            if dso.startswith("python3") or dso == "pyreload":
+                dso = EXECUTABLE
+            shares[dso] = shares.get(dso, 0.0) + float(m.group(1))
+    return shares
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
     parser.add_argument("--python", default="python3")
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--json")
     args = parser.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="pyreload-overhead-"))
@@ -112,6 +147,9 @@ def main():
         "ratio_max": cpu_ratios[-1],
         "throughput_ratio_median": statistics.median(ratios),
     }
+    if shutil.which("perf"):
+        result["profile"] = {name: profile(cmd, env, work / f"port-profile-{name}", work / f"{name}.perf")
+                             for name, cmd in ways}
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
     print("| pair | python3 req/s | pyreload run req/s | python3 CPU µs/request | pyreload run CPU µs/request | CPU ratio python3 / pyreload |")
@@ -124,6 +162,17 @@ def main():
           f"(pairs from {cpu_ratios[0]:.3f} to {cpu_ratios[-1]:.3f}); "
           f"throughput pyreload / python3: median {result['throughput_ratio_median']:.3f} "
           f"(pairs from {ratios[0]:.3f} to {ratios[-1]:.3f})")
+    if "profile" in result:
+        prof = result["profile"]
+        names = sorted(set(prof["python3"]) | set(prof["pyreload"]),
+                       key=lambda d: -max(prof["python3"].get(d, 0), prof["pyreload"].get(d, 0)))
+        print()
+        print("| where the server's CPU time went (perf, cpu-clock samples) | python3 | pyreload run |")
+        print("|---|---:|---:|")
+        for d in names:
+            a, b = prof["python3"].get(d, 0.0), prof["pyreload"].get(d, 0.0)
+            if max(a, b) >= 0.05 or d == EXECUTABLE:
+                print(f"| {d} | {a:.2f}% | {b:.2f}% |")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Regenerate BENCHMARKS.md and bench/plots/ from scratch: one command.
-# Sets up bench/.venv with IPython, jurigged and matplotlib from PyPI,
+# Sets up bench/.venv with IPython, jurigged and matplotlib from PyPI
+# (pinned, so a rerun compares against the same alternatives),
 # builds pyreload (release), and runs every benchmark side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x bench/.venv/bin/python ]; then
   python3 -m venv bench/.venv
 fi
-bench/.venv/bin/pip install --quiet --disable-pip-version-check ipython jurigged matplotlib
+bench/.venv/bin/pip install --quiet --disable-pip-version-check \
+  ipython==9.18.1 jurigged==0.6.1 matplotlib==3.11.2
 cargo build --release --locked --quiet
 exec python3 bench/run.py --pyreload target/release/pyreload --venv bench/.venv "$@"
