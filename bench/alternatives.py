@@ -37,6 +37,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import pct
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KEYS = 5000
 CLIENTS = 32
@@ -151,15 +153,6 @@ class Load:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=10)
-
-
-def pct(values, p):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def summarize(name, load, windows, keys_kept, new_visible, extra):

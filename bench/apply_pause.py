@@ -37,15 +37,10 @@ import tempfile
 import threading
 import time
 
+from benchlib import pct
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SPECS = [REPO / "specs/v1-to-v2.toml", REPO / "bench/specs/v2-to-v1.toml"]
-
-
-def pct(values, p):
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def connect(port):

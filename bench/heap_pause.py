@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchlib import pct
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 HOT = '''
@@ -76,13 +78,6 @@ for i in range(int(sys.argv[3])):
     assert hot.describe() == f"hot {2 + i % 2}", hot.describe()
 print(json.dumps(times))
 '''
-
-
-def pct(values, p):
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def main():

@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import pct
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 
@@ -32,13 +34,6 @@ def run(cmd, **kw):
         sys.exit(f"{cmd} failed:\n{out.stdout}\n{out.stderr}")
     print(f"  ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
     return out.stdout.strip()
-
-
-def pct(values, p):
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def check_latency(pyreload, work):
@@ -68,9 +63,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 heap, alts, out = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
-def pct(v, p):
-    v = sorted(v); k = (len(v) - 1) * p / 100; lo = int(k); hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+sys.path.insert(0, sys.argv[4])
+from benchlib import pct
 n = [r["objects"] for r in heap]
 fig, ax = plt.subplots(figsize=(7, 4))
 ax.plot(n, [pct(r["pauses_ms"], 99) for r in heap], "o-", label="pyreload: pause p99 (world stopped)")
@@ -93,7 +87,7 @@ for ax, r in zip(axes, alts):
 axes[-1].set_xlabel("seconds from the first update (shaded: update windows)")
 fig.tight_layout(); fig.savefig(out + "/throughput-during-updates.png", dpi=110)
 '''
-    subprocess.run([python, "-c", script, str(heap), str(alternatives), str(out_dir)], check=True)
+    subprocess.run([python, "-c", script, str(heap), str(alternatives), str(out_dir), str(BENCH)], check=True)
 
 
 def overhead_goal(over):

@@ -424,6 +424,15 @@ def set_state(obj, state):
             current[name] = value
 
 
+def _cached_slot_names(cache, cls):
+    """A class's slot names, walked once per class: a migration asks for
+    every instance, and walking the MRO each time is most of the cost."""
+    names = cache.get(cls)
+    if names is None:
+        names = cache[cls] = tuple(_slot_names(cls))
+    return names
+
+
 def convert_all(saved, objs, defaults, fn):
     """Converts every instance, saving each one's state into `saved` first,
     so that a failure at any instance can be undone. This loop is the cost
@@ -433,10 +442,7 @@ def convert_all(saved, objs, defaults, fn):
     append = saved.append
     slot_cache = {}
     for obj in objs:
-        cls = type(obj)
-        slot_names = slot_cache.get(cls)
-        if slot_names is None:
-            slot_names = slot_cache[cls] = tuple(_slot_names(cls))
+        slot_names = _cached_slot_names(slot_cache, type(obj))
         if slot_names:
             append(save_state(obj, slot_names))
         else:
@@ -521,10 +527,7 @@ class LazyMigration:
             if self.is_done(obj) or key in self.converting:
                 return
             self.converting[key] = threading.get_ident()
-            cls = type(obj)
-            slot_names = self.slot_cache.get(cls)
-            if slot_names is None:
-                slot_names = self.slot_cache[cls] = tuple(_slot_names(cls))
+            slot_names = _cached_slot_names(self.slot_cache, type(obj))
             saved = save_state(obj, slot_names)
             try:
                 for name, code, g in self.defaults:
