@@ -135,6 +135,22 @@ def explain_overhead(over):
     return text
 
 
+def explain_migration(row, count):
+    """The paragraph under the migration table: where the gap to the floor comes from."""
+    text = (f"At 1M instances the conversion takes {row['ratio']:.2f}x the floor's time (rounds from "
+            f"{row['ratio_low']:.2f}x to {row['ratio_high']:.2f}x). The loop runs in Rust "
+            f"(src/engine/eager.rs): per instance, one C-level copy of its `__dict__` into the journal, so a "
+            f"failure on any instance can be undone, and one vectorcall of the transformer. The floor instead "
+            f"pays for `obj.__class__ = New`, which an in-place update does not need.")
+    if count:
+        text += (f" Counted, the two loops execute about the same instructions per instance "
+                 f"({count['convert']:.0f} against {count['floor']:.0f}, {count['ratio']:.2f}x at "
+                 f"{count['instances']:,} instances): the time above the floor is memory, not work. The journal "
+                 f"allocates a dict per instance (and CPython 3.11 materializes the instance's own dict when it "
+                 f"is first read as `__dict__`), so the pages touched grow with N.")
+    return text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
@@ -151,7 +167,7 @@ def main():
     pause = run([sys.executable, "bench/apply_pause.py", "--pyreload", pyreload])
     heap = run([sys.executable, "bench/heap_pause.py", "--pyreload", pyreload, "--ipython-python", python,
                 "--json", str(work / "heap.json")])
-    migrate = run([sys.executable, "bench/migrate.py", "--pyreload", pyreload])
+    migrate = run([sys.executable, "bench/migrate.py", "--pyreload", pyreload, "--json", str(work / "migrate.json")])
     alternatives = run([sys.executable, "bench/alternatives.py", "--pyreload", pyreload, "--venv", args.venv,
                         "--json", str(work / "alternatives.json")])
     overhead = run([sys.executable, "bench/overhead.py", "--pyreload", pyreload, "--json", str(work / "overhead.json")])
@@ -165,10 +181,12 @@ def main():
     over = json.loads((work / "overhead.json").read_text())
     apply_p50 = next(float(line.split("|")[4]) for line in pause.splitlines() if line.startswith("| 0 |") and "| apply |" in line)
     one_m = next(r for r in heap_rows if r["objects"] == 1_000_000)
-    mig = [line for line in migrate.splitlines() if line.startswith("| 1,000,000")][0].split("|")
-    eager_ratio = float(mig[5].strip().rstrip("x"))
-    lazy_pause = float(mig[7])
-    sweep_us = float(mig[9]) * 1000 / 1_000_000
+    mig = json.loads((work / "migrate.json").read_text())
+    mig_1m = next(r for r in mig["sizes"] if r["instances"] == 1_000_000)
+    eager_ratio = mig_1m["ratio"]
+    lazy_pause = mig_1m["lazy_pause_ms"]
+    sweep_us = mig_1m["sweep_ms"] * 1000 / 1_000_000
+    migrate_why = explain_migration(mig_1m, mig["callgrind"])
     overhead_why = explain_overhead(over)
     versions = subprocess.run(
         [python, "-c", "from importlib.metadata import version as v; "
@@ -176,7 +194,7 @@ def main():
         capture_output=True, text=True, check=True).stdout.strip()
     goals = [
         ("pause p99 of a code-only update at 1M live objects", "< 1 ms", f"{pct(one_m['pauses_ms'], 99):.2f} ms", pct(one_m["pauses_ms"], 99) < 1),
-        ("eager migration cost per instance / bare floor (1M)", "<= 2x", f"{eager_ratio:.2f}x", eager_ratio <= 2),
+        ("eager migration time per instance / bare floor (1M, median of rounds)", "<= 2x", f"{eager_ratio:.2f}x", eager_ratio <= 2),
         ("lazy migration pause at 1M instances", "< 1 ms", f"{lazy_pause:.2f} ms", lazy_pause < 1),
         ("failed requests, 20 updates under 32 connections", "0", str(alts["pyreload"]["failed"]), alts["pyreload"]["failed"] == 0),
         overhead_goal(over),
@@ -270,15 +288,17 @@ and a discovery round trip.
 ## Migration: eager cost per instance against the floor, and the lazy pause
 
 `bench/migrate.py`. N live instances; the floor is a plain Python loop doing
-`obj.__class__ = New; f(obj)` in the same process. Then the same transformer as a `[[transform]]`:
-finding the instances (one walk of the collector's objects) is timed apart from converting them.
-Then `mode = "lazy"`: its pause covers a sample of 32 converted in the commit. The sweep converts
-the rest after the pause, while the program runs.
+`obj.__class__ = New; f(obj)` over N fresh instances in the same process. Then the same
+transformer as a `[[transform]]`: finding the instances (one walk of the collector's objects) is
+timed apart from converting them. Floor and conversion alternate in one process, over fresh
+instances each round; the ratio is the median of the per-round ratios. Under callgrind, the same
+two loops are counted in instructions, which do not depend on the machine's load. Then
+`mode = "lazy"`: its pause covers a sample of 32 converted in the commit. The sweep converts the
+rest after the pause, while the program runs.
 
 {migrate}
 
-The eager conversion also copies each instance's `__dict__`, so that a failure on any instance can
-be undone. That copy is most of the gap to the floor. The lazy pause does not grow with N
+{migrate_why} The lazy pause does not grow with N
 ({lazy_pause:.2f} ms at 1M): most of it is stopping the world and converting the sample. The sweep
 is slow, {sweep_us:.1f} µs per instance at 1M: each instance takes the thread-safe conversion path
 (a lock, a state save, a weak reference). It runs while the program serves, but `pyreload apply`

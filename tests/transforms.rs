@@ -21,10 +21,21 @@ class Point:
     def __init__(self, x, y):
         self.x, self.y = x, y
 
+class Base:
+    def __init__(self, value):
+        self.value = value
+
+class Mixed(Base):
+    __slots__ = ("mark",)
+    def __init__(self, value):
+        super().__init__(value)
+        self.mark = value * 2
+
 ITEMS = {i: Item(i) for i in range(10_000)}
 SPECIAL = [Special(-1), Special(-2)]
 POINTS = [Point(i, i) for i in range(100)]
 TOTAL = 41
+MIXED = [Base(1), Mixed(2), Base(3), Mixed(4), Base(5), Mixed(6)]
 "#;
 
 const STORE_V2: &str = r#"
@@ -45,10 +56,21 @@ class Point:
     def __init__(self, x, y):
         self.x, self.y = x, y
 
+class Base:
+    def __init__(self, value):
+        self.value = value
+
+class Mixed(Base):
+    __slots__ = ("mark",)
+    def __init__(self, value):
+        super().__init__(value)
+        self.mark = value * 2
+
 ITEMS = {}
 SPECIAL = []
 POINTS = []
 TOTAL = 0
+MIXED = []
 "#;
 
 const MIGRATIONS: &str = r#"
@@ -75,6 +97,15 @@ def total_v2(old):
 
 def no_argument():
     return None
+
+def mixed_fail_on_last(obj):
+    CALLS[0] += 1
+    obj.value = None
+    obj.extra = "added"
+    if hasattr(obj, "mark"):
+        obj.mark = "changed"
+    if CALLS[0] == 6:
+        raise ValueError("cannot convert the last one")
 "#;
 
 const PROGRAM: &str = r#"
@@ -196,6 +227,38 @@ fn a_transformer_that_raises_on_the_last_instance_leaves_all_data_as_it_was() {
     );
     assert_eq!(p.ask("hasattr(store.Item, 'describe'), store.TOTAL"), "(False, 41)");
     assert_eq!(p.ask("__import__('pyreload').version()"), "'1'");
+}
+
+#[test]
+fn a_failed_migration_restores_dict_and_slot_state_of_every_kind_of_instance() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    let state = "[(type(o).__name__, vars(o), getattr(o, 'mark', '-')) for o in store.MIXED]";
+    let before = p.ask(state);
+    assert!(before.contains("('Mixed', {'value': 2}, 4)"), "{before}");
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nclass = \"store.Base\"\nfunction = \"migrations.mixed_fail_on_last\"\n"),
+    );
+    assert_eq!(code, 1, "{report:#}");
+    assert!(
+        report["problem"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("converting `store.Base` failed on instance 6 of 6"),
+        "{report:#}"
+    );
+    assert_eq!(
+        p.ask("migrations.CALLS[0]"),
+        "6",
+        "the transformer ran on every instance"
+    );
+    assert_eq!(
+        p.ask(state),
+        before,
+        "a plain and a slotted instance each got its state back"
+    );
 }
 
 #[test]

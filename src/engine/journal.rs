@@ -42,6 +42,13 @@ enum Entry {
     States {
         saved: Py<PyList>,
     },
+    /// The states of `objs[..saved.len()]`, saved before an eager
+    /// transformer ran on them: `saved[i]` is a copy of `objs[i].__dict__`,
+    /// or a `support.save_state` tuple for an instance with slots.
+    InstanceStates {
+        objs: Py<PyList>,
+        saved: Py<PyList>,
+    },
 }
 
 /// A log of changes, undone by [`Journal::rollback`].
@@ -150,6 +157,20 @@ impl Journal {
         saved
     }
 
+    /// Starts the saved states of `objs`, in order, for the eager loop
+    /// (`eager.rs`), which appends each before converting its instance. A
+    /// plain dict copy per instance, without a tuple naming the instance,
+    /// keeps the journal's cost per instance to one copy.
+    pub fn instance_states<'py>(&mut self, objs: &Bound<'py, PyList>) -> Bound<'py, PyList> {
+        let saved = PyList::empty(objs.py());
+        self.data.push(self.entries.len());
+        self.entries.push(Entry::InstanceStates {
+            objs: objs.clone().unbind(),
+            saved: saved.clone().unbind(),
+        });
+        saved
+    }
+
     /// Like [`Journal::set_item`], for a global whose data a transformer
     /// converted.
     pub fn set_data_item<'py>(
@@ -211,6 +232,7 @@ impl Journal {
         for entry in self.entries.into_iter().rev() {
             let result = match entry {
                 Entry::States { saved } => support.restore_states(saved.bind(py)),
+                Entry::InstanceStates { objs, saved } => support.restore_instance_states(objs.bind(py), saved.bind(py)),
                 Entry::DictItem { dict, key, old } => match old {
                     Some(old) => dict.bind(py).set_item(key.bind(py), old.bind(py)),
                     None => dict.bind(py).del_item(key.bind(py)),

@@ -13,6 +13,7 @@
 //!
 //! A lazy migration finishes after the pause, with the program running.
 
+pub mod eager;
 pub mod fault;
 pub mod journal;
 pub mod merge;

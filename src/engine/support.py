@@ -411,6 +411,20 @@ def restore_states(saved):
                 setattr(obj, name, value)
 
 
+def restore_instance_states(objs, saved):
+    """Puts back the states the eager loop saved, newest first: saved[i]
+    is a copy of objs[i]'s __dict__, or a save_state tuple."""
+    get = object.__getattribute__
+    for i in range(len(saved) - 1, -1, -1):
+        state = saved[i]
+        if type(state) is tuple:
+            restore_states([state])
+        else:
+            current = get(objs[i], "__dict__")
+            current.clear()
+            current.update(state)
+
+
 def set_state(obj, state):
     """Applies a transformer's returned state (a dict of attributes)."""
     if hasattr(obj, "__dict__"):
@@ -433,33 +447,27 @@ def _cached_slot_names(cache, cls):
     return names
 
 
-def convert_all(saved, objs, defaults, fn):
-    """Converts every instance, saving each one's state into `saved` first,
-    so that a failure at any instance can be undone. This loop is the cost
-    per instance of an eager migration, so it stays close to a plain loop:
-    slot names are looked up once per type, and the common case (a dict
-    instance, no defaults) calls nothing but copy and the transformer."""
-    append = saved.append
-    slot_cache = {}
-    for obj in objs:
-        slot_names = _cached_slot_names(slot_cache, type(obj))
-        if slot_names:
-            append(save_state(obj, slot_names))
-        else:
-            append((obj, obj.__dict__.copy(), None))
-        if defaults:
-            for name, code, g in defaults:
-                if not hasattr(obj, name):
-                    setattr(obj, name, eval(code, g))
-        if fn is not None:
-            result = fn(obj)
-            if result is not None:
-                if not isinstance(result, dict):
-                    raise TypeError(
-                        f"the transformer returned {type(result).__name__}; "
-                        "it must change the instance and return None, or return its new state as a dict"
-                    )
-                set_state(obj, result)
+def slot_names(cls):
+    """The slot names of `cls` and its bases, as save_state takes them."""
+    return tuple(_slot_names(cls))
+
+
+def apply_defaults(obj, defaults):
+    """Sets each `defaults` attribute the instance does not have yet, from
+    its expression evaluated for this instance."""
+    for name, code, g in defaults:
+        if not hasattr(obj, name):
+            setattr(obj, name, eval(code, g))
+
+
+def apply_result(obj, result):
+    """Applies what a transformer returned, other than None."""
+    if not isinstance(result, dict):
+        raise TypeError(
+            f"the transformer returned {type(result).__name__}; "
+            "it must change the instance and return None, or return its new state as a dict"
+        )
+    set_state(obj, result)
 
 
 class LazyMigration:

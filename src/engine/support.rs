@@ -5,7 +5,7 @@ use std::ffi::CString;
 use pyo3::call::PyCallArgs;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 
 use crate::diagnostic::{Location, Problem};
 use crate::report::Changes;
@@ -127,15 +127,25 @@ impl<'py> Support<'py> {
         Ok(self.call("instances_of", (class,))?.cast_into::<PyList>()?)
     }
 
-    /// Converts `objs`, saving each state into `saved` first.
-    pub fn convert_all(
-        &self,
-        saved: &Bound<'py, PyList>,
-        objs: &Bound<'py, PyAny>,
-        defaults: &Bound<'py, PyAny>,
-        function: &Bound<'py, PyAny>,
-    ) -> PyResult<()> {
-        self.call("convert_all", (saved, objs, defaults, function)).map(drop)
+    /// The slot names of `class` and its bases (see `eager.rs`).
+    pub fn slot_names(&self, class: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyTuple>> {
+        Ok(self.call("slot_names", (class,))?.cast_into::<PyTuple>()?)
+    }
+
+    /// An instance's state as the journal keeps it, read slot by slot.
+    pub fn save_state(&self, obj: &Bound<'py, PyAny>, slot_names: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+        self.call("save_state", (obj, slot_names))
+    }
+
+    /// Sets the `defaults` attributes the instance lacks.
+    pub fn apply_defaults(&self, obj: &Bound<'py, PyAny>, defaults: &Bound<'py, PyList>) -> PyResult<()> {
+        self.call("apply_defaults", (obj, defaults)).map(drop)
+    }
+
+    /// Applies a transformer's return value other than None: a dict of the
+    /// new state, or a TypeError that says what a transformer must return.
+    pub fn apply_result(&self, obj: &Bound<'py, PyAny>, result: &Bound<'py, PyAny>) -> PyResult<()> {
+        self.call("apply_result", (obj, result)).map(drop)
     }
 
     /// A `LazyMigration` for `class` (see support.py).
@@ -147,6 +157,11 @@ impl<'py> Support<'py> {
         label: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.call("LazyMigration", (class, defaults, function, label))
+    }
+
+    /// Undoes an eager migration journaled by `Journal::instance_states`.
+    pub fn restore_instance_states(&self, objs: &Bound<'py, PyList>, saved: &Bound<'py, PyList>) -> PyResult<()> {
+        self.call("restore_instance_states", (objs, saved)).map(drop)
     }
 
     pub fn restore_states(&self, saved: &Bound<'py, PyList>) -> PyResult<()> {

@@ -276,23 +276,20 @@ pub fn run_one(
             report.instances = instances.len();
             let defaults =
                 defaults_list(py, t).map_err(|e| support.problem(py, "could not prepare the defaults", &e))?;
-            let saved = journal.states(py);
+            let saved = journal.instance_states(&instances);
             let t1 = Instant::now();
-            let none = py.None().into_bound(py);
-            support
-                .convert_all(&saved, instances.as_any(), defaults.as_any(), function.as_ref().unwrap_or(&none))
-                .map_err(|e| {
-                    let failed_at = saved.len();
-                    located(support.problem(
-                        py,
-                        &format!(
-                            "converting `{}` failed on instance {failed_at} of {}; every converted instance was restored",
-                            t.path,
-                            instances.len()
-                        ),
-                        &e,
-                    ))
-                })?;
+            super::eager::convert_all(support, &saved, &instances, &defaults, function.as_ref()).map_err(|e| {
+                let failed_at = saved.len();
+                located(support.problem(
+                    py,
+                    &format!(
+                        "converting `{}` failed on instance {failed_at} of {}; every converted instance was restored",
+                        t.path,
+                        instances.len()
+                    ),
+                    &e,
+                ))
+            })?;
             report.convert_ms = ms(t1);
         }
     }
