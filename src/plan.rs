@@ -79,5 +79,9 @@ pub struct Plan {
     pub update_point: Option<String>,
     pub after: Option<Expression>,
     pub transforms: Vec<TransformPlan>,
+    /// How long to wait for the safe point.
     pub timeout: Duration,
+    /// How long the update's own code may run after the wait (see
+    /// `engine::watchdog`).
+    pub commit_timeout: Duration,
 }

@@ -22,6 +22,9 @@ pub enum Outcome {
     /// Something failed after the program had started to change; every
     /// change was undone.
     RolledBack,
+    /// Given up before the commit, with nothing changed, because the client
+    /// that asked went away or the program began to exit.
+    Cancelled,
 }
 
 impl Outcome {
@@ -29,16 +32,18 @@ impl Outcome {
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Committed | Outcome::Checked => 0,
-            Outcome::Refused | Outcome::RolledBack => 1,
+            Outcome::Refused | Outcome::RolledBack | Outcome::Cancelled => 1,
         }
     }
 
-    fn verb(self) -> &'static str {
+    /// How `status` and the program's log say it: "applied", "refused", ...
+    pub fn verb(self) -> &'static str {
         match self {
             Outcome::Committed => "applied",
             Outcome::Checked => "checked",
             Outcome::Refused => "refused",
             Outcome::RolledBack => "rolled back",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -224,6 +229,12 @@ impl Report {
         }
     }
 
+    /// Ends the report as cancelled: nothing was changed.
+    pub fn cancel(&mut self, problem: Problem) {
+        self.outcome = Outcome::Cancelled;
+        self.problem = Some(problem);
+    }
+
     /// One line for the program's log.
     pub fn one_line(&self) -> String {
         let mut line = format!(
@@ -257,6 +268,7 @@ impl Report {
                 Outcome::Checked => "Checked (nothing changed)",
                 Outcome::Refused => "Refused",
                 Outcome::RolledBack => "Rolled back",
+                Outcome::Cancelled => "Cancelled (nothing changed)",
             },
             self.update,
             self.program,

@@ -19,6 +19,8 @@ use crate::diagnostic::{Location, Problem};
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Longest safe-point wait a spec may ask for: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Default for `[safe_point] commit_timeout_ms`.
+pub const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 10_000;
 
 /// A parsed, statically valid update spec.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -162,6 +164,13 @@ pub struct SafePoint {
     /// How long to wait for the safe point before refusing the update.
     #[schemars(with = "Option<u64>")]
     pub timeout_ms: Option<Spanned<u64>>,
+    /// How long the update's own code may run once the wait is over: the
+    /// new module bodies in staging, then the commit (merge, transforms,
+    /// `[check] after`). Past it, the running code is interrupted with
+    /// `pyreload.UpdateTimeout` and the update refused or rolled back.
+    /// Default 10000.
+    #[schemars(with = "Option<u64>")]
+    pub commit_timeout_ms: Option<Spanned<u64>>,
 }
 
 impl SafePoint {
@@ -170,6 +179,13 @@ impl SafePoint {
             .as_ref()
             .map(|t| *t.get_ref())
             .unwrap_or(DEFAULT_TIMEOUT_MS)
+    }
+
+    pub fn commit_timeout_ms(&self) -> u64 {
+        self.commit_timeout_ms
+            .as_ref()
+            .map(|t| *t.get_ref())
+            .unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS)
     }
 }
 
@@ -413,12 +429,16 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         }
     }
     validate_transforms(source, spec, &mut problems);
-    if let Some(timeout) = &spec.safe_point.timeout_ms {
+    for (timeout, key) in [
+        (&spec.safe_point.timeout_ms, "timeout_ms"),
+        (&spec.safe_point.commit_timeout_ms, "commit_timeout_ms"),
+    ] {
+        let Some(timeout) = timeout else { continue };
         let t = *timeout.get_ref();
         if t == 0 || t > MAX_TIMEOUT_MS {
             problems.push(source.problem(
                 timeout.span(),
-                format!("timeout_ms = {t} is out of range"),
+                format!("{key} = {t} is out of range"),
                 format!("expected 1 to {MAX_TIMEOUT_MS} (one hour)"),
             ));
         }

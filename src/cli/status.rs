@@ -5,16 +5,22 @@ use std::fmt::Write as _;
 
 use clap::Args;
 
-use super::{error, TargetArgs, EXIT_OK, EXIT_USAGE};
+use std::time::Duration;
+
+use super::{error, TargetArgs, EXIT_OK, EXIT_REFUSED, EXIT_USAGE};
 use crate::control::client;
-use crate::control::protocol::ProgramInfo;
-use crate::report::Outcome;
+use crate::control::protocol::{ProgramInfo, Request, Response, PROTOCOL_VERSION};
 
 /// Show a running program's version and update history
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     pyreload status\n  \
-    pyreload status --pid 4242 --json")]
+    pyreload status --pid 4242 --json\n  \
+    pyreload status --collect\n\n\
+    `retained` counts objects of earlier versions (staging modules, the staged copies of \
+    classes) that are still alive. They should be freed at the program's next garbage \
+    collection; --collect runs one first (a pause as long as a full gc.collect() in the \
+    program), so that what it still lists is really kept alive by some reference.")]
 pub struct StatusArgs {
     #[command(flatten)]
     target: TargetArgs,
@@ -24,11 +30,34 @@ pub struct StatusArgs {
     /// Print the status as JSON on stdout
     #[arg(long)]
     json: bool,
+    /// Run a full garbage collection in the program first, then report
+    #[arg(long)]
+    collect: bool,
 }
 
 pub fn status(args: StatusArgs) -> i32 {
     match client::find(&args.target.selector(args.name.clone())) {
-        Ok(found) => {
+        Ok(mut found) => {
+            if args.collect {
+                let request = Request::Collect {
+                    protocol: PROTOCOL_VERSION,
+                };
+                match client::exchange(&found.socket, &request, Some(Duration::from_secs(120))) {
+                    Ok(Response::Status(info)) => found.info = info,
+                    Ok(Response::Error(problem)) => {
+                        eprint!("{}", problem.render(None));
+                        return EXIT_REFUSED;
+                    }
+                    Ok(_) => {
+                        error("the program answered with something other than its status");
+                        return EXIT_REFUSED;
+                    }
+                    Err(e) => {
+                        error(format!("lost contact with pid {}: {e}", found.info.pid));
+                        return EXIT_REFUSED;
+                    }
+                }
+            }
             if args.json {
                 println!(
                     "{}",
@@ -52,6 +81,31 @@ fn to_text(info: &ProgramInfo) -> String {
     let _ = writeln!(out, "  version: {}", info.version.as_deref().unwrap_or("(none)"));
     let _ = writeln!(out, "  uptime:  {:.1} s", info.uptime_s);
     let _ = writeln!(out, "  socket:  {}", info.socket);
+    if let Some(p) = &info.in_progress {
+        let now = crate::host::state::unix_seconds(std::time::SystemTime::now());
+        let _ = writeln!(
+            out,
+            "  updating: `{}`, in {} for {:.1} s ({:.1} s in all)",
+            p.update,
+            p.phase.name(),
+            (now - p.phase_started_at).max(0.0),
+            (now - p.started_at).max(0.0)
+        );
+    }
+    let r = &info.retained;
+    if r.modules + r.classes > 0 {
+        let _ = writeln!(
+            out,
+            "  retained: {} module(s) and {} class(es) of earlier versions still alive (of {} tracked){}",
+            r.modules,
+            r.classes,
+            r.tracked,
+            if r.alive.is_empty() { "" } else { ":" }
+        );
+        for label in &r.alive {
+            let _ = writeln!(out, "    {label}");
+        }
+    }
     match info.rollback.first() {
         None => {
             let _ = writeln!(out, "  rollback: nothing to roll back");
@@ -79,12 +133,7 @@ fn to_text(info: &ProgramInfo) -> String {
     }
     let _ = writeln!(out, "  history:");
     for (i, h) in info.history.iter().enumerate() {
-        let outcome = match h.outcome {
-            Outcome::Committed => "applied",
-            Outcome::Refused => "refused",
-            Outcome::RolledBack => "rolled back",
-            Outcome::Checked => "checked",
-        };
+        let outcome = h.outcome.verb();
         let t = &h.timings;
         let _ = writeln!(
             out,

@@ -47,6 +47,9 @@ pub enum Request {
         dry_run: bool,
         timeout_ms: u64,
     },
+    /// Run a full garbage collection, then answer as `Status`: what
+    /// `retained` lists then is really kept alive.
+    Collect { protocol: u32 },
 }
 
 /// The host's answer to a [`Request`].
@@ -77,6 +80,69 @@ pub struct ProgramInfo {
     /// Committed updates `pyreload rollback` would undo, newest first.
     #[serde(default)]
     pub rollback: Vec<RollbackInfo>,
+    /// The update (or rollback) running now, if any.
+    #[serde(default)]
+    pub in_progress: Option<InProgress>,
+    /// Objects of earlier versions that are still alive (see
+    /// `engine::retained`).
+    #[serde(default)]
+    pub retained: Retained,
+}
+
+/// An update the host is working on, and how far it has got.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InProgress {
+    pub update: String,
+    pub phase: Phase,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    /// When the current phase began, in seconds since the Unix epoch.
+    pub phase_started_at: f64,
+}
+
+/// The phases of an update, in order. Before `commit` an update can still
+/// be cancelled with nothing changed; from `commit` on it runs to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Reading and compiling sources, resolving names.
+    Prepare,
+    /// Waiting for the safe point.
+    Wait,
+    /// Running the new module bodies into staging modules.
+    Stage,
+    /// In the stopped world: merge, transforms, `[check] after`, or the
+    /// undo of a rollback.
+    Commit,
+    /// After the pause: a lazy migration converting the rest.
+    Sweep,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Prepare => "prepare",
+            Phase::Wait => "wait",
+            Phase::Stage => "stage",
+            Phase::Commit => "commit",
+            Phase::Sweep => "sweep",
+        }
+    }
+}
+
+/// How many objects from earlier versions are still alive: staging modules
+/// and the new versions of classes, whose contents the commit merged into
+/// the live ones. Each should be freed by the garbage collector soon after
+/// its update; one that lives on is kept by a reference from somewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retained {
+    pub modules: usize,
+    pub classes: usize,
+    /// How many were tracked since the program started.
+    pub tracked: usize,
+    /// `update: kind name` of each still alive, oldest first (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alive: Vec<String>,
 }
 
 /// A module's source as it runs now and as the spec would load it.

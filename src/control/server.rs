@@ -19,10 +19,12 @@ use super::protocol::{read_frame, write_frame, FrameError, Request, Response, PR
 use super::runtime_dir;
 use crate::diagnostic::Problem;
 use crate::engine;
+use crate::engine::progress::ClientGone;
 use crate::host::state::HostState;
 
-/// A client has this long to send its request once connected.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client has this long to send its whole request once connected;
+/// `PYRELOAD_REQUEST_TIMEOUT_MS` overrides it (tests use a short one).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many connections are served at once; more are closed.
 const MAX_CONNECTIONS: usize = 16;
 
@@ -62,15 +64,29 @@ pub fn spawn(listener: Listener, state: Arc<HostState>) {
 
 fn serve(listener: Listener, state: Arc<HostState>) {
     let active = Arc::new(AtomicUsize::new(0));
+    let request_timeout = std::env::var("PYRELOAD_REQUEST_TIMEOUT_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(REQUEST_TIMEOUT);
     for stream in listener.inner.incoming() {
-        let Ok(stream) = stream else { continue };
+        let Ok(mut stream) = stream else { continue };
         if let Err(reason) = check_peer(&stream) {
             eprintln!("pyreload: refused a control connection: {reason}");
+            // Say why, without reading anything from a peer we do not trust.
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = write_frame(
+                &mut stream,
+                &Response::Error(
+                    Problem::new(format!("refused: {reason}"))
+                        .with_help("only the user running the program may control it"),
+                ),
+            );
             continue;
         }
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
-            let mut stream = stream;
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = write_frame(
                 &mut stream,
                 &Response::Error(Problem::new("too many control connections; try again")),
@@ -80,7 +96,7 @@ fn serve(listener: Listener, state: Arc<HostState>) {
         let state = state.clone();
         let active = active.clone();
         let spawned = std::thread::Builder::new().name("pyreload-conn".into()).spawn(move || {
-            handle(stream, &state);
+            handle(stream, &state, request_timeout);
             active.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {
@@ -95,7 +111,7 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     let me = nix::unistd::getuid().as_raw();
     if creds.uid() != me {
         return Err(format!(
-            "peer uid {} (pid {}) is not uid {me}",
+            "peer uid {} (pid {}) is not the program's uid {me}",
             creds.uid(),
             creds.pid()
         ));
@@ -103,22 +119,92 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     Ok(())
 }
 
-fn handle(mut stream: UnixStream, state: &HostState) {
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let response = match read_frame::<Request>(&mut stream) {
-        Ok(request) => respond(request, state),
+fn handle(mut stream: UnixStream, state: &HostState, request_timeout: Duration) {
+    let request = read_frame::<Request>(&mut Deadlined::new(&stream, request_timeout));
+    let _ = stream.set_read_timeout(None);
+    let response = match request {
+        Ok(request) => {
+            let _owed = state.owe_answer();
+            let gone = || peer_gone(&stream);
+            let response = respond(request, state, &gone);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = write_frame(&mut stream, &response);
+            return;
+        }
         Err(FrameError::Closed) => return,
         Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-            Response::Error(Problem::new("no request arrived in time; closing"))
+            Response::Error(Problem::new(format!(
+                "no complete request arrived within {} ms; closing",
+                request_timeout.as_millis()
+            )))
         }
+        Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return,
         Err(e) => Response::Error(Problem::new(format!("bad request: {e}"))),
     };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let _ = write_frame(&mut stream, &response);
 }
 
-fn respond(request: Request, state: &HostState) -> Response {
+/// Whether the client hung up. A client waits for its answer without
+/// sending anything more, so end-of-file (or a reset) means it is gone.
+fn peer_gone(stream: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) => false,
+        Ok(_) => {
+            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+            if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                return true;
+            }
+            // Readable: more bytes than the protocol allows, or end-of-file.
+            let mut byte = [0u8; 1];
+            matches!(
+                nix::sys::socket::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(stream),
+                    &mut byte,
+                    nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                ),
+                Ok(0) | Err(nix::errno::Errno::ECONNRESET)
+            )
+        }
+        Err(_) => false,
+    }
+}
+
+/// Reads from a stream with one deadline for the whole request, not one per
+/// `read`: a client that trickles a byte at a time cannot hold a connection
+/// open for longer than the deadline.
+struct Deadlined<'a> {
+    stream: &'a UnixStream,
+    deadline: std::time::Instant,
+}
+
+impl<'a> Deadlined<'a> {
+    fn new(stream: &'a UnixStream, timeout: Duration) -> Self {
+        Deadlined {
+            stream,
+            deadline: std::time::Instant::now() + timeout,
+        }
+    }
+}
+
+impl io::Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> Response {
     let protocol = match &request {
         Request::Status { protocol }
+        | Request::Collect { protocol }
         | Request::Apply { protocol, .. }
         | Request::Sources { protocol, .. }
         | Request::Rollback { protocol, .. } => *protocol,
@@ -133,12 +219,19 @@ fn respond(request: Request, state: &HostState) -> Response {
     }
     match request {
         Request::Status { .. } => Response::Status(state.info()),
+        Request::Collect { .. } => match engine::collect_garbage(state) {
+            Ok(()) => Response::Status(state.info()),
+            Err(problem) => Response::Error(problem),
+        },
         Request::Apply {
             spec_path,
             spec_text,
             dry_run,
             ..
-        } => reported(engine::apply(state, &spec_path, &spec_text, dry_run), dry_run),
+        } => reported(
+            engine::apply(state, &spec_path, &spec_text, dry_run, Some(client_gone)),
+            dry_run,
+        ),
         Request::Sources {
             spec_path, spec_text, ..
         } => match engine::sources(state, &spec_path, &spec_text) {
@@ -148,7 +241,12 @@ fn respond(request: Request, state: &HostState) -> Response {
         Request::Rollback {
             dry_run, timeout_ms, ..
         } => reported(
-            engine::rollback::rollback(state, dry_run, std::time::Duration::from_millis(timeout_ms)),
+            engine::rollback::rollback(
+                state,
+                dry_run,
+                std::time::Duration::from_millis(timeout_ms),
+                Some(client_gone),
+            ),
             dry_run,
         ),
     }

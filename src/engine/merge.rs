@@ -66,6 +66,9 @@ pub fn merge(
 pub struct Merged {
     reports: Vec<ModuleReport>,
     pending: Pending,
+    /// The staged classes whose contents went into a live class, by
+    /// qualified name: garbage now (see `retained`).
+    replaced_classes: Vec<(String, Py<PyAny>)>,
 }
 
 #[derive(Default)]
@@ -85,6 +88,10 @@ struct PendingFunction {
 }
 
 impl Merged {
+    pub fn replaced_classes(&self) -> &[(String, Py<PyAny>)] {
+        &self.replaced_classes
+    }
+
     /// Completes the report: which functions and classes really changed,
     /// comparing code while ignoring line numbers. Runs after the pause.
     pub fn finish(self, py: Python<'_>, support: &Support<'_>) -> Vec<ModuleReport> {
@@ -260,9 +267,17 @@ impl<'a, 'py> Merger<'a, 'py> {
         if self.truncated {
             eprintln!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies");
         }
+        let replaced_classes = classes
+            .into_iter()
+            .map(|pair| {
+                let name = format!("{}.{}", self.plan.modules[pair.module].name, qualname(&pair.old));
+                (name, pair.new.unbind())
+            })
+            .collect();
         Ok(Merged {
             reports: self.reports,
             pending,
+            replaced_classes,
         })
     }
 

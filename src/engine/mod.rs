@@ -18,18 +18,21 @@ pub mod fault;
 pub mod journal;
 pub mod merge;
 pub mod prepare;
+pub mod progress;
+pub mod retained;
 pub mod rollback;
 pub mod safepoint;
 pub mod stage;
 pub mod support;
 pub mod transform;
+pub mod watchdog;
 pub mod world;
 
 use std::time::Instant;
 
 use pyo3::prelude::*;
 
-use crate::control::protocol::ModuleSources;
+use crate::control::protocol::{ModuleSources, Phase};
 use crate::diagnostic::Problem;
 use crate::host::state::{GateError, HostState};
 use crate::host::update_point::POINTS;
@@ -37,7 +40,9 @@ use crate::plan::Plan;
 use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
 use crate::spec::{self, SpecSource};
 use journal::Journal;
+use progress::{ClientGone, Progress};
 use support::Support;
+use watchdog::Deadline;
 use world::StoppedWorld;
 
 /// For `pyreload run --reload`: the loaded modules whose files these are,
@@ -51,6 +56,16 @@ pub fn modules_for_files(state: &HostState, files: &[std::path::PathBuf]) -> Res
             .modules_for_files(paths)
             .map_err(|e| support.problem(py, "could not map files to modules", &e))
     })
+}
+
+/// For `pyreload status --collect`: a full garbage collection, so that the
+/// objects of earlier versions still listed afterwards are really kept
+/// alive by something.
+pub fn collect_garbage(state: &HostState) -> Result<(), Problem> {
+    let _gate = state
+        .begin_update()
+        .map_err(|e| Problem::new(format!("cannot collect garbage now: {e}")))?;
+    Python::attach(|py| retained::collect(py).map_err(|e| Problem::new(format!("gc.collect() failed: {e}"))))
 }
 
 /// For `pyreload diff`: the running and the new source of every module the
@@ -91,8 +106,16 @@ pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Ve
 
 /// Validates the spec against the running program and, unless `dry_run`,
 /// applies it. `Err` means the request could not be served at all (busy,
-/// exiting, unparsable); refusals and rollbacks are reports.
-pub fn apply(state: &HostState, spec_path: &str, spec_text: &str, dry_run: bool) -> Result<Report, Problem> {
+/// exiting, unparsable); refusals, cancellations and rollbacks are reports.
+/// `client_gone` tells whether whoever asked has stopped waiting: until the
+/// commit starts, the update is then cancelled (see [`progress`]).
+pub fn apply(
+    state: &HostState,
+    spec_path: &str,
+    spec_text: &str,
+    dry_run: bool,
+    client_gone: Option<ClientGone<'_>>,
+) -> Result<Report, Problem> {
     let started = Instant::now();
     let source = SpecSource {
         path: spec_path.to_string(),
@@ -111,15 +134,25 @@ pub fn apply(state: &HostState, spec_path: &str, spec_text: &str, dry_run: bool)
         state.version(),
         spec.update.to.get_ref().clone(),
     );
-    Python::attach(|py| run(py, state, &source, &spec, dry_run, &mut report));
+    let progress = Progress::begin(state, &report.update, client_gone);
+    Python::attach(|py| run(py, state, &progress, &source, &spec, dry_run, &mut report));
     report.timings.total_ms = ms(started);
     if !dry_run {
         state.record_attempt(&report);
     }
+    drop(progress);
     Ok(report)
 }
 
-fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec, dry_run: bool, report: &mut Report) {
+fn run(
+    py: Python<'_>,
+    state: &HostState,
+    progress: &Progress<'_>,
+    source: &SpecSource,
+    spec: &spec::Spec,
+    dry_run: bool,
+    report: &mut Report,
+) {
     let support = match Support::load(py) {
         Ok(s) => s,
         Err(e) => {
@@ -171,26 +204,50 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
         }
         return;
     }
+    if let Some(problem) = progress.abandoned() {
+        return report.cancel(problem);
+    }
 
+    progress.enter(Phase::Wait);
     let mut pacer = safepoint::Pacer::new(Instant::now() + plan.timeout);
     let _point = plan.update_point.as_deref().map(|name| POINTS.request(name));
     let t = Instant::now();
-    let waited = wait(py, &support, &plan, &mut pacer, &mut report.safe_point_checks);
+    let waited = {
+        // A condition that never returns is cut off soon after the wait's
+        // deadline. (The grace lets a check that is merely slow finish.)
+        let deadline = Deadline::arm(py, pacer.deadline() + WAIT_GRACE);
+        wait(py, &support, &plan, progress, &mut pacer, &mut report.safe_point_checks).map_err(|stop| match stop {
+            Stop::Refused(problem) => Stop::Refused(interrupted(
+                problem,
+                &deadline,
+                &format!("the safe-point wait's timeout_ms ({} ms)", plan.timeout.as_millis()),
+            )),
+            abandoned => abandoned,
+        })
+    };
     report.timings.wait_ms = ms(t);
-    if let Err(problem) = waited {
-        return report.problem = Some(problem);
+    match waited {
+        Ok(()) => {}
+        Err(Stop::Refused(problem)) => return report.problem = Some(problem),
+        Err(Stop::Abandoned(problem)) => return report.cancel(problem),
     }
 
+    // From here the update's own code runs: the new module bodies, then the
+    // commit. `commit_timeout_ms` bounds all of it.
+    progress.enter(Phase::Stage);
+    let deadline = Deadline::arm(py, Instant::now() + plan.commit_timeout);
     let t = Instant::now();
     let staged = stage::stage(py, &support, &plan);
     report.timings.stage_ms = ms(t);
     let staged = match staged {
         Ok(staged) => staged,
-        Err(problem) => return report.problem = Some(problem),
+        Err(problem) => return report.problem = Some(interrupted(problem, &deadline, &commit_limit(&plan))),
     };
     let samples = match transform::lazy_samples(py, &support, &plan) {
         Ok(samples) => samples,
         Err(problem) => {
+            let problem = interrupted(problem, &deadline, &commit_limit(&plan));
+            drop(deadline);
             stage::forget_modules(py, &staged.imported);
             return report.problem = Some(problem);
         }
@@ -204,13 +261,21 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
 
     // Staging let the program run, so the safe point is decided again, with
     // every other thread stopped, and the commit follows in the same window.
+    let mut deadline = Some(deadline);
     loop {
+        if let Some(problem) = progress.abandoned() {
+            drop(deadline);
+            stage::forget_modules(py, &staged.imported);
+            return report.cancel(problem);
+        }
+        progress.enter(Phase::Commit);
         let stopped_at = Instant::now();
         let world = StoppedWorld::stop(py);
         report.timings.stop_ms = ms(stopped_at);
         let world = match world {
             Ok(world) => world,
             Err(e) => {
+                drop(deadline);
                 stage::forget_modules(py, &staged.imported);
                 return report.problem = Some(support.problem(py, "could not stop the program's threads", &e));
             }
@@ -221,28 +286,46 @@ fn run(py: Python<'_>, state: &HostState, source: &SpecSource, spec: &spec::Spec
             Ok(b) => b,
             Err(problem) => {
                 drop(world);
+                let problem = interrupted(
+                    problem,
+                    deadline.as_ref().expect("armed until the commit"),
+                    &commit_limit(&plan),
+                );
+                drop(deadline);
                 stage::forget_modules(py, &staged.imported);
                 return report.problem = Some(problem);
             }
         };
         if blockers.clear() {
-            let merged = commit(py, &support, state, &plan, &staged, &samples, report);
+            let deadline = deadline.take().expect("armed until the commit");
+            let merged = commit(py, &support, state, &plan, &staged, &samples, deadline, report);
             let t = Instant::now();
             drop(world);
             report.timings.resume_ms = ms(t);
             report.timings.pause_ms = ms(stopped_at);
             if let Some((merged, lazies)) = merged {
                 report.modules = merged.finish(py, &support);
-                finish_lazy(py, state, lazies, report);
+                progress.enter(Phase::Sweep);
+                finish_lazy(py, state, &plan, lazies, report);
             }
             return;
         }
         drop(world);
+        progress.enter(Phase::Wait);
         if !pacer.next(py) {
+            drop(deadline);
             stage::forget_modules(py, &staged.imported);
             return report.problem = Some(safepoint::timed_out(&plan, &blockers));
         }
     }
+}
+
+/// Why a wait ended without its safe point.
+enum Stop {
+    /// The safe point was not reached in time, or could not be decided.
+    Refused(Problem),
+    /// Nobody waits for the update any more, or the program is exiting.
+    Abandoned(Problem),
 }
 
 /// Waits, with the program running, until the safe point looks reachable.
@@ -250,27 +333,59 @@ fn wait(
     py: Python<'_>,
     support: &Support<'_>,
     plan: &Plan,
+    progress: &Progress<'_>,
     pacer: &mut safepoint::Pacer,
     checks: &mut u32,
-) -> Result<(), Problem> {
+) -> Result<(), Stop> {
+    // How long to block for an update point before looking whether the
+    // update was abandoned.
+    const ARRIVAL_SLICE: std::time::Duration = std::time::Duration::from_millis(20);
     loop {
+        if let Some(problem) = progress.abandoned() {
+            return Err(Stop::Abandoned(problem));
+        }
         if plan.update_point.is_some() && POINTS.waiting().is_empty() {
-            let deadline = pacer.deadline();
-            py.detach(|| POINTS.wait_for_arrival(deadline));
+            let until = pacer.deadline().min(Instant::now() + ARRIVAL_SLICE);
+            if !py.detach(|| POINTS.wait_for_arrival(until)) && Instant::now() < pacer.deadline() {
+                continue;
+            }
         }
         *checks += 1;
-        let blockers = safepoint::check(py, support, plan, &POINTS.waiting())?;
+        let blockers = safepoint::check(py, support, plan, &POINTS.waiting()).map_err(Stop::Refused)?;
         if blockers.clear() {
             return Ok(());
         }
         if !pacer.next(py) {
-            return Err(safepoint::timed_out(plan, &blockers));
+            return Err(Stop::Refused(safepoint::timed_out(plan, &blockers)));
         }
     }
 }
 
+/// How long a condition may still run once the wait's deadline has passed.
+const WAIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Says so when a failure came from the watchdog interrupting code that ran
+/// past `limit`.
+fn interrupted(mut problem: Problem, deadline: &Deadline<'_>, limit: &str) -> Problem {
+    if deadline.fired() > 0 {
+        problem.message = format!(
+            "the update's own code ran past {limit} and was interrupted; {}",
+            problem.message
+        );
+        problem.help = Some(
+            "find the loop in the traceback below; if the code is only slow, raise the limit in [safe_point]".into(),
+        );
+    }
+    problem
+}
+
+fn commit_limit(plan: &Plan) -> String {
+    format!("commit_timeout_ms ({} ms)", plan.commit_timeout.as_millis())
+}
+
 /// The commit proper, inside the stopped world: merge, check, and roll back
 /// on any failure. Returns the merge, for its report, when committed.
+#[allow(clippy::too_many_arguments)]
 fn commit(
     py: Python<'_>,
     support: &Support<'_>,
@@ -278,6 +393,7 @@ fn commit(
     plan: &Plan,
     staged: &stage::Staged,
     samples: &[Option<Py<pyo3::types::PyList>>],
+    deadline: Deadline<'_>,
     report: &mut Report,
 ) -> Option<(merge::Merged, Vec<transform::PendingLazy>)> {
     let gc = GcPaused::new(py);
@@ -316,6 +432,10 @@ fn commit(
         }
         Err(problem) => (None, Some(problem)),
     };
+    // No more of the update's own code runs: undoing or finishing must not
+    // be interrupted.
+    let failure = failure.map(|problem| interrupted(problem, &deadline, &commit_limit(plan)));
+    drop(deadline);
     let result = match failure {
         Some(mut problem) => {
             let t = Instant::now();
@@ -345,6 +465,9 @@ fn commit(
                 previous_sources,
             ));
             state.set_version(Some(plan.to.clone()));
+            if let Some((merged, _)) = &merged {
+                track_garbage(py, plan, staged, merged, &report.update);
+            }
             merged
         }
     };
@@ -352,14 +475,34 @@ fn commit(
     result
 }
 
+/// Watches what this update made garbage: the staging modules (but those of
+/// new modules, which are now live) and the staged classes merged into live
+/// ones. See [`retained`].
+fn track_garbage(py: Python<'_>, plan: &Plan, staged: &stage::Staged, merged: &merge::Merged, update: &str) {
+    for (m, module) in plan.modules.iter().zip(&staged.modules) {
+        if !m.new {
+            let _ = retained::track(module.bind(py).as_any(), retained::Kind::Module, update, &m.name);
+        }
+    }
+    for (name, class) in merged.replaced_classes() {
+        let _ = retained::track(class.bind(py), retained::Kind::Class, update, name);
+    }
+}
+
 /// With the world running again: finishes lazy migrations, so their hooks
 /// come off and converted data can be rolled back.
-fn finish_lazy(py: Python<'_>, state: &HostState, lazies: Vec<transform::PendingLazy>, report: &mut Report) {
+fn finish_lazy(
+    py: Python<'_>,
+    state: &HostState,
+    plan: &Plan,
+    lazies: Vec<transform::PendingLazy>,
+    report: &mut Report,
+) {
     for lazy in lazies {
         let index = lazy.report;
         let transform = &mut report.transforms[index];
         let target = transform.target.clone();
-        if let Err(e) = transform::sweep(py, lazy, transform) {
+        if let Err(e) = transform::sweep(py, lazy, transform, plan.commit_timeout) {
             report
                 .warnings
                 .push(format!("the lazy migration of `{target}` could not finish: {e}"));

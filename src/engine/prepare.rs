@@ -184,6 +184,7 @@ pub fn prepare(
         after: expression(&spec.check.after, "[check] after")?,
         transforms,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
+        commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
     })
 }
 

@@ -14,10 +14,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PySet};
 
 use super::journal::Journal;
+use super::progress::{ClientGone, Progress};
+use super::watchdog::Deadline;
 use super::support::Support;
 use super::world::StoppedWorld;
 use super::{safepoint, transform};
-use crate::control::protocol::RollbackInfo;
+use crate::control::protocol::{Phase, RollbackInfo};
 use crate::diagnostic::Problem;
 use crate::host::state::{GateError, HostState};
 use crate::plan::{Plan, TransformPlan};
@@ -36,6 +38,8 @@ pub struct Committed {
     pub blocked: Option<String>,
     /// The running sources the update replaced, to put back.
     pub previous_sources: Vec<(String, Option<(String, String)>)>,
+    /// The spec's `commit_timeout_ms`, which bounds the reverse transformers.
+    pub commit_timeout: Duration,
 }
 
 impl Committed {
@@ -84,6 +88,7 @@ impl Committed {
             reverses,
             blocked,
             previous_sources,
+            commit_timeout: plan.commit_timeout,
         }
     }
 
@@ -99,7 +104,12 @@ impl Committed {
 
 /// Undoes the last committed update (or, with `dry_run`, says whether it
 /// could).
-pub fn rollback(state: &HostState, dry_run: bool, timeout: Duration) -> Result<Report, Problem> {
+pub fn rollback(
+    state: &HostState,
+    dry_run: bool,
+    timeout: Duration,
+    client_gone: Option<ClientGone<'_>>,
+) -> Result<Report, Problem> {
     let started = Instant::now();
     let _gate = state.begin_update().map_err(|e| match e {
         GateError::Busy => Problem::new("an update is in progress in this program; nothing was rolled back")
@@ -123,15 +133,24 @@ pub fn rollback(state: &HostState, dry_run: bool, timeout: Duration) -> Result<R
         state.version(),
         to.clone().unwrap_or_else(|| "(none)".into()),
     );
-    Python::attach(|py| run(py, state, dry_run, timeout, &mut report));
+    let progress = Progress::begin(state, &report.update, client_gone);
+    Python::attach(|py| run(py, state, &progress, dry_run, timeout, &mut report));
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     if !dry_run {
         state.record_attempt(&report);
     }
+    drop(progress);
     Ok(report)
 }
 
-fn run(py: Python<'_>, state: &HostState, dry_run: bool, timeout: Duration, report: &mut Report) {
+fn run(
+    py: Python<'_>,
+    state: &HostState,
+    progress: &Progress<'_>,
+    dry_run: bool,
+    timeout: Duration,
+    report: &mut Report,
+) {
     let support = match Support::load(py) {
         Ok(s) => s,
         Err(e) => return report.problem = Some(Problem::new(format!("could not load pyreload's helpers: {e}"))),
@@ -148,8 +167,14 @@ fn run(py: Python<'_>, state: &HostState, dry_run: bool, timeout: Duration, repo
         report.outcome = Outcome::Checked;
         return;
     }
+    progress.enter(Phase::Wait);
     let mut pacer = safepoint::Pacer::new(Instant::now() + plan.timeout);
+    let commit_timeout = state.with_last_committed(|c| c.commit_timeout).unwrap_or_default();
     loop {
+        if let Some(problem) = progress.abandoned() {
+            return report.cancel(problem);
+        }
+        progress.enter(Phase::Commit);
         let stopped_at = Instant::now();
         let world = match StoppedWorld::stop(py) {
             Ok(world) => world,
@@ -162,22 +187,26 @@ fn run(py: Python<'_>, state: &HostState, dry_run: bool, timeout: Duration, repo
             Err(problem) => return report.problem = Some(problem),
         };
         if blockers.clear() {
-            undo(py, &support, state, report);
+            undo(py, &support, state, commit_timeout, report);
             drop(world);
             report.timings.pause_ms = stopped_at.elapsed().as_secs_f64() * 1000.0;
             return;
         }
         drop(world);
+        progress.enter(Phase::Wait);
         if !pacer.next(py) {
             return report.problem = Some(safepoint::timed_out(&plan, &blockers));
         }
     }
 }
 
-/// Inside the stopped world: reverse the data, then the code.
-fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, report: &mut Report) {
+/// Inside the stopped world: reverse the data, then the code. The reverse
+/// transformers are the user's code, and run under the update's
+/// `commit_timeout_ms` (see [`super::watchdog`]).
+fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, commit_timeout: Duration, report: &mut Report) {
     let t = Instant::now();
     let mut data_journal = Journal::default();
+    let deadline = Deadline::arm(py, Instant::now() + commit_timeout);
     let reversed: Result<Vec<_>, Problem> = state
         .with_last_committed(|c| {
             c.reverses
@@ -186,6 +215,18 @@ fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, report: &mut R
                 .collect()
         })
         .unwrap_or_else(|| Ok(Vec::new()));
+    let fired = deadline.fired() > 0;
+    drop(deadline);
+    let reversed = reversed.map_err(|mut problem| {
+        if fired {
+            problem.message = format!(
+                "a reverse transformer ran past commit_timeout_ms ({} ms) and was interrupted; {}",
+                commit_timeout.as_millis(),
+                problem.message
+            );
+        }
+        problem
+    });
     match reversed {
         Ok(reports) => report.transforms = reports,
         Err(problem) => {
@@ -246,5 +287,6 @@ fn safe_point_plan(py: Python<'_>, support: &Support<'_>, state: &HostState, tim
         after: None,
         transforms: Vec::new(),
         timeout,
+        commit_timeout: Duration::ZERO,
     })
 }

@@ -11,7 +11,7 @@
 //! installs hooks that convert the rest on first use; [`sweep`] finishes it
 //! after the pause.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
@@ -168,13 +168,20 @@ fn install_lazy(
 /// used yet, in batches, releasing the GIL between batches, then removes the
 /// hooks. Instances whose transformer raises keep their old state, and the
 /// hooks stay, so that using them keeps raising rather than misbehaving.
-pub fn sweep(py: Python<'_>, pending: PendingLazy, report: &mut TransformReport) -> PyResult<()> {
+///
+/// Each batch must finish within `batch_timeout` (the spec's
+/// `commit_timeout_ms`), or the transformer is interrupted (see
+/// [`super::watchdog`]) and the sweep ends with an error.
+pub fn sweep(py: Python<'_>, pending: PendingLazy, report: &mut TransformReport, batch_timeout: Duration) -> PyResult<()> {
     const BATCH: usize = 1000;
     let t0 = Instant::now();
     let migration = pending.migration.bind(py);
     report.instances += migration.call_method0("start_sweep")?.extract::<usize>()?;
     loop {
-        let left: usize = migration.call_method1("sweep", (BATCH,))?.extract()?;
+        let left: usize = {
+            let _deadline = super::watchdog::Deadline::arm(py, Instant::now() + batch_timeout);
+            migration.call_method1("sweep", (BATCH,))?.extract()?
+        };
         if left == 0 {
             break;
         }

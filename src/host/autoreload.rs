@@ -35,7 +35,7 @@ fn reload(state: &HostState, files: &[PathBuf]) {
         Err(problem) => return eprintln!("pyreload: could not reload changed files: {problem}"),
     };
     let spec = auto_spec(state.version(), &modules);
-    match engine::apply(state, &spec_path(files), &spec, false) {
+    match engine::apply(state, &spec_path(files), &spec, false, None) {
         Ok(report) => eprintln!("pyreload: {}", report.one_line()),
         Err(problem) => eprintln!("pyreload: could not reload {}: {problem}", modules.join(", ")),
     }

@@ -27,6 +27,11 @@ fn host() -> PyResult<&'static Arc<HostState>> {
 pub mod pyreload {
     use super::*;
 
+    /// Raised in an update's own code (a module body, a condition, a
+    /// transformer or a check) that ran past its deadline.
+    #[pymodule_export]
+    use crate::engine::watchdog::UpdateTimeout;
+
     /// The version the program runs now: the one given to `pyreload run
     /// --version`, or the `to` of the last update applied. None when neither
     /// was given.
@@ -64,7 +69,7 @@ pub mod pyreload {
     fn _host_exiting(py: Python<'_>) -> PyResult<()> {
         let host = host()?;
         py.detach(|| {
-            host.mark_exiting();
+            host.mark_exiting(std::time::Duration::from_secs(2));
             // No update can start any more; stop advertising the socket.
             crate::host::state::remove_own_socket(&host.socket_path);
         });

@@ -2,10 +2,11 @@
 //! interpreter (through the `pyreload` module), the control thread and the
 //! update engine.
 
-use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::control::protocol::{HistoryEntry, ProgramInfo};
+use crate::control::protocol::{HistoryEntry, InProgress, Phase, ProgramInfo};
 use crate::engine::rollback::Committed;
 
 /// Whether Python may still be entered from the control thread.
@@ -36,6 +37,17 @@ pub struct HostState {
     committed: Mutex<Vec<Committed>>,
     /// Held for the whole of an update; see [`Lifecycle`].
     lifecycle: Mutex<Lifecycle>,
+    /// Set as soon as the program starts to exit, before the exit hook
+    /// waits for the lifecycle lock: an update still waiting for its safe
+    /// point sees it and gives up, instead of holding the exit back.
+    exit_requested: AtomicBool,
+    /// The update running now, for `status`.
+    in_progress: Mutex<Option<InProgress>>,
+    /// Answers to update requests not yet written to their client. The
+    /// exit hook waits for them, so a client hears how its update ended
+    /// even when the program exits right after.
+    unanswered: Mutex<usize>,
+    answered: Condvar,
 }
 
 /// Why an update could not start.
@@ -59,6 +71,10 @@ impl HostState {
             committed: Mutex::new(Vec::new()),
             sources: Mutex::new(std::collections::HashMap::new()),
             lifecycle: Mutex::new(Lifecycle::Running),
+            exit_requested: AtomicBool::new(false),
+            in_progress: Mutex::new(None),
+            unanswered: Mutex::new(0),
+            answered: Condvar::new(),
         }
     }
 
@@ -139,7 +155,47 @@ impl HostState {
             socket: self.socket_path.display().to_string(),
             history: lock(&self.history).clone(),
             rollback: lock(&self.committed).iter().rev().map(Committed::info).collect(),
+            in_progress: lock(&self.in_progress).clone(),
+            retained: crate::engine::retained::summary(),
         }
+    }
+
+    /// Records that `update` has begun, in `phase`.
+    pub fn set_in_progress(&self, update: &str, phase: Phase) {
+        let now = unix_seconds(SystemTime::now());
+        let mut current = lock(&self.in_progress);
+        match current.as_mut() {
+            Some(p) if p.update == update => {
+                if p.phase != phase {
+                    p.phase = phase;
+                    p.phase_started_at = now;
+                }
+            }
+            _ => {
+                *current = Some(InProgress {
+                    update: update.to_string(),
+                    phase,
+                    started_at: now,
+                    phase_started_at: now,
+                })
+            }
+        }
+    }
+
+    pub fn clear_in_progress(&self) {
+        *lock(&self.in_progress) = None;
+    }
+
+    /// Whether the program has started to exit.
+    pub fn exit_requested(&self) -> bool {
+        self.exit_requested.load(Ordering::SeqCst)
+    }
+
+    /// Counts an answer owed to a client until the returned guard drops
+    /// (after the answer is written).
+    pub fn owe_answer(&self) -> AnswerOwed<'_> {
+        *lock(&self.unanswered) += 1;
+        AnswerOwed { state: self }
     }
 
     /// Takes the right to enter Python for an update. Refuses at once,
@@ -157,10 +213,39 @@ impl HostState {
         }
     }
 
-    /// Called from the interpreter's `atexit` hook, without the GIL: waits
-    /// for an update in progress, then forbids new ones.
-    pub fn mark_exiting(&self) {
+    /// Called from the interpreter's `atexit` hook, without the GIL: makes
+    /// an update that still waits give up, waits for an update in progress
+    /// to end, forbids new ones, and gives the last answers up to `linger`
+    /// to reach their clients.
+    pub fn mark_exiting(&self, linger: Duration) {
+        self.exit_requested.store(true, Ordering::SeqCst);
         *lock(&self.lifecycle) = Lifecycle::Exiting;
+        let deadline = Instant::now() + linger;
+        let mut owed = lock(&self.unanswered);
+        while *owed > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            owed = self
+                .answered
+                .wait_timeout(owed, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// An answer a client is owed; see [`HostState::owe_answer`].
+pub struct AnswerOwed<'a> {
+    state: &'a HostState,
+}
+
+impl Drop for AnswerOwed<'_> {
+    fn drop(&mut self) {
+        let mut owed = lock(&self.state.unanswered);
+        *owed = owed.saturating_sub(1);
+        self.state.answered.notify_all();
     }
 }
 

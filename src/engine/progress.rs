@@ -1,0 +1,61 @@
+//! An update in progress: the phase `pyreload status` shows, and the two
+//! reasons to give up before the commit.
+//!
+//! Until the commit starts, nothing in the program has changed, so an
+//! update can stop cleanly. It does when nobody waits for it any more (the
+//! `pyreload apply` that asked was interrupted or killed) or when the
+//! program starts to exit. It checks at each phase boundary and at every
+//! safe-point check while it waits. From the commit on, an update runs to
+//! its end: committed, or rolled back.
+
+use crate::control::protocol::Phase;
+use crate::diagnostic::Problem;
+use crate::host::state::HostState;
+
+/// Tells whether the client that asked for an update has gone away.
+pub type ClientGone<'a> = &'a (dyn Fn() -> bool + Sync);
+
+/// One update's progress, visible in `status` until dropped.
+pub struct Progress<'a> {
+    state: &'a HostState,
+    update: String,
+    client_gone: Option<ClientGone<'a>>,
+}
+
+impl<'a> Progress<'a> {
+    /// Starts showing `update` as in progress, in `prepare`. `client_gone`
+    /// is None when nobody waits for the answer (`run --reload`).
+    pub fn begin(state: &'a HostState, update: &str, client_gone: Option<ClientGone<'a>>) -> Progress<'a> {
+        state.set_in_progress(update, Phase::Prepare);
+        Progress {
+            state,
+            update: update.to_string(),
+            client_gone,
+        }
+    }
+
+    pub fn enter(&self, phase: Phase) {
+        self.state.set_in_progress(&self.update, phase);
+    }
+
+    /// Why the update must stop now, if it must. Only ask before the commit.
+    pub fn abandoned(&self) -> Option<Problem> {
+        if self.state.exit_requested() {
+            return Some(Problem::new(
+                "the program began to exit while the update was in progress; nothing was changed",
+            ));
+        }
+        if self.client_gone.is_some_and(|gone| gone()) {
+            return Some(Problem::new(
+                "the client that asked for the update went away (was `pyreload apply` interrupted?); the update was cancelled before the commit and nothing was changed",
+            ));
+        }
+        None
+    }
+}
+
+impl Drop for Progress<'_> {
+    fn drop(&mut self) {
+        self.state.clear_in_progress();
+    }
+}

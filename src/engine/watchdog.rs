@@ -1,0 +1,199 @@
+//! Deadlines for the update's own Python code.
+//!
+//! An update runs code the user wrote: new module bodies in staging, the
+//! safe-point condition, transformers and `[check] after` in the stopped
+//! world. Any of it may loop forever. With the world stopped, that would
+//! hang the whole program, and the gate would refuse every later update.
+//!
+//! While a [`Deadline`] is armed, one watchdog thread sleeps until it
+//! passes. If the control thread is still inside the update then, the
+//! watchdog raises [`UpdateTimeout`] in it, with
+//! `PyThreadState_SetAsyncExc`: the exception surfaces at the next bytecode
+//! instruction the control thread runs, the update fails there, and the
+//! engine refuses it or rolls it back as for any other error. If the code
+//! catches the exception and goes on, it is raised again every
+//! [`REPEAT`]. Code blocked inside a C call (a sleep, a lock) sees the
+//! exception only when that call returns.
+//!
+//! `UpdateTimeout` derives from `BaseException`, like `KeyboardInterrupt`,
+//! so an `except Exception:` in a transformer does not swallow it. Disarming
+//! clears an exception raised but not yet delivered, so it can never
+//! surface later, in the rollback or in the program.
+
+use std::os::raw::{c_long, c_ulong};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+pyo3::create_exception!(
+    pyreload,
+    UpdateTimeout,
+    pyo3::exceptions::PyBaseException,
+    "Raised in an update's own code (a module body, a condition, a transformer or a check) that ran past its deadline."
+);
+
+/// How often an exception the code swallowed is raised again.
+const REPEAT: Duration = Duration::from_millis(100);
+
+/// The switch interval the watchdog asks for while it waits for the GIL, in
+/// microseconds. The stopped world sets a long one (see world.rs), which
+/// would otherwise delay the interruption by up to a second.
+const PROMPT_SWITCH_US: c_ulong = 1_000;
+
+extern "C" {
+    /// Exported by CPython 3.11 (`Include/cpython/ceval.h`); what
+    /// `sys.setswitchinterval` calls. A plain store, safe without the GIL.
+    fn _PyEval_SetSwitchInterval(microseconds: c_ulong);
+    fn _PyEval_GetSwitchInterval() -> c_ulong;
+}
+
+struct Armed {
+    /// The thread to interrupt, as `threading.get_ident()`.
+    thread: c_ulong,
+    deadline: Instant,
+    /// Told apart from a later arming of the same thread.
+    generation: u64,
+    fired: u32,
+}
+
+struct Shared {
+    armed: Option<Armed>,
+    generation: u64,
+}
+
+static SHARED: Mutex<Shared> = Mutex::new(Shared {
+    armed: None,
+    generation: 0,
+});
+static CHANGED: Condvar = Condvar::new();
+/// Held by the watchdog from deciding to interrupt until it has let go of
+/// the GIL again. Disarming waits for it, so the watchdog never attaches to
+/// an interpreter after the update (and its hold on the exit) has ended.
+static FIRING: Mutex<()> = Mutex::new(());
+static THREAD: OnceLock<()> = OnceLock::new();
+
+fn shared() -> MutexGuard<'static, Shared> {
+    SHARED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An armed deadline for the calling thread's Python code. Dropping it
+/// disarms, and must happen with the GIL held (it may clear a pending
+/// exception).
+pub struct Deadline<'py> {
+    py: Python<'py>,
+    generation: u64,
+}
+
+impl<'py> Deadline<'py> {
+    /// Arms a deadline for the calling thread, which must be attached.
+    pub fn arm(py: Python<'py>, deadline: Instant) -> Deadline<'py> {
+        THREAD.get_or_init(|| crate::host::spawn_service_thread("pyreload-watchdog", watch));
+        // SAFETY: a plain C call that returns the calling thread's id.
+        let thread = unsafe { ffi::PyThread_get_thread_ident() };
+        let mut s = shared();
+        s.generation += 1;
+        let generation = s.generation;
+        s.armed = Some(Armed {
+            thread,
+            deadline,
+            generation,
+            fired: 0,
+        });
+        CHANGED.notify_all();
+        Deadline { py, generation }
+    }
+
+    /// How many times the watchdog interrupted the code so far.
+    pub fn fired(&self) -> u32 {
+        match &shared().armed {
+            Some(a) if a.generation == self.generation => a.fired,
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        // The watchdog may be waiting for the GIL to interrupt us: then let
+        // it have it, and wait until it is done. Otherwise keep the GIL: in
+        // the stopped world no other thread may take it.
+        let _firing = loop {
+            match FIRING.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    self.py.detach(|| drop(FIRING.lock().unwrap_or_else(|p| p.into_inner())))
+                }
+            }
+        };
+        let mut s = shared();
+        if let Some(a) = s.armed.take_if(|a| a.generation == self.generation) {
+            if a.fired > 0 {
+                // SAFETY: we hold the GIL (`self.py`); a NULL exception
+                // clears any async exception still pending for the thread.
+                unsafe { ffi::PyThreadState_SetAsyncExc(a.thread as c_long, std::ptr::null_mut()) };
+            }
+        }
+        CHANGED.notify_all();
+    }
+}
+
+/// The watchdog thread: sleeps without the GIL until an armed deadline
+/// passes, then interrupts.
+fn watch() {
+    let mut s = shared();
+    loop {
+        let due = match &s.armed {
+            None => None,
+            Some(a) => Some((a.generation, a.deadline)),
+        };
+        match due {
+            None => s = CHANGED.wait(s).unwrap_or_else(|p| p.into_inner()),
+            Some((generation, deadline)) => {
+                let now = Instant::now();
+                if now < deadline {
+                    s = CHANGED.wait_timeout(s, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+                    continue;
+                }
+                // Never wait for the GIL while holding the lock: the control
+                // thread disarms with the GIL held.
+                drop(s);
+                {
+                    let _firing = FIRING.lock().unwrap_or_else(|p| p.into_inner());
+                    // Disarming holds FIRING, so if the deadline is still
+                    // armed now, the update cannot end until we are done.
+                    let armed = shared().armed.as_ref().is_some_and(|a| a.generation == generation);
+                    if armed {
+                        interrupt(generation);
+                    }
+                }
+                s = shared();
+            }
+        }
+    }
+}
+
+fn interrupt(generation: u64) {
+    // SAFETY: plain stores and loads of the interpreter's switch interval,
+    // as `sys.setswitchinterval` makes them.
+    let before = unsafe { _PyEval_GetSwitchInterval() };
+    unsafe { _PyEval_SetSwitchInterval(PROMPT_SWITCH_US) };
+    Python::attach(|py| {
+        let mut s = shared();
+        if let Some(a) = s.armed.as_mut().filter(|a| a.generation == generation) {
+            let exc = py.get_type::<UpdateTimeout>();
+            // SAFETY: we hold the GIL; the type object outlives the call
+            // (CPython takes its own reference to the exception type).
+            unsafe { ffi::PyThreadState_SetAsyncExc(a.thread as c_long, exc.as_ptr()) };
+            a.fired += 1;
+            a.deadline = Instant::now() + REPEAT;
+        }
+        // Only put back what we changed: the stopped world may have set its
+        // own interval meanwhile, and restores the program's when it ends.
+        if unsafe { _PyEval_GetSwitchInterval() } == PROMPT_SWITCH_US {
+            unsafe { _PyEval_SetSwitchInterval(before) };
+        }
+    });
+}
