@@ -98,12 +98,22 @@ pub fn request_update(
     // plus a generous margin before deciding the program is stuck.
     let timeout = Duration::from_millis(parsed.safe_point.timeout_ms()) + Duration::from_secs(120);
     exchange(&found.socket, &request, Some(timeout)).map_err(|e| {
-        error(format!(
-            "lost contact with `{}` (pid {}): {e}",
-            found.info.name, found.info.pid
-        ));
+        lost_contact(&found, &e);
         EXIT_REFUSED
     })
+}
+
+/// Says what is known when the program stopped answering mid-request.
+pub fn lost_contact(found: &client::Target, e: &std::io::Error) {
+    let pid = found.info.pid;
+    if crate::control::runtime_dir::process_alive(pid) {
+        error(format!("lost contact with `{}` (pid {pid}): {e}", found.info.name));
+    } else {
+        error(format!(
+            "`{}` (pid {pid}) exited before it answered; an update it had not committed by then was not applied",
+            found.info.name
+        ));
+    }
 }
 
 /// Prints a host's answer to an update request (the report on stdout, any

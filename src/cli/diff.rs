@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use similar::TextDiff;
 
-use super::apply::{parse_spec, read_spec};
+use super::apply::{lost_contact, parse_spec, read_spec};
 use super::{error, TargetArgs, EXIT_OK, EXIT_REFUSED, EXIT_USAGE};
 use crate::control::client::{self, exchange};
 use crate::control::protocol::{ModuleSources, Request, Response, PROTOCOL_VERSION};
@@ -65,10 +65,7 @@ pub fn diff(args: DiffArgs) -> i32 {
             EXIT_REFUSED
         }
         Err(e) => {
-            error(format!(
-                "lost contact with `{}` (pid {}): {e}",
-                found.info.name, found.info.pid
-            ));
+            lost_contact(&found, &e);
             EXIT_REFUSED
         }
     }

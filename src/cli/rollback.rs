@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::apply::print_response;
+use super::apply::{lost_contact, print_response};
 use super::{error, TargetArgs, EXIT_REFUSED, EXIT_USAGE};
 use crate::control::client::{self, exchange};
 use crate::control::protocol::{Request, PROTOCOL_VERSION};
@@ -52,10 +52,7 @@ pub fn rollback(args: RollbackArgs) -> i32 {
     match exchange(&found.socket, &request, Some(timeout)) {
         Ok(response) => print_response(response, args.json, None),
         Err(e) => {
-            error(format!(
-                "lost contact with `{}` (pid {}): {e}",
-                found.info.name, found.info.pid
-            ));
+            lost_contact(&found, &e);
             EXIT_REFUSED
         }
     }

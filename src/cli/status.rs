@@ -53,7 +53,7 @@ pub fn status(args: StatusArgs) -> i32 {
                         return EXIT_REFUSED;
                     }
                     Err(e) => {
-                        error(format!("lost contact with pid {}: {e}", found.info.pid));
+                        super::apply::lost_contact(&found, &e);
                         return EXIT_REFUSED;
                     }
                 }

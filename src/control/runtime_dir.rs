@@ -86,12 +86,27 @@ pub fn sockets(dir: &Path) -> Vec<(u32, PathBuf)> {
     found
 }
 
-/// Whether a process with this pid exists (it may belong to anyone).
+/// Whether a process with this pid exists and has not exited (it may belong
+/// to anyone). A zombie, exited but not yet reaped by its parent, counts as
+/// gone: it will never answer.
 pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    let exists = match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
         Ok(()) => true,
         Err(nix::errno::Errno::EPERM) => true,
         Err(_) => false,
-    }
+    };
+    exists && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    // /proc/<pid>/stat: "pid (comm) S ...", where comm may hold spaces and
+    // parentheses, so the state is read after the last ')'.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }

@@ -55,14 +55,36 @@ enum Entry {
 #[derive(Default)]
 pub struct Journal {
     entries: Vec<Entry>,
-    /// Indexes of entries that changed data (transformed instances and
-    /// globals): undone when the commit fails, but not by `pyreload
-    /// rollback`, which converts the data as it is then with the spec's
-    /// reverse transformers.
+    /// Indexes of entries undone when the commit fails, but not kept for
+    /// `pyreload rollback`: changed data (transformed instances and
+    /// globals), which a rollback converts as it is then with the spec's
+    /// reverse transformers; and the relinking of objects the new version
+    /// created, which are garbage once rolled back. (Keeping those entries
+    /// would keep every staged function, and so the whole staging
+    /// namespace, alive for as long as the update can be rolled back.)
     data: Vec<usize>,
+    /// While above zero, new entries are of the second kind above.
+    relinking: u32,
 }
 
 impl Journal {
+    /// Records changes to objects the new version created, until
+    /// [`Journal::end_relinking`]. See `data`.
+    pub fn begin_relinking(&mut self) {
+        self.relinking += 1;
+    }
+
+    pub fn end_relinking(&mut self) {
+        self.relinking = self.relinking.saturating_sub(1);
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if self.relinking > 0 {
+            self.data.push(self.entries.len());
+        }
+        self.entries.push(entry);
+    }
+
     pub fn set_item<'py>(
         &mut self,
         dict: &Bound<'py, PyDict>,
@@ -71,7 +93,7 @@ impl Journal {
     ) -> PyResult<()> {
         let old = dict.get_item(key)?.map(Bound::unbind);
         dict.set_item(key, value)?;
-        self.entries.push(Entry::DictItem {
+        self.push(Entry::DictItem {
             dict: dict.clone().unbind(),
             key: key.clone().unbind(),
             old,
@@ -82,7 +104,7 @@ impl Journal {
     pub fn del_item<'py>(&mut self, dict: &Bound<'py, PyDict>, key: &Bound<'py, PyAny>) -> PyResult<()> {
         let old = dict.get_item(key)?.map(Bound::unbind);
         dict.del_item(key)?;
-        self.entries.push(Entry::DictItem {
+        self.push(Entry::DictItem {
             dict: dict.clone().unbind(),
             key: key.clone().unbind(),
             old,
@@ -98,7 +120,7 @@ impl Journal {
     ) -> PyResult<()> {
         let old = list.get_item(index)?.unbind();
         list.set_item(index, value)?;
-        self.entries.push(Entry::ListItem {
+        self.push(Entry::ListItem {
             list: list.clone().unbind(),
             index,
             old,
@@ -109,7 +131,7 @@ impl Journal {
     pub fn set_attr<'py>(&mut self, target: &Bound<'py, PyAny>, name: &str, value: &Bound<'py, PyAny>) -> PyResult<()> {
         let old = target.getattr_opt(name)?.map(Bound::unbind);
         target.setattr(name, value)?;
-        self.entries.push(Entry::Attr {
+        self.push(Entry::Attr {
             target: target.clone().unbind(),
             name: name.to_string(),
             old,
@@ -128,7 +150,7 @@ impl Journal {
             Some(v) => class.setattr(name, v)?,
             None => class.delattr(name)?,
         }
-        self.entries.push(Entry::ClassAttr {
+        self.push(Entry::ClassAttr {
             class: class.clone().unbind(),
             name: name.to_string(),
             old,
@@ -139,7 +161,7 @@ impl Journal {
     pub fn set_cell<'py>(&mut self, cell: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<()> {
         let old = cell.getattr_opt("cell_contents").ok().flatten().map(Bound::unbind);
         cell.setattr("cell_contents", value)?;
-        self.entries.push(Entry::Cell {
+        self.push(Entry::Cell {
             cell: cell.clone().unbind(),
             old,
         });
@@ -197,6 +219,7 @@ impl Journal {
         Journal {
             entries,
             data: Vec::new(),
+            relinking: 0,
         }
     }
 

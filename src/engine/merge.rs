@@ -665,7 +665,10 @@ impl<'a, 'py> Merger<'a, 'py> {
     /// live twin, a re-homed copy of a staged function, or `obj` itself with
     /// the references inside it relinked.
     fn relink(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        self.relink_at(obj, 0)
+        self.journal.begin_relinking();
+        let relinked = self.relink_at(obj, 0);
+        self.journal.end_relinking();
+        relinked
     }
 
     fn relink_at(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<Bound<'py, PyAny>> {

@@ -15,8 +15,8 @@ use pyo3::types::{PyList, PySet};
 
 use super::journal::Journal;
 use super::progress::{ClientGone, Progress};
-use super::watchdog::Deadline;
 use super::support::Support;
+use super::watchdog::Deadline;
 use super::world::StoppedWorld;
 use super::{safepoint, transform};
 use crate::control::protocol::{Phase, RollbackInfo};

@@ -172,7 +172,12 @@ fn install_lazy(
 /// Each batch must finish within `batch_timeout` (the spec's
 /// `commit_timeout_ms`), or the transformer is interrupted (see
 /// [`super::watchdog`]) and the sweep ends with an error.
-pub fn sweep(py: Python<'_>, pending: PendingLazy, report: &mut TransformReport, batch_timeout: Duration) -> PyResult<()> {
+pub fn sweep(
+    py: Python<'_>,
+    pending: PendingLazy,
+    report: &mut TransformReport,
+    batch_timeout: Duration,
+) -> PyResult<()> {
     const BATCH: usize = 1000;
     let t0 = Instant::now();
     let migration = pending.migration.bind(py);

@@ -123,9 +123,9 @@ impl Drop for Deadline<'_> {
             match FIRING.try_lock() {
                 Ok(guard) => break guard,
                 Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    self.py.detach(|| drop(FIRING.lock().unwrap_or_else(|p| p.into_inner())))
-                }
+                Err(std::sync::TryLockError::WouldBlock) => self
+                    .py
+                    .detach(|| drop(FIRING.lock().unwrap_or_else(|p| p.into_inner()))),
             }
         };
         let mut s = shared();
@@ -154,7 +154,10 @@ fn watch() {
             Some((generation, deadline)) => {
                 let now = Instant::now();
                 if now < deadline {
-                    s = CHANGED.wait_timeout(s, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+                    s = CHANGED
+                        .wait_timeout(s, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                     continue;
                 }
                 // Never wait for the GIL while holding the lock: the control

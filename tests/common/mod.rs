@@ -427,3 +427,67 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// One request on a program's control socket, as raw JSON frames, with no
+/// `pyreload` process in between: fast enough to poll an update's phase.
+pub fn control(socket: &Path, request: &serde_json::Value) -> std::io::Result<serde_json::Value> {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let body = serde_json::to_vec(request).unwrap();
+    stream.write_all(&(body.len() as u32).to_be_bytes())?;
+    stream.write_all(&body)?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply)?;
+    Ok(serde_json::from_slice(&reply).unwrap())
+}
+
+/// The program's status, as `pyreload status --json` shows it.
+pub fn status(socket: &Path) -> serde_json::Value {
+    control(socket, &serde_json::json!({"type": "status", "protocol": 1})).unwrap()
+}
+
+/// A small deterministic random number generator (xorshift64*), so a
+/// failing run can be repeated: tests print the seed they used, and
+/// `PYRELOAD_TEST_SEED` sets it.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env_or_time(test: &str) -> Rng {
+        let seed = std::env::var("PYRELOAD_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: random seed {seed} (repeat with PYRELOAD_TEST_SEED={seed})");
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The resident set size of a process, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
