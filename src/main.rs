@@ -5,6 +5,8 @@ mod control;
 mod diagnostic;
 mod draft;
 mod engine;
+#[cfg(test)]
+mod fuzz;
 mod host;
 mod plan;
 mod report;

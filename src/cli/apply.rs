@@ -106,6 +106,12 @@ pub fn request_update(
 /// Says what is known when the program stopped answering mid-request.
 pub fn lost_contact(found: &client::Target, e: &std::io::Error) {
     let pid = found.info.pid;
+    // A killed program closes its socket a moment before it is gone from
+    // the process table: give it that moment before deciding.
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while crate::control::runtime_dir::process_alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     if crate::control::runtime_dir::process_alive(pid) {
         error(format!("lost contact with `{}` (pid {pid}): {e}", found.info.name));
     } else {

@@ -28,6 +28,11 @@ pub struct RunArgs {
     /// reload it (safely: a broken edit is refused and logged)
     #[arg(long)]
     reload: bool,
+    /// How many committed updates `pyreload rollback` can undo, newest
+    /// first. Each keeps the code it replaced; older ones are let go, so a
+    /// program updated for months does not grow without bound
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    rollback_depth: usize,
     /// Run a library module as a script, as `python -m MODULE`
     #[arg(short = 'm', value_name = "MODULE")]
     module: Option<String>,
@@ -55,6 +60,7 @@ pub fn run(args: RunArgs) -> i32 {
         name: args.name,
         version: args.program_version,
         reload: args.reload,
+        rollback_depth: args.rollback_depth,
         target,
         args: program_args,
     }) {

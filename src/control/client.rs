@@ -42,6 +42,8 @@ pub enum FindError {
     Ambiguous { count: usize, list: String },
     #[error("could not reach {socket}: {source}")]
     Unreachable { socket: PathBuf, source: io::Error },
+    #[error("cannot look for programs in {dir}: {source}\nhelp: control sockets are private to the user who started the program; run pyreload as that user, or set PYRELOAD_RUNTIME_DIR to your own directory")]
+    Unreadable { dir: PathBuf, source: io::Error },
     #[error("no program with pid {pid} is running under `pyreload run` (no socket at {socket})")]
     NoPid { pid: u32, socket: PathBuf },
 }
@@ -66,6 +68,11 @@ pub fn find(selector: &Selector) -> Result<Target, FindError> {
 
 fn find_auto(program: Option<&str>) -> Result<Target, FindError> {
     let dir = runtime_dir::path();
+    if let Err(e) = std::fs::read_dir(&dir) {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            return Err(FindError::Unreadable { dir, source: e });
+        }
+    }
     let mut live = Vec::new();
     for (pid, socket) in runtime_dir::sockets(&dir) {
         match probe(&socket) {
@@ -139,8 +146,15 @@ fn probe(socket: &Path) -> io::Result<Target> {
 pub fn exchange(socket: &Path, request: &Request, timeout: Option<Duration>) -> io::Result<Response> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(timeout)?;
-    write_frame(&mut stream, request)?;
-    read_frame(&mut stream).map_err(|e| match e {
+    // A program that refuses the connection (another user's, or too busy)
+    // answers at once and closes, perhaps before our request is written:
+    // its answer still says more than the broken pipe.
+    let written = write_frame(&mut stream, request);
+    let answer = read_frame(&mut stream);
+    if let (Err(e), Err(_)) = (&written, &answer) {
+        return Err(io::Error::new(e.kind(), e.to_string()));
+    }
+    answer.map_err(|e| match e {
         super::protocol::FrameError::Io(e) => e,
         super::protocol::FrameError::Closed => io::Error::new(
             io::ErrorKind::UnexpectedEof,

@@ -118,9 +118,7 @@ pub fn rollback(
     })?;
     let (name, to, blocked) = state
         .with_last_committed(|c| (c.name.clone(), c.from.clone(), c.blocked.clone()))
-        .ok_or_else(|| {
-            Problem::new("there is nothing to roll back: no update has been applied since the program started")
-        })?;
+        .ok_or_else(|| Problem::new(state.nothing_to_roll_back()))?;
     if let Some(why) = blocked {
         return Err(Problem::new(format!("cannot roll back `{name}`: {why}; nothing was changed")).with_help(
             "add `reverse = \"module.function\"` to each [[transform]] of the spec; the reverse transformer turns the new data back into the old",

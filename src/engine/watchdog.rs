@@ -145,10 +145,7 @@ impl Drop for Deadline<'_> {
 fn watch() {
     let mut s = shared();
     loop {
-        let due = match &s.armed {
-            None => None,
-            Some(a) => Some((a.generation, a.deadline)),
-        };
+        let due = s.armed.as_ref().map(|a| (a.generation, a.deadline));
         match due {
             None => s = CHANGED.wait(s).unwrap_or_else(|p| p.into_inner()),
             Some((generation, deadline)) => {

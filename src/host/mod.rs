@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub version: Option<String>,
     /// Dev mode: reload the program's own modules when their files change.
     pub reload: bool,
+    /// How many committed updates stay undoable.
+    pub rollback_depth: usize,
     pub target: Target,
     pub args: Vec<OsString>,
 }
@@ -54,6 +56,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
         name,
         options.version.clone(),
         listener.path().to_path_buf(),
+        options.rollback_depth,
     ));
     pymodule::install(state.clone());
     pyo3::append_to_inittab!(pyreload_module);

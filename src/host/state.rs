@@ -33,8 +33,12 @@ pub struct HostState {
     /// The source each module runs, for the modules pyreload loaded: name ->
     /// (path, text). Other modules run the file their `__spec__` names.
     sources: Mutex<std::collections::HashMap<String, (String, String)>>,
-    /// Committed updates that `pyreload rollback` can undo, newest last.
+    /// Committed updates that `pyreload rollback` can undo, newest last,
+    /// at most `rollback_depth` of them.
     committed: Mutex<Vec<Committed>>,
+    rollback_depth: usize,
+    /// Committed updates let go beyond the rollback depth.
+    let_go: std::sync::atomic::AtomicUsize,
     /// Held for the whole of an update; see [`Lifecycle`].
     lifecycle: Mutex<Lifecycle>,
     /// Set as soon as the program starts to exit, before the exit hook
@@ -50,6 +54,9 @@ pub struct HostState {
     answered: Condvar,
 }
 
+/// How many update attempts `status` remembers, newest last.
+pub const HISTORY_LIMIT: usize = 1000;
+
 /// Why an update could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -60,7 +67,7 @@ pub enum GateError {
 }
 
 impl HostState {
-    pub fn new(name: String, version: Option<String>, socket_path: std::path::PathBuf) -> Self {
+    pub fn new(name: String, version: Option<String>, socket_path: std::path::PathBuf, rollback_depth: usize) -> Self {
         HostState {
             name,
             pid: std::process::id(),
@@ -69,6 +76,8 @@ impl HostState {
             version: Mutex::new(version),
             history: Mutex::new(Vec::new()),
             committed: Mutex::new(Vec::new()),
+            rollback_depth,
+            let_go: std::sync::atomic::AtomicUsize::new(0),
             sources: Mutex::new(std::collections::HashMap::new()),
             lifecycle: Mutex::new(Lifecycle::Running),
             exit_requested: AtomicBool::new(false),
@@ -90,7 +99,11 @@ impl HostState {
 
     /// Adds an update attempt, whatever its outcome, to the history.
     pub fn record_attempt(&self, report: &crate::report::Report) {
-        lock(&self.history).push(HistoryEntry {
+        let mut history = lock(&self.history);
+        if history.len() >= HISTORY_LIMIT {
+            history.remove(0);
+        }
+        history.push(HistoryEntry {
             name: report.update.clone(),
             from: report.from.clone(),
             to: report.to.clone(),
@@ -102,8 +115,20 @@ impl HostState {
         });
     }
 
+    /// Keeps a committed update for `pyreload rollback`, letting go of the
+    /// oldest beyond the rollback depth (call with the GIL held: what it
+    /// lets go of are Python objects).
     pub fn push_committed(&self, committed: Committed) {
-        lock(&self.committed).push(committed);
+        let mut stack = lock(&self.committed);
+        stack.push(committed);
+        while stack.len() > self.rollback_depth {
+            let oldest = stack.remove(0);
+            self.let_go.fetch_add(1, Ordering::SeqCst);
+            eprintln!(
+                "pyreload: `{}` can no longer be rolled back (--rollback-depth {} keeps the newest)",
+                oldest.name, self.rollback_depth
+            );
+        }
     }
 
     /// The source a module runs, if pyreload loaded it.
@@ -134,6 +159,17 @@ impl HostState {
     pub fn block_last_committed(&self, why: String) {
         if let Some(last) = lock(&self.committed).last_mut() {
             last.blocked = Some(why);
+        }
+    }
+
+    /// Why there is nothing (more) to roll back.
+    pub fn nothing_to_roll_back(&self) -> String {
+        match self.let_go.load(Ordering::SeqCst) {
+            0 => "there is nothing to roll back: no update has been applied since the program started".into(),
+            n => format!(
+                "there is nothing more to roll back: the {n} oldest update(s) were let go (the program keeps the newest {}, see `pyreload run --rollback-depth`)",
+                self.rollback_depth
+            ),
         }
     }
 

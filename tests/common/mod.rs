@@ -324,6 +324,17 @@ impl KvServer {
     /// Like [`KvServer::start`], with more arguments for the server (such
     /// as `--asyncio`).
     pub fn start_with(sandbox: &Sandbox, version_dir: &str, version: &str, extra: &[&str]) -> KvServer {
+        KvServer::launch(sandbox, version_dir, version, extra, vec![])
+    }
+
+    /// Like [`KvServer::start_with`], with more environment variables.
+    pub fn launch(
+        sandbox: &Sandbox,
+        version_dir: &str,
+        version: &str,
+        extra: &[&str],
+        env: Vec<(&str, String)>,
+    ) -> KvServer {
         let port_file = sandbox.path().join(format!("port-{}", unique()));
         let hosted = Hosted::start(
             sandbox,
@@ -346,7 +357,7 @@ impl KvServer {
                 .collect(),
                 cwd: repo().join("case-study").join(version_dir),
                 interactive: false,
-                env: vec![],
+                env,
             },
         );
         wait_until(
