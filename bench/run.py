@@ -24,6 +24,7 @@ from benchlib import pct
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+SOAK_UPDATES = 1000
 
 
 def run(cmd, **kw):
@@ -53,6 +54,21 @@ def check_latency(pyreload, work):
     server.terminate()
     server.wait(timeout=20)
     return times
+
+
+def soak(updates):
+    """The long soak (tests/soak.rs) with the release build: its summary line."""
+    env = dict(os.environ, PYRELOAD_SOAK_UPDATES=str(updates))
+    cmd = ["cargo", "test", "--release", "--locked", "--quiet", "--test", "soak",
+           "updates_and_rollbacks", "--", "--nocapture"]
+    print(f"$ PYRELOAD_SOAK_UPDATES={updates} {' '.join(cmd)}", file=sys.stderr, flush=True)
+    t = time.time()
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"the soak failed:\n{out.stdout}\n{out.stderr}")
+    print(f"  ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
+    line = next(l for l in out.stderr.splitlines() if l.startswith("SOAK "))
+    return json.loads(line[len("SOAK "):])
 
 
 def plots(python, heap, alternatives, out_dir):
@@ -174,6 +190,7 @@ def main():
     point_cost = run([pyreload, "run", "bench/update_point_cost.py"],
                      env=dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run-point")))
     checks = check_latency(pyreload, work)
+    soaked = soak(SOAK_UPDATES)
     plots(python, work / "heap.json", work / "alternatives.json", plot_dir)
 
     heap_rows = json.loads((work / "heap.json").read_text())
@@ -199,6 +216,13 @@ def main():
         ("failed requests, 20 updates under 32 connections", "0", str(alts["pyreload"]["failed"]), alts["pyreload"]["failed"] == 0),
         overhead_goal(over),
         ("`pyreload apply` wall time, small update, idle", "< 50 ms", f"{apply_p50:.1f} ms", apply_p50 < 50),
+        (f"soak, {soaked['updates']:,} updates under load: failed requests, lost keys", "0, 0",
+         f"{soaked['failed_requests']}, {soaked['lost_keys']}", soaked["failed_requests"] == 0 and soaked["lost_keys"] == 0),
+        ("soak: RSS growth after the warm-up", f"<= {soaked['rss_growth_bound_kib'] // 1024} MiB",
+         f"{soaked['rss_growth_kib'] / 1024:.1f} MiB", soaked["rss_growth_kib"] <= soaked["rss_growth_bound_kib"]),
+        ("soak: staging modules and classes of earlier versions alive after a collection", "0",
+         f"{soaked['retained']['modules'] + soaked['retained']['classes']} of {soaked['retained']['tracked']}",
+         soaked['retained']['modules'] + soaked['retained']['classes'] == 0),
     ]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     p, r, a, j = alts["pyreload"], alts["restart"], alts["autoreload"], alts["jurigged"]
@@ -313,6 +337,28 @@ in `accept`.
 {overhead}
 
 {overhead_why}
+
+## Soak: {soaked['updates']:,} updates under load
+
+`PYRELOAD_SOAK_UPDATES={soaked['updates']} cargo test --release --test soak -- --nocapture` (tests/soak.rs; the
+suite runs the same test with 60). The case-study server holds 5,000 keys; 8 closed-loop clients write
+and read their own keys throughout. The updates go v1 -> v2 and back, by `pyreload rollback` and, every
+fourth one, by a forward downgrade spec (so updates pile up on the rollback stack, which keeps the newest
+16); every twentieth apply is preceded by one whose `[check] after` fails and is rolled back. Then
+`pyreload status --collect`, one more update, and SIGTERM.
+
+| | |
+|---|---:|
+| updates committed / rolled back by `pyreload rollback` / failed as planned | {soaked['applied']} / {soaked['rolled_back']} / {soaked['failed_as_planned']} |
+| time | {soaked['seconds']:.0f} s |
+| requests served / failed | {soaked['requests']:,} / {soaked['failed_requests']} |
+| keys lost (of {soaked['keys']:,}) | {soaked['lost_keys']} |
+| RSS after the warm-up / at the end / growth | {soaked['rss_kib_after_warm_up'] / 1024:.1f} MiB / {soaked['rss_kib_end'] / 1024:.1f} MiB / {soaked['rss_growth_kib'] / 1024:+.1f} MiB (bound {soaked['rss_growth_bound_kib'] // 1024} MiB) |
+| staging modules / staged classes tracked, still alive after `gc.collect()` | {soaked['retained']['tracked']} tracked, {soaked['retained']['modules']} modules and {soaked['retained']['classes']} classes alive |
+| pause p50 / p99 | {soaked['pause_ms_p50']:.2f} ms / {soaked['pause_ms_p99']:.2f} ms |
+
+After the soak the server took one more update and shut down on SIGTERM with exit status 0 and its own
+cleanup, as the test checks.
 
 ## The cost of `pyreload.update_point()` when no update waits
 

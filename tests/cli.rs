@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{repo, stderr, stdout, Hosted, Launch, Sandbox};
 
 #[test]
@@ -180,6 +182,23 @@ fn a_socket_left_by_a_dead_program_is_cleaned_up() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no program is running"), "{}", stderr(&out));
     assert!(!stale.exists(), "the stale socket was not removed");
+
+    // A program killed outright leaves its socket; the next client finds
+    // it dead and removes it.
+    let mut killed = idle(&sandbox, "victim", "1");
+    let socket = killed.socket();
+    killed.signal(nix::sys::signal::Signal::SIGKILL);
+    killed.wait(Duration::from_secs(10));
+    assert!(socket.exists(), "SIGKILL runs no cleanup");
+    let out = sandbox.run(&["status"]);
+    assert!(stderr(&out).contains("no program is running"), "{}", stderr(&out));
+    assert!(!socket.exists(), "the killed program's socket was not removed");
+
+    // So does the next program to start, for sockets nobody asked about.
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let next = idle(&sandbox, "next", "1");
+    next.socket();
+    assert!(!stale.exists(), "a starting program left a stale socket in place");
 }
 
 #[test]

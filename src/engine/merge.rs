@@ -394,7 +394,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             qualname(old),
             differences.join(", ")
         ))
-        .with_help("keep the class's __slots__, metaclass and built-in base as they are, or restart the program; migrating instances to a new layout needs a state transformer, which this version of pyreload does not support yet"))
+        .with_help("keep the class's __slots__, metaclass and built-in base as they are (a [[transform]] can move data between attributes), or restart the program: CPython cannot change the memory layout of objects that exist"))
     }
 
     // ---- the namespace rule ----
