@@ -233,7 +233,7 @@ fn run(
     }
 
     // From here the update's own code runs: the new module bodies, then the
-    // commit. `commit_timeout_ms` bounds all of it.
+    // commit. `commit_timeout_ms` bounds each.
     progress.enter(Phase::Stage);
     let deadline = Deadline::arm(py, Instant::now() + plan.commit_timeout);
     let t = Instant::now();
@@ -243,11 +243,12 @@ fn run(
         Ok(staged) => staged,
         Err(problem) => return report.problem = Some(interrupted(problem, &deadline, &commit_limit(&plan))),
     };
-    let samples = match transform::lazy_samples(py, &support, &plan) {
+    let samples = transform::lazy_samples(py, &support, &plan);
+    let samples = samples.map_err(|problem| interrupted(problem, &deadline, &commit_limit(&plan)));
+    drop(deadline);
+    let samples = match samples {
         Ok(samples) => samples,
         Err(problem) => {
-            let problem = interrupted(problem, &deadline, &commit_limit(&plan));
-            drop(deadline);
             stage::forget_modules(py, &staged.imported);
             return report.problem = Some(problem);
         }
@@ -261,15 +262,14 @@ fn run(
 
     // Staging let the program run, so the safe point is decided again, with
     // every other thread stopped, and the commit follows in the same window.
-    let mut deadline = Some(deadline);
     loop {
         if let Some(problem) = progress.abandoned() {
-            drop(deadline);
             stage::forget_modules(py, &staged.imported);
             return report.cancel(problem);
         }
         progress.enter(Phase::Commit);
         let stopped_at = Instant::now();
+        let deadline = Deadline::arm(py, stopped_at + plan.commit_timeout);
         let world = StoppedWorld::stop(py);
         report.timings.stop_ms = ms(stopped_at);
         let world = match world {
@@ -286,18 +286,13 @@ fn run(
             Ok(b) => b,
             Err(problem) => {
                 drop(world);
-                let problem = interrupted(
-                    problem,
-                    deadline.as_ref().expect("armed until the commit"),
-                    &commit_limit(&plan),
-                );
+                let problem = interrupted(problem, &deadline, &commit_limit(&plan));
                 drop(deadline);
                 stage::forget_modules(py, &staged.imported);
                 return report.problem = Some(problem);
             }
         };
         if blockers.clear() {
-            let deadline = deadline.take().expect("armed until the commit");
             let merged = commit(py, &support, state, &plan, &staged, &samples, deadline, report);
             let t = Instant::now();
             drop(world);
@@ -311,9 +306,9 @@ fn run(
             return;
         }
         drop(world);
+        drop(deadline);
         progress.enter(Phase::Wait);
         if !pacer.next(py) {
-            drop(deadline);
             stage::forget_modules(py, &staged.imported);
             return report.problem = Some(safepoint::timed_out(&plan, &blockers));
         }
