@@ -253,6 +253,20 @@ fn stalled_and_trickling_clients_are_cut_off_and_never_keep_others_waiting() {
         || "the program never answered again after the flood".into(),
     );
     assert_eq!(server.ask("VERSION"), "VERSION 2.0");
+
+    // A client that shuts down its writing side after the request still
+    // waits for the answer: its update is not taken for abandoned.
+    let down = repo().join("bench/specs/v2-to-v1.toml");
+    let request = serde_json::json!({
+        "type": "apply", "protocol": 1, "dry_run": false,
+        "spec_path": down.to_str().unwrap(),
+        "spec_text": std::fs::read_to_string(&down).unwrap(),
+    });
+    match send(&socket, &frame(&serde_json::to_vec(&request).unwrap()), true) {
+        Reply::Frame(v) => assert_eq!(v["outcome"], "committed", "{v:#}"),
+        Reply::Closed => panic!("no answer to a half-closed client"),
+    }
+    assert_eq!(server.ask("VERSION"), "VERSION 1.0");
 }
 
 #[test]

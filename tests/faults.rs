@@ -404,6 +404,12 @@ fn a_second_apply_during_an_update_is_refused_as_busy_and_the_first_completes() 
         || status(&shop.socket)["in_progress"]["phase"] == "wait",
         || "the first update never reached its wait".into(),
     );
+    let shown = shop.sandbox.run(&["status", "--socket", shop.socket.to_str().unwrap()]);
+    assert!(
+        common::stdout(&shown).contains("updating: `shop-2`, in wait for"),
+        "{}",
+        common::stdout(&shown)
+    );
     let second = shop.sandbox.run(&[
         "apply",
         "--socket",

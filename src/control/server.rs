@@ -122,54 +122,40 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
 fn handle(mut stream: UnixStream, state: &HostState, request_timeout: Duration) {
     let request = read_frame::<Request>(&mut Deadlined::new(&stream, request_timeout));
     let _ = stream.set_read_timeout(None);
+    // Held until the answer is written: the exit hook waits for it.
+    let mut _owed = None;
     let response = match request {
         Ok(request) => {
-            let _owed = state.owe_answer();
+            _owed = Some(state.owe_answer());
             let gone = || peer_gone(&stream);
-            let response = respond(request, state, &gone);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-            let _ = write_frame(&mut stream, &response);
-            return;
+            respond(request, state, &gone)
         }
         Err(FrameError::Closed) => return,
+        Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return,
         Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
             Response::Error(Problem::new(format!(
                 "no complete request arrived within {} ms; closing",
                 request_timeout.as_millis()
             )))
         }
-        Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return,
         Err(e) => Response::Error(Problem::new(format!("bad request: {e}"))),
     };
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let _ = write_frame(&mut stream, &response);
 }
 
-/// Whether the client hung up. A client waits for its answer without
-/// sending anything more, so end-of-file (or a reset) means it is gone.
+/// Whether the client is gone: its process ended or it closed the
+/// connection. A client that only shut down its writing side still waits
+/// for the answer, and is not gone.
 fn peer_gone(stream: &UnixStream) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
     match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(0) => false,
-        Ok(_) => {
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-                return true;
-            }
-            // Readable: more bytes than the protocol allows, or end-of-file.
-            let mut byte = [0u8; 1];
-            matches!(
-                nix::sys::socket::recv(
-                    std::os::fd::AsRawFd::as_raw_fd(stream),
-                    &mut byte,
-                    nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                ),
-                Ok(0) | Err(nix::errno::Errno::ECONNRESET)
-            )
-        }
-        Err(_) => false,
+        Ok(0) | Err(_) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
     }
 }
 
