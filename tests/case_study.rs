@@ -2,69 +2,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{repo, stderr, stdout, KvClient, KvServer, Sandbox};
+use common::{repo, stderr, stdout, KvLoad, KvServer, Sandbox};
 
 const CLIENTS: usize = 8;
 const KEYS: usize = 1_000;
-
-/// What one client thread saw.
-#[derive(Default, Debug)]
-struct Tally {
-    requests: usize,
-    failures: Vec<String>,
-}
-
-/// Starts `CLIENTS` threads, each on its own persistent connection, each
-/// writing and reading back its own keys until `stop` is set (or a bounded
-/// time has passed). Every reply is checked.
-fn drive(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicUsize>) -> Vec<thread::JoinHandle<Tally>> {
-    (0..CLIENTS)
-        .map(|id| {
-            let (stop, progress) = (stop.clone(), progress.clone());
-            thread::spawn(move || {
-                let mut client = KvClient::connect(port);
-                let mut tally = Tally::default();
-                let started = Instant::now();
-                let mut i = 0usize;
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
-                    i += 1;
-                    let key = format!("load-{id}-{}", i % 64);
-                    for (request, expected) in [
-                        (format!("SET {key} {i}"), "OK".to_string()),
-                        (format!("GET {key}"), format!("VALUE {i}")),
-                    ] {
-                        tally.requests += 1;
-                        match client.try_ask(&request) {
-                            Ok(reply) if reply == expected => {}
-                            Ok(reply) => tally
-                                .failures
-                                .push(format!("{request:?} -> {reply:?}, expected {expected:?}")),
-                            Err(e) => {
-                                tally.failures.push(format!("{request:?}: connection failed: {e}"));
-                                return tally;
-                            }
-                        }
-                    }
-                    progress.fetch_add(1, Ordering::SeqCst);
-                }
-                tally
-            })
-        })
-        .collect()
-}
-
-fn wait_for_progress(progress: &AtomicUsize, at_least: usize) {
-    common::wait_until(
-        Duration::from_secs(30),
-        || progress.load(Ordering::SeqCst) >= at_least,
-        || "clients made no progress".into(),
-    );
-}
 
 fn populate(server: &KvServer) {
     let mut c = server.client();
@@ -101,10 +44,8 @@ fn update_under_load(server_args: &[&str]) {
     assert_eq!(server.ask("GET spaced"), "VALUE hello");
     assert_eq!(server.ask("INCR counter"), "ERR unknown command INCR");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicUsize::new(0));
-    let clients = drive(server.port, stop.clone(), progress.clone());
-    wait_for_progress(&progress, 200);
+    let load = KvLoad::start(server.port, CLIENTS, Duration::from_secs(60));
+    load.wait_for_rounds(0, 200);
 
     let spec = repo().join("specs/v1-to-v2.toml");
     let (code, report) = sandbox.apply_json(&server.hosted, &spec);
@@ -112,11 +53,9 @@ fn update_under_load(server_args: &[&str]) {
     assert_eq!(report["outcome"], "committed");
 
     // Keep the load on after the update.
-    let after = progress.load(Ordering::SeqCst);
-    wait_for_progress(&progress, after + 200);
-    stop.store(true, Ordering::SeqCst);
-    let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let failures: Vec<&String> = tallies.iter().flat_map(|t| &t.failures).collect();
+    load.wait_for_rounds(load.rounds(), 200);
+    let tallies = load.finish();
+    let failures = common::failures(&tallies);
     assert!(failures.is_empty(), "requests failed during the update: {failures:#?}");
     assert!(
         tallies.iter().all(|t| t.requests > 0),
@@ -452,15 +391,5 @@ fn the_server_shuts_down_cleanly_on_sigterm_after_an_update() {
     let server = KvServer::start(&sandbox, "v1", "1.0");
     let (code, report) = sandbox.apply_json(&server.hosted, &repo().join("specs/v1-to-v2.toml"));
     assert_eq!(code, 0, "{report:#}");
-    let socket = server.hosted.socket();
-    server.hosted.signal(nix::sys::signal::Signal::SIGTERM);
-    let mut hosted = server.hosted;
-    let status = hosted.wait(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(0), "{}", hosted.logs());
-    assert!(
-        hosted.stdout_log().contains("kvserver: shut down cleanly"),
-        "the program's own cleanup did not run\n{}",
-        hosted.logs()
-    );
-    assert!(!socket.exists(), "socket left behind after a clean exit");
+    server.shut_down_cleanly();
 }

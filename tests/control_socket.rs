@@ -74,6 +74,18 @@ fn assert_unharmed(server: &KvServer, socket: &Path) {
     assert_eq!(s["history"], serde_json::json!([]), "{s:#}");
 }
 
+/// The case-study server, giving each client `ms` for its request.
+fn impatient_server(sandbox: &Sandbox, ms: u64) -> KvServer {
+    KvServer::launch(
+        sandbox,
+        "v1",
+        "1.0",
+        &[],
+        &[],
+        vec![("PYRELOAD_REQUEST_TIMEOUT_MS", ms.to_string())],
+    )
+}
+
 fn status_request() -> Vec<u8> {
     frame(br#"{"type":"status","protocol":1}"#)
 }
@@ -180,13 +192,7 @@ fn malformed_oversized_and_out_of_order_messages_get_an_error_and_change_nothing
 #[test]
 fn stalled_and_trickling_clients_are_cut_off_and_never_keep_others_waiting() {
     let sandbox = Sandbox::new();
-    let server = KvServer::launch(
-        &sandbox,
-        "v1",
-        "1.0",
-        &[],
-        vec![("PYRELOAD_REQUEST_TIMEOUT_MS", "600".to_string())],
-    );
+    let server = impatient_server(&sandbox, 600);
     let socket = server.hosted.socket();
     let started = Instant::now();
     let mut stalled: Vec<UnixStream> = (0..3).map(|_| UnixStream::connect(&socket).unwrap()).collect();
@@ -272,13 +278,7 @@ fn stalled_and_trickling_clients_are_cut_off_and_never_keep_others_waiting() {
 #[test]
 fn random_frames_never_hurt_the_program() {
     let sandbox = Sandbox::new();
-    let server = KvServer::launch(
-        &sandbox,
-        "v1",
-        "1.0",
-        &[],
-        vec![("PYRELOAD_REQUEST_TIMEOUT_MS", "300".to_string())],
-    );
+    let server = impatient_server(&sandbox, 300);
     let socket = server.hosted.socket();
     let mut rng = Rng::from_env_or_time("random_frames_never_hurt_the_program");
     let spec_text = std::fs::read_to_string(repo().join("specs/v1-to-v2.toml")).unwrap();

@@ -9,12 +9,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
-use common::{repo, stderr, KvClient, KvServer, Sandbox};
+use common::{repo, stderr, KvLoad, KvServer, Sandbox};
 
 const KEYS: usize = 10_000;
 const CLIENTS: usize = 8;
@@ -37,43 +34,8 @@ fn assert_all_keys(server: &KvServer, step: &str) {
     assert!(wrong.is_empty(), "after {step}, keys lost or changed: {wrong:?}");
 }
 
-/// Clients on persistent connections, each writing and reading back its own
-/// keys until stopped; returns the failures they saw.
-fn load(port: u16, stop: Arc<AtomicBool>, progress: Arc<AtomicUsize>) -> Vec<thread::JoinHandle<Vec<String>>> {
-    (0..CLIENTS)
-        .map(|id| {
-            let (stop, progress) = (stop.clone(), progress.clone());
-            thread::spawn(move || {
-                let mut client = KvClient::connect(port);
-                let mut failures = Vec::new();
-                let mut i = 0;
-                let started = std::time::Instant::now();
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
-                    i += 1;
-                    let key = format!("load-{id}-{}", i % 32);
-                    for (request, expected) in [
-                        (format!("SET {key} {i}"), "OK".to_string()),
-                        (format!("GET {key}"), format!("VALUE {i}")),
-                    ] {
-                        match client.try_ask(&request) {
-                            Ok(reply) if reply == expected => {}
-                            Ok(reply) => failures.push(format!("{request:?} -> {reply:?}")),
-                            Err(e) => {
-                                failures.push(format!("{request:?}: {e}"));
-                                return failures;
-                            }
-                        }
-                    }
-                    progress.fetch_add(1, Ordering::SeqCst);
-                }
-                failures
-            })
-        })
-        .collect()
-}
-
-fn step(sandbox: &Sandbox, server: &KvServer, progress: &AtomicUsize, args: &[&str]) -> serde_json::Value {
-    let before = progress.load(Ordering::SeqCst);
+fn step(sandbox: &Sandbox, server: &KvServer, load: &KvLoad, args: &[&str]) -> serde_json::Value {
+    let before = load.rounds();
     let socket = server.hosted.socket();
     let mut full = vec![args[0], "--json", "--socket", socket.to_str().unwrap()];
     full.extend(&args[1..]);
@@ -82,11 +44,7 @@ fn step(sandbox: &Sandbox, server: &KvServer, progress: &AtomicUsize, args: &[&s
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", sandbox.transcript()));
     assert_eq!(out.status.code(), Some(0), "{args:?}: {report:#}");
     assert_eq!(report["outcome"], "committed", "{report:#}");
-    common::wait_until(
-        Duration::from_secs(30),
-        || progress.load(Ordering::SeqCst) > before + 50,
-        || "clients stalled".into(),
-    );
+    load.wait_for_rounds(before, 50);
     report
 }
 
@@ -118,17 +76,15 @@ fn forward_and_back(lazy: bool) {
     let sandbox = Sandbox::new();
     let server = KvServer::start(&sandbox, "v1", "1.0");
     populate(&server);
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicUsize::new(0));
-    let clients = load(server.port, stop.clone(), progress.clone());
+    let load = KvLoad::start(server.port, CLIENTS, Duration::from_secs(120));
     let mut c = server.client();
     let spec = |name: &str| spec_file(&sandbox, name, lazy);
 
-    step(&sandbox, &server, &progress, &["apply", &spec("v1-to-v2.toml")]);
+    step(&sandbox, &server, &load, &["apply", &spec("v1-to-v2.toml")]);
     assert_all_keys(&server, "v1-to-v2");
     assert_eq!(c.ask("INCR counter"), "VALUE 1");
 
-    let report = step(&sandbox, &server, &progress, &["apply", &spec("v2-to-v3.toml")]);
+    let report = step(&sandbox, &server, &load, &["apply", &spec("v2-to-v3.toml")]);
     assert_eq!(report["transforms"][0]["target"], "kvserver.store.Store");
     assert_all_keys(&server, "v2-to-v3");
     assert_eq!(c.ask("VER key42"), "VER 1");
@@ -137,7 +93,7 @@ fn forward_and_back(lazy: bool) {
     assert!(ttl > 50.0 && ttl <= 60.0, "a fresh 60 s expiry: {ttl}");
     assert_eq!(c.ask("GET counter"), "VALUE 1");
 
-    let report = step(&sandbox, &server, &progress, &["apply", &spec("v3-to-v4.toml")]);
+    let report = step(&sandbox, &server, &load, &["apply", &spec("v3-to-v4.toml")]);
     let entries = &report["transforms"][0];
     assert_eq!(entries["target"], "kvserver.store.Entry");
     assert!(entries["instances"].as_u64().unwrap() >= KEYS as u64, "{entries:#}");
@@ -159,13 +115,13 @@ fn forward_and_back(lazy: bool) {
     );
 
     // And back, one step at a time.
-    step(&sandbox, &server, &progress, &["rollback"]);
+    step(&sandbox, &server, &load, &["rollback"]);
     assert_all_keys(&server, "rollback to 3.0");
     assert_eq!(c.ask("VERSION"), "VERSION 3.0");
     assert_eq!(c.ask("VER key42"), "VER 1");
     assert_eq!(c.ask("HOT 1"), "ERR unknown command HOT");
 
-    step(&sandbox, &server, &progress, &["rollback"]);
+    step(&sandbox, &server, &load, &["rollback"]);
     assert_all_keys(&server, "rollback to 2.0");
     assert_eq!(c.ask("VERSION"), "VERSION 2.0");
     assert_eq!(c.ask("VER key42"), "ERR unknown command VER");
@@ -175,7 +131,7 @@ fn forward_and_back(lazy: bool) {
         "data written at 3.0 survives the rollback"
     );
 
-    step(&sandbox, &server, &progress, &["rollback"]);
+    step(&sandbox, &server, &load, &["rollback"]);
     assert_all_keys(&server, "rollback to 1.0");
     assert_eq!(c.ask("VERSION"), "VERSION 1.0");
     assert_eq!(c.ask("INCR counter"), "ERR unknown command INCR");
@@ -189,9 +145,12 @@ fn forward_and_back(lazy: bool) {
         stderr(&out)
     );
 
-    stop.store(true, Ordering::SeqCst);
-    let failures: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
-    assert!(failures.is_empty(), "client requests failed: {failures:#?}");
+    let tallies = load.finish();
+    assert!(
+        common::failures(&tallies).is_empty(),
+        "client requests failed: {:#?}",
+        common::failures(&tallies)
+    );
 }
 
 #[test]

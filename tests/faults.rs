@@ -219,6 +219,19 @@ impl Shop {
             .unwrap()
     }
 
+    /// Starts `pyreload apply` of `up.toml` with the safe point held back
+    /// for `hold_s` seconds, and waits until the program reports the wait.
+    fn apply_waiting(&mut self, hold_s: u32) -> std::process::Child {
+        self.program.ask(&format!("shop.gate.hold({hold_s})"));
+        let apply = self.spawn_apply(&self.spec("up.toml"));
+        wait_until(
+            Duration::from_secs(20),
+            || status(&self.socket)["in_progress"]["phase"] == "wait",
+            || "the update never reached its wait".into(),
+        );
+        apply
+    }
+
     fn version(&self) -> String {
         status(&self.socket)["version"].as_str().unwrap_or_default().to_string()
     }
@@ -397,13 +410,7 @@ fn apply_killed_at_any_moment_leaves_the_program_at_one_version_and_serving() {
 #[test]
 fn a_second_apply_during_an_update_is_refused_as_busy_and_the_first_completes() {
     let mut shop = Shop::start();
-    shop.program.ask("shop.gate.hold(1.0)");
-    let first = shop.spawn_apply(&shop.spec("up.toml"));
-    wait_until(
-        Duration::from_secs(20),
-        || status(&shop.socket)["in_progress"]["phase"] == "wait",
-        || "the first update never reached its wait".into(),
-    );
+    let first = shop.apply_waiting(1);
     let shown = shop.sandbox.run(&["status", "--socket", shop.socket.to_str().unwrap()]);
     assert!(
         common::stdout(&shown).contains("updating: `shop-2`, in wait for"),
@@ -530,13 +537,7 @@ fn code_that_never_returns_is_interrupted_at_its_deadline_and_changes_nothing() 
 #[test]
 fn the_program_exiting_while_an_update_waits_gives_a_clear_error() {
     let mut shop = Shop::start();
-    shop.program.ask("shop.gate.hold(3600)");
-    let apply = shop.spawn_apply(&shop.spec("up.toml"));
-    wait_until(
-        Duration::from_secs(20),
-        || status(&shop.socket)["in_progress"]["phase"] == "wait",
-        || "the update never reached its wait".into(),
-    );
+    let apply = shop.apply_waiting(3600);
     let started = Instant::now();
     // The program's main thread ends, with its own exit status.
     let stdin = shop.program.stdin.as_mut().unwrap();
@@ -562,13 +563,7 @@ fn the_program_exiting_while_an_update_waits_gives_a_clear_error() {
 #[test]
 fn a_program_killed_while_an_update_waits_is_reported_as_gone() {
     let mut shop = Shop::start();
-    shop.program.ask("shop.gate.hold(3600)");
-    let apply = shop.spawn_apply(&shop.spec("up.toml"));
-    wait_until(
-        Duration::from_secs(20),
-        || status(&shop.socket)["in_progress"]["phase"] == "wait",
-        || "the update never reached its wait".into(),
-    );
+    let apply = shop.apply_waiting(3600);
     shop.program.signal(nix::sys::signal::Signal::SIGKILL);
     let out = apply.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

@@ -16,12 +16,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{repo, rss_kib, stderr, KvClient, KvServer, Sandbox};
+use common::{repo, rss_kib, stderr, KvLoad, KvServer, Sandbox};
 
 const KEYS: usize = 5_000;
 const CLIENTS: usize = 8;
@@ -49,39 +46,7 @@ fn updates_and_rollbacks_under_load_lose_nothing_leak_nothing_and_shut_down_clea
     let sets: Vec<String> = (0..KEYS).map(|k| format!("SET soak{k} value{k}")).collect();
     assert!(c.pipeline(&sets).iter().all(|r| r == "OK"));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let requests = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| {
-            let (stop, requests, port) = (stop.clone(), requests.clone(), server.port);
-            thread::spawn(move || {
-                let mut client = KvClient::connect(port);
-                let mut failures = Vec::new();
-                let started = Instant::now();
-                let mut i = 0usize;
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(900) {
-                    i += 1;
-                    let key = format!("load-{id}-{}", i % 32);
-                    for (request, expected) in [
-                        (format!("SET {key} {i}"), "OK".to_string()),
-                        (format!("GET {key}"), format!("VALUE {i}")),
-                    ] {
-                        match client.try_ask(&request) {
-                            Ok(reply) if reply == expected => {}
-                            Ok(reply) => failures.push(format!("{request:?} -> {reply:?}")),
-                            Err(e) => {
-                                failures.push(format!("{request:?}: {e}"));
-                                return failures;
-                            }
-                        }
-                        requests.fetch_add(1, Ordering::SeqCst);
-                    }
-                    thread::sleep(Duration::from_micros(200));
-                }
-                failures
-            })
-        })
-        .collect();
+    let load = KvLoad::start(server.port, CLIENTS, Duration::from_secs(900));
 
     // A spec whose check fails: rolled back every time it is tried.
     let failing = sandbox.write(
@@ -131,9 +96,9 @@ fn updates_and_rollbacks_under_load_lose_nothing_leak_nothing_and_shut_down_clea
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let retained = &status["retained"];
 
-    stop.store(true, Ordering::SeqCst);
-    let failures: Vec<String> = clients.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    let served = requests.load(Ordering::SeqCst);
+    let tallies = load.finish();
+    let failures = common::failures(&tallies);
+    let served: usize = tallies.iter().map(|t| t.requests).sum();
     let gets: Vec<String> = (0..KEYS).map(|k| format!("GET soak{k}")).collect();
     let lost = c
         .pipeline(&gets)
@@ -182,16 +147,7 @@ fn updates_and_rollbacks_under_load_lose_nothing_leak_nothing_and_shut_down_clea
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
     assert_eq!(server.ask("INCR soak-counter"), "VALUE 1");
-    server.hosted.signal(nix::sys::signal::Signal::SIGTERM);
-    let mut hosted = server.hosted;
-    let exit = hosted.wait(Duration::from_secs(20));
-    assert_eq!(exit.code(), Some(0), "{}", hosted.logs());
-    assert!(
-        hosted.stdout_log().contains("kvserver: shut down cleanly"),
-        "the program's own cleanup did not run\n{}",
-        hosted.logs()
-    );
-    assert!(!socket.exists(), "socket left behind after a clean exit");
+    server.shut_down_cleanly();
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {
@@ -208,31 +164,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 #[test]
 fn only_the_newest_updates_stay_undoable_so_memory_stays_bounded() {
     let sandbox = Sandbox::new();
-    let port_file = sandbox.path().join("port");
-    let hosted = common::Hosted::start(
-        &sandbox,
-        common::Launch {
-            args: [
-                "--rollback-depth",
-                "2",
-                "--name",
-                "kvserver",
-                "--version",
-                "1.0",
-                "-m",
-                "kvserver",
-                "--port",
-                "0",
-                "--port-file",
-                port_file.to_str().unwrap(),
-            ]
-            .map(String::from)
-            .to_vec(),
-            cwd: repo().join("case-study/v1"),
-            interactive: false,
-            env: vec![],
-        },
-    );
+    let hosted = KvServer::launch(&sandbox, "v1", "1.0", &["--rollback-depth", "2"], &[], vec![]).hosted;
     let socket = hosted.socket();
     let socket = socket.to_str().unwrap();
     let up = repo().join("specs/v1-to-v2.toml");

@@ -8,14 +8,10 @@ use common::{probe, Hosted, Sandbox, PROBE_LOOP};
 
 const N: usize = 10_000;
 
-const STORE_V1: &str = r#"
-class Item:
-    def __init__(self, value):
-        self.value = value
-
-class Special(Item):
-    pass
-
+/// Classes both versions of `store` define the same way.
+macro_rules! unchanged_classes {
+    () => {
+        r#"
 class Point:
     __slots__ = ("x", "y")
     def __init__(self, x, y):
@@ -30,15 +26,31 @@ class Mixed(Base):
     def __init__(self, value):
         super().__init__(value)
         self.mark = value * 2
+"#
+    };
+}
 
+const STORE_V1: &str = concat!(
+    r#"
+class Item:
+    def __init__(self, value):
+        self.value = value
+
+class Special(Item):
+    pass
+"#,
+    unchanged_classes!(),
+    r#"
 ITEMS = {i: Item(i) for i in range(10_000)}
 SPECIAL = [Special(-1), Special(-2)]
 POINTS = [Point(i, i) for i in range(100)]
 TOTAL = 41
 MIXED = [Base(1), Mixed(2), Base(3), Mixed(4), Base(5), Mixed(6)]
-"#;
+"#
+);
 
-const STORE_V2: &str = r#"
+const STORE_V2: &str = concat!(
+    r#"
 class Item:
     def __init__(self, value):
         self.value = value
@@ -50,28 +62,16 @@ class Item:
 
 class Special(Item):
     pass
-
-class Point:
-    __slots__ = ("x", "y")
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-class Base:
-    def __init__(self, value):
-        self.value = value
-
-class Mixed(Base):
-    __slots__ = ("mark",)
-    def __init__(self, value):
-        super().__init__(value)
-        self.mark = value * 2
-
+"#,
+    unchanged_classes!(),
+    r#"
 ITEMS = {}
 SPECIAL = []
 POINTS = []
 TOTAL = 0
 MIXED = []
-"#;
+"#
+);
 
 const MIGRATIONS: &str = r#"
 CALLS = [0]

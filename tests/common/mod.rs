@@ -324,14 +324,16 @@ impl KvServer {
     /// Like [`KvServer::start`], with more arguments for the server (such
     /// as `--asyncio`).
     pub fn start_with(sandbox: &Sandbox, version_dir: &str, version: &str, extra: &[&str]) -> KvServer {
-        KvServer::launch(sandbox, version_dir, version, extra, vec![])
+        KvServer::launch(sandbox, version_dir, version, &[], extra, vec![])
     }
 
-    /// Like [`KvServer::start_with`], with more environment variables.
+    /// Like [`KvServer::start_with`], with options for `pyreload run`
+    /// itself (`host_args`) and more environment variables.
     pub fn launch(
         sandbox: &Sandbox,
         version_dir: &str,
         version: &str,
+        host_args: &[&str],
         extra: &[&str],
         env: Vec<(&str, String)>,
     ) -> KvServer {
@@ -339,22 +341,23 @@ impl KvServer {
         let hosted = Hosted::start(
             sandbox,
             Launch {
-                args: [
-                    "--name",
-                    "kvserver",
-                    "--version",
-                    version,
-                    "-m",
-                    "kvserver",
-                    "--port",
-                    "0",
-                    "--port-file",
-                    port_file.to_str().unwrap(),
-                ]
-                .iter()
-                .chain(extra)
-                .map(|a| a.to_string())
-                .collect(),
+                args: host_args
+                    .iter()
+                    .chain(&[
+                        "--name",
+                        "kvserver",
+                        "--version",
+                        version,
+                        "-m",
+                        "kvserver",
+                        "--port",
+                        "0",
+                        "--port-file",
+                        port_file.to_str().unwrap(),
+                    ])
+                    .chain(extra)
+                    .map(|a| a.to_string())
+                    .collect(),
                 cwd: repo().join("case-study").join(version_dir),
                 interactive: false,
                 env,
@@ -376,6 +379,22 @@ impl KvServer {
     /// One request on a fresh connection.
     pub fn ask(&self, line: &str) -> String {
         self.client().ask(line)
+    }
+
+    /// Stops the server as an operator would, with SIGTERM, and checks that
+    /// it exits with status 0, after its own cleanup, leaving no socket.
+    pub fn shut_down_cleanly(self) {
+        let socket = self.hosted.socket();
+        self.hosted.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut hosted = self.hosted;
+        let status = hosted.wait(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "{}", hosted.logs());
+        assert!(
+            hosted.stdout_log().contains("kvserver: shut down cleanly"),
+            "the program's own cleanup did not run\n{}",
+            hosted.logs()
+        );
+        assert!(!socket.exists(), "socket left behind after a clean exit");
     }
 }
 
@@ -501,4 +520,88 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// What one load client saw.
+#[derive(Debug, Default)]
+pub struct ClientTally {
+    pub requests: usize,
+    pub failures: Vec<String>,
+}
+
+/// Closed-loop clients on the case-study server, each on its own
+/// persistent connection, writing keys of its own and reading each back
+/// (`SET` then `GET`) until stopped or `limit` has passed. Every reply is
+/// checked; a broken connection ends that client.
+pub struct KvLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rounds: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<ClientTally>>,
+}
+
+impl KvLoad {
+    pub fn start(port: u16, clients: usize, limit: Duration) -> KvLoad {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rounds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|id| {
+                let (stop, rounds) = (stop.clone(), rounds.clone());
+                std::thread::spawn(move || {
+                    let mut client = KvClient::connect(port);
+                    let mut tally = ClientTally::default();
+                    let started = Instant::now();
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::SeqCst) && started.elapsed() < limit {
+                        i += 1;
+                        let key = format!("load-{id}-{}", i % 32);
+                        for (request, expected) in [
+                            (format!("SET {key} {i}"), "OK".to_string()),
+                            (format!("GET {key}"), format!("VALUE {i}")),
+                        ] {
+                            tally.requests += 1;
+                            match client.try_ask(&request) {
+                                Ok(reply) if reply == expected => {}
+                                Ok(reply) => tally
+                                    .failures
+                                    .push(format!("{request:?} -> {reply:?}, expected {expected:?}")),
+                                Err(e) => {
+                                    tally.failures.push(format!("{request:?}: connection failed: {e}"));
+                                    return tally;
+                                }
+                            }
+                        }
+                        rounds.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        KvLoad { stop, rounds, threads }
+    }
+
+    /// SET-and-GET rounds completed so far, by all clients together.
+    pub fn rounds(&self) -> usize {
+        self.rounds.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the clients have made `more` rounds beyond `from`.
+    pub fn wait_for_rounds(&self, from: usize, more: usize) {
+        wait_until(
+            Duration::from_secs(30),
+            || self.rounds() >= from + more,
+            || format!("the clients stalled at {} rounds", self.rounds()),
+        );
+    }
+
+    /// Stops the clients and returns what each saw.
+    pub fn finish(self) -> Vec<ClientTally> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+}
+
+/// Every failure the clients saw, for an assertion message.
+pub fn failures(tallies: &[ClientTally]) -> Vec<&String> {
+    tallies.iter().flat_map(|t| &t.failures).collect()
 }
