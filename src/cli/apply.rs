@@ -21,7 +21,9 @@ use crate::spec::{self, SpecSource};
     pyreload apply specs/v1-to-v2.toml\n  \
     pyreload apply --pid 4242 --json specs/v1-to-v2.toml\n\n\
     The update commits whole, or is refused or rolled back and the program keeps running the old \
-    version. Exit status: 0 applied, 1 refused or rolled back, 2 bad spec or no program.")]
+    version. Interrupting `pyreload apply` (Ctrl-C) before the commit cancels the update, with \
+    nothing changed; `pyreload status` shows the phase of an update in progress. \
+    Exit status: 0 applied, 1 refused, cancelled or rolled back, 2 bad spec or no program.")]
 pub struct ApplyArgs {
     /// The update spec (TOML)
     spec: PathBuf,
