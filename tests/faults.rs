@@ -524,8 +524,10 @@ fn code_that_never_returns_is_interrupted_at_its_deadline_and_changes_nothing() 
         );
         assert_eq!(p.ask("sorted(vars(calc.ITEMS[0]))"), "['n']", "{what}");
     }
-    // The interruption left nothing pending: the program and later updates go on.
+    // The interruption left nothing pending, and the program's own switch
+    // interval in place: the program and later updates go on.
     assert_eq!(p.ask("sum(range(10))"), "45");
+    assert_eq!(p.ask("sys.getswitchinterval()"), "0.005");
     let ok = sandbox.write(
         "ok.toml",
         "[update]\nname = \"ok\"\nfrom = \"1\"\nto = \"2\"\n\n[[reload]]\nmodule = \"calc\"\n",

@@ -37,18 +37,6 @@ pyo3::create_exception!(
 /// How often an exception the code swallowed is raised again.
 const REPEAT: Duration = Duration::from_millis(100);
 
-/// The switch interval the watchdog asks for while it waits for the GIL, in
-/// microseconds. The stopped world sets a long one (see world.rs), which
-/// would otherwise delay the interruption by up to a second.
-const PROMPT_SWITCH_US: c_ulong = 1_000;
-
-extern "C" {
-    /// Exported by CPython 3.11 (`Include/cpython/ceval.h`); what
-    /// `sys.setswitchinterval` calls. A plain store, safe without the GIL.
-    fn _PyEval_SetSwitchInterval(microseconds: c_ulong);
-    fn _PyEval_GetSwitchInterval() -> c_ulong;
-}
-
 struct Armed {
     /// The thread to interrupt, as `threading.get_ident()`.
     thread: c_ulong,
@@ -176,10 +164,7 @@ fn watch() {
 }
 
 fn interrupt(generation: u64) {
-    // SAFETY: plain stores and loads of the interpreter's switch interval,
-    // as `sys.setswitchinterval` makes them.
-    let before = unsafe { _PyEval_GetSwitchInterval() };
-    unsafe { _PyEval_SetSwitchInterval(PROMPT_SWITCH_US) };
+    super::world::hurry_switch();
     Python::attach(|py| {
         let mut s = shared();
         if let Some(a) = s.armed.as_mut().filter(|a| a.generation == generation) {
@@ -190,10 +175,6 @@ fn interrupt(generation: u64) {
             a.fired += 1;
             a.deadline = Instant::now() + REPEAT;
         }
-        // Only put back what we changed: the stopped world may have set its
-        // own interval meanwhile, and restores the program's when it ends.
-        if unsafe { _PyEval_GetSwitchInterval() } == PROMPT_SWITCH_US {
-            unsafe { _PyEval_SetSwitchInterval(before) };
-        }
+        super::world::unhurry_switch();
     });
 }

@@ -21,7 +21,7 @@
 //! so for CPython 3.11, whose layout it checks at run time. Other versions
 //! are refused at build time rather than guessed at.
 
-use std::os::raw::{c_int, c_void};
+use std::os::raw::{c_int, c_ulong, c_void};
 use std::sync::{Condvar, Mutex};
 
 use pyo3::ffi;
@@ -104,6 +104,56 @@ unsafe extern "C" fn park(
 /// commit, so the control thread is never asked to hand the GIL round.
 const WINDOW_SWITCH_INTERVAL_S: f64 = 1.0;
 
+/// The switch interval the watchdog asks for inside the window, in
+/// microseconds, so that its request for the GIL is granted promptly.
+const HURRIED_SWITCH_US: c_ulong = 1_000;
+
+extern "C" {
+    /// Exported by CPython 3.11 (`Include/cpython/ceval.h`); what
+    /// `sys.setswitchinterval` calls. A plain store, safe without the GIL.
+    fn _PyEval_SetSwitchInterval(microseconds: c_ulong);
+}
+
+/// Who has changed the interpreter's switch interval. The window sets a
+/// long one and puts the program's back at its end; inside it, the
+/// watchdog may shorten it for a moment. The lock orders the three, so the
+/// program's own interval is the one restored, always.
+struct Switch {
+    in_window: bool,
+    hurried: bool,
+}
+
+static SWITCH: Mutex<Switch> = Mutex::new(Switch {
+    in_window: false,
+    hurried: false,
+});
+
+fn switch() -> std::sync::MutexGuard<'static, Switch> {
+    SWITCH.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// For the watchdog, without the GIL: if the world is stopped, shortens
+/// the switch interval so that a thread waiting for the GIL gets it within
+/// about a millisecond, instead of the window's second.
+pub fn hurry_switch() {
+    let mut s = switch();
+    if s.in_window {
+        // SAFETY: a plain store of the interval, as sys.setswitchinterval does.
+        unsafe { _PyEval_SetSwitchInterval(HURRIED_SWITCH_US) };
+        s.hurried = true;
+    }
+}
+
+/// Undoes [`hurry_switch`], if the same window is still open.
+pub fn unhurry_switch() {
+    let mut s = switch();
+    if s.in_window && s.hurried {
+        // SAFETY: as above.
+        unsafe { _PyEval_SetSwitchInterval((WINDOW_SWITCH_INTERVAL_S * 1e6) as c_ulong) };
+    }
+    s.hurried = false;
+}
+
 /// One thread's trace hook as it was before the window.
 struct SavedTrace {
     tstate: *mut ffi::PyThreadState,
@@ -148,8 +198,14 @@ impl<'py> StoppedWorld<'py> {
         // that time out would still ask for it, and with many threads those
         // hand-offs (each one only to park again) add up to a longer pause.
         let sys = py.import("sys")?.into_any();
-        let switch_interval = sys.call_method0("getswitchinterval")?;
-        sys.call_method1("setswitchinterval", (WINDOW_SWITCH_INTERVAL_S,))?;
+        let switch_interval = {
+            let mut s = switch();
+            let before = sys.call_method0("getswitchinterval")?;
+            sys.call_method1("setswitchinterval", (WINDOW_SWITCH_INTERVAL_S,))?;
+            s.in_window = true;
+            s.hurried = false;
+            before
+        };
         *gate_closed() = true;
         let mut world = StoppedWorld {
             sys,
@@ -213,7 +269,10 @@ impl Drop for StoppedWorld<'_> {
         }
         *gate_closed() = false;
         GATE.opened.notify_all();
+        let mut s = switch();
         let _ = self.sys.call_method1("setswitchinterval", (&self.switch_interval,));
+        s.in_window = false;
+        s.hurried = false;
     }
 }
 
