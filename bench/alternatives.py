@@ -32,12 +32,11 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-from benchlib import pct
+from benchlib import pct, pyreload_kvserver, serve_kvserver, wait_port_file
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KEYS = 5000
@@ -96,52 +95,58 @@ class Load:
         f.flush()
         return f.readline().rstrip("\n")
 
-    def client(self, cid):
-        i = 0
+    def connected(self, step, refused=None, failed=None):
+        """Runs `step(f)` on a connection until stopped, reconnecting after an
+        error. A refused connection calls `refused`, any other error `failed`."""
         conn = None
         while not self.stop.is_set():
             try:
                 if conn is None:
                     conn = self.connect()
-                s, f = conn
-                i += 1
-                key = f"load{cid}-{i % 50}"
-                for request, expected in ((f"SET {key} {i}", "OK"), (f"GET {key}", f"VALUE {i}")):
-                    t = time.perf_counter()
-                    reply = self.ask(f, request)
-                    if not reply:
-                        raise ConnectionError("closed")
-                    ok = reply == expected
+                step(conn[1])
+            except OSError as e:
+                count = refused if isinstance(e, ConnectionRefusedError) else failed
+                if count:
                     with self.lock:
-                        self.samples.append((time.perf_counter(), time.perf_counter() - t, ok))
-                        if not ok:
-                            self.failed += 1
-            except ConnectionRefusedError:
-                with self.lock:
-                    self.refused += 1
-                conn = None
-                time.sleep(0.01)
-            except OSError:
-                with self.lock:
-                    self.failed += 1
+                        count()
                 conn = None
                 time.sleep(0.01)
 
+    def client(self, cid):
+        i = 0
+
+        def step(f):
+            nonlocal i
+            i += 1
+            key = f"load{cid}-{i % 50}"
+            for request, expected in ((f"SET {key} {i}", "OK"), (f"GET {key}", f"VALUE {i}")):
+                t = time.perf_counter()
+                reply = self.ask(f, request)
+                if not reply:
+                    raise ConnectionError("closed")
+                ok = reply == expected
+                with self.lock:
+                    self.samples.append((time.perf_counter(), time.perf_counter() - t, ok))
+                    if not ok:
+                        self.failed += 1
+
+        def refused():
+            self.refused += 1
+
+        def failed():
+            self.failed += 1
+
+        self.connected(step, refused, failed)
+
     def prober(self):
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = self.connect()
-                s, f = conn
-                reply = self.ask(f, "INCR probe")
-                kind = ("new" if reply.startswith("VALUE") else "old" if "unknown command" in reply
-                        else "mixed" if "internal error" in reply else "error")
-                self.probe[kind] += 1
-                time.sleep(0.002)
-            except OSError:
-                conn = None
-                time.sleep(0.01)
+        def step(f):
+            reply = self.ask(f, "INCR probe")
+            kind = ("new" if reply.startswith("VALUE") else "old" if "unknown command" in reply
+                    else "mixed" if "internal error" in reply else "error")
+            self.probe[kind] += 1
+            time.sleep(0.002)
+
+        self.connected(step)
 
     def start(self):
         self.threads = [threading.Thread(target=self.client, args=(c,), daemon=True) for c in range(CLIENTS)]
@@ -183,15 +188,6 @@ def summarize(name, load, windows, keys_kept, new_visible, extra):
     }
 
 
-def wait_port_file(path, proc, timeout=20):
-    deadline = time.time() + timeout
-    while not (path.exists() and path.read_text().strip()):
-        if proc.poll() is not None or time.time() > deadline:
-            sys.exit(f"server did not start ({path})")
-        time.sleep(0.05)
-    return int(path.read_text())
-
-
 def ask(port, *requests):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         f = s.makefile("rw", encoding="utf-8", newline="\n")
@@ -224,11 +220,7 @@ def keys_kept(port):
 
 def run_pyreload(pyreload, work):
     env = dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run"))
-    port_file = work / "port-pyreload"
-    proc = subprocess.Popen([pyreload, "run", "--name", "kvserver", "--version", "1.0", "-m", "kvserver", "--port", "0",
-                             "--port-file", str(port_file)], cwd=REPO / "case-study/v1", env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    port = wait_port_file(port_file, proc)
+    proc, port = serve_kvserver(pyreload_kvserver(pyreload), env, work / "port-pyreload")
     populate(port)
     load = Load(lambda: port)
     load.start()

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import pct
+from benchlib import pct, pyreload_kvserver, serve_kvserver
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SPECS = [REPO / "specs/v1-to-v2.toml", REPO / "bench/specs/v2-to-v1.toml"]
@@ -113,18 +113,9 @@ def main():
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="pyreload-bench-"))
     env = dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run"))
-    port_file = work / "port"
-    server = subprocess.Popen(
-        [pyreload, "run", "--name", "kvserver", "--version", "1.0", "-m", "kvserver", "--port", "0", "--port-file", str(port_file)],
-        cwd=REPO / "case-study/v1", env=env, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"),
-    )
+    server, port = serve_kvserver(pyreload_kvserver(pyreload), env, work / "port",
+                                  stderr=open(work / "server.log", "w"))
     try:
-        deadline = time.time() + 20
-        while not port_file.exists():
-            if server.poll() is not None or time.time() > deadline:
-                sys.exit("server did not start")
-            time.sleep(0.05)
-        port = int(port_file.read_text())
         s, f = connect(port)
         for k in range(10_000):
             f.write(f"SET key{k} value{k}\n")

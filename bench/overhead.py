@@ -35,27 +35,17 @@ import pathlib
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
+
+from benchlib import serve_kvserver
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLIENTS = 8
 SECONDS = 3.0
 CALLGRIND_REQUESTS = 2000
 EXECUTABLE = "the executable itself (python3.11 / pyreload)"
-
-
-def serve(cmd, env, port_file, startup=20):
-    proc = subprocess.Popen(cmd + ["--port", "0", "--port-file", str(port_file)], cwd=REPO / "case-study/v1",
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + startup
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.time() > deadline:
-            sys.exit("server did not start")
-        time.sleep(0.05)
-    return proc, int(port_file.read_text())
 
 
 def cpu_seconds(pid):
@@ -102,7 +92,7 @@ def instructions_per_request(cmd, env, work, name, run):
     with a dump, so interpreter start-up and shutdown are left out.
     """
     out = work / f"callgrind-{name}-{run}"
-    proc, port = serve(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + cmd,
+    proc, port = serve_kvserver(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"] + cmd,
                        dict(env, PYTHONHASHSEED="0"), work / f"port-callgrind-{name}-{run}", startup=180)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
@@ -128,7 +118,7 @@ def instructions_per_request(cmd, env, work, name, run):
 
 def profile(cmd, env, port_file, out):
     """Where one run's CPU time goes: percent of cpu-clock samples per binary or library."""
-    proc, port = serve(cmd, env, port_file)
+    proc, port = serve_kvserver(cmd, env, port_file)
     perf = subprocess.Popen(["perf", "record", "-q", "-F", "997", "-e", "cpu-clock", "-p", str(proc.pid), "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -169,7 +159,7 @@ def main():
         # Alternate which goes first, so a drift in the machine's load
         # does not favour either.
         for name, cmd in (ways if i % 2 == 0 else ways[::-1]):
-            proc, port = serve(cmd, env, work / f"port-{name}-{i}")
+            proc, port = serve_kvserver(cmd, env, work / f"port-{name}-{i}")
             try:
                 pair[name], pair[name + "_cpu_us"] = throughput(port, proc.pid)
             finally:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import pct
+from benchlib import pct, pyreload_kvserver, serve_kvserver
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -40,12 +40,7 @@ def run(cmd, **kw):
 def check_latency(pyreload, work):
     """`pyreload check` wall time, 20 times, on an idle v1 server."""
     env = dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run-check"))
-    port_file = work / "port-check"
-    server = subprocess.Popen([pyreload, "run", "--name", "kvserver", "--version", "1.0", "-m", "kvserver", "--port", "0",
-                               "--port-file", str(port_file)], cwd=REPO / "case-study/v1", env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (port_file.exists() and port_file.read_text().strip()):
-        time.sleep(0.05)
+    server, _ = serve_kvserver(pyreload_kvserver(pyreload), env, work / "port-check")
     times = []
     for _ in range(20):
         t = time.perf_counter()

@@ -66,9 +66,9 @@ pub fn merge(
 pub struct Merged {
     reports: Vec<ModuleReport>,
     pending: Pending,
-    /// The staged classes whose contents went into a live class, by
-    /// qualified name: garbage now (see `retained`).
-    replaced_classes: Vec<(String, Py<PyAny>)>,
+    /// The staged classes whose contents went into a live class: garbage
+    /// now (see `retained`).
+    replaced_classes: Vec<Py<PyAny>>,
 }
 
 #[derive(Default)]
@@ -88,7 +88,7 @@ struct PendingFunction {
 }
 
 impl Merged {
-    pub fn replaced_classes(&self) -> &[(String, Py<PyAny>)] {
+    pub fn replaced_classes(&self) -> &[Py<PyAny>] {
         &self.replaced_classes
     }
 
@@ -267,13 +267,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         if self.truncated {
             eprintln!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies");
         }
-        let replaced_classes = classes
-            .into_iter()
-            .map(|pair| {
-                let name = format!("{}.{}", self.plan.modules[pair.module].name, qualname(&pair.old));
-                (name, pair.new.unbind())
-            })
-            .collect();
+        let replaced_classes = classes.into_iter().map(|pair| pair.new.unbind()).collect();
         Ok(Merged {
             reports: self.reports,
             pending,

@@ -241,10 +241,12 @@ fn run(
     report.timings.stage_ms = ms(t);
     let staged = match staged {
         Ok(staged) => staged,
-        Err(problem) => return report.problem = Some(interrupted(problem, &deadline, &commit_limit(&plan))),
+        Err(problem) => {
+            return report.problem = Some(interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)))
+        }
     };
     let samples = transform::lazy_samples(py, &support, &plan);
-    let samples = samples.map_err(|problem| interrupted(problem, &deadline, &commit_limit(&plan)));
+    let samples = samples.map_err(|problem| interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)));
     drop(deadline);
     let samples = match samples {
         Ok(samples) => samples,
@@ -286,19 +288,34 @@ fn run(
             Ok(b) => b,
             Err(problem) => {
                 drop(world);
-                let problem = interrupted(problem, &deadline, &commit_limit(&plan));
+                let problem = interrupted(problem, &deadline, &commit_limit(plan.commit_timeout));
                 drop(deadline);
                 stage::forget_modules(py, &staged.imported);
                 return report.problem = Some(problem);
             }
         };
         if blockers.clear() {
-            let merged = commit(py, &support, state, &plan, &staged, &samples, deadline, report);
+            let done = commit(py, &support, state, &plan, &staged, &samples, deadline, report);
             let t = Instant::now();
             drop(world);
             report.timings.resume_ms = ms(t);
             report.timings.pause_ms = ms(stopped_at);
-            if let Some((merged, lazies)) = merged {
+            if let Some(Done {
+                merged,
+                lazies,
+                journal,
+                previous_sources,
+            }) = done
+            {
+                // Bookkeeping that need not hold the world stopped.
+                state.push_committed(rollback::Committed::from_plan(
+                    report.update.clone(),
+                    report.from.clone(),
+                    &plan,
+                    journal,
+                    previous_sources,
+                ));
+                track_garbage(py, &plan, &staged, &merged, &report.update);
                 report.modules = merged.finish(py, &support);
                 progress.enter(Phase::Sweep);
                 finish_lazy(py, state, &plan, lazies, report);
@@ -361,7 +378,7 @@ const WAIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Says so when a failure came from the watchdog interrupting code that ran
 /// past `limit`.
-fn interrupted(mut problem: Problem, deadline: &Deadline<'_>, limit: &str) -> Problem {
+pub(crate) fn interrupted(mut problem: Problem, deadline: &Deadline<'_>, limit: &str) -> Problem {
     if deadline.fired() > 0 {
         problem.message = format!(
             "the update's own code ran past {limit} and was interrupted; {}",
@@ -374,12 +391,24 @@ fn interrupted(mut problem: Problem, deadline: &Deadline<'_>, limit: &str) -> Pr
     problem
 }
 
-fn commit_limit(plan: &Plan) -> String {
-    format!("commit_timeout_ms ({} ms)", plan.commit_timeout.as_millis())
+/// How [`interrupted`] names the commit deadline.
+pub(crate) fn commit_limit(timeout: std::time::Duration) -> String {
+    format!("commit_timeout_ms ({} ms)", timeout.as_millis())
+}
+
+/// What a commit that went through hands back, to finish after the pause.
+struct Done {
+    merged: merge::Merged,
+    lazies: Vec<transform::PendingLazy>,
+    /// The changes, kept for `pyreload rollback`.
+    journal: Journal,
+    /// The sources the update replaced.
+    previous_sources: Vec<(String, Option<(String, String)>)>,
 }
 
 /// The commit proper, inside the stopped world: merge, check, and roll back
-/// on any failure. Returns the merge, for its report, when committed.
+/// on any failure. When committed, returns what is left to do once the
+/// world runs again.
 #[allow(clippy::too_many_arguments)]
 fn commit(
     py: Python<'_>,
@@ -390,7 +419,7 @@ fn commit(
     samples: &[Option<Py<pyo3::types::PyList>>],
     deadline: Deadline<'_>,
     report: &mut Report,
-) -> Option<(merge::Merged, Vec<transform::PendingLazy>)> {
+) -> Option<Done> {
     let gc = GcPaused::new(py);
     let mut journal = Journal::default();
     let t = Instant::now();
@@ -429,7 +458,7 @@ fn commit(
     };
     // No more of the update's own code runs: undoing or finishing must not
     // be interrupted.
-    let failure = failure.map(|problem| interrupted(problem, &deadline, &commit_limit(plan)));
+    let failure = failure.map(|problem| interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)));
     drop(deadline);
     let result = match failure {
         Some(mut problem) => {
@@ -452,18 +481,13 @@ fn commit(
                 .map(|m| (m.name.clone(), Some((m.source.clone(), m.text.clone()))))
                 .collect();
             let previous_sources = state.swap_sources(loaded);
-            state.push_committed(rollback::Committed::from_plan(
-                report.update.clone(),
-                report.from.clone(),
-                plan,
+            state.set_version(Some(plan.to.clone()));
+            merged.map(|(merged, lazies)| Done {
+                merged,
+                lazies,
                 journal,
                 previous_sources,
-            ));
-            state.set_version(Some(plan.to.clone()));
-            if let Some((merged, _)) = &merged {
-                track_garbage(py, plan, staged, merged, &report.update);
-            }
-            merged
+            })
         }
     };
     drop(gc);
@@ -479,8 +503,12 @@ fn track_garbage(py: Python<'_>, plan: &Plan, staged: &stage::Staged, merged: &m
             let _ = retained::track(module.bind(py).as_any(), retained::Kind::Module, update, &m.name);
         }
     }
-    for (name, class) in merged.replaced_classes() {
-        let _ = retained::track(class.bind(py), retained::Kind::Class, update, name);
+    for class in merged.replaced_classes() {
+        let class = class.bind(py);
+        let name = ["__module__", "__qualname__"]
+            .map(|a| class.getattr(a).map(|v| v.to_string()).unwrap_or_default())
+            .join(".");
+        let _ = retained::track(class, retained::Kind::Class, update, &name);
     }
 }
 

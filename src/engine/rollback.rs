@@ -213,18 +213,9 @@ fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, commit_timeout
                 .collect()
         })
         .unwrap_or_else(|| Ok(Vec::new()));
-    let fired = deadline.fired() > 0;
+    let limit = super::commit_limit(commit_timeout);
+    let reversed = reversed.map_err(|problem| super::interrupted(problem, &deadline, &limit));
     drop(deadline);
-    let reversed = reversed.map_err(|mut problem| {
-        if fired {
-            problem.message = format!(
-                "a reverse transformer ran past commit_timeout_ms ({} ms) and was interrupted; {}",
-                commit_timeout.as_millis(),
-                problem.message
-            );
-        }
-        problem
-    });
     match reversed {
         Ok(reports) => report.transforms = reports,
         Err(problem) => {

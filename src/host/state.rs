@@ -2,7 +2,7 @@
 //! interpreter (through the `pyreload` module), the control thread and the
 //! update engine.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,7 +38,7 @@ pub struct HostState {
     committed: Mutex<Vec<Committed>>,
     rollback_depth: usize,
     /// Committed updates let go beyond the rollback depth.
-    let_go: std::sync::atomic::AtomicUsize,
+    let_go: AtomicUsize,
     /// Held for the whole of an update; see [`Lifecycle`].
     lifecycle: Mutex<Lifecycle>,
     /// Set as soon as the program starts to exit, before the exit hook
@@ -77,7 +77,7 @@ impl HostState {
             history: Mutex::new(Vec::new()),
             committed: Mutex::new(Vec::new()),
             rollback_depth,
-            let_go: std::sync::atomic::AtomicUsize::new(0),
+            let_go: AtomicUsize::new(0),
             sources: Mutex::new(std::collections::HashMap::new()),
             lifecycle: Mutex::new(Lifecycle::Running),
             exit_requested: AtomicBool::new(false),
