@@ -338,24 +338,47 @@ impl Report {
         if !required.is_empty() {
             let _ = writeln!(out, "  safe point: {}", required.join("; "));
         }
+        // Only the phases this attempt reached: a refused or checked update
+        // was never staged or paused, and saying "pause 0.000 ms" would
+        // claim a commit that did not happen. A phase that ran has a
+        // measured, non-zero time.
         let t = &self.timings;
-        let _ =
-            writeln!(
-            out,
-            "  time: prepare {:.2} ms, wait {:.2} ms ({} checks), stage {:.2} ms, commit {:.2} ms, check {:.2} ms{}",
-            t.prepare_ms,
-            t.wait_ms,
-            self.safe_point_checks,
-            t.stage_ms,
-            t.commit_ms,
-            t.check_ms,
-            if t.rollback_ms > 0.0 { format!(", rollback {:.2} ms", t.rollback_ms) } else { String::new() }
-        );
-        let _ = writeln!(
-            out,
-            "  pause: {:.3} ms ({} other threads stopped)   total: {:.2} ms",
-            t.pause_ms, self.stopped_threads, t.total_ms
-        );
+        let mut phases = Vec::new();
+        for (name, ms) in [("prepare", t.prepare_ms), ("wait", t.wait_ms)] {
+            if ms > 0.0 {
+                phases.push(format!("{name} {ms:.2} ms"));
+            }
+        }
+        if t.wait_ms > 0.0 && self.safe_point_checks > 0 {
+            let last = phases.len() - 1;
+            phases[last].push_str(&format!(" ({} checks)", self.safe_point_checks));
+        }
+        for (name, ms) in [
+            ("stage", t.stage_ms),
+            ("commit", t.commit_ms),
+            ("check", t.check_ms),
+            ("rollback", t.rollback_ms),
+        ] {
+            if ms > 0.0 {
+                phases.push(format!("{name} {ms:.2} ms"));
+            }
+        }
+        if !phases.is_empty() {
+            let _ = writeln!(out, "  time: {}", phases.join(", "));
+        }
+        if t.pause_ms > 0.0 {
+            let _ = writeln!(
+                out,
+                "  pause: {:.3} ms ({} other threads stopped)   total: {:.2} ms",
+                t.pause_ms, self.stopped_threads, t.total_ms
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  pause: none, the program was not stopped   total: {:.2} ms",
+                t.total_ms
+            );
+        }
         for w in &self.warnings {
             let _ = writeln!(out, "  warning: {w}");
         }

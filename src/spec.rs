@@ -295,7 +295,80 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .map(|(_, c)| c)
 }
 
+/// Every text value in the spec with the key it is under, for checks that
+/// look at all of them alike.
+fn text_fields(spec: &Spec) -> Vec<(String, &Spanned<String>)> {
+    let mut fields = vec![("[update] name".to_string(), &spec.update.name)];
+    fields.extend(spec.update.program.iter().map(|v| ("[update] program".to_string(), v)));
+    fields.extend(spec.update.from.iter().map(|v| ("[update] from".to_string(), v)));
+    fields.push(("[update] to".to_string(), &spec.update.to));
+    for (i, r) in spec.reload.iter().enumerate() {
+        fields.push((format!("reload[{i}].module"), &r.module));
+        fields.extend(r.source.iter().map(|v| (format!("reload[{i}].source"), v)));
+        fields.extend(r.keep.iter().map(|v| (format!("reload[{i}].keep"), v)));
+        fields.extend(r.reset.iter().map(|v| (format!("reload[{i}].reset"), v)));
+    }
+    let sp = &spec.safe_point;
+    fields.extend(sp.inactive.iter().map(|v| ("[safe_point] inactive".to_string(), v)));
+    fields.extend(
+        sp.allow_active
+            .iter()
+            .map(|v| ("[safe_point] allow_active".to_string(), v)),
+    );
+    fields.extend(sp.condition.iter().map(|v| ("[safe_point] condition".to_string(), v)));
+    fields.extend(
+        sp.update_point
+            .iter()
+            .map(|v| ("[safe_point] update_point".to_string(), v)),
+    );
+    for (i, t) in spec.transform.iter().enumerate() {
+        for (key, value) in [
+            ("class", &t.class),
+            ("global", &t.global),
+            ("function", &t.function),
+            ("reverse", &t.reverse),
+        ] {
+            fields.extend(value.iter().map(|v| (format!("transform[{i}].{key}"), v)));
+        }
+        fields.extend(
+            t.defaults
+                .iter()
+                .map(|(k, v)| (format!("transform[{i}].defaults.{k}"), v)),
+        );
+    }
+    fields.extend(spec.check.after.iter().map(|v| ("[check] after".to_string(), v)));
+    fields
+}
+
+/// A draft from `pyreload new` marks each decision it leaves to the user
+/// with a `"TODO: ..."` value. Applying it as it is would fail later with a
+/// message about the placeholder (say, "this update is from version TODO:
+/// ..."), which hides the real cause: the draft is not finished.
+fn undecided_todos(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
+    text_fields(spec)
+        .into_iter()
+        .filter(|(_, value)| value.get_ref().trim_start().starts_with("TODO:"))
+        .map(|(key, value)| {
+            source
+                .problem(
+                    value.span(),
+                    format!("{key} is still an undecided TODO from `pyreload new`"),
+                    "not decided",
+                )
+                .with_help(format!(
+                    "replace {:?} with your decision (each TODO says what it needs), then run `pyreload check` on the spec",
+                    value.get_ref()
+                ))
+        })
+        .collect()
+}
+
 fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
+    let todos = undecided_todos(source, spec);
+    if !todos.is_empty() {
+        // Other problems in an unfinished draft follow from the TODOs.
+        return todos;
+    }
     let mut problems = Vec::new();
     let mut require_text = |field: &Spanned<String>, what: &str| {
         if field.get_ref().trim().is_empty() {

@@ -82,14 +82,12 @@ pub fn request_update(
     target: &TargetArgs,
     dry_run: bool,
 ) -> Result<Response, i32> {
-    let program = parsed.update.program.as_ref().map(|p| p.get_ref().clone());
-    let found = match client::find(&target.selector(program)) {
-        Ok(found) => found,
-        Err(e) => {
-            error(e);
-            return Err(EXIT_USAGE);
-        }
-    };
+    let program = parsed.update.program.as_ref();
+    let found = super::find_program(
+        target,
+        program.map(|p| p.get_ref().clone()),
+        program.map(|p| (source, p)),
+    )?;
     let request = Request::Apply {
         protocol: PROTOCOL_VERSION,
         spec_path: source.path.clone(),

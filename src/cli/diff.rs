@@ -7,8 +7,8 @@ use clap::Args;
 use similar::TextDiff;
 
 use super::apply::{lost_contact, parse_spec, read_spec};
-use super::{error, TargetArgs, EXIT_OK, EXIT_REFUSED, EXIT_USAGE};
-use crate::control::client::{self, exchange};
+use super::{error, TargetArgs, EXIT_OK, EXIT_REFUSED};
+use crate::control::client::exchange;
 use crate::control::protocol::{ModuleSources, Request, Response, PROTOCOL_VERSION};
 
 /// Show what an update spec would change, as a diff of each module's source
@@ -35,13 +35,14 @@ pub fn diff(args: DiffArgs) -> i32 {
         Ok(spec) => spec,
         Err(code) => return code,
     };
-    let program = spec.update.program.as_ref().map(|p| p.get_ref().clone());
-    let found = match client::find(&args.target.selector(program)) {
+    let program = spec.update.program.as_ref();
+    let found = match super::find_program(
+        &args.target,
+        program.map(|p| p.get_ref().clone()),
+        program.map(|p| (&source, p)),
+    ) {
         Ok(found) => found,
-        Err(e) => {
-            error(e);
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let request = Request::Sources {
         protocol: PROTOCOL_VERSION,

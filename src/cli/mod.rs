@@ -102,6 +102,27 @@ pub fn main() -> i32 {
     }
 }
 
+/// Finds the program a command talks to, printing why when there is none.
+/// `named_by` is the spec's `program` key, when the name came from a spec:
+/// the error then points at that line.
+pub fn find_program(
+    target: &TargetArgs,
+    name: Option<String>,
+    named_by: Option<(&crate::spec::SpecSource, &toml::Spanned<String>)>,
+) -> Result<crate::control::client::Target, i32> {
+    use crate::control::client::{self, FindError};
+    client::find(&target.selector(name)).map_err(|e| {
+        let mut problem = e.problem();
+        let mut known = None;
+        if let (FindError::NoneNamed { .. }, Some((source, program))) = (&e, named_by) {
+            problem = problem.at(source.location(program.span()), "no running program has this name");
+            known = Some((source.path.as_str(), source.text.as_str()));
+        }
+        eprint!("{}", problem.render(known));
+        EXIT_USAGE
+    })
+}
+
 /// Prints an error the way every subcommand does.
 pub fn error(message: impl std::fmt::Display) {
     eprintln!("error: {message}");

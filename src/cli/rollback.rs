@@ -5,8 +5,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::apply::{lost_contact, print_response};
-use super::{error, TargetArgs, EXIT_REFUSED, EXIT_USAGE};
-use crate::control::client::{self, exchange};
+use super::{TargetArgs, EXIT_REFUSED};
+use crate::control::client::exchange;
 use crate::control::protocol::{Request, PROTOCOL_VERSION};
 
 /// Undo the last committed update of a running program
@@ -36,12 +36,9 @@ pub struct RollbackArgs {
 }
 
 pub fn rollback(args: RollbackArgs) -> i32 {
-    let found = match client::find(&args.target.selector(args.name.clone())) {
+    let found = match super::find_program(&args.target, args.name.clone(), None) {
         Ok(found) => found,
-        Err(e) => {
-            error(e);
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let request = Request::Rollback {
         protocol: PROTOCOL_VERSION,

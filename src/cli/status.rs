@@ -17,6 +17,9 @@ use crate::control::protocol::{ProgramInfo, Request, Response, PROTOCOL_VERSION}
     pyreload status\n  \
     pyreload status --pid 4242 --json\n  \
     pyreload status --collect\n\n\
+    With several programs running, status lists them all (one line each, then each in detail); \
+    --name or --pid narrows it to one. --json prints one object for one program, and an array \
+    when several match.\n\n\
     `retained` counts objects of earlier versions (staging modules, the staged copies of \
     classes) that are still alive. They should be freed at the program's next garbage \
     collection; --collect runs one first (a pause as long as a full gc.collect() in the \
@@ -36,43 +39,98 @@ pub struct StatusArgs {
 }
 
 pub fn status(args: StatusArgs) -> i32 {
-    match client::find(&args.target.selector(args.name.clone())) {
-        Ok(mut found) => {
-            if args.collect {
-                let request = Request::Collect {
-                    protocol: PROTOCOL_VERSION,
-                };
-                match client::exchange(&found.socket, &request, Some(Duration::from_secs(120))) {
-                    Ok(Response::Status(info)) => found.info = info,
-                    Ok(Response::Error(problem)) => {
-                        eprint!("{}", problem.render(None));
-                        return EXIT_REFUSED;
-                    }
-                    Ok(_) => {
-                        error("the program answered with something other than its status");
-                        return EXIT_REFUSED;
-                    }
-                    Err(e) => {
-                        super::apply::lost_contact(&found, &e);
-                        return EXIT_REFUSED;
-                    }
-                }
-            }
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&found.info).expect("status serializes")
-                );
-            } else {
-                print!("{}", to_text(&found.info));
-            }
-            EXIT_OK
+    // Without --pid or --socket, every program that answers (or every one
+    // with --name), like `docker ps`: several running is no reason to refuse.
+    let found = if args.target.pid.is_none() && args.target.socket.is_none() {
+        client::find_all(args.name.as_deref()).map_err(|e| e.problem())
+    } else {
+        client::find(&args.target.selector(args.name.clone()))
+            .map(|t| vec![t])
+            .map_err(|e| e.problem())
+    };
+    let mut found = match found {
+        Ok(found) => found,
+        Err(problem) => {
+            eprint!("{}", problem.render(None));
+            return EXIT_USAGE;
         }
-        Err(e) => {
-            error(e);
-            EXIT_USAGE
+    };
+    if args.collect {
+        for target in &mut found {
+            match collect(target) {
+                Ok(info) => target.info = info,
+                Err(code) => return code,
+            }
         }
     }
+    let infos: Vec<&ProgramInfo> = found.iter().map(|t| &t.info).collect();
+    match (args.json, infos.as_slice()) {
+        (true, [one]) => println!("{}", serde_json::to_string_pretty(one).expect("status serializes")),
+        (true, many) => println!("{}", serde_json::to_string_pretty(many).expect("status serializes")),
+        (false, [one]) => print!("{}", to_text(one)),
+        (false, many) => {
+            print!("{}", summary(many));
+            for info in many {
+                println!();
+                print!("{}", to_text(info));
+            }
+        }
+    }
+    EXIT_OK
+}
+
+/// `--collect` for one program: its status after a full collection.
+fn collect(target: &client::Target) -> Result<ProgramInfo, i32> {
+    let request = Request::Collect {
+        protocol: PROTOCOL_VERSION,
+    };
+    match client::exchange(&target.socket, &request, Some(Duration::from_secs(120))) {
+        Ok(Response::Status(info)) => Ok(info),
+        Ok(Response::Error(problem)) => {
+            eprint!("{}", problem.render(None));
+            Err(EXIT_REFUSED)
+        }
+        Ok(_) => {
+            error("the program answered with something other than its status");
+            Err(EXIT_REFUSED)
+        }
+        Err(e) => {
+            super::apply::lost_contact(target, &e);
+            Err(EXIT_REFUSED)
+        }
+    }
+}
+
+/// One line per program, as `docker ps` does, before the details.
+fn summary(infos: &[&ProgramInfo]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} programs running under `pyreload run`:", infos.len());
+    let _ = writeln!(
+        out,
+        "  {:>8}  {:<20}  {:<12}  {:>10}  UPDATES",
+        "PID", "NAME", "VERSION", "UPTIME"
+    );
+    for info in infos {
+        let applied = info
+            .history
+            .iter()
+            .filter(|h| h.outcome == crate::report::Outcome::Committed)
+            .count();
+        let _ = writeln!(
+            out,
+            "  {:>8}  {:<20}  {:<12}  {:>9.1}s  {applied} applied{}",
+            info.pid,
+            info.name,
+            info.version.as_deref().unwrap_or("(none)"),
+            info.uptime_s,
+            if info.in_progress.is_some() {
+                ", one in progress"
+            } else {
+                ""
+            }
+        );
+    }
+    out
 }
 
 fn to_text(info: &ProgramInfo) -> String {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 
-use super::apply::{parse_spec, read_spec, request_update};
+use super::apply::{read_spec, request_update};
 use super::{error, TargetArgs, EXIT_USAGE};
 use crate::control::protocol::Response;
 
@@ -88,8 +88,28 @@ fn apply_one(path: &Path, target: &super::TargetArgs) -> (String, serde_json::Va
     let Ok(source) = read_spec(&path.to_path_buf()) else {
         return failed(format!("could not read {}", path.display()));
     };
-    let Ok(spec) = parse_spec(&source) else {
-        return failed("the spec does not parse (the diagnostics are on stderr)".into());
+    let spec = match crate::spec::parse(&source) {
+        Ok(spec) => spec,
+        Err(problems) => {
+            // The same diagnostics as on stderr, in the result file too, so
+            // whoever dropped the spec can see what to fix without the log.
+            for p in &problems {
+                eprint!("{}", p.render(Some((&source.path, &source.text))));
+            }
+            let summary = format!(
+                "{} is not a valid update spec ({} problem(s)); nothing was sent to the program",
+                path.display(),
+                problems.len()
+            );
+            let first = problems.first().map(ToString::to_string).unwrap_or_default();
+            return (
+                format!("error: {summary}: {first}"),
+                serde_json::json!({
+                    "error": { "message": summary },
+                    "problems": problems,
+                }),
+            );
+        }
     };
     match request_update(&source, &spec, target, false) {
         Ok(Response::Report(report)) => (

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::protocol::{read_frame, write_frame, ProgramInfo, Request, Response, PROTOCOL_VERSION};
 use super::runtime_dir;
+use crate::diagnostic::Problem;
 
 /// How the user named the program.
 #[derive(Debug, Clone)]
@@ -32,20 +33,44 @@ pub struct Target {
 pub enum FindError {
     #[error("no program is running under `pyreload run` (looked in {dir})")]
     NoneRunning { dir: PathBuf },
-    #[error("no running program is named `{name}` (looked in {dir}); running: {running}")]
+    #[error("no running program is named `{name}` (looked in {dir})")]
     NoneNamed {
         name: String,
         dir: PathBuf,
         running: String,
     },
-    #[error("{count} programs match; choose one with --pid or --socket:\n{list}")]
+    #[error("{count} programs match; choose one with --pid or --socket")]
     Ambiguous { count: usize, list: String },
     #[error("could not reach {socket}: {source}")]
     Unreachable { socket: PathBuf, source: io::Error },
-    #[error("cannot look for programs in {dir}: {source}\nhelp: control sockets are private to the user who started the program; run pyreload as that user, or set PYRELOAD_RUNTIME_DIR to your own directory")]
+    #[error("cannot look for programs in {dir}: {source}")]
     Unreadable { dir: PathBuf, source: io::Error },
     #[error("no program with pid {pid} is running under `pyreload run` (no socket at {socket})")]
     NoPid { pid: u32, socket: PathBuf },
+}
+
+impl FindError {
+    /// The error as every other pyreload error is shown: the message, and
+    /// a help that says what to do about it.
+    pub fn problem(&self) -> Problem {
+        let problem = Problem::new(self.to_string());
+        match self {
+            FindError::NoneRunning { .. } => problem.with_help(
+                "start it with `pyreload run ...`; a program started with another PYRELOAD_RUNTIME_DIR is reached with --socket",
+            ),
+            FindError::NoneNamed { running, .. } => problem.with_help(format!(
+                "running now:\n{running}\nname one of these, or choose one with --pid"
+            )),
+            FindError::Ambiguous { list, .. } => problem.with_help(format!("running now:\n{list}")),
+            FindError::Unreachable { .. } => {
+                problem.with_help("the program may be exiting or stuck; `pyreload status` lists the programs that answer")
+            }
+            FindError::Unreadable { .. } => problem.with_help(
+                "control sockets are private to the user who started the program; run pyreload as that user, or set PYRELOAD_RUNTIME_DIR to your own directory",
+            ),
+            FindError::NoPid { .. } => problem.with_help("`pyreload status` lists the programs running under `pyreload run`"),
+        }
+    }
 }
 
 /// Resolves a selector to a program that answers.
@@ -67,6 +92,19 @@ pub fn find(selector: &Selector) -> Result<Target, FindError> {
 }
 
 fn find_auto(program: Option<&str>) -> Result<Target, FindError> {
+    let mut matching = find_all(program)?;
+    match matching.len() {
+        1 => Ok(matching.remove(0)),
+        count => Err(FindError::Ambiguous {
+            count,
+            list: describe_all(&matching, "\n"),
+        }),
+    }
+}
+
+/// Every program that answers in the runtime directory, or every one with
+/// this name; at least one, or an error that says why there is none.
+pub fn find_all(program: Option<&str>) -> Result<Vec<Target>, FindError> {
     let dir = runtime_dir::path();
     if let Err(e) = std::fs::read_dir(&dir) {
         if e.kind() == io::ErrorKind::PermissionDenied {
@@ -88,22 +126,19 @@ fn find_auto(program: Option<&str>) -> Result<Target, FindError> {
     if live.is_empty() {
         return Err(FindError::NoneRunning { dir });
     }
+    live.sort_by_key(|t| t.info.pid);
     let matching: Vec<Target> = match program {
         Some(name) => live.iter().filter(|t| t.info.name == name).cloned().collect(),
         None => live.clone(),
     };
-    match matching.len() {
-        1 => Ok(matching.into_iter().next().expect("one element")),
-        0 => Err(FindError::NoneNamed {
+    if matching.is_empty() {
+        return Err(FindError::NoneNamed {
             name: program.unwrap_or_default().to_string(),
             dir,
-            running: describe_all(&live, ", "),
-        }),
-        count => Err(FindError::Ambiguous {
-            count,
-            list: describe_all(&matching, "\n"),
-        }),
+            running: describe_all(&live, "\n"),
+        });
     }
+    Ok(matching)
 }
 
 fn describe_all(targets: &[Target], sep: &str) -> String {

@@ -125,7 +125,7 @@ pub fn rollback(
         ));
     }
     let mut report = Report::begin(
-        format!("rollback of {name}"),
+        format!("{}{name}", crate::host::state::ROLLBACK_PREFIX),
         state.name.clone(),
         state.pid,
         state.version(),

@@ -54,6 +54,9 @@ pub struct HostState {
     answered: Condvar,
 }
 
+/// How the history names a `pyreload rollback`: "rollback of NAME".
+pub const ROLLBACK_PREFIX: &str = "rollback of ";
+
 /// How many update attempts `status` remembers, newest last.
 pub const HISTORY_LIMIT: usize = 1000;
 
@@ -162,13 +165,31 @@ impl HostState {
         }
     }
 
-    /// Why there is nothing (more) to roll back.
+    /// Why there is nothing (more) to roll back. Called when the stack of
+    /// committed updates is empty, which has three different causes.
     pub fn nothing_to_roll_back(&self) -> String {
-        match self.let_go.load(Ordering::SeqCst) {
-            0 => "there is nothing to roll back: no update has been applied since the program started".into(),
-            n => format!(
-                "there is nothing more to roll back: the {n} oldest update(s) were let go (the program keeps the newest {}, see `pyreload run --rollback-depth`)",
+        let let_go = self.let_go.load(Ordering::SeqCst);
+        if let_go > 0 {
+            return format!(
+                "there is nothing more to roll back: the {let_go} oldest update(s) were let go (the program keeps the newest {}, see `pyreload run --rollback-depth`)",
                 self.rollback_depth
+            );
+        }
+        let (applied, rolled_back) = lock(&self.history)
+            .iter()
+            .filter(|h| h.outcome == crate::report::Outcome::Committed)
+            .fold((0, 0), |(a, r), h| {
+                if h.name.starts_with(ROLLBACK_PREFIX) {
+                    (a, r + 1)
+                } else {
+                    (a + 1, r)
+                }
+            });
+        let version = self.version().unwrap_or_else(|| "(none)".into());
+        match (applied, rolled_back) {
+            (0, _) => "there is nothing to roll back: no update has been applied since the program started".into(),
+            (a, r) => format!(
+                "there is nothing more to roll back: {a} update(s) were applied since the program started and {r} rolled back, so it runs the version it started with ({version}); `pyreload status` shows the history"
             ),
         }
     }
