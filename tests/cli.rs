@@ -109,7 +109,22 @@ fn status_finds_the_only_program_or_lists_the_candidates() {
     assert!(stdout(&out).contains("history: no updates yet"));
 
     let beta = idle(&sandbox, "beta", "7");
+    // `status` lists them both ...
     let out = sandbox.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("2 programs running"), "{text}");
+    assert!(
+        text.contains(&format!("alpha (pid {})\n  version: 3.1\n", alpha.pid()))
+            && text.contains(&format!("beta (pid {})\n  version: 7\n", beta.pid())),
+        "{text}"
+    );
+    // ... but an update must go to one program, and says which could be meant.
+    let spec = sandbox.write(
+        "any.toml",
+        "[update]\nname = \"x\"\nto = \"2\"\n\n[[reload]]\nmodule = \"json\"\n",
+    );
+    let out = sandbox.run(&["check", spec.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(

@@ -139,10 +139,12 @@ fn forward_and_back(lazy: bool) {
 
     let out = sandbox.run(&["rollback", "--socket", server.hosted.socket().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
+    let err = common::unwrapped(&stderr(&out));
     assert!(
-        stderr(&out).contains("there is nothing to roll back"),
-        "{}",
-        stderr(&out)
+        err.contains(
+            "there is nothing more to roll back: 3 update(s) were applied since the program started and 3 rolled back"
+        ),
+        "{err}"
     );
 
     let tallies = load.finish();

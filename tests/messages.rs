@@ -4,16 +4,7 @@
 
 mod common;
 
-use common::{repo, stderr, stdout, KvServer, Sandbox};
-
-/// stderr with miette's line wrapping undone, so a test can look for a
-/// whole sentence whatever the terminal width.
-fn unwrapped(text: &str) -> String {
-    text.lines()
-        .map(|l| l.trim_start().trim_start_matches('│').trim())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use common::{repo, stderr, stdout, unwrapped, KvServer, Sandbox};
 
 fn repo_arg(relative: &str) -> String {
     repo().join(relative).display().to_string()

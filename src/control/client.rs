@@ -41,7 +41,7 @@ pub enum FindError {
     },
     #[error("{count} programs match; choose one with --pid or --socket")]
     Ambiguous { count: usize, list: String },
-    #[error("could not reach {socket}: {source}")]
+    #[error("could not reach the program at {socket}")]
     Unreachable { socket: PathBuf, source: io::Error },
     #[error("cannot look for programs in {dir}: {source}")]
     Unreadable { dir: PathBuf, source: io::Error },
@@ -62,9 +62,9 @@ impl FindError {
                 "running now:\n{running}\nname one of these, or choose one with --pid"
             )),
             FindError::Ambiguous { list, .. } => problem.with_help(format!("running now:\n{list}")),
-            FindError::Unreachable { .. } => {
-                problem.with_help("the program may be exiting or stuck; `pyreload status` lists the programs that answer")
-            }
+            FindError::Unreachable { source, .. } => problem
+                .caused_by(source.to_string())
+                .with_help("`pyreload status` lists the programs that answer"),
             FindError::Unreadable { .. } => problem.with_help(
                 "control sockets are private to the user who started the program; run pyreload as that user, or set PYRELOAD_RUNTIME_DIR to your own directory",
             ),

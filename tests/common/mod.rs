@@ -605,3 +605,12 @@ impl KvLoad {
 pub fn failures(tallies: &[ClientTally]) -> Vec<&String> {
     tallies.iter().flat_map(|t| &t.failures).collect()
 }
+
+/// A diagnostic with miette's line wrapping undone (the breaks and the `│`
+/// gutter), so a test can look for a whole sentence whatever its length.
+pub fn unwrapped(text: &str) -> String {
+    text.lines()
+        .map(|l| l.trim_start().trim_start_matches('│').trim())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
