@@ -282,3 +282,41 @@ fn a_cancelled_update_leaves_the_modules_it_imported_out() {
     );
     p.module_state().assert_same(&before, "a cancelled update");
 }
+
+#[test]
+fn a_fix_with_the_same_size_and_time_is_not_hidden_by_a_stale_pyc() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    // Two versions of one length, saved within the same second: the
+    // bytecode cache judges a .pyc by the source's size and mtime only.
+    let broken = "def fix(item):\n    raise ValueError('broken')\n\n\ndef unfix(item):\n    del item.m\n";
+    let fixed = "def fix(item):\n    item.m = item.n * 10  # ok\n\n\ndef unfix(item):\n    del item.m\n";
+    assert_eq!(broken.len(), fixed.len());
+    let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let write_at = |text: &str| {
+        let path = sandbox.write("app/migrate.py", text);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        path
+    };
+    let path = write_at(broken);
+    // Python, or anything else, compiled the broken version.
+    let compiled = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",
+        ])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(compiled.success());
+    write_at(fixed);
+    let spec = sandbox.write("up.toml", TRANSFORM_SPEC);
+    let (code, report) = apply(&sandbox, &p, &spec);
+    assert_eq!((code, report["outcome"].as_str()), (0, Some("committed")), "{report:#}");
+    assert_eq!(p.ask("[i.m for i in items]"), "[10, 20, 30]");
+}
