@@ -320,3 +320,34 @@ fn a_fix_with_the_same_size_and_time_is_not_hidden_by_a_stale_pyc() {
     assert_eq!((code, report["outcome"].as_str()), (0, Some("committed")), "{report:#}");
     assert_eq!(p.ask("[i.m for i in items]"), "[10, 20, 30]");
 }
+
+#[test]
+fn a_transformer_in_a_module_nobody_imported_is_staged_and_its_import_errors_are_shown() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    // A top-level module next to the program, which the program never imports.
+    sandbox.write("migrations.py", "import app.core\n\nSTEP = 10 // 0\n");
+    let spec = sandbox.write("up.toml", &TRANSFORM_SPEC.replace("app.migrate.", "migrations."));
+    let before = p.module_state();
+    let out = run(&sandbox, &p, &["apply"], &spec);
+    assert_eq!(out.status.code(), Some(1), "{}", sandbox.transcript());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("the module of `migrations.fix` could not be imported: ZeroDivisionError")
+            && err.contains("STEP = 10 // 0"),
+        "{err}"
+    );
+    p.module_state()
+        .assert_same(&before, "an update whose transformer module raised");
+
+    sandbox.write(
+        "migrations.py",
+        &format!("import app.core\n\nSTEP = 10\n\n{MIGRATE_FIXED}"),
+    );
+    let (code, report) = apply(&sandbox, &p, &spec);
+    assert_eq!((code, report["outcome"].as_str()), (0, Some("committed")), "{report:#}");
+    assert_eq!(
+        p.ask("[i.m for i in items], sys.modules['migrations'].STEP"),
+        "([10, 20, 30], 10)"
+    );
+}

@@ -316,7 +316,22 @@ fn transforms(
                 .with_help("name the class or global with its module, as `package.module.Name`"));
         }
         for f in [t.function.as_ref(), t.reverse.as_ref()].into_iter().flatten() {
-            let _ = support.import_named_modules(f.get_ref());
+            support.import_module_of(f.get_ref()).map_err(|e| {
+                let mut p = support.problem(
+                    py,
+                    &format!("the module of `{}` could not be imported", f.get_ref()),
+                    &e,
+                );
+                if p.location.is_none() {
+                    p.location = Some(Box::new(source.location(f.span())));
+                    p.label = Some("the transformer".into());
+                }
+                p.help = Some(
+                    "fix the module's top-level code; it is imported, as on a first import, when the update prepares"
+                        .into(),
+                );
+                p
+            })?;
             if !known(f.get_ref()) {
                 return Err(source
                     .problem(

@@ -646,6 +646,26 @@ def import_named_modules(expression):
                 continue
 
 
+def import_module_of(path):
+    """Imports the module of a dotted path such as a transformer's
+    (`pkg.migrate.fix`), top level included, as `import` would: the longest
+    prefix that is a module. A module that exists but fails to import
+    raises."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:i])
+        if name in sys.modules:
+            return
+        try:
+            importlib.import_module(name)
+            return
+        except ModuleNotFoundError as e:
+            # Not a module (or its package is not): try a shorter prefix.
+            # A module that imports something missing is a real error.
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise
+
+
 def check_globals(code):
     """Globals for evaluating a spec expression such as
     `kvserver.health.ok()`: every top-level module whose name it uses."""

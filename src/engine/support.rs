@@ -65,6 +65,12 @@ impl<'py> Support<'py> {
         self.call("import_named_modules", (expression,)).map(drop)
     }
 
+    /// Imports the module of a dotted path (a transformer's), top level
+    /// included.
+    pub fn import_module_of(&self, path: &str) -> PyResult<()> {
+        self.call("import_module_of", (path,)).map(drop)
+    }
+
     pub fn is_generator_code(&self, code: &Bound<'py, PyAny>) -> PyResult<bool> {
         self.call("is_generator_code", (code,))?.is_truthy()
     }
