@@ -4,9 +4,12 @@
 //! `condition` or `[check] after` names; staging runs new module bodies,
 //! which may import new dependencies. None of these is the program's until
 //! the update commits. The update's thread records what it imports (a finder
-//! at the front of `sys.meta_path`, blind to other threads), reads each
-//! source afresh (never a stale `.pyc`), and afterwards takes every such
-//! module back out of `sys.modules` and off its package. So a refused,
+//! at the front of `sys.meta_path`, blind to other threads), compiles the
+//! program's own files from source (a quick edit can leave a stale `.pyc`
+//! looking valid; the standard library and site-packages load from their
+//! bytecode, as a big new dependency would be slow to compile), and
+//! afterwards takes every such module back out of `sys.modules` and off its
+//! package. So a refused,
 //! cancelled or rolled-back update, `check` and `diff` leave `sys.modules`,
 //! package attributes and `linecache` as they were, and the next update
 //! imports a fixed file from disk, not the broken module of the last try.
@@ -20,7 +23,9 @@
 //! | `pyreload rollback` | withdrawn with the rest of the update               |
 //!
 //! Built-in and extension (C) modules stay once imported: CPython never
-//! unloads them, and some refuse to initialise twice.
+//! unloads them, and some refuse to initialise twice. The stdlib modules
+//! pyreload's own helpers use are loaded privately the same way (see
+//! `support.py`), so even the first `check` adds nothing to the program.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};

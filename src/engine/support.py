@@ -308,6 +308,31 @@ class _FreshLoader(_machinery.SourceFileLoader):
         return self.source_to_code(data, path)
 
 
+def _installed(path):
+    """Whether `path` is part of the interpreter's installation: the
+    standard library or site-packages. Installers keep the bytecode of those
+    files in step with them, and a big new dependency loads many times
+    faster from its cached bytecode; only the program's own files, which
+    people edit, are compiled afresh."""
+    import os
+
+    global _PREFIXES
+    if _PREFIXES is None:
+        roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        try:
+            import site
+
+            roots.update(site.getsitepackages())
+            roots.add(site.getusersitepackages())
+        except Exception:
+            pass
+        _PREFIXES = tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
+    return bool(path) and os.path.realpath(path).startswith(_PREFIXES)
+
+
+_PREFIXES = None
+
+
 class _Recorder:
     """A finder at the front of sys.meta_path that notes every module the
     update's thread imports (and finds nothing itself, for other threads)."""
@@ -379,7 +404,7 @@ class UpdateImports:
         sys.meta_path.insert(0, self._recorder)
 
     def _record(self, name, spec):
-        if type(spec.loader) is _machinery.SourceFileLoader:
+        if type(spec.loader) is _machinery.SourceFileLoader and not _installed(spec.origin):
             spec.loader = _FreshLoader(spec.loader.name, spec.loader.path)
         package, _, child = name.rpartition(".")
         parent = sys.modules.get(package) if package else None
