@@ -351,3 +351,30 @@ fn a_transformer_in_a_module_nobody_imported_is_staged_and_its_import_errors_are
         "([10, 20, 30], 10)"
     );
 }
+
+#[test]
+fn a_new_body_interrupted_at_its_deadline_leaves_its_imports_out() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox);
+    sandbox.write("app/extra.py", "HELP = 'extra'\n");
+    sandbox.write(
+        "new/core.py",
+        &format!("from app import extra\n\n{CORE_V2}\nwhile True:\n    pass\n"),
+    );
+    let spec = sandbox.write(
+        "up.toml",
+        "[update]\nname = \"v2\"\nfrom = \"1\"\nto = \"2\"\n\n[[reload]]\nmodule = \"app.core\"\nsource = \"new/core.py\"\n\n[safe_point]\ncommit_timeout_ms = 300\n",
+    );
+    let before = p.module_state();
+    let (code, report) = apply(&sandbox, &p, &spec);
+    assert_eq!((code, report["outcome"].as_str()), (1, Some("refused")), "{report:#}");
+    assert!(
+        report["problem"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("UpdateTimeout"),
+        "{report:#}"
+    );
+    p.module_state()
+        .assert_same(&before, "an update whose new module body was interrupted");
+}

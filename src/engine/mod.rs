@@ -243,15 +243,18 @@ fn run(
     let staged = match staged {
         Ok(staged) => staged,
         Err(problem) => {
-            return report.problem = Some(interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)))
+            let problem = interrupted(problem, &deadline, &commit_limit(plan.commit_timeout));
+            drop(deadline);
+            let _ = stage::withdraw(py, &support, &plan);
+            return report.problem = Some(problem);
         }
     };
     let samples = transform::lazy_samples(py, &support, &plan);
     let samples = samples.map_err(|problem| interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)));
     drop(deadline);
-    let samples = match samples {
-        Ok(samples) => samples,
-        Err(problem) => {
+    let (staged, samples) = match (stage::withdraw(py, &support, &plan), samples) {
+        (Ok(imported), Ok(samples)) => (stage::Staged { imported, ..staged }, samples),
+        (Err(problem), _) | (_, Err(problem)) => {
             return report.problem = Some(problem);
         }
     };

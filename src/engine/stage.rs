@@ -37,15 +37,22 @@ pub struct Staged {
     pub imported: Vec<String>,
 }
 
+/// Runs the new module bodies. The modules they import for the first time
+/// are recorded and stay visible until [`withdraw`], which the caller runs
+/// once the update's deadline is disarmed, so that an interruption cannot
+/// leave the withdrawal half done.
 pub fn stage(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Staged, Problem> {
     imports::show_and_begin(py, support, &plan.imports)?;
-    let result = run_bodies(py, support, plan);
-    let imported = imports::end(py, support, &plan.imports);
-    let modules = result?;
     Ok(Staged {
-        modules,
-        imported: imported?,
+        modules: run_bodies(py, support, plan)?,
+        imported: Vec::new(),
     })
+}
+
+/// Takes the modules staging imported (and those prepare did) out of
+/// `sys.modules` until the commit; returns the names staging imported.
+pub fn withdraw(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Vec<String>, Problem> {
+    imports::end(py, support, &plan.imports)
 }
 
 fn run_bodies(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Vec<Py<PyModule>>, Problem> {

@@ -498,7 +498,9 @@ def _with_staged(name, module):
             continue
         child = full[len(prefix):].split(".")[0]
         sub = prefix + child
-        inner = imports.modules.get(sub) or sys.modules.get(sub)
+        # The program's own copy, if it has imported the module meanwhile:
+        # the commit keeps that one.
+        inner = sys.modules.get(sub) or imports.modules.get(sub)
         if inner is not None and child not in children:
             children[child] = _with_staged(sub, inner)
     return _PackageOverlay(module, children) if children else module
