@@ -55,14 +55,24 @@ def _import_privately(names):
         return [sys.modules[name] for name in names]
 
 
+_LAZY = {}
+
+
+def _lazy(name):
+    """A module only some updates need (`ast`, `inspect`), imported
+    privately on first use: the first update pays for what it uses."""
+    module = _LAZY.get(name)
+    if module is None:
+        module = _LAZY[name] = _import_privately([name])[0]
+    return module
+
+
 (
-    ast,
     dis,
     gc,
     importlib,
     _machinery,
     _util,
-    inspect,
     linecache,
     threading,
     tokenize,
@@ -71,13 +81,11 @@ def _import_privately(names):
     weakref,
 ) = _import_privately(
     [
-        "ast",
         "dis",
         "gc",
         "importlib",
         "importlib.machinery",
         "importlib.util",
-        "inspect",
         "linecache",
         "threading",
         "tokenize",
@@ -650,6 +658,7 @@ def import_named_modules(expression):
     would. Only submodules of packages the program has already loaded are
     imported; an unknown top-level name is left for evaluation to report."""
 
+    ast = _lazy("ast")
     for node in ast.walk(ast.parse(expression, mode="eval")):
         if not isinstance(node, ast.Attribute):
             continue
@@ -1151,7 +1160,7 @@ def check_transformer(path, new_codes):
     if not callable(fn):
         return f"`{path}` is not callable"
     try:
-        inspect.signature(fn).bind(None)
+        _lazy("inspect").signature(fn).bind(None)
     except TypeError as e:
         return f"`{path}` cannot be called with one argument: {e}"
     except ValueError:
