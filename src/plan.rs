@@ -84,4 +84,22 @@ pub struct Plan {
     /// How long the update's own code may run after the wait (see
     /// `engine::watchdog`).
     pub commit_timeout: Duration,
+    /// The modules only this update needs, kept out of `sys.modules` until
+    /// it commits (see `engine::imports`).
+    pub imports: Imports,
+}
+
+/// A support.py `UpdateImports`: the modules an update imported that the
+/// program had not, staged. Dropping it ends the update's hold on them.
+#[derive(Default)]
+pub struct Imports(pub Option<Py<PyAny>>);
+
+impl Drop for Imports {
+    fn drop(&mut self) {
+        if let Some(imports) = self.0.take() {
+            Python::attach(|py| {
+                let _ = imports.call_method0(py, "close");
+            });
+        }
+    }
 }

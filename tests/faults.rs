@@ -476,6 +476,7 @@ fn looping_program(sandbox: &Sandbox) -> Hosted {
 fn code_that_never_returns_is_interrupted_at_its_deadline_and_changes_nothing() {
     let sandbox = Sandbox::new();
     let mut p = looping_program(&sandbox);
+    let modules = (p.ask("__import__('pyreload').version()"), p.module_state()).1;
     let cases = [
         (
             "a transformer",
@@ -523,6 +524,7 @@ fn code_that_never_returns_is_interrupted_at_its_deadline_and_changes_nothing() 
             "{what}"
         );
         assert_eq!(p.ask("sorted(vars(calc.ITEMS[0]))"), "['n']", "{what}");
+        p.module_state().assert_same(&modules, what);
     }
     // The interruption left nothing pending, and the program's own switch
     // interval in place: the program and later updates go on.

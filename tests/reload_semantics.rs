@@ -275,6 +275,7 @@ fn a_failed_check_rolls_everything_back_to_the_same_objects() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
     let before = p.ask(SNAPSHOT);
+    let modules = p.module_state();
     let ids_before =
         p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]");
     sandbox.write("shop.py", SHOP_V2);
@@ -287,6 +288,7 @@ fn a_failed_check_rolls_everything_back_to_the_same_objects() {
         "{report:#}"
     );
     assert_eq!(p.ask(SNAPSHOT), before);
+    p.module_state().assert_same(&modules, "the rolled-back update");
     assert_eq!(
         p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]"),
         ids_before
@@ -302,6 +304,7 @@ fn a_module_body_that_raises_changes_nothing() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
     let before = p.ask(SNAPSHOT);
+    let modules = p.module_state();
     sandbox.write("shop.py", &format!("{SHOP_V2}\nraise RuntimeError('config missing')\n"));
     let (code, report) = apply(&sandbox, &p, SPEC);
     assert_eq!(code, 1);
@@ -316,6 +319,7 @@ fn a_module_body_that_raises_changes_nothing() {
     );
     assert!(problem["location"]["path"].as_str().unwrap().ends_with("shop.py"));
     assert_eq!(p.ask(SNAPSHOT), before);
+    p.module_state().assert_same(&modules, "the refused update");
     assert_eq!(p.ask("__import__('pyreload').version()"), "'1'");
 }
 
@@ -371,6 +375,7 @@ fn a_changed_slots_layout_is_refused_with_the_reason() {
     );
     sandbox.write("probe.py", &format!("import sys, shop\np = shop.P()\n{PROBE_LOOP}"));
     let mut p = common::probe(&sandbox, &["probe.py"]);
+    let modules = p.module_state();
     sandbox.write(
         "shop.py",
         "class P:\n    __slots__ = ('x', 'y')\n    def __init__(self):\n        self.x = 1\n        self.y = 2\n",
@@ -388,4 +393,5 @@ fn a_changed_slots_layout_is_refused_with_the_reason() {
         "{message}"
     );
     assert_eq!(p.ask("p.x, type(p) is shop.P, shop.P.__slots__"), "(1, True, ('x',))");
+    p.module_state().assert_same(&modules, "the rolled-back update");
 }

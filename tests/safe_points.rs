@@ -131,6 +131,7 @@ fn a_changed_function_that_is_running_blocks_the_update_unless_allowed() {
     sandbox.write("loop_mod.py", v1);
     sandbox.write("prog.py", &format!("{WORKER}{PROBE_LOOP}"));
     let mut p = probe(&sandbox, &["prog.py"]);
+    let modules = p.module_state();
     sandbox.write(
         "loop_mod.py",
         &v1.replace("0.005", "0.004").replace("return 1", "return 2"),
@@ -163,6 +164,7 @@ fn a_changed_function_that_is_running_blocks_the_update_unless_allowed() {
         "{causes}"
     );
     assert_eq!(p.ask("loop_mod.helper()"), "1", "a refused update changed nothing");
+    p.module_state().assert_same(&modules, "the refused update");
 
     // check says so before anyone applies it.
     let out = sandbox.run(&[
@@ -236,6 +238,7 @@ fn a_condition_that_never_holds_times_out_and_a_bad_one_is_refused_at_once() {
     sandbox.write("gate.py", "OPEN = [False]\nVALUE = 1\n");
     sandbox.write("prog.py", &format!("import sys, gate\n{PROBE_LOOP}"));
     let mut p = probe(&sandbox, &["prog.py"]);
+    let modules = p.module_state();
     sandbox.write("gate.py", "OPEN = [False]\nVALUE = 2\n");
 
     let (code, report) = apply(
@@ -284,6 +287,7 @@ fn a_condition_that_never_holds_times_out_and_a_bad_one_is_refused_at_once() {
         "{message}"
     );
     assert_eq!(p.ask("gate.VALUE"), "1");
+    p.module_state().assert_same(&modules, "three refused updates");
 }
 
 const TICKER: &str = r#"

@@ -206,6 +206,7 @@ fn a_transformer_that_raises_on_the_last_instance_leaves_all_data_as_it_was() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
     let before = p.ask("dump()");
+    let modules = p.module_state();
     let (code, report) = apply(
         &sandbox,
         &p,
@@ -226,6 +227,7 @@ fn a_transformer_that_raises_on_the_last_instance_leaves_all_data_as_it_was() {
         "the data after the rollback differs from before"
     );
     assert_eq!(p.ask("hasattr(store.Item, 'describe'), store.TOTAL"), "(False, 41)");
+    p.module_state().assert_same(&modules, "the rolled-back update");
     assert_eq!(p.ask("__import__('pyreload').version()"), "'1'");
 }
 
@@ -236,6 +238,7 @@ fn a_failed_migration_restores_dict_and_slot_state_of_every_kind_of_instance() {
     let state = "[(type(o).__name__, vars(o), getattr(o, 'mark', '-')) for o in store.MIXED]";
     let before = p.ask(state);
     assert!(before.contains("('Mixed', {'value': 2}, 4)"), "{before}");
+    let modules = p.module_state();
     let (code, report) = apply(
         &sandbox,
         &p,
@@ -259,12 +262,14 @@ fn a_failed_migration_restores_dict_and_slot_state_of_every_kind_of_instance() {
         before,
         "a plain and a slotted instance each got its state back"
     );
+    p.module_state().assert_same(&modules, "the rolled-back update");
 }
 
 #[test]
 fn transform_specs_that_cannot_work_are_refused_before_anything_changes() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
+    let modules = p.module_state();
     for (transforms, message) in [
         (
             "[[transform]]\nclass = \"store.Item\"\n",
@@ -313,6 +318,7 @@ fn transform_specs_that_cannot_work_are_refused_before_anything_changes() {
             common::stderr(&out)
         );
         assert_eq!(p.ask("hasattr(store.Item, 'describe')"), "False");
+        p.module_state().assert_same(&modules, message);
     }
 }
 
@@ -435,6 +441,7 @@ fn a_lazy_transformer_that_fails_on_the_sample_rolls_the_update_back() {
     let sandbox = Sandbox::new();
     let mut p = start_lazy(&sandbox);
     let before = p.ask("dump()");
+    let modules = p.module_state();
     let (code, report) = apply(
         &sandbox,
         &p,
@@ -457,6 +464,7 @@ fn a_lazy_transformer_that_fails_on_the_sample_rolls_the_update_back() {
         "7",
         "the class creates instances as before"
     );
+    p.module_state().assert_same(&modules, "the rolled-back update");
 }
 
 #[test]

@@ -15,6 +15,7 @@
 
 pub mod eager;
 pub mod fault;
+pub mod imports;
 pub mod journal;
 pub mod merge;
 pub mod prepare;
@@ -242,16 +243,18 @@ fn run(
     let staged = match staged {
         Ok(staged) => staged,
         Err(problem) => {
-            return report.problem = Some(interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)))
+            let problem = interrupted(problem, &deadline, &commit_limit(plan.commit_timeout));
+            drop(deadline);
+            let _ = stage::withdraw(py, &support, &plan);
+            return report.problem = Some(problem);
         }
     };
     let samples = transform::lazy_samples(py, &support, &plan);
     let samples = samples.map_err(|problem| interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)));
     drop(deadline);
-    let samples = match samples {
-        Ok(samples) => samples,
-        Err(problem) => {
-            stage::forget_modules(py, &staged.imported);
+    let (staged, samples) = match (stage::withdraw(py, &support, &plan), samples) {
+        (Ok(imported), Ok(samples)) => (stage::Staged { imported, ..staged }, samples),
+        (Err(problem), _) | (_, Err(problem)) => {
             return report.problem = Some(problem);
         }
     };
@@ -266,7 +269,6 @@ fn run(
     // every other thread stopped, and the commit follows in the same window.
     loop {
         if let Some(problem) = progress.abandoned() {
-            stage::forget_modules(py, &staged.imported);
             return report.cancel(problem);
         }
         progress.enter(Phase::Commit);
@@ -278,7 +280,6 @@ fn run(
             Ok(world) => world,
             Err(e) => {
                 drop(deadline);
-                stage::forget_modules(py, &staged.imported);
                 return report.problem = Some(support.problem(py, "could not stop the program's threads", &e));
             }
         };
@@ -290,7 +291,6 @@ fn run(
                 drop(world);
                 let problem = interrupted(problem, &deadline, &commit_limit(plan.commit_timeout));
                 drop(deadline);
-                stage::forget_modules(py, &staged.imported);
                 return report.problem = Some(problem);
             }
         };
@@ -326,7 +326,6 @@ fn run(
         drop(deadline);
         progress.enter(Phase::Wait);
         if !pacer.next(py) {
-            stage::forget_modules(py, &staged.imported);
             return report.problem = Some(safepoint::timed_out(&plan, &blockers));
         }
     }
@@ -420,7 +419,7 @@ fn commit(
     deadline: Deadline<'_>,
     report: &mut Report,
 ) -> Option<Done> {
-    let gc = GcPaused::new(py);
+    let gc = GcPaused::new(support);
     let mut journal = Journal::default();
     let t = Instant::now();
     let merged = merge::merge(py, support, plan, staged, &mut journal)
@@ -464,7 +463,6 @@ fn commit(
         Some(mut problem) => {
             let t = Instant::now();
             let errors = journal.rollback(py, support);
-            stage::forget_modules(py, &staged.imported);
             report.timings.rollback_ms = ms(t);
             for e in errors {
                 problem = problem.caused_by(format!("rollback could not restore a value: {e}"));
@@ -542,8 +540,9 @@ fn finish_lazy(
     }
 }
 
-/// Puts the modules new in this version into `sys.modules` and onto their
-/// parent package, as an import would.
+/// Puts the modules new in this version, and those only the update needed
+/// (see [`imports`]), into `sys.modules` and onto their parent package, as
+/// an import would.
 fn add_new_modules(py: Python<'_>, support: &Support<'_>, plan: &Plan, journal: &mut Journal) -> Result<(), Problem> {
     let fail = |e: PyErr| support.problem(py, "could not add a new module", &e);
     let sys_modules = py.import("sys").and_then(|s| s.getattr("modules")).map_err(fail)?;
@@ -560,7 +559,7 @@ fn add_new_modules(py: Python<'_>, support: &Support<'_>, plan: &Plan, journal: 
             }
         }
     }
-    Ok(())
+    imports::publish(py, support, &plan.imports, journal)
 }
 
 /// For `check`: the plan, what the update would do, found without running
@@ -649,12 +648,12 @@ fn describe_blockers_now(b: &safepoint::Blockers, plan: &Plan) -> Vec<String> {
 /// Keeps the cyclic garbage collector off for the commit: a collection
 /// could run finalizers (Python code) in the middle of the merge.
 struct GcPaused<'py> {
-    gc: Option<Bound<'py, PyModule>>,
+    gc: Option<Bound<'py, PyAny>>,
 }
 
 impl<'py> GcPaused<'py> {
-    fn new(py: Python<'py>) -> Self {
-        let gc = py.import("gc").ok().filter(|gc| {
+    fn new(support: &Support<'py>) -> Self {
+        let gc = support.gc().ok().filter(|gc| {
             gc.call_method0("isenabled")
                 .and_then(|e| e.is_truthy())
                 .unwrap_or(false)

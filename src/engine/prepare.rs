@@ -2,7 +2,9 @@
 //!
 //! Files are read with the GIL released; only compiling and looking things
 //! up in the interpreter hold it. Any problem here refuses the update before
-//! the program has been touched.
+//! the program has been touched. Modules imported on the way (transformers,
+//! submodules an expression names) are staged, not left in `sys.modules`:
+//! see [`super::imports`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,10 +14,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyModule, PySet};
 use toml::Spanned;
 
+use super::imports;
 use super::support::Support;
 use crate::diagnostic::{Location, Problem};
 use crate::host::state::HostState;
-use crate::plan::{Expression, ModulePlan, Plan, TransformPlan, TransformTarget};
+use crate::plan::{Expression, Imports, ModulePlan, Plan, TransformPlan, TransformTarget};
 use crate::spec::{did_you_mean, Spec, SpecSource};
 
 pub fn prepare(
@@ -24,6 +27,25 @@ pub fn prepare(
     state: &HostState,
     source: &SpecSource,
     spec: &Spec,
+) -> Result<Plan, Problem> {
+    // Whatever resolving imports is staged, and withdrawn before the
+    // program sees it (see `imports`), on every way out.
+    let imports = imports::begin(py, support)?;
+    let plan = resolve(py, support, state, source, spec, &imports);
+    let withdrawn = imports::end(py, support, &imports);
+    let mut plan = plan?;
+    withdrawn?;
+    plan.imports = imports;
+    Ok(plan)
+}
+
+fn resolve(
+    py: Python<'_>,
+    support: &Support<'_>,
+    state: &HostState,
+    source: &SpecSource,
+    spec: &Spec,
+    imports: &Imports,
 ) -> Result<Plan, Problem> {
     check_program(state, source, spec)?;
     check_version(state, source, spec)?;
@@ -124,6 +146,7 @@ pub fn prepare(
                 p.causes.clear();
                 p
             })?;
+        imports::ran(py, support, imports, &path_str, &text)?;
         check_reset_names(source, reload, &code)?;
         modules.push(ModulePlan {
             name: reload.module.get_ref().clone(),
@@ -185,6 +208,7 @@ pub fn prepare(
         transforms,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
         commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
+        imports: Imports::default(),
     })
 }
 
@@ -292,7 +316,22 @@ fn transforms(
                 .with_help("name the class or global with its module, as `package.module.Name`"));
         }
         for f in [t.function.as_ref(), t.reverse.as_ref()].into_iter().flatten() {
-            let _ = support.import_named_modules(f.get_ref());
+            support.import_module_of(f.get_ref()).map_err(|e| {
+                let mut p = support.problem(
+                    py,
+                    &format!("the module of `{}` could not be imported", f.get_ref()),
+                    &e,
+                );
+                if p.location.is_none() {
+                    p.location = Some(Box::new(source.location(f.span())));
+                    p.label = Some("the transformer".into());
+                }
+                p.help = Some(
+                    "fix the module's top-level code; it is imported, as on a first import, when the update prepares"
+                        .into(),
+                );
+                p
+            })?;
             if !known(f.get_ref()) {
                 return Err(source
                     .problem(

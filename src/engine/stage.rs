@@ -5,11 +5,14 @@
 //! stopped. It also must not be visible: the staging modules live outside
 //! `sys.modules`, and the live modules are untouched, so other threads go
 //! on running the old version, consistently, until the commit merges the
-//! staged namespaces in one step.
+//! staged namespaces in one step. Modules the new bodies import for the
+//! first time are staged too, out of `sys.modules` until the commit
+//! publishes them (see [`super::imports`]).
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyModule, PySet};
+use pyo3::types::{PyDict, PyModule};
 
+use super::imports;
 use super::support::Support;
 use crate::diagnostic::Problem;
 use crate::plan::Plan;
@@ -29,21 +32,27 @@ const MODULE_DUNDERS: [&str; 6] = [
 pub struct Staged {
     /// One per `plan.modules`, in the same order.
     pub modules: Vec<Py<PyModule>>,
-    /// Modules the new bodies imported that the program had not.
+    /// Modules the new bodies imported that the program had not (staged
+    /// in `plan.imports`).
     pub imported: Vec<String>,
 }
 
+/// Runs the new module bodies. The modules they import for the first time
+/// are recorded and stay visible until [`withdraw`], which the caller runs
+/// once the update's deadline is disarmed, so that an interruption cannot
+/// leave the withdrawal half done.
 pub fn stage(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Staged, Problem> {
-    let before = sys_module_names(py).map_err(|e| support.problem(py, "could not read sys.modules", &e))?;
-    let result = run_bodies(py, support, plan);
-    let imported = new_module_names(py, &before).unwrap_or_default();
-    match result {
-        Ok(modules) => Ok(Staged { modules, imported }),
-        Err(problem) => {
-            forget_modules(py, &imported);
-            Err(problem)
-        }
-    }
+    imports::show_and_begin(py, support, &plan.imports)?;
+    Ok(Staged {
+        modules: run_bodies(py, support, plan)?,
+        imported: Vec::new(),
+    })
+}
+
+/// Takes the modules staging imported (and those prepare did) out of
+/// `sys.modules` until the commit; returns the names staging imported.
+pub fn withdraw(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Vec<String>, Problem> {
+    imports::end(py, support, &plan.imports)
 }
 
 fn run_bodies(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Vec<Py<PyModule>>, Problem> {
@@ -80,27 +89,4 @@ fn run_bodies(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Vec<
         modules.push(staging.unbind());
     }
     Ok(modules)
-}
-
-fn sys_module_names<'py>(py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-    let keys = py.import("sys")?.getattr("modules")?.call_method0("keys")?;
-    PySet::new(py, keys.try_iter()?.collect::<PyResult<Vec<_>>>()?)
-}
-
-fn new_module_names(py: Python<'_>, before: &Bound<'_, PySet>) -> PyResult<Vec<String>> {
-    let now = sys_module_names(py)?;
-    let mut added: Vec<String> = now.call_method1("difference", (before,))?.extract()?;
-    added.sort();
-    Ok(added)
-}
-
-/// Removes modules that a failed or undone update imported, so the program
-/// is left with the modules it had.
-pub fn forget_modules(py: Python<'_>, names: &[String]) {
-    let Ok(modules) = py.import("sys").and_then(|sys| sys.getattr("modules")) else {
-        return;
-    };
-    for name in names {
-        let _ = modules.call_method1("pop", (name, py.None()));
-    }
 }

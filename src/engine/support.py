@@ -6,12 +6,94 @@ program cannot see it.
 """
 
 import builtins
-import importlib.util
 import sys
-import threading
-import traceback
-import types
-import weakref
+import _thread
+
+
+class _PrivateImports:
+    """While open, the modules this thread imports that the program had not
+    loaded are for pyreload's helpers alone: closing takes them out of
+    sys.modules again (and off their package). So loading the helpers, on
+    the first update or `check`, and describing an error (the traceback
+    module imports `ast` on the way) leave the program's modules as they
+    were. Only `threading` stays, should it be new: its list of threads
+    must be the program's."""
+
+    def __init__(self):
+        self.thread = _thread.get_ident()
+        self.seen = []
+
+    def find_spec(self, name, path=None, target=None):
+        if _thread.get_ident() == self.thread:
+            self.seen.append(name)
+        return None
+
+    def __enter__(self):
+        sys.meta_path.insert(0, self)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        for name in reversed(self.seen):
+            module = sys.modules.get(name)
+            if module is None or name == "threading":
+                continue
+            del sys.modules[name]
+            package, _, child = name.rpartition(".")
+            parent = sys.modules.get(package)
+            if parent is not None and vars(parent).get(child) is module:
+                delattr(parent, child)
+
+
+def _import_privately(names):
+    with _PrivateImports():
+        for name in names:
+            __import__(name)
+        return [sys.modules[name] for name in names]
+
+
+_LAZY = {}
+
+
+def _lazy(name):
+    """A module only some updates need (`ast`, `inspect`), imported
+    privately on first use: the first update pays for what it uses."""
+    module = _LAZY.get(name)
+    if module is None:
+        module = _LAZY[name] = _import_privately([name])[0]
+    return module
+
+
+(
+    dis,
+    gc,
+    importlib,
+    _machinery,
+    _util,
+    linecache,
+    threading,
+    tokenize,
+    traceback,
+    types,
+    weakref,
+) = _import_privately(
+    [
+        "dis",
+        "gc",
+        "importlib",
+        "importlib.machinery",
+        "importlib.util",
+        "linecache",
+        "threading",
+        "tokenize",
+        "traceback",
+        "types",
+        "weakref",
+    ]
+)
 
 
 def _strip_lines(code):
@@ -60,7 +142,7 @@ def staging_builtins(staged):
             full = name
             if level:
                 package = (globals or {}).get("__package__") or ""
-                full = importlib.util.resolve_name("." * level + name, package)
+                full = _util.resolve_name("." * level + name, package)
             staging = staged.get(full)
             if staging is not None:
                 return staging
@@ -126,13 +208,12 @@ def suspended(codes):
     Returns [(kind, qualified name, file, line, task)] where task names the
     asyncio task driving a coroutine, or is None.
     """
-    import gc
 
     tasks = {}
     try:
-        import asyncio.tasks
-
-        for task in list(asyncio.tasks._all_tasks):
+        # The program's asyncio, if it uses it: importing it here would
+        # load it into a program that does not.
+        for task in list(sys.modules["asyncio.tasks"]._all_tasks):
             tasks[id(task.get_coro())] = task.get_name()
     except Exception:
         pass
@@ -204,13 +285,295 @@ def changed_functions(module, new_code):
     return out
 
 
+# ---------------------------------------------------------------------------
+# The modules only an update needs
+
+
+_ABSENT = object()
+
+# The UpdateImports of the update in progress (updates run one at a time),
+# so that looking things up and describing errors see its staged modules.
+_ACTIVE = None
+
+
+class _FreshLoader(_machinery.SourceFileLoader):
+    """Loads a module for an update from its source, every time: never from
+    a cached .pyc, which a quick edit (same size, same second) leaves
+    looking valid. Remembers the text it compiled, so that a traceback
+    shows the lines that really ran."""
+
+    def get_code(self, fullname):
+        path = self.get_filename(fullname)
+        data = self.get_data(path)
+        imports = _ACTIVE
+        if imports is not None:
+            # Not importlib's decode_source, which imports tokenize: that
+            # may be the module being loaded.
+            import io
+
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+            imports.sources[path] = data.decode(encoding, "replace").replace("\r\n", "\n")
+        return self.source_to_code(data, path)
+
+
+def _installed(path):
+    """Whether `path` is part of the interpreter's installation: the
+    standard library or site-packages. Installers keep the bytecode of those
+    files in step with them, and a big new dependency loads many times
+    faster from its cached bytecode; only the program's own files, which
+    people edit, are compiled afresh."""
+    import os
+
+    global _PREFIXES
+    if _PREFIXES is None:
+        roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+        try:
+            import site
+
+            roots.update(site.getsitepackages())
+            roots.add(site.getusersitepackages())
+        except Exception:
+            pass
+        _PREFIXES = tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
+    return bool(path) and os.path.realpath(path).startswith(_PREFIXES)
+
+
+_PREFIXES = None
+
+
+class _Recorder:
+    """A finder at the front of sys.meta_path that notes every module the
+    update's thread imports (and finds nothing itself, for other threads)."""
+
+    def __init__(self, imports, thread):
+        self.imports = imports
+        self.thread = thread
+
+    def find_spec(self, name, path=None, target=None):
+        if threading.get_ident() != self.thread:
+            return None
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                self.imports._record(name, spec)
+                return spec
+        return None
+
+    def invalidate_caches(self):
+        pass
+
+
+def _cannot_unload(module):
+    """Built-in and extension (C) modules: CPython never unloads them, and
+    some refuse to initialise twice, so they stay once imported."""
+    spec = getattr(module, "__spec__", None)
+    loader = getattr(spec, "loader", None)
+    return getattr(spec, "origin", None) == "built-in" or isinstance(
+        loader, _machinery.ExtensionFileLoader
+    )
+
+
+class UpdateImports:
+    """The modules an update imports that the program had not: transformer
+    modules, submodules a condition or check names, new dependencies of the
+    new code. Like modules new in the version, they are staged: imported
+    while the update prepares or stages, then taken out of sys.modules (and
+    off their package) until the commit publishes them. A refused update,
+    `check` and `diff` leave sys.modules, packages and linecache as they
+    were, and the next update imports these modules afresh from disk.
+
+    Only the update's own thread is recorded: imports the program makes
+    meanwhile are its own."""
+
+    def __init__(self):
+        global _ACTIVE
+        _ACTIVE = self
+        self.modules = {}  # name -> module, in import order: staged
+        self.parents = {}  # name -> (package, its attribute before the import)
+        self.sources = {}  # file -> the source text that ran
+        self._recorder = None
+        self._names = []
+        self._lines = None
+        self.shown = False
+
+    def ran(self, path, text):
+        """Notes the text the update compiled for `path`."""
+        self.sources[path] = text
+
+    def begin(self):
+        """Starts recording the imports this thread makes."""
+        importlib.invalidate_caches()  # see files created within the second
+        self._names = []
+        self._lines = set(linecache.cache)
+        self._recorder = _Recorder(self, threading.get_ident())
+        sys.meta_path.insert(0, self._recorder)
+
+    def _record(self, name, spec):
+        if type(spec.loader) is _machinery.SourceFileLoader and not _installed(spec.origin):
+            spec.loader = _FreshLoader(spec.loader.name, spec.loader.path)
+        package, _, child = name.rpartition(".")
+        parent = sys.modules.get(package) if package else None
+        if parent is not None and name not in self.parents:
+            self.parents[name] = (parent, vars(parent).get(child, _ABSENT))
+        self._names.append(name)
+
+    def end(self):
+        """Stops recording and withdraws every staged module. Returns the
+        names staged by this recording."""
+        try:
+            sys.meta_path.remove(self._recorder)
+        except ValueError:
+            pass
+        self._recorder = None
+        added = []
+        for name in self._names:
+            module = sys.modules.get(name)
+            if module is None or name in self.modules or _cannot_unload(module):
+                continue
+            self.modules[name] = module
+            added.append(name)
+        self._withdraw()
+        files = set(self.sources)
+        files.update(getattr(m, "__file__", None) for m in self.modules.values())
+        for key in set(linecache.cache) - (self._lines or set()):
+            if key in files:
+                linecache.cache.pop(key, None)
+        return added
+
+    def show(self):
+        """Puts the staged modules back, for the new module bodies to import
+        while staging (end() withdraws them again). A module the program has
+        imported itself in the meantime is the program's: it stays, and the
+        update uses it."""
+        for name, module in list(self.modules.items()):
+            present = sys.modules.get(name)
+            if present is not None and present is not module:
+                del self.modules[name]
+                continue
+            sys.modules[name] = module
+            if name in self.parents:
+                setattr(self.parents[name][0], name.rpartition(".")[2], module)
+        self.shown = True
+
+    def _withdraw(self):
+        for name, module in reversed(list(self.modules.items())):
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+            saved = self.parents.get(name)
+            if saved is None or name.rpartition(".")[0] in self.modules:
+                continue
+            parent, old = saved
+            child = name.rpartition(".")[2]
+            if vars(parent).get(child, _ABSENT) is not module:
+                continue
+            if old is _ABSENT:
+                delattr(parent, child)
+            else:
+                setattr(parent, child, old)
+        self.shown = False
+
+    def staged(self):
+        """[(name, module)] in import order, for the commit to publish."""
+        return list(self.modules.items())
+
+    def close(self):
+        """The update is over: stop being the active one."""
+        global _ACTIVE
+        if self._recorder is not None or self.shown:
+            self.end()
+        if _ACTIVE is self:
+            _ACTIVE = None
+
+
+def _staged_module(name):
+    imports = _ACTIVE
+    return None if imports is None else imports.modules.get(name)
+
+
+def _with_staged(name, module):
+    """`module` as an expression sees it while the update is staged: with
+    the staged submodules as attributes, though the package has none yet."""
+    imports = _ACTIVE
+    if imports is None or not imports.modules:
+        return module
+    prefix = name + "."
+    children = {}
+    for full in imports.modules:
+        if not full.startswith(prefix):
+            continue
+        child = full[len(prefix):].split(".")[0]
+        sub = prefix + child
+        # The program's own copy, if it has imported the module meanwhile:
+        # the commit keeps that one.
+        inner = sys.modules.get(sub) or imports.modules.get(sub)
+        if inner is not None and child not in children:
+            children[child] = _with_staged(sub, inner)
+    return _PackageOverlay(module, children) if children else module
+
+
+def update_imports():
+    return UpdateImports()
+
+
+def gc_module():
+    """The collector's module, without importing it into the program."""
+    return gc
+
+
+class _TrueLines:
+    """While describing an exception: linecache holds the text each of the
+    update's files had when it was compiled, not what is on disk now. Put
+    back as it was afterwards."""
+
+    def __init__(self, tb):
+        self.saved = {}
+        imports = _ACTIVE
+        self.sources = {} if imports is None else imports.sources
+        while tb is not None:
+            path = tb.tb_frame.f_code.co_filename
+            text = self.sources.get(path)
+            if text is not None and path not in self.saved:
+                self.saved[path] = linecache.cache.get(path, _ABSENT)
+                # mtime None: checkcache() leaves the entry alone.
+                linecache.cache[path] = (len(text), None, text.splitlines(True), path)
+            tb = tb.tb_next
+
+    def restore(self):
+        for path, old in self.saved.items():
+            if old is _ABSENT:
+                linecache.cache.pop(path, None)
+            else:
+                linecache.cache[path] = old
+
+
 def describe_exception(exc, tb, prefer_file=None):
     """(one-line summary, traceback lines, (file, line) of the syntax error,
-    or of the innermost frame in `prefer_file`, or of the innermost frame).
+    or of the innermost frame in `prefer_file`, or of the innermost frame,
+    the text of that file as the update compiled it, or None).
+    Lines of the update's files are shown as they ran, not as they are on
+    disk now.
     `tb` is passed separately because an exception fetched through the C API
     may not carry its __traceback__ yet."""
     if tb is None:
         tb = exc.__traceback__
+    lines_guard = _TrueLines(tb)
+    cached = set(linecache.cache)
+    try:
+        with _PrivateImports():
+            summary, lines, where = _describe(exc, tb, prefer_file)
+    finally:
+        lines_guard.restore()
+        # Reading files for the traceback is no reason to keep them cached.
+        for path in set(linecache.cache) - cached:
+            linecache.cache.pop(path, None)
+    text = lines_guard.sources.get(where[0]) if where is not None else None
+    return summary, lines, where, text
+
+
+def _describe(exc, tb, prefer_file):
     if isinstance(exc, SyntaxError):
         # The snippet shows the file, line and caret; say only what is wrong.
         summary = f"{type(exc).__name__}: {exc.msg}"
@@ -294,9 +657,8 @@ def import_named_modules(expression):
     `kvserver.health` in `kvserver.health.ok()`, as `import kvserver.health`
     would. Only submodules of packages the program has already loaded are
     imported; an unknown top-level name is left for evaluation to report."""
-    import ast
-    import importlib
 
+    ast = _lazy("ast")
     for node in ast.walk(ast.parse(expression, mode="eval")):
         if not isinstance(node, ast.Attribute):
             continue
@@ -320,23 +682,44 @@ def import_named_modules(expression):
                 continue
 
 
+def import_module_of(path):
+    """Imports the module of a dotted path such as a transformer's
+    (`pkg.migrate.fix`), top level included, as `import` would: the longest
+    prefix that is a module. A module that exists but fails to import
+    raises."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:i])
+        if name in sys.modules:
+            return
+        try:
+            importlib.import_module(name)
+            return
+        except ModuleNotFoundError as e:
+            # Not a module (or its package is not): try a shorter prefix.
+            # A module that imports something missing is a real error.
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise
+
+
 def check_globals(code):
     """Globals for evaluating a spec expression such as
     `kvserver.health.ok()`: every top-level module whose name it uses."""
     g = {"__builtins__": builtins}
     for name in code.co_names:
-        module = sys.modules.get(name)
+        module = sys.modules.get(name) or _staged_module(name)
         if module is not None:
-            g[name] = module
+            g[name] = _with_staged(name, module)
     return g
 
 
 def resolve(path):
     """The object at a dotted path: the longest prefix that is a loaded
-    module, then attributes."""
+    (or staged) module, then attributes."""
     parts = path.split(".")
     for i in range(len(parts), 0, -1):
-        module = sys.modules.get(".".join(parts[:i]))
+        name = ".".join(parts[:i])
+        module = sys.modules.get(name) or _staged_module(name)
         if module is not None:
             obj = module
             for attr in parts[i:]:
@@ -350,7 +733,6 @@ def instances_of(cls):
     the collector's objects (instances of heap types refer to their type).
     Instances the collector does not track (of classes with empty
     __slots__ and no __dict__) are not found."""
-    import gc
 
     classes = [cls]
     i = 0
@@ -708,7 +1090,6 @@ def imported_modules(code, package):
     """Absolute names of the modules a module body imports from, read from
     its bytecode: `import a.b` gives a.b, `from .c import d` gives pkg.c and
     pkg.c.d (d may be a submodule)."""
-    import dis
 
     found = set()
     level = 0
@@ -721,7 +1102,7 @@ def imported_modules(code, package):
             lvl = level if isinstance(level, int) else 0
             base = ins.argval
             try:
-                full = importlib.util.resolve_name("." * lvl + base, package) if lvl else base
+                full = _util.resolve_name("." * lvl + base, package) if lvl else base
             except (ImportError, ValueError):
                 continue
             found.add(full)
@@ -751,7 +1132,6 @@ def modules_for_files(paths):
 def stored_names(code):
     """Names the module body binds at top level (assignments, imports,
     definitions), read from its bytecode."""
-    import dis
 
     return sorted({i.argval for i in dis.get_instructions(code) if i.opname in ("STORE_NAME", "STORE_GLOBAL")})
 
@@ -760,7 +1140,6 @@ def check_transformer(path, new_codes):
     """Why `path` cannot be a transformer (called with one argument), or
     None. `new_codes` maps module names the update reloads to their new
     code: a transformer defined there is checked in the new code."""
-    import inspect
 
     module, _, name = path.rpartition(".")
     code = new_codes.get(module)
@@ -781,7 +1160,7 @@ def check_transformer(path, new_codes):
     if not callable(fn):
         return f"`{path}` is not callable"
     try:
-        inspect.signature(fn).bind(None)
+        _lazy("inspect").signature(fn).bind(None)
     except TypeError as e:
         return f"`{path}` cannot be called with one argument: {e}"
     except ValueError:

@@ -65,6 +65,12 @@ impl<'py> Support<'py> {
         self.call("import_named_modules", (expression,)).map(drop)
     }
 
+    /// Imports the module of a dotted path (a transformer's), top level
+    /// included.
+    pub fn import_module_of(&self, path: &str) -> PyResult<()> {
+        self.call("import_module_of", (path,)).map(drop)
+    }
+
     pub fn is_generator_code(&self, code: &Bound<'py, PyAny>) -> PyResult<bool> {
         self.call("is_generator_code", (code,))?.is_truthy()
     }
@@ -168,6 +174,16 @@ impl<'py> Support<'py> {
         self.call("restore_states", (saved,)).map(drop)
     }
 
+    /// The `gc` module, without adding it to the program's `sys.modules`.
+    pub fn gc(&self) -> PyResult<Bound<'py, PyAny>> {
+        self.call("gc_module", ())
+    }
+
+    /// A fresh `UpdateImports` (see support.py and `engine::imports`).
+    pub fn update_imports(&self) -> PyResult<Bound<'py, PyAny>> {
+        self.call("update_imports", ())
+    }
+
     pub fn check_globals(&self, code: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
         Ok(self.call("check_globals", (code,))?.cast_into::<PyDict>()?)
     }
@@ -204,10 +220,12 @@ impl<'py> Support<'py> {
             .call("describe_exception", (err.value(py), err.traceback(py), file))
             .and_then(|d| d.extract());
         match described {
-            Ok((summary, lines, where_)) => {
+            Ok((summary, lines, where_, ran)) => {
                 let mut problem = Problem::new(format!("{context}: {summary}"));
                 if let Some((file, line, column)) = where_ {
-                    let text = std::fs::read_to_string(&file).unwrap_or_default();
+                    // The text that ran, if the update compiled this file:
+                    // the file on disk may have changed since.
+                    let text = ran.unwrap_or_else(|| std::fs::read_to_string(&file).unwrap_or_default());
                     problem = problem.at(Location::at_line_column(&file, &text, line, column), summary.clone());
                 }
                 problem.causes = lines;
@@ -232,8 +250,9 @@ fn changes(d: &Bound<'_, PyDict>) -> PyResult<Changes> {
 }
 
 /// What `describe_exception` returns: a one-line summary, the traceback
-/// lines, and the (file, line, column) to point at.
-type DescribedException = (String, Vec<String>, Option<(String, usize, usize)>);
+/// lines, the (file, line, column) to point at, and that file's text as the
+/// update compiled it.
+type DescribedException = (String, Vec<String>, Option<(String, usize, usize)>, Option<String>);
 
 /// A generator or coroutine suspended in a function that must be inactive.
 #[derive(Debug, Clone)]

@@ -614,3 +614,50 @@ pub fn unwrapped(text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// A probe expression (see [`PROBE_LOOP`]) that lists, joined by `|`, what
+/// a refused update must leave as it was: every name in `sys.modules`
+/// (`M name`), every package attribute that holds its own submodule, as an
+/// import sets it (`A package.child`), and every file in `linecache`
+/// (`L file`). It imports nothing.
+pub const MODULE_STATE: &str = concat!(
+    r#""|".join(["M " + n for n in list(sys.modules)]"#,
+    r#" + ["A " + n + "." + a for n, m in list(sys.modules.items()) for a, v in list(getattr(m, "__dict__", {}).items())"#,
+    r#" if type(v) is type(sys) and getattr(v, "__name__", None) == n + "." + a]"#,
+    r#" + ["L " + f for f in list(getattr(sys.modules.get("linecache"), "cache", {}))])"#,
+);
+
+/// What [`MODULE_STATE`] read from a program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleState(pub std::collections::BTreeSet<String>);
+
+impl ModuleState {
+    pub fn contains(&self, entry: &str) -> bool {
+        self.0.contains(entry)
+    }
+
+    /// Panics, naming what `what` added and what went missing, unless this
+    /// state (after it) is `before`.
+    pub fn assert_same(&self, before: &ModuleState, what: &str) {
+        let added: Vec<&String> = self.0.difference(&before.0).collect();
+        let missing: Vec<&String> = before.0.difference(&self.0).collect();
+        assert!(
+            added.is_empty() && missing.is_empty(),
+            "{what} changed the program's modules (M: sys.modules, A: package attribute, L: linecache)\n  added: {added:?}\n  missing: {missing:?}"
+        );
+    }
+}
+
+impl Hosted {
+    /// `sys.modules`, the package attributes that hold submodules, and the
+    /// `linecache` files of a probe program (see [`MODULE_STATE`]).
+    pub fn module_state(&mut self) -> ModuleState {
+        let answer = self.ask(MODULE_STATE);
+        let inner = answer
+            .strip_prefix('\'')
+            .and_then(|a| a.strip_suffix('\''))
+            .filter(|a| !a.contains('\\'))
+            .unwrap_or_else(|| panic!("the program's module state is not a plain string: {answer}"));
+        ModuleState(inner.split('|').map(str::to_string).collect())
+    }
+}
