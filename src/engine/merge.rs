@@ -88,6 +88,13 @@ struct PendingFunction {
 }
 
 impl Merged {
+    /// Adds names in other modules that followed the update (see copies.rs).
+    pub fn add_rebound(&mut self, rebound: Vec<(usize, String)>) {
+        for (module, label) in rebound {
+            self.reports[module].rebound.push(label);
+        }
+    }
+
     pub fn replaced_classes(&self) -> &[Py<PyAny>] {
         &self.replaced_classes
     }

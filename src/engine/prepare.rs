@@ -173,6 +173,7 @@ pub fn prepare(
     };
 
     let transforms = transforms(py, support, source, spec, &sys_modules, &modules)?;
+    let (copies, stars) = super::copies::find(py, support, &modules)?;
     Ok(Plan {
         to: spec.update.to.get_ref().clone(),
         modules,
@@ -185,6 +186,8 @@ pub fn prepare(
         transforms,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
         commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
+        copies,
+        stars,
     })
 }
 

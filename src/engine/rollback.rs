@@ -277,5 +277,7 @@ fn safe_point_plan(py: Python<'_>, support: &Support<'_>, state: &HostState, tim
         transforms: Vec::new(),
         timeout,
         commit_timeout: Duration::ZERO,
+        copies: Vec::new(),
+        stars: Vec::new(),
     })
 }

@@ -53,6 +53,11 @@ impl<'py> Support<'py> {
         self.call("is_code_like", (v,))?.is_truthy()
     }
 
+    /// `(copies, stars)` as support.py's `find_copies` returns them.
+    pub fn find_copies(&self, updated: Vec<(String, Option<Py<PyAny>>)>) -> PyResult<Bound<'py, PyAny>> {
+        self.call("find_copies", (updated,))
+    }
+
     pub fn staging_builtins(&self, staged: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
         self.call("staging_builtins", (staged,))
     }
