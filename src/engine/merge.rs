@@ -594,6 +594,11 @@ impl<'a, 'py> Merger<'a, 'py> {
                 }
             }
         }
+        let old_values = if members.is_empty() {
+            None
+        } else {
+            class_dict_get(old, "_value2member_map_")?.map(|v| v.into_bound(self.py))
+        };
         let new_items = class_items(new);
         let new_names: HashSet<String> = new_items.iter().map(|(n, _)| n.clone()).collect();
         // The member table first: an enum refuses to set a name that its
@@ -688,6 +693,14 @@ impl<'a, 'py> Merger<'a, 'py> {
                         .push(format!("{class_name}.{attr}"));
                 }
                 changed = true;
+            }
+        }
+        if let (Some(old_values), Some(new_values)) = (old_values, class_dict_get(old, "_value2member_map_")?) {
+            let new_values = new_values.into_bound(self.py).cast_into::<PyDict>()?;
+            if class_dict_get(old, "_flag_mask_")?.is_some() && !new_values.is(&old_values) {
+                for (value, member) in self.support.flag_pseudo_members(&old_values, &new_values)? {
+                    self.journal.set_item(&new_values, &value, &member)?;
+                }
             }
         }
         Ok(changed)

@@ -629,6 +629,8 @@ fn kept_globals(py: Python<'_>, support: &Support<'_>, m: &crate::plan::ModulePl
             kept.push(name);
         }
     }
+    // `Class.attr` in `keep`: a class attribute kept.
+    kept.extend(m.keep.iter().filter(|k| k.contains('.')).cloned());
     Ok(kept)
 }
 

@@ -574,7 +574,9 @@ fn check_reset_names(
 ) -> Result<(), Problem> {
     let names: Vec<String> = code.getattr("co_names").and_then(|n| n.extract()).unwrap_or_default();
     for reset in &reload.reset {
-        if !names.contains(reset.get_ref()) {
+        // `Class.attr` names a class attribute: its class must be a global.
+        let global = reset.get_ref().split('.').next().unwrap_or_default();
+        if !names.iter().any(|n| n == global) {
             let mut p = source.problem(
                 reset.span(),
                 format!(

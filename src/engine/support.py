@@ -955,3 +955,25 @@ def find_copies(updated):
                     seen.add((importer, alias))
                     copies.append((importer, namespace, alias, i, name))
     return copies, stars
+
+
+def flag_pseudo_members(old_values, new_values):
+    """The composite members of a Flag enum (`R|W`) cached in its old
+    `_value2member_map_` that stay valid in the new one: every bit of the
+    value is still the very same member. The program may hold them, so the
+    new table keeps them, and `held == Perm.R | Perm.W` stays true."""
+    out = []
+    for value, member in old_values.items():
+        if not isinstance(value, int) or value < 0 or value in new_values:
+            continue
+        bits, ok = value, True
+        while bits:
+            bit = bits & -bits
+            bits ^= bit
+            new = new_values.get(bit)
+            if new is None or new is not old_values.get(bit):
+                ok = False
+                break
+        if ok:
+            out.append((value, member))
+    return out
