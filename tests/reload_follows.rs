@@ -167,6 +167,26 @@ fn a_commit_that_rolls_back_leaves_every_copy_as_it_was() {
     assert_eq!(p.ask("TIMEOUT, LABEL"), "(100, 'new')");
 }
 
+#[test]
+fn a_copy_the_program_rebinds_while_the_update_waits_keeps_its_value() {
+    let sandbox = Sandbox::new();
+    let mut p = start_copies(&sandbox);
+    sandbox.write("cfg.py", CFG_V2);
+    // The copies are found in prepare. The program then rebinds one of
+    // them before the commit (here: the safe-point condition does, as the
+    // program's own code could while the update waits); the commit sees
+    // that the importer no longer holds cfg's object, and leaves it.
+    let s = spec(
+        &["cfg"],
+        "\n[safe_point]\ncondition = \"__import__('__main__').__dict__.__setitem__('LABEL', 'mine') is None\"\n",
+    );
+    let (code, report) = apply(&sandbox, &p, &s);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(p.ask("LABEL, NAME, TIMEOUT"), "('mine', 'new', 100)");
+    let rebound = strings(&report["modules"][0]["rebound"]);
+    assert!(!rebound.contains(&"__main__.LABEL".to_string()), "{rebound:?}");
+}
+
 // ---- star imports ----
 
 const PLAIN_V1: &str = "def func1():\n    return 'f1'\n";
