@@ -15,6 +15,14 @@
 //! - `reset = [...]` and `keep = [...]` in the spec override the last two.
 //! - Names the new source no longer defines are removed if they were
 //!   functions or classes of the module, and kept otherwise.
+//! - Inside a class, the same rule, with `keep`/`reset` as `Class.attr`.
+//!   What the class statement defines is not data and follows the new
+//!   source: dunders, enum sunders (`_member_map_`, ...), a NamedTuple's
+//!   `_fields`, and an enum's members. A member with the same name and
+//!   value keeps its identity (`pair_members`).
+//!
+//! Copies of the module's names in other modules follow afterwards, in
+//! copies.rs.
 //!
 //! It runs in the stopped world (world.rs), so no other thread can observe a
 //! half-merged program, even though a few small Python helpers run on the
