@@ -132,21 +132,33 @@ fn smoketest_new_code_reaches_old_references_and_failed_reloads_change_nothing()
     let (code, report) = prog.update(&[("mod.py", "\na syntax error\n")], &["mod"]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["outcome"], "refused");
-    assert!(report["problem"]["location"]["path"].as_str().unwrap().ends_with("mod.py"), "{report:#}");
+    assert!(
+        report["problem"]["location"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("mod.py"),
+        "{report:#}"
+    );
     assert_eq!(prog.ask(SMOKE_CONTENTS), v1);
 
     // The real v2: old references run the new code (the "superreload" of
     // IPython). `z` is no longer defined by v2, and pyreload keeps it:
     // a global the new source drops may be runtime state. IPython deletes it.
     prog.commit(&[("mod.py", SMOKE_V2)], &["mod"]);
-    assert_eq!(prog.ask(SMOKE_CONTENTS), "(10, 123, 4, 4, 11, 11, 43, 43, False, False, 2, 2)");
+    assert_eq!(
+        prog.ask(SMOKE_CONTENTS),
+        "(10, 123, 4, 4, 11, 11, 43, 43, False, False, 2, 2)"
+    );
 
     // The file deleted: refused, the program keeps v2.
     std::fs::remove_file(prog.sandbox.path().join("mod.py")).unwrap();
     let (code, report) = prog.update(&[], &["mod"]);
     assert_eq!(code, 1, "{report:#}");
     assert!(
-        report["problem"]["message"].as_str().unwrap().contains("could not read the new source"),
+        report["problem"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not read the new source"),
         "{report:#}"
     );
     assert_eq!(prog.ask("mod.x, old_foo(0), old_obj.bar(1)"), "(10, 4, 11)");
@@ -174,10 +186,15 @@ fn reload_class_type_keeps_the_class_so_pickle_finds_it() {
     prog.commit(&[("ct.py", &v1.replace("'old'", "'new'"))], &["ct"]);
     // What pickle does: find the class by module and name.
     assert_eq!(
-        prog.ask("getattr(sys.modules[type(test).__module__], type(test).__name__) is type(test), isinstance(test, Test)"),
+        prog.ask(
+            "getattr(sys.modules[type(test).__module__], type(test).__name__) is type(test), isinstance(test, Test)"
+        ),
         "(True, True)"
     );
-    assert_eq!(prog.ask("test.meth(), pickle.loads(pickle.dumps(test)).meth()"), "('new', 'new')");
+    assert_eq!(
+        prog.ask("test.meth(), pickle.loads(pickle.dumps(test)).meth()"),
+        "('new', 'new')"
+    );
 }
 
 // test_reload_class_attributes
@@ -205,7 +222,10 @@ class MyClass:
 "#;
     let mut prog = Program::start(&[("ca.py", v1)], "from ca import MyClass\nfirst = MyClass(5)");
     assert_eq!(prog.ask("first.square()"), "25");
-    assert_eq!(prog.ask("first.cube()"), "raised AttributeError: 'MyClass' object has no attribute 'cube'");
+    assert_eq!(
+        prog.ask("first.cube()"),
+        "raised AttributeError: 'MyClass' object has no attribute 'cube'"
+    );
     prog.commit(&[("ca.py", v2)], &["ca"]);
     assert_eq!(prog.ask("globals().__setitem__('second', MyClass(5))"), "None");
     for name in ["first", "second"] {
@@ -241,7 +261,10 @@ class TestEnum(Enum):
     A = 'a'
 "#;
     prog.commit(&[("na.py", v2)], &["na"]);
-    assert_eq!(prog.ask("func2(), type(Test()).__name__, number, TestEnum.A.value"), "(None, 'Test', 0, 'a')");
+    assert_eq!(
+        prog.ask("func2(), type(Test()).__name__, number, TestEnum.A.value"),
+        "(None, 'Test', 0, 'a')"
+    );
     assert_eq!(prog.ask("sys.modules['na'].func2 is func2"), "True");
 
     // New objects can be changed.
@@ -291,11 +314,26 @@ fn from_import_copies_of_constants_functions_and_classes_follow() {
         &[("fm.py", v1)],
         "from fm import TIMEOUT, TIMEOUT as T2, f, f as g, cached, C\nc = C()",
     );
-    prog.commit(&[("fm.py", &v1.replace("TIMEOUT = 1", "TIMEOUT = 2").replace("'f1'", "'f2'").replace("'c1'", "'c2'").replace("'m1'", "'m2'"))], &["fm"]);
-    assert_eq!(prog.ask("TIMEOUT, T2, f(), g(), cached(), c.m(), C().m()"), "(2, 2, 'f2', 'f2', 'c2', 'm2', 'm2')");
+    prog.commit(
+        &[(
+            "fm.py",
+            &v1.replace("TIMEOUT = 1", "TIMEOUT = 2")
+                .replace("'f1'", "'f2'")
+                .replace("'c1'", "'c2'")
+                .replace("'m1'", "'m2'"),
+        )],
+        &["fm"],
+    );
+    assert_eq!(
+        prog.ask("TIMEOUT, T2, f(), g(), cached(), c.m(), C().m()"),
+        "(2, 2, 'f2', 'f2', 'c2', 'm2', 'm2')"
+    );
     // An lru_cache wrapper cannot be patched in place: it is replaced, and
     // the copy follows the replacement.
-    assert_eq!(prog.ask("cached is sys.modules['fm'].cached, f is g is sys.modules['fm'].f"), "(True, True)");
+    assert_eq!(
+        prog.ask("cached is sys.modules['fm'].cached, f is g is sys.modules['fm'].f"),
+        "(True, True)"
+    );
 }
 
 // Aliases must not leak names into the importer.
@@ -303,10 +341,16 @@ fn from_import_copies_of_constants_functions_and_classes_follow() {
 #[test]
 fn aliases_do_not_leak_names_into_the_importer() {
     let v1 = "__all__ = ['pub']\nSECRET = 1\ndef pub():\n    return 1\ndef f():\n    return 'f1'\n";
-    let mut prog = Program::start(&[("al.py", v1)], "import al as alias\nfrom al import f as g\nfrom al import *");
+    let mut prog = Program::start(
+        &[("al.py", v1)],
+        "import al as alias\nfrom al import f as g\nfrom al import *",
+    );
     let v2 = "__all__ = ['pub']\nSECRET = 2\ndef pub():\n    return 2\ndef f():\n    return 'f2'\ndef extra():\n    return 0\n";
     prog.commit(&[("al.py", v2)], &["al"]);
-    assert_eq!(prog.ask("g(), pub(), alias.SECRET, alias is sys.modules['al']"), "('f2', 2, 2, True)");
+    assert_eq!(
+        prog.ask("g(), pub(), alias.SECRET, alias is sys.modules['al']"),
+        "('f2', 2, 2, True)"
+    );
     for leaked in ["f", "al", "SECRET", "extra"] {
         assert_eq!(
             prog.ask(&format!("'{leaked}' in globals()")),
@@ -362,10 +406,19 @@ class Tools:
         &[("dec.py", v1)],
         "from dec import work, Point, Tools\np = Point(3, 4)\nt = Tools()\nunit = Tools.unit\nname = Tools.name",
     );
-    assert_eq!(prog.ask("work(1), p.norm(), unit(), name(), t.size"), "(('traced', 2), 7, 'm', 'Tools1', 1)");
+    assert_eq!(
+        prog.ask("work(1), p.norm(), unit(), name(), t.size"),
+        "(('traced', 2), 7, 'm', 'Tools1', 1)"
+    );
     prog.commit(&[("dec.py", &v2)], &["dec"]);
-    assert_eq!(prog.ask("work(1), work.__name__, p.norm(), Point(1, 2).norm()"), "(('traced', 3), 'work', 4, 2)");
-    assert_eq!(prog.ask("Tools.unit(), Tools.name(), t.size, p == Point(3, 4)"), "('km', 'Tools2', 2, True)");
+    assert_eq!(
+        prog.ask("work(1), work.__name__, p.norm(), Point(1, 2).norm()"),
+        "(('traced', 3), 'work', 4, 2)"
+    );
+    assert_eq!(
+        prog.ask("Tools.unit(), Tools.name(), t.size, p == Point(3, 4)"),
+        "('km', 'Tools2', 2, True)"
+    );
     // References taken before the update: a staticmethod's function is
     // patched in place; a bound classmethod runs the new code too.
     assert_eq!(prog.ask("unit(), name()"), "('km', 'Tools2')");
@@ -438,9 +491,18 @@ def catch():
 fn an_update_whose_body_raises_is_refused_and_a_later_good_one_commits() {
     let v1 = "VALUE = 1\ndef get():\n    return VALUE\n";
     let mut prog = Program::start(&[("rb.py", v1)], "from rb import get, VALUE");
-    let (code, report) = prog.update(&[("rb.py", "VALUE = 2\nraise ImportError('missing dependency')\n")], &["rb"]);
+    let (code, report) = prog.update(
+        &[("rb.py", "VALUE = 2\nraise ImportError('missing dependency')\n")],
+        &["rb"],
+    );
     assert_eq!(code, 1, "{report:#}");
-    assert!(report["problem"]["message"].as_str().unwrap().contains("ImportError: missing dependency"), "{report:#}");
+    assert!(
+        report["problem"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ImportError: missing dependency"),
+        "{report:#}"
+    );
     assert_eq!(prog.ask("get(), VALUE"), "(1, 1)");
     prog.commit(&[("rb.py", &v1.replace("VALUE = 1", "VALUE = 3"))], &["rb"]);
     assert_eq!(prog.ask("get(), VALUE"), "(3, 3)");

@@ -222,7 +222,10 @@ fn star_importers_gain_the_public_names_an_update_adds_and_respect_all() {
     // to `plain`: it stays the importer's.
     sandbox.write(
         "probe.py",
-        &format!("import sys\nfrom plain import *\nfrom listed import *\nmine = 'own'\n{PROBE_LOOP}"),
+        &format!(
+            "import sys\nfrom plain import *\nfrom listed import *\nmine = 'own'\n\
+             import plain as _plain\n_plain.late = 'set at run time'\n{PROBE_LOOP}"
+        ),
     );
     let mut p = common::probe(&sandbox, &["probe.py"]);
     assert_eq!(p.ask("func2()"), "raised NameError: name 'func2' is not defined");
@@ -241,6 +244,8 @@ fn star_importers_gain_the_public_names_an_update_adds_and_respect_all() {
     );
     assert_eq!(p.ask("_private"), "raised NameError: name '_private' is not defined");
     assert_eq!(p.ask("mine"), "'own'");
+    // Only names the update adds: `late` was in `plain` before the update.
+    assert_eq!(p.ask("'late' in globals()"), "False");
     // `__all__` decides what `listed` exports.
     assert_eq!(p.ask("shown(), added()"), "('s2', 'a')");
     assert_eq!(

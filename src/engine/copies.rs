@@ -20,6 +20,8 @@
 //! walk of every module. Every rebind goes through the journal, so a failed
 //! commit and `pyreload rollback` restore the importer's old binding.
 
+use std::collections::{HashMap, HashSet};
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -66,30 +68,47 @@ pub fn find(
     Ok((out_copies, out_stars))
 }
 
-/// The value each copy's source name has as the commit begins (before the
-/// merge), in `plan.copies` order.
-pub fn snapshot(py: Python<'_>, plan: &Plan) -> Vec<Option<Py<PyAny>>> {
-    plan.copies
+/// The reloaded modules as the commit begins, before the merge: what the
+/// copies must still hold to follow, and which names a star importer
+/// could already have had.
+pub struct Before {
+    /// The value of each copy's source name, in `plan.copies` order.
+    values: Vec<Option<Py<PyAny>>>,
+    /// The names of each module a star import copies from, by plan index.
+    names: HashMap<usize, HashSet<String>>,
+}
+
+/// Takes [`Before`]: O(copies + names of the star-imported modules).
+pub fn snapshot(py: Python<'_>, plan: &Plan) -> Before {
+    let values = plan
+        .copies
         .iter()
         .map(|c| {
             let module = plan.modules[c.module].module.bind(py).dict();
             module.get_item(&c.name).ok().flatten().map(Bound::unbind)
         })
-        .collect()
+        .collect();
+    let mut names = HashMap::new();
+    for s in &plan.stars {
+        names.entry(s.module).or_insert_with(|| {
+            let module = plan.modules[s.module].module.bind(py).dict();
+            module
+                .keys()
+                .iter()
+                .filter_map(|k| k.extract::<String>().ok())
+                .collect()
+        });
+    }
+    Before { values, names }
 }
 
 /// Re-points the copies whose source name the update gave a new object, and
 /// adds new public names to star importers. Runs in the commit, after the
 /// merge and the transforms. Returns (module index, `importer.NAME`) for
 /// the report.
-pub fn follow(
-    py: Python<'_>,
-    plan: &Plan,
-    before: &[Option<Py<PyAny>>],
-    journal: &mut Journal,
-) -> PyResult<Vec<(usize, String)>> {
+pub fn follow(py: Python<'_>, plan: &Plan, before: &Before, journal: &mut Journal) -> PyResult<Vec<(usize, String)>> {
     let mut done = Vec::new();
-    for (c, old) in plan.copies.iter().zip(before) {
+    for (c, old) in plan.copies.iter().zip(&before.values) {
         let Some(old) = old else { continue };
         let globals = c.globals.bind(py);
         let held = globals.get_item(&c.alias)?;
@@ -109,8 +128,11 @@ pub fn follow(
     for s in &plan.stars {
         let globals = s.globals.bind(py);
         let module = plan.modules[s.module].module.bind(py).dict();
+        let had = before.names.get(&s.module);
         for name in public_names(&module)? {
-            if globals.contains(&name)? {
+            // Only what the update adds: a name the module had already was
+            // copied by the import, or the importer chose not to have it.
+            if had.is_some_and(|had| had.contains(&name)) || globals.contains(&name)? {
                 continue;
             }
             let Some(value) = module.get_item(&name)? else { continue };
