@@ -800,6 +800,7 @@ def check_transformer(path, new_codes):
 # only re-checks identity for the few copies found.
 
 _FROM_RE = None
+_STDLIB = None
 # path -> (mtime_ns, size, package, mentioned modules, table or None)
 _IMPORT_TABLES = {}
 
@@ -851,7 +852,7 @@ def _import_table(path, package, wanted):
     except OSError:
         return []
     entry = _IMPORT_TABLES.get(path)
-    if entry is None or entry[:3] != (st.st_mtime_ns, st.st_size, package):
+    if entry is None or tuple(entry[:3]) != (st.st_mtime_ns, st.st_size, package):
         try:
             with open(path, "rb") as f:
                 text = f.read().decode("utf-8", "replace")
@@ -920,10 +921,13 @@ def find_copies(updated):
     index = {name: i for i, (name, module) in enumerate(updated) if module is not None}
     if not index:
         return [], []
-    import sysconfig
+    global _STDLIB
+    if _STDLIB is None:
+        import sysconfig
 
+        _STDLIB = sysconfig.get_paths().get("stdlib") or ""
     wanted = set(index)
-    stdlib = sysconfig.get_paths().get("stdlib") or ""
+    stdlib = _STDLIB
     copies, stars, seen = [], [], set()
     for importer, module in list(sys.modules.items()):
         if importer in index or module is None:
