@@ -923,9 +923,11 @@ def find_copies(updated):
         return [], []
     global _STDLIB
     if _STDLIB is None:
-        import sysconfig
+        import os
 
-        _STDLIB = sysconfig.get_paths().get("stdlib") or ""
+        # The directory of a pure-Python standard module (sysconfig would
+        # say the same, at a few milliseconds' import).
+        _STDLIB = os.path.dirname(os.__file__) + os.sep
     wanted = set(index)
     stdlib = _STDLIB
     copies, stars, seen = [], [], set()
