@@ -607,6 +607,14 @@ impl<'a, 'py> Merger<'a, 'py> {
         } else {
             class_dict_get(old, "_value2member_map_")?.map(|v| v.into_bound(self.py))
         };
+        // Whether `keep` or `reset` names an attribute of this class.
+        let prefix = format!("{class_name}.");
+        let plan_module = &self.plan.modules[pair.module];
+        let class_listed = plan_module
+            .keep
+            .iter()
+            .chain(&plan_module.reset)
+            .any(|n| n.starts_with(&prefix));
         let new_items = class_items(new);
         let new_names: HashSet<String> = new_items.iter().map(|(n, _)| n.clone()).collect();
         // The member table first: an enum refuses to set a name that its
@@ -617,17 +625,19 @@ impl<'a, 'py> Merger<'a, 'py> {
             if matches!(attr.as_str(), "__dict__" | "__weakref__") || self.is_slot_descriptor(&nv) {
                 continue;
             }
-            let dotted = format!("{class_name}.{attr}");
-            if self.plan.modules[pair.module].keep.contains(&dotted) {
-                self.reports[pair.module].globals.kept.push(dotted);
-                continue;
-            }
-            if self.plan.modules[pair.module].reset.contains(&dotted) {
-                let v = self.relink(&nv)?;
-                self.journal.set_class_attr(old, &attr, Some(&v))?;
-                self.reports[pair.module].globals.reset.push(dotted);
-                changed = true;
-                continue;
+            if class_listed {
+                let dotted = format!("{class_name}.{attr}");
+                if self.plan.modules[pair.module].keep.contains(&dotted) {
+                    self.reports[pair.module].globals.kept.push(dotted);
+                    continue;
+                }
+                if self.plan.modules[pair.module].reset.contains(&dotted) {
+                    let v = self.relink(&nv)?;
+                    self.journal.set_class_attr(old, &attr, Some(&v))?;
+                    self.reports[pair.module].globals.reset.push(dotted);
+                    changed = true;
+                    continue;
+                }
             }
             let Some(ov) = class_dict_get(old, &attr)? else {
                 let v = self.relink(&nv)?;
