@@ -577,3 +577,23 @@ fn reset_of_an_unknown_class_attribute_is_refused_with_its_location() {
     let message = report["problem"]["message"].as_str().unwrap();
     assert!(message.contains("`Konfig.handlers` is listed in `reset`"), "{message}");
 }
+
+#[test]
+fn an_enum_member_that_keeps_its_identity_takes_what_the_new_init_sets() {
+    let v1 = "import enum\n\nclass Planet(enum.Enum):\n    EARTH = (1, 2)\n    MARS = (3, 4)\n\n    def __init__(self, mass, radius):\n        self.label = f'm={mass}'\n";
+    let v2 = "import enum\n\nclass Planet(enum.Enum):\n    MARS = (3, 4)\n    EARTH = (1, 2)\n\n    def __init__(self, mass, radius):\n        self.label = f'mass {mass}, radius {radius}'\n";
+    let sandbox = Sandbox::new();
+    sandbox.write("planets.py", v1);
+    sandbox.write(
+        "probe.py",
+        &format!("import sys\nfrom planets import Planet\nearth = Planet.EARTH\n{PROBE_LOOP}"),
+    );
+    let mut p = common::probe(&sandbox, &["probe.py"]);
+    sandbox.write("planets.py", v2);
+    let (code, report) = apply(&sandbox, &p, &spec(&["planets"], ""));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        p.ask("earth is Planet.EARTH, earth.label, [m.name for m in Planet]"),
+        "(True, 'mass 1, radius 2', ['MARS', 'EARTH'])"
+    );
+}
