@@ -597,3 +597,30 @@ fn an_enum_member_that_keeps_its_identity_takes_what_the_new_init_sets() {
         "(True, 'mass 1, radius 2', ['MARS', 'EARTH'])"
     );
 }
+
+#[test]
+fn a_copy_of_a_transformed_global_follows_the_conversion_and_its_reversal() {
+    let v1 = "INDEX = {'a': 1}\n";
+    let v2 = "INDEX = {}\n\ndef to_v2(old):\n    return {k: [v] for k, v in old.items()}\n\ndef to_v1(new):\n    return {k: v[0] for k, v in new.items()}\n";
+    let sandbox = Sandbox::new();
+    sandbox.write("store.py", v1);
+    sandbox.write(
+        "probe.py",
+        &format!("import sys\nimport store\nfrom store import INDEX\n{PROBE_LOOP}"),
+    );
+    let mut p = common::probe(&sandbox, &["probe.py"]);
+    sandbox.write("store.py", v2);
+    let s = spec(
+        &["store"],
+        "\n[[transform]]\nglobal = \"store.INDEX\"\nfunction = \"store.to_v2\"\nreverse = \"store.to_v1\"\n",
+    );
+    let (code, report) = apply(&sandbox, &p, &s);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(p.ask("INDEX, INDEX is store.INDEX"), "({'a': [1]}, True)");
+    // The program writes through its copy after the update...
+    assert_eq!(p.ask("INDEX.__setitem__('b', [2])"), "None");
+    // ...and after the rollback the copy is the reversed table, with that
+    // write, not the table it held before the update.
+    rollback(&sandbox, &p);
+    assert_eq!(p.ask("INDEX, INDEX is store.INDEX"), "({'a': 1, 'b': 2}, True)");
+}
