@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyModule, PySet};
+use pyo3::types::{PyDict, PyList, PyModule, PySet};
 
 use crate::diagnostic::Location;
 
@@ -87,6 +87,10 @@ pub struct Plan {
     /// The modules only this update needs, kept out of `sys.modules` until
     /// it commits (see `engine::imports`).
     pub imports: Imports,
+    /// Copies of the reloaded modules' names in other modules, and star
+    /// imports of them (README, "What a reload keeps").
+    pub copies: Vec<Copy>,
+    pub stars: Vec<StarImport>,
 }
 
 /// A support.py `UpdateImports`: the modules an update imported that the
@@ -102,4 +106,30 @@ impl Drop for Imports {
             });
         }
     }
+}
+
+/// A name another module copied from a reloaded one, with
+/// `from m import NAME [as ALIAS]` or `from m import *`, and still holding
+/// the very object `m.NAME` holds. Found in prepare (engine/copies.rs); the
+/// commit re-points it when the update gives `m.NAME` a new object.
+pub struct Copy {
+    /// The importing module's name.
+    pub importer: String,
+    /// Its globals.
+    pub globals: Py<PyDict>,
+    /// The name in the importer.
+    pub alias: String,
+    /// Index of the reloaded module in `Plan::modules`.
+    pub module: usize,
+    /// The name in the reloaded module.
+    pub name: String,
+}
+
+/// A module that did `from m import *` on a reloaded module: it gains the
+/// public names the update adds to `m`.
+pub struct StarImport {
+    pub importer: String,
+    pub globals: Py<PyDict>,
+    /// Index of the reloaded module in `Plan::modules`.
+    pub module: usize,
 }

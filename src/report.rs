@@ -105,9 +105,16 @@ pub struct ModuleReport {
     pub functions: Changes,
     pub classes: Changes,
     pub globals: Globals,
-    /// References in other modules re-pointed at a replacement object, as
-    /// `module.NAME`.
+    /// Names in other modules that followed the update, as `module.NAME`:
+    /// references re-pointed at a replacement object, copies made with
+    /// `from m import NAME` re-pointed at the new value, and names a
+    /// `from m import *` gained (`module.NAME (new, import *)`).
     pub rebound: Vec<String>,
+    /// `pyreload check`: the copies of this module's names found in other
+    /// modules (`from m import NAME [as ALIAS]`, `from m import *`), which
+    /// follow the update as README's "What a reload keeps" says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<String>,
 }
 
 /// Time spent in each phase, in milliseconds.
@@ -289,6 +296,7 @@ impl Report {
                 ("globals added", &g.added),
                 ("globals removed", &g.removed),
                 ("rebound", &m.rebound),
+                ("copies that follow", &m.copies),
             ] {
                 if !names.is_empty() {
                     let _ = writeln!(out, "    {label}: {}", names.join(", "));

@@ -122,12 +122,14 @@ pub struct Reload {
     #[schemars(with = "Option<String>")]
     pub source: Option<Spanned<String>>,
     /// Globals that keep their running value even though they look like
-    /// plain constants (e.g. a counter held in an int).
+    /// plain constants (e.g. a counter held in an int). `Class.attr` names
+    /// a class attribute.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub keep: Vec<Spanned<String>>,
     /// Globals that take the new source's value even though they hold data
-    /// (e.g. a dispatch table built at import).
+    /// (e.g. a dispatch table built at import). `Class.attr` names a class
+    /// attribute.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub reset: Vec<Spanned<String>>,
@@ -437,7 +439,7 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         for (list, kind) in [(&reload.keep, "keep"), (&reload.reset, "reset")] {
             for name in list {
                 let n = name.get_ref();
-                if !is_identifier(n) {
+                if !n.split('.').all(is_identifier) {
                     problems.push(source.problem(
                         name.span(),
                         format!("`{n}` is not a global name"),

@@ -147,8 +147,8 @@ impl Journal {
     ) -> PyResult<()> {
         let old = class_dict_get(class, name)?;
         match value {
-            Some(v) => class.setattr(name, v)?,
-            None => class.delattr(name)?,
+            Some(v) => type_setattr(class, name, v)?,
+            None => remove_class_attr(class, name)?,
         }
         self.push(Entry::ClassAttr {
             class: class.clone().unbind(),
@@ -266,7 +266,7 @@ impl Journal {
                     None => target.bind(py).delattr(name.as_str()),
                 },
                 Entry::ClassAttr { class, name, old } => match old {
-                    Some(old) => class.bind(py).setattr(name.as_str(), old.bind(py)),
+                    Some(old) => type_setattr(class.bind(py), &name, old.bind(py)),
                     // Already gone (a finished lazy migration removes its
                     // hooks itself): nothing to undo.
                     None => match class_dict_get(class.bind(py), &name) {
@@ -293,8 +293,24 @@ pub fn remove_class_attr(class: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
     if name == "__new__" {
         super::world::remove_own_new(class)
     } else {
-        class.delattr(name)
+        class
+            .py()
+            .get_type::<pyo3::types::PyType>()
+            .call_method1("__delattr__", (class, name))
+            .map(drop)
     }
+}
+
+/// Sets an entry of a class's own namespace as `type.__setattr__` does:
+/// CPython updates the type's slots, and a metaclass's own `__setattr__`
+/// (an enum's refuses to reassign a member) does not stand in the way of
+/// the commit or its undoing.
+fn type_setattr(class: &Bound<'_, PyAny>, name: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    class
+        .py()
+        .get_type::<pyo3::types::PyType>()
+        .call_method1("__setattr__", (class, name, value))
+        .map(drop)
 }
 
 /// The raw entry in a class's own namespace (not inherited, no descriptor

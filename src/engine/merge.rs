@@ -15,6 +15,14 @@
 //! - `reset = [...]` and `keep = [...]` in the spec override the last two.
 //! - Names the new source no longer defines are removed if they were
 //!   functions or classes of the module, and kept otherwise.
+//! - Inside a class, the same rule, with `keep`/`reset` as `Class.attr`.
+//!   What the class statement defines is not data and follows the new
+//!   source: dunders, enum sunders (`_member_map_`, ...), a NamedTuple's
+//!   `_fields`, and an enum's members. A member with the same name and
+//!   value keeps its identity (`pair_members`).
+//!
+//! Copies of the module's names in other modules follow afterwards, in
+//! copies.rs.
 //!
 //! It runs in the stopped world (world.rs), so no other thread can observe a
 //! half-merged program, even though a few small Python helpers run on the
@@ -88,6 +96,13 @@ struct PendingFunction {
 }
 
 impl Merged {
+    /// Adds names in other modules that followed the update (see copies.rs).
+    pub fn add_rebound(&mut self, rebound: Vec<(usize, String)>) {
+        for (module, label) in rebound {
+            self.reports[module].rebound.push(label);
+        }
+    }
+
     pub fn replaced_classes(&self) -> &[Py<PyAny>] {
         &self.replaced_classes
     }
@@ -169,6 +184,12 @@ struct Merger<'a, 'py> {
     staticmethod_type: Bound<'py, PyAny>,
     classmethod_type: Bound<'py, PyAny>,
     property_type: Bound<'py, PyAny>,
+    /// `enum.EnumType`: an enum's members are its definition (see
+    /// `pair_members`).
+    enum_type: Bound<'py, PyAny>,
+    /// Enum members that kept their identity: (live member, new member),
+    /// whose attributes `patch_class` brings up to date.
+    members: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     truncated: bool,
 }
 
@@ -202,6 +223,8 @@ impl<'a, 'py> Merger<'a, 'py> {
             staticmethod_type: builtins.getattr("staticmethod")?,
             classmethod_type: builtins.getattr("classmethod")?,
             property_type: builtins.getattr("property")?,
+            enum_type: py.import("enum")?.getattr("EnumMeta")?,
+            members: Vec::new(),
             truncated: false,
         };
         for (plan_module, staging) in plan.modules.iter().zip(&staged.modules) {
@@ -306,6 +329,15 @@ impl<'a, 'py> Merger<'a, 'py> {
         if is_class(old) && is_class(new) {
             self.check_layout(module, old, new)?;
             self.add_twin(new, old);
+            if self.is_enum(old) {
+                self.pair_members(old, new).map_err(|e| {
+                    self.support.problem(
+                        self.py,
+                        &format!("could not match the members of enum `{module}.{}`", qualname(old)),
+                        &e,
+                    )
+                })?;
+            }
             self.class_pairs.push(Pair {
                 module: i,
                 old: old.clone(),
@@ -334,6 +366,41 @@ impl<'a, 'py> Merger<'a, 'py> {
             });
         }
         Ok(())
+    }
+
+    /// An enum member keeps its identity when the new version has a member
+    /// of the same name with the same value (of the same type): references
+    /// the program holds, `is` comparisons and dict keys stay good. Any
+    /// other member is the new version's object; an old member the new
+    /// version drops, or gives another value, stays what it was (its name
+    /// and value, an instance of the class) but is no longer a member.
+    fn pair_members(&mut self, old: &Bound<'py, PyAny>, new: &Bound<'py, PyAny>) -> PyResult<()> {
+        let (Some(old_map), Some(new_map)) = (
+            class_dict_get(old, "_member_map_")?,
+            class_dict_get(new, "_member_map_")?,
+        ) else {
+            return Ok(());
+        };
+        let (old_map, new_map) = (old_map.into_bound(self.py), new_map.into_bound(self.py));
+        let new_map = new_map.cast::<PyDict>()?;
+        for (name, nm) in new_map.iter() {
+            let Ok(Some(om)) = old_map.get_item(&name).map(Some).or_else(|_| Ok::<_, PyErr>(None)) else {
+                continue;
+            };
+            if self.twin_of(&nm).is_some() {
+                continue; // an alias of a member already matched
+            }
+            let (ov, nv) = (om.getattr("_value_")?, nm.getattr("_value_")?);
+            if om.get_type().is(old) && same_value(&ov, &nv) {
+                self.add_twin(&nm, &om);
+                self.members.push((om, nm));
+            }
+        }
+        Ok(())
+    }
+
+    fn is_enum(&self, class: &Bound<'py, PyAny>) -> bool {
+        class.is_instance(&self.enum_type).unwrap_or(false)
     }
 
     fn add_twin(&mut self, new: &Bound<'py, PyAny>, old: &Bound<'py, PyAny>) {
@@ -495,11 +562,82 @@ impl<'a, 'py> Merger<'a, 'py> {
             self.journal.set_attr(old, "__bases__", &new_bases)?;
             changed = true;
         }
+        let module = self.plan.modules[pair.module].name.clone();
+        // An enum's member table and sunder attributes, a NamedTuple's
+        // fields, a dataclass's fields and `__match_args__`: what the class
+        // statement defines, not data the program keeps in the class.
+        let mut members = HashSet::new();
+        if self.is_enum(old) {
+            for class in [old, new] {
+                if let Some(map) = class_dict_get(class, "_member_map_")? {
+                    for name in map.bind(self.py).try_iter()? {
+                        members.insert(name?.extract::<String>()?);
+                    }
+                }
+            }
+        }
+        let definition = |attr: &str| {
+            is_dunder(attr)
+                || is_sunder(attr)
+                || matches!(attr, "_fields" | "_field_defaults")
+                || members.contains(attr)
+        };
+        // Members that kept their identity take the new version's
+        // attributes (`_sort_order_`, what a new `__init__` set).
+        let kept_members: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = self
+            .members
+            .iter()
+            .filter(|(om, _)| om.get_type().is(old))
+            .cloned()
+            .collect();
+        for (om, nm) in kept_members {
+            let (Ok(od), Ok(nd)) = (om.getattr("__dict__"), nm.getattr("__dict__")) else {
+                continue;
+            };
+            let od = od.cast_into::<PyDict>()?;
+            for (k, v) in nd.cast_into::<PyDict>()?.iter() {
+                let v = self.relink(&v)?;
+                if od.get_item(&k)?.is_none_or(|o| !same_value(&o, &v)) {
+                    self.journal.set_item(&od, &k, &v)?;
+                }
+            }
+        }
+        let old_values = if members.is_empty() {
+            None
+        } else {
+            class_dict_get(old, "_value2member_map_")?.map(|v| v.into_bound(self.py))
+        };
+        // Whether `keep` or `reset` names an attribute of this class.
+        let prefix = format!("{class_name}.");
+        let plan_module = &self.plan.modules[pair.module];
+        let class_listed = plan_module
+            .keep
+            .iter()
+            .chain(&plan_module.reset)
+            .any(|n| n.starts_with(&prefix));
         let new_items = class_items(new);
         let new_names: HashSet<String> = new_items.iter().map(|(n, _)| n.clone()).collect();
+        // The member table first: an enum refuses to set a name that its
+        // current table lists.
+        let mut new_items = new_items;
+        new_items.sort_by_key(|(attr, _)| attr != "_member_map_");
         for (attr, nv) in new_items {
             if matches!(attr.as_str(), "__dict__" | "__weakref__") || self.is_slot_descriptor(&nv) {
                 continue;
+            }
+            if class_listed {
+                let dotted = format!("{class_name}.{attr}");
+                if self.plan.modules[pair.module].keep.contains(&dotted) {
+                    self.reports[pair.module].globals.kept.push(dotted);
+                    continue;
+                }
+                if self.plan.modules[pair.module].reset.contains(&dotted) {
+                    let v = self.relink(&nv)?;
+                    self.journal.set_class_attr(old, &attr, Some(&v))?;
+                    self.reports[pair.module].globals.reset.push(dotted);
+                    changed = true;
+                    continue;
+                }
             }
             let Some(ov) = class_dict_get(old, &attr)? else {
                 let v = self.relink(&nv)?;
@@ -527,32 +665,61 @@ impl<'a, 'py> Merger<'a, 'py> {
             if self.support.is_code_like(&nv)? || self.support.is_code_like(&ov)? {
                 let v = self.relink(&nv)?;
                 self.journal.set_class_attr(old, &attr, Some(&v))?;
-                if is_function(&nv) || self.is_wrapper(&nv) || nv.is_instance(&self.property_type)? {
+                if (is_function(&nv) && defined_in(&nv, &module))
+                    || self.is_wrapper(&nv)
+                    || nv.is_instance(&self.property_type)?
+                {
                     self.reports[pair.module]
                         .functions
                         .changed
                         .push(format!("{class_name}.{attr} (replaced)"));
                 }
                 changed = true;
-            } else if (is_dunder(&attr) || (self.support.is_constant(&nv)? && self.support.is_constant(&ov)?))
+            } else if (definition(&attr) || (self.support.is_constant(&nv)? && self.support.is_constant(&ov)?))
                 && !same_value(&ov, &nv)
             {
                 let v = self.relink(&nv)?;
-                self.journal.set_class_attr(old, &attr, Some(&v))?;
-                changed |= !is_dunder(&attr);
+                if !v.is(&ov) {
+                    self.journal.set_class_attr(old, &attr, Some(&v))?;
+                    changed |= !is_dunder(&attr);
+                }
             }
             // Anything else is class-level data the program owns: kept.
         }
         for (attr, ov) in class_items(old) {
-            if new_names.contains(&attr) || self.is_slot_descriptor(&ov) || !self.support.is_code_like(&ov)? {
+            if new_names.contains(&attr)
+                || self.is_slot_descriptor(&ov)
+                || matches!(attr.as_str(), "__dict__" | "__weakref__")
+            {
                 continue;
             }
-            self.journal.set_class_attr(old, &attr, None)?;
-            self.reports[pair.module]
-                .functions
-                .removed
-                .push(format!("{class_name}.{attr}"));
-            changed = true;
+            if self.support.is_code_like(&ov)? {
+                self.journal.set_class_attr(old, &attr, None)?;
+                self.reports[pair.module]
+                    .functions
+                    .removed
+                    .push(format!("{class_name}.{attr}"));
+                changed = true;
+            } else if definition(&attr) {
+                // A member the new version drops, a stale `__hash__ = None`,
+                // a field table: no longer part of the definition.
+                self.journal.set_class_attr(old, &attr, None)?;
+                if members.contains(&attr) {
+                    self.reports[pair.module]
+                        .globals
+                        .removed
+                        .push(format!("{class_name}.{attr}"));
+                }
+                changed = true;
+            }
+        }
+        if let (Some(old_values), Some(new_values)) = (old_values, class_dict_get(old, "_value2member_map_")?) {
+            let new_values = new_values.into_bound(self.py).cast_into::<PyDict>()?;
+            if class_dict_get(old, "_flag_mask_")?.is_some() && !new_values.is(&old_values) {
+                for (value, member) in self.support.flag_pseudo_members(&old_values, &new_values)? {
+                    self.journal.set_item(&new_values, &value, &member)?;
+                }
+            }
         }
         Ok(changed)
     }
@@ -854,6 +1021,15 @@ fn same_value(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
 
 fn is_dunder(name: &str) -> bool {
     name.len() > 4 && name.starts_with("__") && name.ends_with("__")
+}
+
+/// `_name_`: the names enum reserves for its machinery.
+fn is_sunder(name: &str) -> bool {
+    name.len() > 2
+        && name.starts_with('_')
+        && name.ends_with('_')
+        && !name[1..].starts_with('_')
+        && !name[..name.len() - 1].ends_with('_')
 }
 
 fn is_function(obj: &Bound<'_, PyAny>) -> bool {

@@ -13,6 +13,7 @@
 //!
 //! A lazy migration finishes after the pause, with the program running.
 
+pub mod copies;
 pub mod eager;
 pub mod fault;
 pub mod imports;
@@ -422,11 +423,18 @@ fn commit(
     let gc = GcPaused::new(support);
     let mut journal = Journal::default();
     let t = Instant::now();
+    let copies_before = copies::snapshot(py, plan);
     let merged = merge::merge(py, support, plan, staged, &mut journal)
         .and_then(|merged| add_new_modules(py, support, plan, &mut journal).map(|()| merged))
         .and_then(|merged| {
             let (reports, lazies) = transform::run(py, support, plan, &report.update, samples, &mut journal)?;
             report.transforms = reports;
+            Ok((merged, lazies))
+        })
+        .and_then(|(mut merged, lazies)| {
+            let followed = copies::follow(py, plan, &copies_before, &mut journal)
+                .map_err(|e| support.problem(py, "could not re-point the copies of the reloaded modules' names", &e))?;
+            merged.add_rebound(followed);
             Ok((merged, lazies))
         });
     report.timings.commit_ms = ms(t);
@@ -576,6 +584,9 @@ fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Repo
         module_report.globals.transformed = m.transformed.iter().cloned().collect();
         module_report.globals.kept = kept_globals(py, support, m)?;
     }
+    for (module_report, copies) in report.modules.iter_mut().zip(copies::describe(plan)) {
+        module_report.copies = copies;
+    }
     for t in &plan.transforms {
         let (kind, instances) = match t.target {
             crate::plan::TransformTarget::Global { .. } => ("global", 1),
@@ -617,6 +628,8 @@ fn kept_globals(py: Python<'_>, support: &Support<'_>, m: &crate::plan::ModulePl
             kept.push(name);
         }
     }
+    // `Class.attr` in `keep`: a class attribute kept.
+    kept.extend(m.keep.iter().filter(|k| k.contains('.')).cloned());
     Ok(kept)
 }
 

@@ -196,6 +196,7 @@ fn resolve(
     };
 
     let transforms = transforms(py, support, source, spec, &sys_modules, &modules)?;
+    let (copies, stars) = super::copies::find(py, support, &modules)?;
     Ok(Plan {
         to: spec.update.to.get_ref().clone(),
         modules,
@@ -209,6 +210,8 @@ fn resolve(
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
         commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
         imports: Imports::default(),
+        copies,
+        stars,
     })
 }
 
@@ -610,7 +613,9 @@ fn check_reset_names(
 ) -> Result<(), Problem> {
     let names: Vec<String> = code.getattr("co_names").and_then(|n| n.extract()).unwrap_or_default();
     for reset in &reload.reset {
-        if !names.contains(reset.get_ref()) {
+        // `Class.attr` names a class attribute: its class must be a global.
+        let global = reset.get_ref().split('.').next().unwrap_or_default();
+        if !names.iter().any(|n| n == global) {
             let mut p = source.problem(
                 reset.span(),
                 format!(

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PySet};
+use pyo3::types::{PyDict, PyList, PySet};
 
 use super::journal::Journal;
 use super::progress::{ClientGone, Progress};
@@ -40,6 +40,10 @@ pub struct Committed {
     pub previous_sources: Vec<(String, Option<(String, String)>)>,
     /// The spec's `commit_timeout_ms`, which bounds the reverse transformers.
     pub commit_timeout: Duration,
+    /// Copies in other modules of the globals the update transformed:
+    /// (importer's globals, alias, module's globals, name). A rollback
+    /// points those that still follow at the reversed value.
+    pub followers: Vec<(Py<PyDict>, String, Py<PyDict>, String)>,
 }
 
 impl Committed {
@@ -80,7 +84,22 @@ impl Committed {
                 })
             })
             .collect();
+        let followers = Python::attach(|py| {
+            plan.copies
+                .iter()
+                .filter(|c| plan.modules[c.module].transformed.contains(&c.name))
+                .map(|c| {
+                    (
+                        c.globals.clone_ref(py),
+                        c.alias.clone(),
+                        plan.modules[c.module].module.bind(py).dict().unbind(),
+                        c.name.clone(),
+                    )
+                })
+                .collect()
+        });
         Committed {
+            followers,
             name,
             from,
             to: plan.to.clone(),
@@ -203,6 +222,19 @@ fn run(
 /// `commit_timeout_ms` (see [`super::watchdog`]).
 fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, commit_timeout: Duration, report: &mut Report) {
     let t = Instant::now();
+    // The copies of transformed globals that follow them now follow the
+    // reversed value, not the object they held before the update.
+    let following: Vec<bool> = state
+        .with_last_committed(|c| {
+            c.followers
+                .iter()
+                .map(|(importer, alias, module, name)| {
+                    let (held, value) = (importer.bind(py).get_item(alias), module.bind(py).get_item(name));
+                    matches!((held, value), (Ok(Some(h)), Ok(Some(v))) if h.is(&v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut data_journal = Journal::default();
     let deadline = Deadline::arm(py, Instant::now() + commit_timeout);
     let reversed: Result<Vec<_>, Problem> = state
@@ -236,6 +268,15 @@ fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, commit_timeout
     let Some(committed) = state.pop_committed() else { return };
     for e in committed.journal.rollback(py, support) {
         report.warnings.push(format!("could not restore a value: {e}"));
+    }
+    for ((importer, alias, module, name), follows) in committed.followers.iter().zip(following) {
+        if let (true, Ok(Some(value))) = (follows, module.bind(py).get_item(name)) {
+            if let Err(e) = importer.bind(py).set_item(alias, value) {
+                report
+                    .warnings
+                    .push(format!("could not re-point the copy `{alias}`: {e}"));
+            }
+        }
     }
     report.timings.commit_ms = t.elapsed().as_secs_f64() * 1000.0;
     report.outcome = Outcome::Committed;
@@ -278,5 +319,7 @@ fn safe_point_plan(py: Python<'_>, support: &Support<'_>, state: &HostState, tim
         timeout,
         commit_timeout: Duration::ZERO,
         imports: Default::default(),
+        copies: Vec::new(),
+        stars: Vec::new(),
     })
 }

@@ -1166,3 +1166,199 @@ def check_transformer(path, new_codes):
     except ValueError:
         pass  # no signature (a builtin): let the call tell
     return None
+
+
+# ---- copies of a reloaded module's names in other modules ----
+#
+# `from m import NAME [as ALIAS]` and `from m import *` copy m's values into
+# the importer's globals. Which importer copied what from whom is read from
+# the importers' own sources (their module-level `from ... import`
+# statements), so that an alias, or two names bound from one attribute, are
+# found, and an importer's own assignment that happens to hold an equal
+# value is not. This runs in prepare, with the program running; the commit
+# only re-checks identity for the few copies found.
+
+_FROM_RE = None
+_STDLIB = None
+# path -> (mtime_ns, size, package, mentioned modules, table or None)
+_IMPORT_TABLES = {}
+
+
+def _module_level(body):
+    """The statements of a module body that run at import time: into if,
+    try, with, for, while and match blocks, but not into functions or
+    classes (their imports bind local names)."""
+    import ast
+
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            sub = getattr(node, field, None)
+            if isinstance(sub, list):
+                yield from _module_level(sub)
+        if isinstance(node, ast.Match):
+            for case in node.cases:
+                yield from _module_level(case.body)
+
+
+def _resolve_from(raw, package):
+    level = len(raw) - len(raw.lstrip("."))
+    if not level:
+        return raw
+    try:
+        return importlib.util.resolve_name(raw, package or "")
+    except (ImportError, ValueError):
+        return None
+
+
+def _import_table(path, package, wanted):
+    """[(alias, module, name)] for the module-level `from module import name
+    as alias` statements of the source at `path` (name "*" for a star
+    import), or [] when none names a module in `wanted`. Cached by the
+    file's size and modification time: only files that mention a wanted
+    module in a `from ... import` line are parsed."""
+    import ast
+    import os
+    import re
+
+    global _FROM_RE
+    if _FROM_RE is None:
+        _FROM_RE = re.compile(r"^[ \t]*from[ \t]+([.\w]+)[ \t]+import\b", re.M)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    entry = _IMPORT_TABLES.get(path)
+    if entry is None or tuple(entry[:3]) != (st.st_mtime_ns, st.st_size, package):
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        mentioned = {_resolve_from(raw, package) for raw in _FROM_RE.findall(text)}
+        entry = [st.st_mtime_ns, st.st_size, package, mentioned, None, text]
+        _IMPORT_TABLES[path] = entry
+    if not (entry[3] & wanted):
+        entry[5] = None
+        return []
+    if entry[4] is None:
+        text = entry[5]
+        if text is None:
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                return []
+        table = []
+        try:
+            tree = ast.parse(text, path)
+        except (SyntaxError, ValueError):
+            tree = None
+        if tree is not None:
+            for node in _module_level(tree.body):
+                if isinstance(node, ast.ImportFrom):
+                    full = _resolve_from("." * node.level + (node.module or ""), package)
+                    if full is None:
+                        continue
+                    for a in node.names:
+                        table.append((a.asname or a.name, full, a.name))
+        entry[4] = table
+        entry[5] = None
+    return entry[4]
+
+
+def _is_stdlib(name, path, stdlib):
+    """A standard library module: it cannot import the program's modules."""
+    top = name.partition(".")[0]
+    if top not in getattr(sys, "stdlib_module_names", ()):
+        return False
+    return bool(stdlib) and path.startswith(stdlib) and "-packages" not in path
+
+
+def public_names(namespace):
+    """The names `from m import *` copies: `__all__`, or every name not
+    starting with an underscore."""
+    names = namespace.get("__all__")
+    if names is not None:
+        return [n for n in names if isinstance(n, str)]
+    return [n for n in namespace if not n.startswith("_")]
+
+
+def find_copies(updated):
+    """Who copied what from the modules an update reloads.
+
+    `updated` is [(name, module or None)] in plan order (None for a module
+    new in this update). Returns (copies, stars): copies are (importer,
+    importer's globals, alias, index in `updated`, name) for every
+    module-level `from m import name as alias` (and every name a
+    `from m import *` copied) whose binding is still the very object
+    `m.name` holds; stars are (importer, importer's globals, index) for
+    every `from m import *`. The modules of the update itself are not
+    importers here: their new bodies import the new values."""
+    index = {name: i for i, (name, module) in enumerate(updated) if module is not None}
+    if not index:
+        return [], []
+    global _STDLIB
+    if _STDLIB is None:
+        import os
+
+        # The directory of a pure-Python standard module (sysconfig would
+        # say the same, at a few milliseconds' import).
+        _STDLIB = os.path.dirname(os.__file__) + os.sep
+    wanted = set(index)
+    stdlib = _STDLIB
+    copies, stars, seen = [], [], set()
+    for importer, module in list(sys.modules.items()):
+        if importer in index or module is None:
+            continue
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        path = module_source(module)
+        if path is None or _is_stdlib(importer, path, stdlib):
+            continue
+        package = namespace.get("__package__")
+        for alias, full, name in _import_table(path, package, wanted):
+            i = index.get(full)
+            if i is None:
+                continue
+            source = vars(updated[i][1])
+            if name == "*":
+                if (importer, i) in seen:
+                    continue
+                seen.add((importer, i))
+                stars.append((importer, namespace, i))
+                pairs = [(n, n) for n in public_names(source)]
+            else:
+                pairs = [(alias, name)]
+            for alias, name in pairs:
+                if (importer, alias) in seen or name not in source or alias not in namespace:
+                    continue
+                if namespace[alias] is source[name]:
+                    seen.add((importer, alias))
+                    copies.append((importer, namespace, alias, i, name))
+    return copies, stars
+
+
+def flag_pseudo_members(old_values, new_values):
+    """The composite members of a Flag enum (`R|W`) cached in its old
+    `_value2member_map_` that stay valid in the new one: every bit of the
+    value is still the very same member. The program may hold them, so the
+    new table keeps them, and `held == Perm.R | Perm.W` stays true."""
+    out = []
+    for value, member in old_values.items():
+        if not isinstance(value, int) or value < 0 or value in new_values:
+            continue
+        bits, ok = value, True
+        while bits:
+            bit = bits & -bits
+            bits ^= bit
+            new = new_values.get(bit)
+            if new is None or new is not old_values.get(bit):
+                ok = False
+                break
+        if ok:
+            out.append((value, member))
+    return out

@@ -53,6 +53,20 @@ impl<'py> Support<'py> {
         self.call("is_code_like", (v,))?.is_truthy()
     }
 
+    /// `(copies, stars)` as support.py's `find_copies` returns them.
+    pub fn find_copies(&self, updated: Vec<(String, Option<Py<PyAny>>)>) -> PyResult<Bound<'py, PyAny>> {
+        self.call("find_copies", (updated,))
+    }
+
+    /// (value, member) pairs as support.py's `flag_pseudo_members` returns them.
+    pub fn flag_pseudo_members(
+        &self,
+        old_values: &Bound<'py, PyAny>,
+        new_values: &Bound<'py, PyDict>,
+    ) -> PyResult<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        self.call("flag_pseudo_members", (old_values, new_values))?.extract()
+    }
+
     pub fn staging_builtins(&self, staged: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
         self.call("staging_builtins", (staged,))
     }
