@@ -1188,7 +1188,7 @@ def _module_level(body):
     """The statements of a module body that run at import time: into if,
     try, with, for, while and match blocks, but not into functions or
     classes (their imports bind local names)."""
-    import ast
+    ast = _lazy("ast")
 
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -1219,9 +1219,10 @@ def _import_table(path, package, wanted):
     import), or [] when none names a module in `wanted`. Cached by the
     file's size and modification time: only files that mention a wanted
     module in a `from ... import` line are parsed."""
-    import ast
     import os
-    import re
+
+    ast = _lazy("ast")
+    re = _lazy("re")
 
     global _FROM_RE
     if _FROM_RE is None:
