@@ -468,12 +468,13 @@ impl<'a, 'py> Merger<'a, 'py> {
         for (key_obj, new) in items {
             let name: String = key_obj.extract()?;
             new_names.insert(name.clone());
-            if is_dunder(&name) {
-                if matches!(name.as_str(), "__doc__" | "__all__" | "__annotations__") {
-                    let nv = self.relink(&new)?;
-                    if live.get_item(&name)?.is_none_or(|old| !old.is(&nv)) {
-                        self.journal.set_item(&live, &key_obj, &nv)?;
-                    }
+            if is_module_machinery(&name) {
+                continue;
+            }
+            if is_module_definition(&name) {
+                let nv = self.relink(&new)?;
+                if live.get_item(&name)?.is_none_or(|old| !old.is(&nv)) {
+                    self.journal.set_item(&live, &key_obj, &nv)?;
                 }
                 continue;
             }
@@ -534,7 +535,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         let old_items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = live.iter().collect();
         for (key_obj, old) in old_items {
             let name: String = key_obj.extract()?;
-            if new_names.contains(&name) || is_dunder(&name) || !defined_in(&old, &module) {
+            if new_names.contains(&name) || is_module_machinery(&name) || !defined_in(&old, &module) {
                 continue;
             }
             if is_function(&old) {
@@ -1017,6 +1018,23 @@ use pyo3::types::PyMapping;
 /// differ, as do `1` and `1.0`).
 fn same_value(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
     a.is(b) || (a.get_type().is(b.get_type()) && a.eq(b).unwrap_or(false))
+}
+
+/// The names the import system gives every module (`__name__`,
+/// `__spec__`, ...). They say which module this is, so a reload keeps them;
+/// other dunders a module defines itself (`__version__`, `__getattr__`)
+/// follow the same rule as any other global.
+pub fn is_module_machinery(name: &str) -> bool {
+    matches!(
+        name,
+        "__name__" | "__qualname__" | "__file__" | "__cached__" | "__loader__" | "__spec__" | "__package__" | "__path__" | "__builtins__"
+    )
+}
+
+/// Module dunders that describe the source itself: they always take the
+/// new source's value.
+pub fn is_module_definition(name: &str) -> bool {
+    matches!(name, "__doc__" | "__all__" | "__annotations__")
 }
 
 fn is_dunder(name: &str) -> bool {

@@ -617,7 +617,11 @@ fn kept_globals(py: Python<'_>, support: &Support<'_>, m: &crate::plan::ModulePl
     let live = m.module.bind(py).dict();
     let mut kept = Vec::new();
     for name in support.stored_names(m.code.bind(py)).map_err(fail)? {
-        if name.starts_with("__") || m.reset.contains(&name) || m.transformed.contains(&name) {
+        if merge::is_module_machinery(&name)
+            || merge::is_module_definition(&name)
+            || m.reset.contains(&name)
+            || m.transformed.contains(&name)
+        {
             continue;
         }
         let Some(value) = live.get_item(&name).map_err(fail)? else {
