@@ -149,8 +149,11 @@ pub struct Retained {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModuleSources {
     pub module: String,
-    /// (path, text), or None for a module new in this update.
+    /// (path, text); None for a module new in this update, or one whose
+    /// running source is not known (then `unknown` says why).
     pub running: Option<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
     pub new_path: String,
     pub new_text: String,
 }
