@@ -21,6 +21,7 @@ pub mod prepare;
 pub mod progress;
 pub mod retained;
 pub mod rollback;
+pub mod running;
 pub mod safepoint;
 pub mod stage;
 pub mod support;
