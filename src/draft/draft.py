@@ -87,7 +87,8 @@ def _tables(tree):
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Dict, ast.List, ast.Set, ast.Call)):
             for target in node.targets:
-                if isinstance(target, ast.Name):
+                # `__all__` and other dunders always take the new value.
+                if isinstance(target, ast.Name) and not target.id.startswith("__"):
                     out[target.id] = _strip(node.value)
     return out
 

@@ -189,7 +189,7 @@ impl HostState {
             },
             (None, None) => Running::Unknown {
                 why: match file {
-                    None => format!("`{module}` has no Python source file"),
+                    None => format!("`{module}` was not loaded from a Python source file"),
                     Some(file) => format!(
                         "pyreload did not see the program read {file} when it imported `{module}` (it came \
                          from a frozen or built-in module, a .pyc without its source, a zip file or another \
