@@ -72,7 +72,7 @@ fn diff_compares_what_runs_with_a_file_changed_in_place_and_follows_applies_and_
     sandbox.write("legacy_v2.py", "def old():\n    return 2\n");
     sandbox.write(
         "app.py",
-        &format!("import sys\nimport shop.prices\nimport legacy\n{PROBE_LOOP}"),
+        &format!("import os, sys\nimport shop.prices\nimport legacy\n{PROBE_LOOP}"),
     );
     let mut program = probe(&sandbox, &["--version", "1", "app.py"]);
     let socket = program.socket();
@@ -132,6 +132,24 @@ fn diff_compares_what_runs_with_a_file_changed_in_place_and_follows_applies_and_
         "{text}"
     );
     assert!(!text.contains("no change"), "{text}");
+    // A frozen module (3.11 and later freeze `os`) runs code built into
+    // the interpreter, whatever its file says.
+    if program.ask("os.__spec__.origin") == "'frozen'" {
+        let frozen = sandbox.write(
+            "os.toml",
+            "[update]\nname = \"os\"\nto = \"3\"\n\n[[reload]]\nmodule = \"os\"\n",
+        );
+        let out = sandbox.run(&["diff", "--socket", socket, frozen.to_str().unwrap()]);
+        assert_eq!(
+            stdout(&out).lines().next(),
+            Some(
+                "os: the source it runs is not known, so its change cannot be shown: it is frozen: the \
+                 interpreter runs code built into it, not its file"
+            ),
+            "{}",
+            stderr(&out)
+        );
+    }
     drop(program);
 }
 

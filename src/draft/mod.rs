@@ -264,7 +264,7 @@ pub fn render(draft: &Draft, origin: &Origin, spec_dir: &Path) -> String {
     out
 }
 
-/// Why a frozen module is not compared.
+/// Why a frozen module is not compared (as `pyreload diff` says it).
 const FROZEN: &str = "it is frozen: the interpreter runs code built into it, not its file";
 
 /// How many names a comment lists before "and N more".

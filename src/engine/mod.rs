@@ -36,6 +36,7 @@ use pyo3::prelude::*;
 use crate::control::protocol::{ModuleSources, Phase};
 use crate::diagnostic::Problem;
 use crate::host::state::{GateError, HostState, Running, UpdateSource};
+
 use crate::host::update_point::POINTS;
 use crate::plan::Plan;
 use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
@@ -88,8 +89,9 @@ pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Ve
             let (running, unknown) = if m.new {
                 (None, None)
             } else {
-                let file = support.module_source(m.module.bind(py).as_any()).ok().flatten();
-                match state.running_source(&m.name, file.as_deref()) {
+                let module = m.module.bind(py).as_any();
+                let file = support.module_source(module).ok().flatten();
+                match running::of(state, &m.name, module, file.as_deref()) {
                     Running::Known { path, text } => (Some((path, text)), None),
                     Running::Unknown { why } => (None, Some(why)),
                 }

@@ -19,6 +19,18 @@ use crate::host::state::{HostState, Running};
 
 const SOURCE: &str = include_str!("running.py");
 
+/// Why the source of a frozen module is not known.
+const FROZEN: &str = "it is frozen: the interpreter runs code built into it, not its file";
+
+/// What `module` runs (its source file is `file`), for `pyreload diff`.
+pub fn of(state: &HostState, name: &str, module: &Bound<'_, PyAny>, file: Option<&str>) -> Running {
+    let origin = module.getattr("__spec__").and_then(|s| s.getattr("origin"));
+    if origin.is_ok_and(|o| o.extract::<String>().is_ok_and(|o| o == "frozen")) {
+        return Running::Unknown { why: FROZEN.into() };
+    }
+    state.running_source(name, file)
+}
+
 static NAMESPACE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 
 /// (name, path as loaded, absolute path, search path, frozen)
