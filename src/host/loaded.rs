@@ -149,15 +149,16 @@ fn keep(path: String, bytes: Result<Vec<u8>, String>) {
     let mut guard = records();
     let Some(records) = guard.as_mut() else { return };
     let text = bytes.and_then(|bytes| {
-        if records.kept + bytes.len() > BUDGET {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if records.kept + text.len() > BUDGET {
             return Err(format!(
                 "pyreload keeps at most {} MiB of the program's sources and had used them up when this \
                  module was loaded",
                 BUDGET >> 20
             ));
         }
-        records.kept += bytes.len();
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        records.kept += text.len();
+        Ok(text)
     });
     if let Some(old) = records.by_path.insert(path, Record { seq: next_seq(), text }) {
         if let Ok(text) = old.text {
