@@ -162,7 +162,8 @@ fn wheels() -> PathBuf {
     let dir = root.join("more-itertools");
     std::fs::create_dir_all(&root).unwrap();
     let lock = std::fs::File::create(root.join(".lock")).unwrap();
-    lock.lock().unwrap();
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("could not lock {}: {e}", root.display()));
     if !dir.is_dir() {
         let partial = tempfile::Builder::new().prefix(".download-").tempdir_in(&root).unwrap();
         for pin in [OLD, NEW] {
