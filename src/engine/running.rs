@@ -75,6 +75,11 @@ pub fn loaded(state: &HostState) -> Result<LoadedProgram, Problem> {
 fn compare(state: &HostState, module: &str, path: &str, absolute: &str) -> FileState {
     match state.running_source(module, Some(path)) {
         Running::Unknown { why } => FileState::Unknown { why },
+        // An update that loaded the module from another file (`source =
+        // ...`) left its file behind: that file is not its next version.
+        Running::Known { path: loaded, .. } if !same_file(&loaded, absolute) => FileState::Unknown {
+            why: format!("it runs {loaded}, which an update loaded, not its file {absolute}"),
+        },
         Running::Known { text, .. } => match std::fs::read(absolute) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Gone,
             Err(e) => FileState::Unknown {
@@ -84,4 +89,9 @@ fn compare(state: &HostState, module: &str, path: &str, absolute: &str) -> FileS
             Ok(_) => FileState::Changed { running: text },
         },
     }
+}
+
+fn same_file(a: &str, b: &str) -> bool {
+    let canonical = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| std::path::PathBuf::from(p));
+    a == b || canonical(a) == canonical(b)
 }
