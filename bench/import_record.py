@@ -192,6 +192,7 @@ def main():
         source_bytes = generate(root)
         base = dict(os.environ)
         base.pop("VIRTUAL_ENV", None)
+        base.pop("PYTHONDONTWRITEBYTECODE", None)  # set by some CI images; warm needs the .pyc files
         base["PYRELOAD_RUNTIME_DIR"] = str(root / "run")
         for state in ("warm", "cold"):
             env = dict(base)
@@ -200,6 +201,8 @@ def main():
                 env["PYTHONDONTWRITEBYTECODE"] = "1"
             else:
                 one(hosts["python3"], root, env)  # writes the .pyc files
+                if len(list((root / "gen" / "__pycache__").glob("*.pyc"))) != MODULES + 1:
+                    sys.exit("the warm run wrote no .pyc files")
             runs = {h: [] for h in hosts}
             for r in range(args.runs):
                 order = list(hosts) if r % 2 == 0 else list(reversed(hosts))

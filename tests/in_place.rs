@@ -57,6 +57,17 @@ fn diff_compares_what_runs_with_a_file_changed_in_place_and_follows_applies_and_
     let sandbox = Sandbox::new();
     sandbox.write("shop/__init__.py", "");
     sandbox.write("shop/prices.py", "def price():\n    return 100\n");
+    sandbox.write("shop/tax.py", "RATE = 10\n");
+    // Both get a .pyc; prices is imported from its (valid) .pyc, so only
+    // the recorder reads its source. tax then changes size: its .pyc is
+    // stale and the interpreter compiles the source instead.
+    let compiled = Command::new("python3")
+        .args(["-m", "compileall", "-q", "shop"])
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap();
+    assert!(compiled.status.success(), "{}", stderr(&compiled));
+    sandbox.write("shop/tax.py", "RATE = 20  # loaded\n");
     // Loaded from its bytecode only: no source was ever read.
     sandbox.write("legacy_src.py", "def old():\n    return 1\n");
     let compiled = Command::new("python3")
@@ -72,7 +83,7 @@ fn diff_compares_what_runs_with_a_file_changed_in_place_and_follows_applies_and_
     sandbox.write("legacy_v2.py", "def old():\n    return 2\n");
     sandbox.write(
         "app.py",
-        &format!("import os, sys\nimport shop.prices\nimport legacy\n{PROBE_LOOP}"),
+        &format!("import os, sys\nimport shop.prices, shop.tax\nimport legacy\n{PROBE_LOOP}"),
     );
     let mut program = probe(&sandbox, &["--version", "1", "app.py"]);
     let socket = program.socket();
@@ -118,6 +129,21 @@ fn diff_compares_what_runs_with_a_file_changed_in_place_and_follows_applies_and_
     assert_eq!(program.ask("shop.prices.price()"), "100");
     let text = diff(&sandbox, &to_2);
     assert!(text.contains("\n-    return 100\n+    return 150\n"), "{text}");
+
+    // From the source the interpreter compiled, not from its stale .pyc.
+    assert_eq!(program.ask("shop.tax.RATE"), "20");
+    sandbox.write("shop/tax.py", "RATE = 30\n");
+    let tax = sandbox.write(
+        "tax.toml",
+        "[update]\nname = \"tax\"\nto = \"3\"\n\n[[reload]]\nmodule = \"shop.tax\"\n",
+    );
+    let out = sandbox.run(&["diff", "--socket", socket, tax.to_str().unwrap()]);
+    assert!(
+        stdout(&out).ends_with("\n-RATE = 20  # loaded\n+RATE = 30\n"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 
     // Where the running source cannot be known, it says so, never "no change".
     let unknown = sandbox.write(
@@ -217,6 +243,24 @@ fn a_pip_upgrade_in_place_is_diffed_drafted_and_applied() {
         .unwrap();
     assert!(made.status.success(), "{}", stderr(&made));
     pip_install(&venv, &wheels, &[OLD]);
+    // pip compiles every module, so the program imports .pyc files and
+    // only the recorder reads the sources.
+    let cache = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("site-packages/more_itertools/__pycache__");
+    assert!(
+        std::fs::read_dir(&cache)
+            .map(|d| d
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("more.")))
+            .unwrap_or(false),
+        "no .pyc in {}",
+        cache.display()
+    );
 
     sandbox.write("app.py", &format!("import sys\nimport more_itertools\n{PROBE_LOOP}"));
     let mut program = Hosted::start(
