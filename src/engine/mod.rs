@@ -36,7 +36,6 @@ use pyo3::prelude::*;
 use crate::control::protocol::{ModuleSources, Phase};
 use crate::diagnostic::Problem;
 use crate::host::state::{GateError, HostState, Running, UpdateSource};
-
 use crate::host::update_point::POINTS;
 use crate::plan::Plan;
 use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
@@ -407,7 +406,7 @@ struct Done {
     /// The changes, kept for `pyreload rollback`.
     journal: Journal,
     /// The sources the update replaced.
-    previous_sources: Vec<(String, Option<crate::host::state::UpdateSource>)>,
+    previous_sources: Vec<(String, Option<UpdateSource>)>,
 }
 
 /// The commit proper, inside the stopped world: merge, check, and roll back
