@@ -16,9 +16,11 @@ use crate::control::protocol::{ModuleSources, Request, Response, PROTOCOL_VERSIO
 #[command(after_help = "Examples:\n  \
     pyreload diff specs/v1-to-v2.toml\n  \
     pyreload diff --pid 4242 specs/v1-to-v2.toml | less -R\n\n\
-    For each module the spec updates: a unified diff of the source the program runs now (what \
-    pyreload last loaded, or the module's file) against the new source. Colored on a terminal. \
-    Changes nothing.")]
+    For each module the spec updates: a unified diff of the source the program runs now against \
+    the new source. What runs now is what the program read when it imported the module, or what \
+    the last update loaded, even if the file has changed on disk since. Where that is not known \
+    (a frozen module, a .pyc without its source), it says so. Colored on a terminal. Changes \
+    nothing.")]
 pub struct DiffArgs {
     /// The update spec (TOML)
     spec: std::path::PathBuf,
@@ -74,9 +76,16 @@ pub fn diff(args: DiffArgs) -> i32 {
 
 /// One module's unified diff, with `---`/`+++` headers naming the files.
 fn render(m: &ModuleSources, color: bool) -> String {
-    let (old_name, old_text) = match &m.running {
-        Some((path, text)) => (format!("{} (running)", path), text.as_str()),
-        None => (format!("{} (new module)", m.module), ""),
+    let (old_name, old_text) = match (&m.running, &m.unknown) {
+        (Some((path, text)), _) => (format!("{} (running)", path), text.as_str()),
+        (None, Some(why)) => {
+            return format!(
+                "{}: the source it runs is not known, so its change cannot be shown: {why}\n  \
+                 new source: {}\n",
+                m.module, m.new_path
+            );
+        }
+        (None, None) => (format!("{} (new module)", m.module), ""),
     };
     let new_name = format!("{} (new)", m.new_path);
     let diff = TextDiff::from_lines(old_text, m.new_text.as_str());

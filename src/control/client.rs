@@ -169,7 +169,7 @@ fn probe(socket: &Path) -> io::Result<Target> {
             info,
         }),
         Response::Error(problem) => Err(io::Error::other(problem.message)),
-        Response::Report(_) | Response::Sources { .. } => {
+        Response::Report(_) | Response::Sources { .. } | Response::Loaded(_) => {
             Err(io::Error::other("unexpected answer to a status request"))
         }
     }

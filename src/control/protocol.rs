@@ -40,6 +40,9 @@ pub enum Request {
         spec_path: String,
         spec_text: String,
     },
+    /// Every loaded module, compared with its file on disk (for `pyreload
+    /// new --running`).
+    Loaded { protocol: u32 },
     /// Undo the last committed update (with `dry_run`, only say whether it
     /// could be).
     Rollback {
@@ -61,6 +64,7 @@ pub enum Response {
     Sources {
         modules: Vec<ModuleSources>,
     },
+    Loaded(LoadedProgram),
     /// The request could not be served at all (busy, malformed, wrong
     /// protocol version). Update failures are reports, not errors.
     Error(Problem),
@@ -149,10 +153,50 @@ pub struct Retained {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModuleSources {
     pub module: String,
-    /// (path, text), or None for a module new in this update.
+    /// (path, text); None for a module new in this update, or one whose
+    /// running source is not known (then `unknown` says why).
     pub running: Option<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
     pub new_path: String,
     pub new_text: String,
+}
+
+/// The program's loaded modules, for drafting a spec from what changed on
+/// disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadedProgram {
+    /// The program's `sys.path`, absolute.
+    pub sys_path: Vec<String>,
+    pub modules: Vec<LoadedModule>,
+}
+
+/// A loaded module with a source file, or a package.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadedModule {
+    pub name: String,
+    /// Its source file, absolute, if it has one.
+    pub path: Option<String>,
+    /// Where its submodules are found, if it is a package.
+    pub search: Option<Vec<String>>,
+    pub state: FileState,
+}
+
+/// A module's file on disk against the source the module runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FileState {
+    /// The file holds what runs (or the module has no file).
+    Same,
+    /// The file changed since it was loaded; `running` is what runs.
+    Changed { running: String },
+    /// The file is gone.
+    Gone,
+    /// A frozen module: the interpreter runs code built into it, not its
+    /// file.
+    Frozen,
+    /// What runs is not known.
+    Unknown { why: String },
 }
 
 /// One committed update on the rollback stack.

@@ -193,6 +193,7 @@ fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> 
         | Request::Collect { protocol }
         | Request::Apply { protocol, .. }
         | Request::Sources { protocol, .. }
+        | Request::Loaded { protocol }
         | Request::Rollback { protocol, .. } => *protocol,
     };
     if protocol != PROTOCOL_VERSION {
@@ -222,6 +223,10 @@ fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> 
             spec_path, spec_text, ..
         } => match engine::sources(state, &spec_path, &spec_text) {
             Ok(modules) => Response::Sources { modules },
+            Err(problem) => Response::Error(problem),
+        },
+        Request::Loaded { .. } => match engine::running::loaded(state) {
+            Ok(program) => Response::Loaded(program),
             Err(problem) => Response::Error(problem),
         },
         Request::Rollback {

@@ -87,51 +87,82 @@ def _tables(tree):
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Dict, ast.List, ast.Set, ast.Call)):
             for target in node.targets:
-                if isinstance(target, ast.Name):
+                # `__all__` and other dunders always take the new value.
+                if isinstance(target, ast.Name) and not target.id.startswith("__"):
                     out[target.id] = _strip(node.value)
     return out
 
 
-def compare(old_root, new_root):
-    old, new = _modules(old_root), _modules(new_root)
-    changed = []
-    for name, path in new.items():
-        with open(path, encoding="utf-8") as f:
-            new_source = f.read()
-        new_tree = ast.parse(new_source, path)
-        entry = {"module": name, "path": path, "new": name not in old, "functions": [], "layouts": [], "tables": []}
-        is_package = os.path.basename(path) == "__init__.py"
-        entry["imports"] = sorted(_imports(new_tree, name, is_package))
-        if name in old:
-            with open(old[name], encoding="utf-8") as f:
-                old_source = f.read()
-            if old_source == new_source:
+def _entry(name, path, old_source, new_source):
+    """What changed in one module, or None when nothing did (comments and
+    layout are not changes). `old_source` is None for a new module."""
+    new_tree = ast.parse(new_source, path)
+    is_package = os.path.basename(path) == "__init__.py"
+    entry = {"module": name, "path": path, "new": old_source is None, "functions": [], "layouts": [], "tables": [],
+             "imports": sorted(_imports(new_tree, name, is_package))}
+    if old_source is None:
+        return entry
+    if old_source == new_source:
+        return None
+    old_tree = ast.parse(old_source, path)
+    if _strip(old_tree) == _strip(new_tree):
+        return None  # comments or layout only
+    of, nf = _functions(old_tree), _functions(new_tree)
+    entry["functions"] = sorted(
+        [f"changed {q}" for q in nf if q in of and of[q] != nf[q]]
+        + [f"added {q}" for q in nf if q not in of]
+        + [f"removed {q}" for q in of if q not in nf]
+    )
+    ol, nl = _layouts(old_tree), _layouts(new_tree)
+    for cls in sorted(set(ol) & set(nl)):
+        (ob, os_, oa), (nb, ns, na) = ol[cls], nl[cls]
+        notes = []
+        if ob != nb:
+            notes.append("bases changed")
+        if os_ != ns:
+            notes.append("__slots__ changed")
+        if oa != na:
+            notes += [f"+{a}" for a in sorted(na - oa)] + [f"-{a}" for a in sorted(oa - na)]
+        if notes:
+            entry["layouts"].append((cls, ", ".join(notes)))
+    ot, nt = _tables(old_tree), _tables(new_tree)
+    entry["tables"] = sorted(n for n in nt if n in ot and ot[n] != nt[n])
+    return entry
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _with_new_imports(changed, is_known, find):
+    """`changed` plus the modules new to the program that the changed ones
+    import, directly or through other new ones (with their packages).
+    `is_known(name)`: the program has (or the old tree had) it; `find(name)`:
+    its file in the new version, or None (not a module: an attribute, or
+    from elsewhere)."""
+    out = list(changed)
+    seen = {e["module"] for e in out}
+    todo = [name for e in out for name in e["imports"]]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            candidate = ".".join(parts[:i])
+            if candidate in seen or is_known(candidate):
                 continue
-            old_tree = ast.parse(old_source, old[name])
-            if _strip(old_tree) == _strip(new_tree):
-                continue  # comments or layout only
-            of, nf = _functions(old_tree), _functions(new_tree)
-            entry["functions"] = sorted(
-                [f"changed {q}" for q in nf if q in of and of[q] != nf[q]]
-                + [f"added {q}" for q in nf if q not in of]
-                + [f"removed {q}" for q in of if q not in nf]
-            )
-            ol, nl = _layouts(old_tree), _layouts(new_tree)
-            for cls in sorted(set(ol) & set(nl)):
-                (ob, os_, oa), (nb, ns, na) = ol[cls], nl[cls]
-                notes = []
-                if ob != nb:
-                    notes.append("bases changed")
-                if os_ != ns:
-                    notes.append("__slots__ changed")
-                if oa != na:
-                    notes += [f"+{a}" for a in sorted(na - oa)] + [f"-{a}" for a in sorted(oa - na)]
-                if notes:
-                    entry["layouts"].append((cls, ", ".join(notes)))
-            ot, nt = _tables(old_tree), _tables(new_tree)
-            entry["tables"] = sorted(n for n in nt if n in ot and ot[n] != nt[n])
-        changed.append(entry)
-    # Dependency order: each module after the changed modules it imports.
+            seen.add(candidate)
+            path = find(candidate)
+            if path is None:
+                continue
+            entry = _entry(candidate, path, None, _read(path))
+            out.append(entry)
+            todo.extend(entry["imports"])
+    return out
+
+
+def _ordered(changed):
+    """Each module after the changed modules it imports."""
     names = [e["module"] for e in changed]
     ordered, placed = [], set()
     while len(ordered) < len(changed):
@@ -140,5 +171,77 @@ def compare(old_root, new_root):
         pick = ready[0] if ready else next(e for e in changed if e["module"] not in placed)
         ordered.append(pick)
         placed.add(pick["module"])
+    return [(e["module"], e["path"], e["new"], e["functions"], e["layouts"], e["tables"]) for e in ordered]
+
+
+def compare(old_root, new_root):
+    """Changed modules between two trees, plus the new modules they import.
+    Returns (modules, removed, left out: new in the tree, imported by no
+    changed module)."""
+    old, new = _modules(old_root), _modules(new_root)
+    changed = []
+    for name, path in new.items():
+        if name in old:
+            entry = _entry(name, path, _read(old[name]), _read(path))
+            if entry is not None:
+                changed.append(entry)
+    changed = _with_new_imports(changed, lambda name: name in old, new.get)
+    drafted = {e["module"] for e in changed}
+    left_out = sorted(n for n in new if n not in old and n not in drafted)
     removed = sorted(set(old) - set(new))
-    return [(e["module"], e["path"], e["new"], e["functions"], e["layouts"], e["tables"]) for e in ordered], removed
+    return _ordered(changed), removed, left_out
+
+
+def compare_running(loaded, sys_path):
+    """Changed modules of a running program, plus the new modules they
+    import. `loaded`: (name, source file, package search path or None,
+    the source it runs or None if unchanged) for each loaded module the
+    program has a source file for. The new version is each file on disk."""
+    by_name = {name: (path, search) for name, path, search, _ in loaded}
+    changed = []
+    gone = []
+    for name, path, _, running in loaded:
+        if running is None:
+            continue
+        if not os.path.exists(path):
+            gone.append(name)
+            continue
+        entry = _entry(name, path, running, _read(path))
+        if entry is not None:
+            changed.append(entry)
+    new_dirs = {}  # new packages: name -> directory
+    # A new top-level module is looked for only where a changed module's
+    # top-level package lives: new code of the changed library or program
+    # (or a dependency installed next to it), not a standard module it
+    # starts using, which its import loads as usual.
+    roots = []
+    for e in changed:
+        root = os.path.dirname(e["path"])
+        for _ in range(e["module"].count(".") + (os.path.basename(e["path"]) == "__init__.py")):
+            root = os.path.dirname(root)
+        if root not in roots:
+            roots.append(root)
+
+    def find(name):
+        parent, _, last = name.rpartition(".")
+        if not parent:
+            dirs = [d for d in sys_path if os.path.abspath(d or os.getcwd()) in roots]
+        elif parent in by_name:
+            dirs = by_name[parent][1] or []
+        elif parent in new_dirs:
+            dirs = [new_dirs[parent]]
+        else:
+            return None
+        for d in dirs:
+            d = d or os.getcwd()
+            package = os.path.join(d, last, "__init__.py")
+            if os.path.isfile(package):
+                new_dirs[name] = os.path.dirname(package)
+                return package
+            module = os.path.join(d, last + ".py")
+            if os.path.isfile(module):
+                return module
+        return None
+
+    changed = _with_new_imports(changed, lambda name: name in by_name, find)
+    return _ordered(changed), sorted(gone), []

@@ -23,6 +23,7 @@ pub mod prepare;
 pub mod progress;
 pub mod retained;
 pub mod rollback;
+pub mod running;
 pub mod safepoint;
 pub mod stage;
 pub mod support;
@@ -36,7 +37,7 @@ use pyo3::prelude::*;
 
 use crate::control::protocol::{ModuleSources, Phase};
 use crate::diagnostic::Problem;
-use crate::host::state::{GateError, HostState};
+use crate::host::state::{GateError, HostState, Running, UpdateSource};
 use crate::host::update_point::POINTS;
 use crate::plan::Plan;
 use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
@@ -86,18 +87,20 @@ pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Ve
         let plan = prepare::prepare(py, &support, state, &source, &spec)?;
         let mut out = Vec::new();
         for m in &plan.modules {
-            let running = match state.running_source(&m.name) {
-                Some(s) => Some(s),
-                None if m.new => None,
-                None => support
-                    .module_source(m.module.bind(py).as_any())
-                    .ok()
-                    .flatten()
-                    .and_then(|path| Some((path.clone(), py.detach(|| std::fs::read_to_string(&path)).ok()?))),
+            let (running, unknown) = if m.new {
+                (None, None)
+            } else {
+                let module = m.module.bind(py).as_any();
+                let file = support.module_source(module).ok().flatten();
+                match running::of(state, &m.name, module, file.as_deref()) {
+                    Running::Known { path, text } => (Some((path, text)), None),
+                    Running::Unknown { why } => (None, Some(why)),
+                }
             };
             out.push(ModuleSources {
                 module: m.name.clone(),
                 running,
+                unknown,
                 new_path: m.source.clone(),
                 new_text: m.text.clone(),
             });
@@ -403,7 +406,7 @@ struct Done {
     /// The changes, kept for `pyreload rollback`.
     journal: Journal,
     /// The sources the update replaced.
-    previous_sources: Vec<(String, Option<(String, String)>)>,
+    previous_sources: Vec<(String, Option<UpdateSource>)>,
 }
 
 /// The commit proper, inside the stopped world: merge, check, and roll back
@@ -484,7 +487,12 @@ fn commit(
             let loaded = plan
                 .modules
                 .iter()
-                .map(|m| (m.name.clone(), Some((m.source.clone(), m.text.clone()))))
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        Some(UpdateSource::now(m.source.clone(), m.text.clone())),
+                    )
+                })
                 .collect();
             let previous_sources = state.swap_sources(loaded);
             state.set_version(Some(plan.to.clone()));

@@ -37,7 +37,7 @@ pub struct Committed {
     /// Why this update cannot be rolled back, if it cannot.
     pub blocked: Option<String>,
     /// The running sources the update replaced, to put back.
-    pub previous_sources: Vec<(String, Option<(String, String)>)>,
+    pub previous_sources: Vec<(String, Option<crate::host::state::UpdateSource>)>,
     /// The spec's `commit_timeout_ms`, which bounds the reverse transformers.
     pub commit_timeout: Duration,
     /// Copies in other modules of the globals the update transformed:
@@ -53,7 +53,7 @@ impl Committed {
         from: Option<String>,
         plan: &Plan,
         journal: Journal,
-        previous_sources: Vec<(String, Option<(String, String)>)>,
+        previous_sources: Vec<(String, Option<crate::host::state::UpdateSource>)>,
     ) -> Committed {
         let missing: Vec<&str> = plan
             .transforms

@@ -7,6 +7,7 @@
 
 pub mod autoreload;
 pub mod embed;
+pub mod loaded;
 pub mod pymodule;
 pub mod python;
 pub mod state;
@@ -60,6 +61,8 @@ pub fn run(options: RunOptions) -> Result<i32> {
     ));
     pymodule::install(state.clone());
     pyo3::append_to_inittab!(pyreload_module);
+    // Before the interpreter starts, so every module's source is seen.
+    loaded::install();
 
     embed::initialize(&Invocation {
         program_name: python.into_os_string(),

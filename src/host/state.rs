@@ -30,9 +30,10 @@ pub struct HostState {
     pub socket_path: std::path::PathBuf,
     version: Mutex<Option<String>>,
     history: Mutex<Vec<HistoryEntry>>,
-    /// The source each module runs, for the modules pyreload loaded: name ->
-    /// (path, text). Other modules run the file their `__spec__` names.
-    sources: Mutex<std::collections::HashMap<String, (String, String)>>,
+    /// The source each module runs, for the modules an update loaded. What
+    /// the program imported itself is in [`super::loaded`]; the newer of
+    /// the two is what runs.
+    sources: Mutex<std::collections::HashMap<String, UpdateSource>>,
     /// Committed updates that `pyreload rollback` can undo, newest last,
     /// at most `rollback_depth` of them.
     committed: Mutex<Vec<Committed>>,
@@ -56,6 +57,39 @@ pub struct HostState {
 
 /// How the history names a `pyreload rollback`: "rollback of NAME".
 pub const ROLLBACK_PREFIX: &str = "rollback of ";
+
+/// A module's source as an update loaded it.
+#[derive(Clone, Debug)]
+pub struct UpdateSource {
+    pub path: String,
+    pub text: String,
+    /// When, in the order of [`super::loaded::next_seq`].
+    seq: u64,
+}
+
+impl UpdateSource {
+    /// A source loaded now.
+    pub fn now(path: String, text: String) -> Self {
+        UpdateSource {
+            path,
+            text,
+            seq: super::loaded::next_seq(),
+        }
+    }
+}
+
+/// What a module runs, as far as pyreload knows.
+#[derive(Clone, Debug)]
+pub enum Running {
+    Known {
+        path: String,
+        text: String,
+    },
+    /// Why it is not known.
+    Unknown {
+        why: String,
+    },
+}
 
 /// How many update attempts `status` remembers, newest last.
 pub const HISTORY_LIMIT: usize = 1000;
@@ -134,17 +168,44 @@ impl HostState {
         }
     }
 
-    /// The source a module runs, if pyreload loaded it.
-    pub fn running_source(&self, module: &str) -> Option<(String, String)> {
-        lock(&self.sources).get(module).cloned()
+    /// The source `module` runs: what the last update that loaded it
+    /// loaded, or what the program read from `file` (the module's source
+    /// file, if it has one) when it imported it, whichever came last.
+    pub fn running_source(&self, module: &str, file: Option<&str>) -> Running {
+        let update = lock(&self.sources).get(module).cloned();
+        let import = file.and_then(super::loaded::lookup);
+        match (update, import) {
+            (Some(u), None) => Running::Known {
+                path: u.path,
+                text: u.text,
+            },
+            (Some(u), Some(i)) if i.seq < u.seq => Running::Known {
+                path: u.path,
+                text: u.text,
+            },
+            (_, Some(i)) => match i.text {
+                Ok(text) => Running::Known {
+                    path: file.unwrap_or_default().to_string(),
+                    text,
+                },
+                Err(why) => Running::Unknown { why },
+            },
+            (None, None) => Running::Unknown {
+                why: match file {
+                    None => format!("`{module}` was not loaded from a Python source file"),
+                    Some(file) => format!(
+                        "pyreload did not see the program read {file} when it imported `{module}` (it came \
+                         from a frozen or built-in module, a .pyc without its source, a zip file or another \
+                         loader)"
+                    ),
+                },
+            },
+        }
     }
 
     /// Records the sources an update loaded; returns what they replace, for
     /// a rollback to put back.
-    pub fn swap_sources(
-        &self,
-        loaded: Vec<(String, Option<(String, String)>)>,
-    ) -> Vec<(String, Option<(String, String)>)> {
+    pub fn swap_sources(&self, loaded: Vec<(String, Option<UpdateSource>)>) -> Vec<(String, Option<UpdateSource>)> {
         let mut sources = lock(&self.sources);
         loaded
             .into_iter()
