@@ -122,17 +122,72 @@ for line in sys.stdin:
 /// Starts `script` (already written in the sandbox) under `pyreload run`
 /// with pipes, and waits for its `ready`.
 pub fn probe(sandbox: &Sandbox, args: &[&str]) -> Hosted {
+    probe_with_env(sandbox, args, vec![])
+}
+
+/// Like [`probe`], with more environment variables for the program (such
+/// as a test-only `PYRELOAD_FAULT`).
+pub fn probe_with_env(sandbox: &Sandbox, args: &[&str], env: Vec<(&str, String)>) -> Hosted {
     let mut p = Hosted::start(
         sandbox,
         Launch {
             args: args.iter().map(|a| a.to_string()).collect(),
             cwd: sandbox.path().to_path_buf(),
             interactive: true,
-            env: vec![],
+            env,
         },
     );
     p.expect_line("ready");
     p
+}
+
+/// How long a test waits for one line from an interactive program before
+/// it fails: far more than any answer takes, loaded or not; only a wedged
+/// program reaches it, and then the test fails instead of hanging.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Holds an update at the start of a phase, with the test-only
+/// `PYRELOAD_FAULT=hold:DIR` knob (src/engine/fault.rs): while the file
+/// `DIR/<phase>` exists, an update that enters `<phase>` waits there.
+pub struct PhaseHold {
+    dir: PathBuf,
+}
+
+impl PhaseHold {
+    pub fn new(sandbox: &Sandbox) -> PhaseHold {
+        let dir = sandbox.path().join(format!("holds-{}", unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        PhaseHold { dir }
+    }
+
+    /// The environment variable that gives the program this knob.
+    pub fn env(&self) -> (&'static str, String) {
+        ("PYRELOAD_FAULT", format!("hold:{}", self.dir.display()))
+    }
+
+    /// From now on, updates that enter `phase` wait there.
+    pub fn arm(&self, phase: &str) {
+        std::fs::write(self.dir.join(phase), "").unwrap();
+    }
+
+    /// Lets updates held in (or reaching) `phase` go on.
+    pub fn release(&self, phase: &str) {
+        let _ = std::fs::remove_file(self.dir.join(phase));
+    }
+
+    /// Waits until the program's update is in `phase`, by `status`. When
+    /// the phase is armed, the update is then held there.
+    pub fn wait_for(&self, socket: &Path, phase: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = status(socket);
+            if now["in_progress"]["phase"] == phase {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the update never reached {phase}: {now:#}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 /// A program running under `pyreload run`, killed when dropped.
@@ -210,13 +265,13 @@ impl Hosted {
         path
     }
 
-    /// Sends one line to an interactive program and returns its one-line answer.
+    /// Sends one line to an interactive program and returns its one-line
+    /// answer. Fails (does not hang) if none comes within [`ANSWER_TIMEOUT`].
     pub fn ask(&mut self, line: &str) -> String {
         let stdin = self.stdin.as_mut().expect("interactive program");
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
-        let mut answer = String::new();
-        self.stdout.as_mut().unwrap().read_line(&mut answer).unwrap();
+        let answer = self.next_line(&format!("its answer to {line:?}"));
         assert!(
             !answer.is_empty(),
             "program closed stdout while asked {line:?}\n{}",
@@ -229,10 +284,9 @@ impl Hosted {
     pub fn expect_line(&mut self, line: &str) {
         let mut seen = Vec::new();
         loop {
-            let mut l = String::new();
-            let n = self.stdout.as_mut().unwrap().read_line(&mut l).unwrap();
+            let l = self.next_line(&format!("{line:?}"));
             assert!(
-                n > 0,
+                !l.is_empty(),
                 "program ended before printing {line:?}; printed {seen:?}\n{}",
                 self.logs()
             );
@@ -240,6 +294,43 @@ impl Hosted {
                 return;
             }
             seen.push(l);
+        }
+    }
+
+    /// The next line of the program's stdout, with its newline ("" at the
+    /// end of the output). A pipe has no read timeout, so this polls the
+    /// pipe before each read, and reads only what is there.
+    fn next_line(&mut self, waiting_for: &str) -> String {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut line = Vec::new();
+        loop {
+            let reader = self.stdout.as_mut().expect("interactive program");
+            let buffered = reader.buffer();
+            if let Some(end) = buffered.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&buffered[..=end]);
+                reader.consume(end + 1);
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            line.extend_from_slice(buffered);
+            let taken = buffered.len();
+            reader.consume(taken);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)).unwrap_or(1);
+            if ready == 0 {
+                panic!(
+                    "the program printed nothing for {waiting_for} in {ANSWER_TIMEOUT:?} (wedged?); partial line {:?}\n{}",
+                    String::from_utf8_lossy(&line),
+                    self.logs()
+                );
+            }
+            // Readable (or closed): this read does not block.
+            let reader = self.stdout.as_mut().unwrap();
+            if reader.fill_buf().unwrap().is_empty() {
+                return String::from_utf8_lossy(&line).into_owned();
+            }
         }
     }
 
