@@ -400,6 +400,20 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, why: impl F
     }
 }
 
+/// Polls `probe` until it returns `Ok`, or panics with its last `Err`
+/// once `timeout` has passed: for a state the program reaches on its own
+/// time (never for a verdict on how fast it gets there).
+pub fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(why) => assert!(Instant::now() < deadline, "after {timeout:?}: {why}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The case-study server at a version directory (`v1`, `v2`, ...), on a
 /// free port.
 pub struct KvServer {
