@@ -175,18 +175,23 @@ impl PhaseHold {
         let _ = std::fs::remove_file(self.dir.join(phase));
     }
 
-    /// Waits until the program's update is in `phase`, by `status`. When
-    /// the phase is armed, the update is then held there.
+    /// Waits until the program's update is in `phase`: when the phase is
+    /// armed, the update is then held there.
     pub fn wait_for(&self, socket: &Path, phase: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let now = status(socket);
-            if now["in_progress"]["phase"] == phase {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the update never reached {phase}: {now:#}");
-            std::thread::sleep(Duration::from_millis(2));
+        wait_for_phase(socket, phase);
+    }
+}
+
+/// Waits until `status` shows an update in `phase`.
+pub fn wait_for_phase(socket: &Path, phase: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = status(socket);
+        if now["in_progress"]["phase"] == phase {
+            return;
         }
+        assert!(Instant::now() < deadline, "the update never reached {phase}: {now:#}");
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
