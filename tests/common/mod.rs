@@ -285,6 +285,19 @@ impl Hosted {
         answer.trim_end().to_string()
     }
 
+    /// Like [`Hosted::ask`], for a value the test compares (a state before
+    /// and after, say): fails if the expression raised, since two raises
+    /// would compare equal.
+    pub fn ask_value(&mut self, expression: &str) -> String {
+        let answer = self.ask(expression);
+        assert!(
+            !answer.starts_with("raised "),
+            "{expression:?} {answer}\n{}",
+            self.logs()
+        );
+        answer
+    }
+
     /// Reads lines from an interactive program until one equals `line`.
     pub fn expect_line(&mut self, line: &str) {
         let mut seen = Vec::new();
