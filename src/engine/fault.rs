@@ -5,8 +5,11 @@
 //!   they can fail. Every update behaves like a naive reloader: each
 //!   module's new code runs into its live namespace in turn, with the GIL
 //!   released between modules, no safe point, no staging and no stopped
-//!   world. The no-mixed-versions test uses it to show that it detects the
-//!   mixing the real commit prevents.
+//!   world. Between two modules it calls the program's
+//!   `__main__.pyreload_fault_gap()` if there is one (else it sleeps 2 ms),
+//!   so a test can let its threads run in the gap for as long as it needs.
+//!   The no-mixed-versions test uses it to show that it detects the mixing
+//!   the real commit prevents.
 //! - `hold:DIR`: holds an update at the start of a phase for as long as the
 //!   file `DIR/<phase>` (`prepare`, `wait`, `stage`, `commit`, `sweep`)
 //!   exists, with the GIL released, so the program runs on. `status` shows
@@ -69,10 +72,23 @@ pub fn split_commit(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Resul
         .import("builtins")
         .and_then(|b| b.getattr("exec"))
         .map_err(|e| support.problem(py, "split-commit fault", &e))?;
-    for m in &plan.modules {
+    let gap = py
+        .import("__main__")
+        .and_then(|main| main.getattr("pyreload_fault_gap"))
+        .ok();
+    for (i, m) in plan.modules.iter().enumerate() {
         exec.call1((m.code.bind(py), m.module.bind(py).dict()))
             .map_err(|e| support.problem(py, &format!("split-commit fault: `{}` raised", m.name), &e))?;
-        py.detach(|| std::thread::sleep(Duration::from_millis(2)));
+        if i + 1 == plan.modules.len() {
+            break;
+        }
+        match &gap {
+            Some(gap) => {
+                gap.call0()
+                    .map_err(|e| support.problem(py, "split-commit fault: pyreload_fault_gap() raised", &e))?;
+            }
+            None => py.detach(|| std::thread::sleep(Duration::from_millis(2))),
+        }
     }
     Ok(())
 }
