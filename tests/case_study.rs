@@ -342,7 +342,7 @@ fn a_suspended_coroutine_holds_the_update_back_until_its_task_ends() {
     // With no client connected no task runs handle_client: the update commits.
     drop(client);
     common::wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || server.ask("STATS").ends_with("connections=1"),
         || "the closed connection was never noticed".into(),
     );

@@ -234,7 +234,7 @@ impl Shop {
         self.program.ask("shop.gate.hold(3600)");
         let apply = self.spawn_apply(&self.spec("up.toml"));
         wait_until(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || status(&self.socket)["in_progress"]["phase"] == "wait",
             || "the update never reached its wait".into(),
         );
@@ -559,7 +559,7 @@ fn the_program_exiting_while_an_update_waits_gives_a_clear_error() {
         stderr.contains("the program began to exit while the update was in progress; nothing was changed"),
         "{stderr}"
     );
-    let status = shop.program.wait(Duration::from_secs(10));
+    let status = shop.program.wait(Duration::from_secs(60));
     assert_eq!(status.code(), Some(3), "{}", shop.program.logs());
     assert!(!shop.socket.exists(), "socket left behind");
 }

@@ -92,7 +92,7 @@ fn no_other_thread_runs_during_the_commit_window_and_all_resume_after() {
     // while the caller sleeps, so the check below can fail.
     assert_eq!(p.ask("busy_mod.moves()"), "True");
     common::wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || p.ask("shared.EVENTS[0] > 0") == "True",
         || "the tracer never ran".into(),
     );
@@ -364,7 +364,7 @@ fn an_update_point_commits_while_a_thread_waits_there() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["safe_point"]["update_point"], "tick");
     common::wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || p.ask("shared.WAITED[0]") == "1",
         || "the ticker never reported waiting".into(),
     );

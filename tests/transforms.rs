@@ -458,7 +458,7 @@ fn a_lazy_transform_pauses_for_a_sample_and_converts_every_instance_exactly_once
         "identity kept"
     );
     common::wait_until(
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(60),
         || p.ask("len(SEEN)") == "6",
         || "the first-use thread did not finish".into(),
     );

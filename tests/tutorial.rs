@@ -148,7 +148,7 @@ fn every_command_in_the_tutorial_gives_the_output_it_shows() {
                 .spawn()
                 .unwrap();
             background.push(Background(child));
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let output = std::fs::read_to_string(&log).unwrap_or_default();
                 if find_in_order(&step.expected, &output).is_ok() {

@@ -49,7 +49,7 @@ fn a_spec_dropped_into_a_watched_directory_is_applied_and_its_result_written_bes
     std::fs::write(deploy.join("v2.toml"), &spec).unwrap();
     let result = deploy.join("v2.toml.result.json");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || result.exists() && std::fs::read_to_string(&result).is_ok_and(|t| t.ends_with("}\n")),
         || "no result was written".into(),
     );
@@ -61,7 +61,7 @@ fn a_spec_dropped_into_a_watched_directory_is_applied_and_its_result_written_bes
     std::fs::write(deploy.join("again.toml"), &spec).unwrap();
     let again = deploy.join("again.toml.result.json");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || again.exists() && std::fs::read_to_string(&again).is_ok_and(|t| t.ends_with("}\n")),
         || "no result for the second spec".into(),
     );
@@ -89,19 +89,19 @@ fn run_reload_reloads_a_changed_module_and_refuses_a_broken_edit() {
     assert_eq!(p.ask("live.answer()"), "1");
     sandbox.write("live.py", "CALLS = []\n\ndef answer():\n    return 2\n");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || p.ask("live.answer()") == "2",
         || "the edit was not reloaded".into(),
     );
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || p.stderr().contains("pyreload: applied update `reload live`"),
         || p.stderr(),
     );
     // A broken edit is refused; the program keeps the last good code.
     sandbox.write("live.py", "CALLS = []\n\ndef answer(:\n    return 3\n");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || p.stderr().contains("does not compile"),
         || format!("no refusal logged\n{}", p.stderr()),
     );

@@ -263,7 +263,7 @@ impl Hosted {
     fn socket_in(&self, dir: &Path) -> PathBuf {
         let path = dir.join(format!("{}.sock", self.pid()));
         wait_until(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || path.exists(),
             || format!("control socket {} never appeared\n{}", path.display(), self.logs()),
         );
@@ -487,7 +487,7 @@ impl KvServer {
             },
         );
         wait_until(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || port_file.exists(),
             || format!("kvserver never wrote its port\n{}", hosted.logs()),
         );
@@ -510,7 +510,7 @@ impl KvServer {
         let socket = self.hosted.socket();
         self.hosted.signal(nix::sys::signal::Signal::SIGTERM);
         let mut hosted = self.hosted;
-        let status = hosted.wait(Duration::from_secs(20));
+        let status = hosted.wait(Duration::from_secs(60));
         assert_eq!(status.code(), Some(0), "{}", hosted.logs());
         assert!(
             hosted.stdout_log().contains("kvserver: shut down cleanly"),
@@ -530,7 +530,7 @@ pub struct KvClient {
 impl KvClient {
     pub fn connect(port: u16) -> KvClient {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         KvClient {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
@@ -586,7 +586,7 @@ pub fn stderr(out: &Output) -> String {
 pub fn control(socket: &Path, request: &serde_json::Value) -> std::io::Result<serde_json::Value> {
     use std::io::Read;
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = serde_json::to_vec(request).unwrap();
     stream.write_all(&(body.len() as u32).to_be_bytes())?;
     stream.write_all(&body)?;
