@@ -403,8 +403,12 @@ fn a_suspended_generator_in_a_changed_function_blocks_until_it_finishes() {
     let mut p = probe(&sandbox, &["prog.py"]);
     sandbox.write("gen_mod.py", &v1.replace("i += 1", "i += 2"));
     let text = spec(&["gen_mod"], "timeout_ms = 300", "");
+    assert_eq!(p.ask("'asyncio' in sys.modules"), "False");
     let (code, report) = apply(&sandbox, &p, "gen.toml", &text);
     assert_eq!(code, 1, "{report:#}");
+    // Looking for suspended coroutines did not import asyncio into a
+    // program without it (which, loaded, could take the whole wait).
+    assert_eq!(p.ask("'asyncio' in sys.modules"), "False");
     let causes = report["problem"]["causes"].to_string();
     assert!(
         causes.contains("generator numbers is suspended at") && causes.contains("gen_mod.py:4"),

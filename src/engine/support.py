@@ -129,10 +129,12 @@ def suspended(codes):
     import gc
 
     tasks = {}
+    # A program that never imported asyncio has no tasks; importing it here
+    # would change the program and, on a loaded machine, take the wait's
+    # whole timeout.
+    asyncio_tasks = sys.modules.get("asyncio.tasks")
     try:
-        import asyncio.tasks
-
-        for task in list(asyncio.tasks._all_tasks):
+        for task in list(asyncio_tasks._all_tasks) if asyncio_tasks is not None else []:
             tasks[id(task.get_coro())] = task.get_name()
     except Exception:
         pass
