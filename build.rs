@@ -20,7 +20,33 @@ fn main() {
         config.version().major,
         config.version().minor
     );
+    tests_as_root();
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// Sets `cfg(pyreload_tests_as_root)` when building as root with `setpriv`
+/// at hand: the tests that act as another user need both, and are marked
+/// `#[ignore = "..."]` without them, so a run shows them as ignored with
+/// the reason (libtest cannot ignore a test at run time). `cargo test`
+/// builds and runs as the same user; a change of user (and so of `USER`)
+/// runs this again.
+fn tests_as_root() {
+    println!("cargo::rustc-check-cfg=cfg(pyreload_tests_as_root)");
+    println!("cargo:rerun-if-env-changed=USER");
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    });
+    let setpriv = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && setpriv {
+        println!("cargo:rustc-cfg=pyreload_tests_as_root");
+    }
 }

@@ -246,14 +246,51 @@ fn toml_problem(source: &SpecSource, e: &toml::de::Error) -> Problem {
     if let Some(span) = e.span() {
         problem = problem.at(source.location(span), "here");
     }
-    if let Some(help) = unknown_field_help(&message).or_else(|| missing_field_help(&message)) {
-        problem = problem.with_help(help);
-    } else if message.contains("expected a sequence") {
-        problem = problem.with_help(
-            "`reload` and `transform` are lists of tables: write [[reload]] (double brackets), once per module",
+    let value = e.span().and_then(|span| source.text.get(span)).unwrap_or_default();
+    let help = unknown_field_help(&message)
+        .or_else(|| missing_field_help(&message))
+        .or_else(|| value_help(&message, value))
+        .unwrap_or_else(|| "fix the TOML at the place shown; `pyreload schema` describes every key".into());
+    problem.with_help(help)
+}
+
+/// How to write a value serde or the TOML parser refused (`value` is the
+/// refused text, when there is one).
+fn value_help(message: &str, value: &str) -> Option<String> {
+    if message.contains("expected a sequence") {
+        return Some(
+            "`reload` and `transform` are lists of tables: write [[reload]] (double brackets), once per module".into(),
         );
     }
-    problem
+    if message.ends_with("expected a string") {
+        return Some(format!("write it as a string, in double quotes: \"{}\"", value.trim()));
+    }
+    if message.ends_with("expected a boolean") {
+        return Some("write `true` or `false`, without quotes".into());
+    }
+    if message.ends_with("expected u64") {
+        return Some("write a whole number of milliseconds, without quotes or units, such as 5000".into());
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let (variant, expected) = rest.split_once('`')?;
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let list = candidates
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        return Some(match did_you_mean(variant, candidates.iter().copied()) {
+            Some(best) => format!("did you mean `{best}`? (one of {list})"),
+            None => format!("write one of {list}"),
+        });
+    }
+    if message.starts_with("duplicate key") {
+        return Some("a key appears once per table: remove one of the two".into());
+    }
+    if message.starts_with("invalid basic string") || message.starts_with("invalid literal string") {
+        return Some("close the string on the same line; for text over several lines use \"\"\"...\"\"\"".into());
+    }
+    None
 }
 
 /// serde says "unknown field `nmae`, expected one of `name`, `from`, ...";
@@ -372,27 +409,59 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         return todos;
     }
     let mut problems = Vec::new();
-    let mut require_text = |field: &Spanned<String>, what: &str| {
+    let mut require_text = |field: &Spanned<String>, what: &str, help: &str| {
         if field.get_ref().trim().is_empty() {
-            problems.push(source.problem(field.span(), format!("{what} must not be empty"), "empty"));
+            problems.push(
+                source
+                    .problem(field.span(), format!("{what} must not be empty"), "empty")
+                    .with_help(help),
+            );
         }
     };
-    require_text(&spec.update.name, "[update] name");
-    require_text(&spec.update.to, "[update] to");
+    require_text(
+        &spec.update.name,
+        "[update] name",
+        "name the update as `pyreload status` will list it, such as name = \"v1-to-v2\"",
+    );
+    require_text(
+        &spec.update.to,
+        "[update] to",
+        "give the program's version once the update commits, such as to = \"2.0\"",
+    );
     if let Some(from) = &spec.update.from {
-        require_text(from, "[update] from");
+        require_text(
+            from,
+            "[update] from",
+            "give the version the update applies to, such as from = \"1.0\", or remove the line to accept any",
+        );
     }
     if let Some(program) = &spec.update.program {
-        require_text(program, "[update] program");
+        require_text(
+            program,
+            "[update] program",
+            "give the program's `pyreload run --name`, or remove the line to accept any program",
+        );
     }
     if let Some(after) = &spec.check.after {
-        require_text(after, "[check] after");
+        require_text(
+            after,
+            "[check] after",
+            "write a Python expression that is true when the update worked, such as after = \"app.health.ok()\", or remove the line",
+        );
     }
     if let Some(condition) = &spec.safe_point.condition {
-        require_text(condition, "[safe_point] condition");
+        require_text(
+            condition,
+            "[safe_point] condition",
+            "write a Python expression that is true when the update may happen, such as condition = \"app.stats.in_flight == 0\", or remove the line",
+        );
     }
     if let Some(point) = &spec.safe_point.update_point {
-        require_text(point, "[safe_point] update_point");
+        require_text(
+            point,
+            "[safe_point] update_point",
+            "give the name the program passes to pyreload.update_point(\"...\"), or remove the line",
+        );
     }
 
     if spec.reload.is_empty() && spec.transform.is_empty() {
@@ -410,17 +479,25 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
     for reload in &spec.reload {
         let module = reload.module.get_ref();
         if module.is_empty() {
-            problems.push(source.problem(
-                reload.module.span(),
-                "the module name is empty",
-                "expected a dotted name such as `kvserver.store`",
-            ));
+            problems.push(
+                source
+                    .problem(
+                        reload.module.span(),
+                        "the module name is empty",
+                        "expected a dotted name such as `kvserver.store`",
+                    )
+                    .with_help(MODULE_HELP),
+            );
         } else if !is_dotted_name(module) {
-            problems.push(source.problem(
-                reload.module.span(),
-                format!("`{module}` is not a module name"),
-                "expected a dotted name such as `kvserver.store`",
-            ));
+            problems.push(
+                source
+                    .problem(
+                        reload.module.span(),
+                        format!("`{module}` is not a module name"),
+                        "expected a dotted name such as `kvserver.store`",
+                    )
+                    .with_help(MODULE_HELP),
+            );
         } else if let Some(first) = seen.get(module.as_str()) {
             let first = source.location(first.clone());
             problems.push(
@@ -440,11 +517,17 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
             for name in list {
                 let n = name.get_ref();
                 if !n.split('.').all(is_identifier) {
-                    problems.push(source.problem(
-                        name.span(),
-                        format!("`{n}` is not a global name"),
-                        "expected a Python identifier",
-                    ));
+                    problems.push(
+                        source
+                            .problem(
+                                name.span(),
+                                format!("`{n}` is not a global name"),
+                                "expected a Python identifier",
+                            )
+                            .with_help(format!(
+                                "list globals by the name the module's source binds, such as {kind} = [\"COMMANDS\"], or a class attribute as \"Class.attr\""
+                            )),
+                    );
                 } else if let Some(other) = names.insert(n, kind) {
                     problems.push(
                         source
@@ -470,11 +553,15 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         for name in list {
             let n = name.get_ref();
             if !is_dotted_name(n) {
-                problems.push(source.problem(
-                    name.span(),
-                    format!("`{n}` is not a function path"),
-                    "expected a dotted path such as `kvserver.store.Store.compact`",
-                ));
+                problems.push(
+                    source
+                        .problem(
+                            name.span(),
+                            format!("`{n}` is not a function path"),
+                            "expected a dotted path such as `kvserver.store.Store.compact`",
+                        )
+                        .with_help("name the function by its module, then its qualified name, joined by single dots"),
+                );
             } else if let Some(other) = listed.insert(n, key) {
                 if other != key {
                     problems.push(
@@ -511,11 +598,17 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
         let Some(timeout) = timeout else { continue };
         let t = *timeout.get_ref();
         if t == 0 || t > MAX_TIMEOUT_MS {
-            problems.push(source.problem(
-                timeout.span(),
-                format!("{key} = {t} is out of range"),
-                format!("expected 1 to {MAX_TIMEOUT_MS} (one hour)"),
-            ));
+            problems.push(
+                source
+                    .problem(
+                        timeout.span(),
+                        format!("{key} = {t} is out of range"),
+                        format!("expected 1 to {MAX_TIMEOUT_MS} (one hour)"),
+                    )
+                    .with_help(format!(
+                        "{key} is in milliseconds: for 5 seconds, write {key} = 5000; remove the line for the default"
+                    )),
+            );
         }
     }
     problems
@@ -557,11 +650,15 @@ fn validate_transforms(source: &SpecSource, spec: &Spec, problems: &mut Vec<Prob
             .flatten()
         {
             if !is_dotted_name(path.get_ref()) || !path.get_ref().contains('.') {
-                problems.push(source.problem(
-                    path.span(),
-                    format!("`{}` is not a dotted path", path.get_ref()),
-                    "expected `package.module.name`",
-                ));
+                problems.push(
+                    source
+                        .problem(
+                            path.span(),
+                            format!("`{}` is not a dotted path", path.get_ref()),
+                            "expected `package.module.name`",
+                        )
+                        .with_help("name it by the module that defines it, then its name, such as `kvserver.migrations.entry_v4`"),
+                );
             }
         }
         if kind == "global" {
@@ -577,18 +674,26 @@ fn validate_transforms(source: &SpecSource, spec: &Spec, problems: &mut Vec<Prob
                 );
             }
             if let Some((name, _)) = t.defaults.iter().next() {
-                problems.push(source.problem(
-                    target.span(),
-                    format!("`defaults` ({name} = ...) apply to class transforms only"),
-                    "a global",
-                ));
+                problems.push(
+                    source
+                        .problem(
+                            target.span(),
+                            format!("`defaults` ({name} = ...) apply to class transforms only"),
+                            "a global",
+                        )
+                        .with_help("remove `defaults`: the `function` returns the global's new value"),
+                );
             }
             if let Some(mode) = &t.mode {
-                problems.push(source.problem(
-                    mode.span(),
-                    "`mode` applies to class transforms only",
-                    "a global is converted once, in the commit",
-                ));
+                problems.push(
+                    source
+                        .problem(
+                            mode.span(),
+                            "`mode` applies to class transforms only",
+                            "a global is converted once, in the commit",
+                        )
+                        .with_help("remove the `mode` line"),
+                );
             }
         } else if t.function.is_none() && t.defaults.is_empty() {
             problems.push(
@@ -603,20 +708,50 @@ fn validate_transforms(source: &SpecSource, spec: &Spec, problems: &mut Vec<Prob
         }
         for (name, expr) in &t.defaults {
             if !is_identifier(name) {
-                problems.push(source.problem(
-                    expr.span(),
-                    format!("`{name}` is not an attribute name"),
-                    "in `defaults`",
-                ));
+                problems.push(
+                    source
+                        .problem(
+                            expr.span(),
+                            format!("`{name}` is not an attribute name"),
+                            "in `defaults`",
+                        )
+                        .with_help(format!(
+                            "each key of `defaults` is an attribute to add, a Python identifier such as `{}`",
+                            suggest_identifier(name)
+                        )),
+                );
             }
             if expr.get_ref().trim().is_empty() {
-                problems.push(source.problem(
-                    expr.span(),
-                    format!("the default of `{name}` is empty"),
-                    "expected a Python expression, such as \"None\"",
-                ));
+                problems.push(
+                    source
+                        .problem(
+                            expr.span(),
+                            format!("the default of `{name}` is empty"),
+                            "expected a Python expression, such as \"None\"",
+                        )
+                        .with_help(format!(
+                            "write the value as a Python expression, such as {name} = \"None\""
+                        )),
+                );
             }
         }
+    }
+}
+
+const MODULE_HELP: &str = "write the module's name as an import would, such as module = \"kvserver.store\"";
+
+/// `name` made an identifier (spaces and dashes to underscores), for help
+/// texts.
+fn suggest_identifier(name: &str) -> String {
+    let s: String = name
+        .trim()
+        .chars()
+        .map(|c| if c == '_' || c.is_alphanumeric() { c } else { '_' })
+        .collect();
+    if s.starts_with(|c: char| c.is_numeric()) || s.is_empty() {
+        format!("_{s}")
+    } else {
+        s
     }
 }
 

@@ -75,11 +75,16 @@ fn update_under_load(server_args: &[&str]) {
     assert_eq!(server.ask("INCR counter"), "VALUE 1", "the new command is live");
     assert_eq!(server.ask("INCR counter"), "VALUE 2");
     assert_eq!(server.ask("VERSION"), "VERSION 2.0");
-    let stats = server.ask("STATS");
-    assert!(
-        stats.contains(&format!("connections={}", 1)) || stats.contains("connections="),
-        "{stats}"
-    );
+    // The connection count, kept across the update, comes back to exactly
+    // the one connection asking, once the server has seen the load
+    // clients' connections close (it notices each on its own thread).
+    common::eventually(Duration::from_secs(30), || {
+        let stats = server.ask("STATS");
+        match stats.ends_with(" connections=1") {
+            true => Ok(()),
+            false => Err(format!("the open connections are not counted right: {stats}")),
+        }
+    });
 
     // The report names what changed.
     let modules = report["modules"].as_array().unwrap();
@@ -337,7 +342,7 @@ fn a_suspended_coroutine_holds_the_update_back_until_its_task_ends() {
     // With no client connected no task runs handle_client: the update commits.
     drop(client);
     common::wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || server.ask("STATS").ends_with("connections=1"),
         || "the closed connection was never noticed".into(),
     );

@@ -203,7 +203,7 @@ fn a_socket_left_by_a_dead_program_is_cleaned_up() {
     let mut killed = idle(&sandbox, "victim", "1");
     let socket = killed.socket();
     killed.signal(nix::sys::signal::Signal::SIGKILL);
-    killed.wait(Duration::from_secs(10));
+    killed.wait(Duration::from_secs(60));
     assert!(socket.exists(), "SIGKILL runs no cleanup");
     let out = sandbox.run(&["status"]);
     assert!(stderr(&out).contains("no program is running"), "{}", stderr(&out));

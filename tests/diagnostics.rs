@@ -2,8 +2,8 @@
 //!
 //! Each file in `tests/fixtures/malformed/` is wrong in one way. `pyreload
 //! check` refuses it with exit status 2 before contacting any program, and
-//! what it prints on stderr (what is wrong, where, the line, and how to fix
-//! it) is compared with the snapshot in `tests/snapshots/`. To accept a
+//! what it prints on stderr (what is wrong, where, the line, and a `help:`
+//! saying how to fix it) is compared with the snapshot in `tests/snapshots/`. To accept a
 //! change in wording: `INSTA_UPDATE=always cargo test --test diagnostics`,
 //! then review the diff of the snapshots.
 
@@ -35,6 +35,15 @@ fn every_malformed_spec_gets_a_located_diagnostic_with_a_fix() {
         assert!(
             stderr.contains(&format!("<repo>/{}:", relative.display())),
             "{}: no file:line:col in\n{stderr}",
+            relative.display()
+        );
+        let help = stderr
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("help: "))
+            .unwrap_or_default();
+        assert!(
+            help.len() > 10,
+            "{}: no `help:` saying how to fix it in\n{stderr}",
             relative.display()
         );
         insta::assert_snapshot!(stderr);

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{probe, status, wait_until, Hosted, Rng, Sandbox, PROBE_LOOP};
+use common::{probe, probe_with_env, status, wait_until, Hosted, PhaseHold, Sandbox, PROBE_LOOP};
 
-/// Items the transform converts in each update: enough that the commit
-/// takes long enough for a kill to land in it.
-const ITEMS: usize = 60_000;
-/// Functions in `shop.big`: enough that prepare and stage take a while.
-const FUNCTIONS: usize = 2_000;
+/// Items the transform converts in each update. (Kills are aimed at phases
+/// by holding the update there, not by making the phases long.)
+const ITEMS: usize = 10_000;
+/// Functions in `shop.big`: a module with more than a handful.
+const FUNCTIONS: usize = 300;
 
 fn big(version: &str) -> String {
     let mut text = format!("VERSION = {version:?}\n\n");
@@ -39,7 +39,7 @@ class Item:
     def __init__(self, n):
         self.n = n
 
-ITEMS = [Item(i) for i in range(60_000)]
+ITEMS = [Item(i) for i in range(10_000)]
 
 def dump():
     return (len(ITEMS), sum(item.n for item in ITEMS))
@@ -169,6 +169,8 @@ struct Shop {
     program: Hosted,
     socket: PathBuf,
     port: u16,
+    /// Holds updates at a phase (test-only fault knob).
+    hold: PhaseHold,
 }
 
 impl Shop {
@@ -188,7 +190,12 @@ impl Shop {
         sandbox.write("up.toml", &spec("1", "2", "to_v2", "to_v1"));
         sandbox.write("down.toml", &spec("2", "1", "to_v1", "to_v2"));
         sandbox.write("main.py", &format!("{PROGRAM}{PROBE_LOOP}"));
-        let mut program = probe(&sandbox, &["--name", "shop", "--version", "1", "main.py"]);
+        let hold = PhaseHold::new(&sandbox);
+        let mut program = probe_with_env(
+            &sandbox,
+            &["--name", "shop", "--version", "1", "main.py"],
+            vec![hold.env()],
+        );
         let port = program.ask("PORT").parse().unwrap();
         let socket = program.socket();
         Shop {
@@ -196,6 +203,7 @@ impl Shop {
             program,
             socket,
             port,
+            hold,
         }
     }
 
@@ -220,12 +228,13 @@ impl Shop {
     }
 
     /// Starts `pyreload apply` of `up.toml` with the safe point held back
-    /// for `hold_s` seconds, and waits until the program reports the wait.
-    fn apply_waiting(&mut self, hold_s: u32) -> std::process::Child {
-        self.program.ask(&format!("shop.gate.hold({hold_s})"));
+    /// (until `shop.gate.hold(0)`), and waits until the program reports
+    /// the wait.
+    fn apply_waiting(&mut self) -> std::process::Child {
+        self.program.ask("shop.gate.hold(3600)");
         let apply = self.spawn_apply(&self.spec("up.toml"));
         wait_until(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || status(&self.socket)["in_progress"]["phase"] == "wait",
             || "the update never reached its wait".into(),
         );
@@ -314,70 +323,71 @@ impl Load {
     }
 }
 
-const PHASES: [&str; 4] = ["prepare", "wait", "stage", "commit"];
-const RUNS: usize = 60;
+/// Where each kill is aimed: the update is held at the start of each phase
+/// (the `hold` fault) while `pyreload apply` is killed, and "after the
+/// answer" kills an apply that has already exited.
+const TARGETS: [&str; 5] = ["prepare", "wait", "stage", "commit", "after the answer"];
+/// Kills aimed at each target.
+const KILLS_PER_TARGET: usize = 6;
 
 #[test]
 fn apply_killed_at_any_moment_leaves_the_program_at_one_version_and_serving() {
     let mut shop = Shop::start();
-    let mut rng = Rng::from_env_or_time("apply_killed_at_any_moment");
     let dump = shop.program.ask("shop.data.dump()");
     assert_eq!(dump, format!("({ITEMS}, {})", ITEMS * (ITEMS - 1) / 2));
     let load = Load::start(shop.port, 4);
 
-    let mut killed_in = std::collections::BTreeMap::<String, usize>::new();
+    let mut killed_in = std::collections::BTreeMap::<&str, usize>::new();
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
-    for run in 0..RUNS {
+    for run in 0..TARGETS.len() * KILLS_PER_TARGET {
+        let target = TARGETS[run % TARGETS.len()];
         let at = shop.version();
         let (spec, new) = if at == "1" {
             ("up.toml", "2")
         } else {
             ("down.toml", "1")
         };
-        // Hold the safe point back for 30 to 180 ms, so that the wait lasts.
-        let hold = 30 + rng.below(150);
-        shop.program.ask(&format!("shop.gate.hold({hold} / 1000)"));
-        let mut child = shop.spawn_apply(&shop.spec(spec));
-        // Every fifth run kills blind, after a random delay; the others
-        // kill as soon as the host reports the phase aimed at.
-        let target = PHASES.get(run % 5).copied();
-        let mut seen = "before the request".to_string();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let blind_until = Instant::now() + Duration::from_millis(rng.below(400));
-        loop {
-            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                seen = "after the answer".into();
-                break;
-            }
-            let s = status(&shop.socket);
-            if let Some(phase) = s["in_progress"]["phase"].as_str() {
-                seen = phase.to_string();
-            }
-            match target {
-                Some(t) if seen == t => break,
-                None if Instant::now() >= blind_until => break,
-                _ => {}
-            }
+        let mut child;
+        if target == "after the answer" {
+            child = shop.spawn_apply(&shop.spec(spec));
+            let status = child.wait().unwrap();
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "run {run}: the apply to be killed after its answer failed"
+            );
+        } else {
+            shop.hold.arm(target);
+            child = shop.spawn_apply(&shop.spec(spec));
+            shop.hold.wait_for(&shop.socket, target);
         }
-        if rng.below(2) == 0 {
-            thread::sleep(Duration::from_micros(rng.below(3000)));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        *killed_in.entry(seen.clone()).or_default() += 1;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        shop.hold.release(target);
+        *killed_in.entry(target).or_default() += 1;
 
         let last = shop.settled();
         let outcome = last["outcome"].as_str().unwrap_or("none").to_string();
         *outcomes.entry(outcome.clone()).or_default() += 1;
         let now = shop.version();
-        let context = || format!("run {run}: killed in {seen}, outcome {outcome}: {last:#}");
-        match outcome.as_str() {
-            "committed" if last["to"] == new => assert_eq!(now, new, "{}", context()),
-            "cancelled" | "refused" => assert_eq!(now, at, "{}", context()),
-            // Killed before the request reached the program.
-            _ if last["to"] != new || last.is_null() => assert_eq!(now, at, "{}", context()),
-            _ => panic!("unexpected outcome: {}", context()),
-        }
+        let context = || format!("run {run}: killed in {target}, outcome {outcome}: {last:#}");
+        let expected = match target {
+            // Before the commit, a kill cancels the update.
+            "prepare" | "wait" | "stage" => vec!["cancelled"],
+            // From the commit on, the update runs to its end; at its start
+            // the safe point is decided again, and may send it back to a
+            // wait, where the kill is noticed.
+            "commit" => vec!["committed", "cancelled"],
+            _ => vec!["committed"],
+        };
+        assert!(
+            expected.contains(&outcome.as_str()),
+            "expected {expected:?}: {}",
+            context()
+        );
+        assert_eq!(last["to"], new, "{}", context());
+        let version = if outcome == "committed" { new } else { at.as_str() };
+        assert_eq!(now, version, "{}", context());
         assert_eq!(
             shop.program.ask("state()"),
             expected_state(&now),
@@ -392,17 +402,17 @@ fn apply_killed_at_any_moment_leaves_the_program_at_one_version_and_serving() {
         );
     }
     let (requests, failures) = load.finish();
-    eprintln!("{RUNS} applies killed; killed in {killed_in:?}; outcomes {outcomes:?}; {requests} requests served");
+    eprintln!("applies killed in {killed_in:?}; outcomes {outcomes:?}; {requests} requests served");
     assert!(failures.is_empty(), "requests failed: {failures:#?}");
     assert!(requests > 0, "the clients were never served");
-    for phase in PHASES {
+    for target in TARGETS {
         assert!(
-            killed_in.get(phase).copied().unwrap_or(0) >= 5,
-            "too few kills in {phase}: {killed_in:?}"
+            killed_in.get(target).copied().unwrap_or(0) >= 5,
+            "too few kills in {target}: {killed_in:?}"
         );
     }
     assert!(
-        outcomes.get("cancelled").copied().unwrap_or(0) >= 10 && outcomes.get("committed").copied().unwrap_or(0) >= 10,
+        outcomes.get("cancelled").copied().unwrap_or(0) >= 15 && outcomes.get("committed").copied().unwrap_or(0) >= 5,
         "both outcomes should occur: {outcomes:?}"
     );
 }
@@ -410,7 +420,7 @@ fn apply_killed_at_any_moment_leaves_the_program_at_one_version_and_serving() {
 #[test]
 fn a_second_apply_during_an_update_is_refused_as_busy_and_the_first_completes() {
     let mut shop = Shop::start();
-    let first = shop.apply_waiting(1);
+    let first = shop.apply_waiting();
     let shown = shop.sandbox.run(&["status", "--socket", shop.socket.to_str().unwrap()]);
     assert!(
         common::stdout(&shown).contains("updating: `shop-2`, in wait for"),
@@ -438,6 +448,7 @@ fn a_second_apply_during_an_update_is_refused_as_busy_and_the_first_completes() 
         "{}",
         common::stderr(&rollback)
     );
+    shop.program.ask("shop.gate.hold(0)");
     let first = first.wait_with_output().unwrap();
     assert_eq!(
         first.status.code(),
@@ -509,15 +520,12 @@ fn code_that_never_returns_is_interrupted_at_its_deadline_and_changes_nothing() 
             &format!("loop{i}.toml"),
             &format!("[update]\nname = \"loop-{i}\"\nfrom = \"1\"\nto = \"2\"\n\n{body}"),
         );
-        let started = Instant::now();
         let (code, report) = sandbox.apply_json(&p, &spec);
-        let took = started.elapsed();
         assert_eq!(code, 1, "{what}: {report:#}");
         assert_eq!(report["outcome"], *outcome, "{what}: {report:#}");
         let text = report["problem"]["message"].as_str().unwrap_or_default();
         assert!(text.contains(message), "{what}: {text}");
         assert!(text.contains("UpdateTimeout"), "{what}: {text}");
-        assert!(took < Duration::from_secs(10), "{what} took {took:?}");
         assert_eq!(
             p.ask("calc.total(), __import__('pyreload').version()"),
             "(499500, '1')",
@@ -541,8 +549,7 @@ fn code_that_never_returns_is_interrupted_at_its_deadline_and_changes_nothing() 
 #[test]
 fn the_program_exiting_while_an_update_waits_gives_a_clear_error() {
     let mut shop = Shop::start();
-    let apply = shop.apply_waiting(3600);
-    let started = Instant::now();
+    let apply = shop.apply_waiting();
     // The program's main thread ends, with its own exit status.
     let stdin = shop.program.stdin.as_mut().unwrap();
     writeln!(stdin, "sys.exit(3)").unwrap();
@@ -554,12 +561,7 @@ fn the_program_exiting_while_an_update_waits_gives_a_clear_error() {
         stderr.contains("the program began to exit while the update was in progress; nothing was changed"),
         "{stderr}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
-    let status = shop.program.wait(Duration::from_secs(10));
+    let status = shop.program.wait(Duration::from_secs(60));
     assert_eq!(status.code(), Some(3), "{}", shop.program.logs());
     assert!(!shop.socket.exists(), "socket left behind");
 }
@@ -567,7 +569,7 @@ fn the_program_exiting_while_an_update_waits_gives_a_clear_error() {
 #[test]
 fn a_program_killed_while_an_update_waits_is_reported_as_gone() {
     let mut shop = Shop::start();
-    let apply = shop.apply_waiting(3600);
+    let apply = shop.apply_waiting();
     shop.program.signal(nix::sys::signal::Signal::SIGKILL);
     let out = apply.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

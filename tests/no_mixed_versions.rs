@@ -10,6 +10,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Hosted, Launch, Sandbox, PROBE_LOOP};
 
 const UPDATES: usize = 200;
@@ -39,6 +41,19 @@ def worker():
 
 for n in range(4):
     threading.Thread(target=worker, name=f"worker-{n}", daemon=True).start()
+
+def steps():
+    with LOCK:
+        return STATS["ok"] + STATS["mixed"]
+
+def pyreload_fault_gap():
+    """Called by the split-commit fault between two modules: returns once a
+    worker has begun and finished a whole step in the gap. Four workers
+    have at most four steps under way when it starts, so the fifth step
+    counted from then on began in the gap."""
+    start = steps()
+    while steps() < start + 5:
+        time.sleep(0.0005)
 "#;
 
 const A_V1: &str = "TAG = 'v1'\n\ndef encode(record):\n    return TAG + '|' + '|'.join(f'{k}={v}' for k, v in sorted(record.items()))\n";
@@ -92,6 +107,7 @@ fn run(fault: Option<&str>, stop_when_mixed: bool) -> (usize, u64, u64) {
     let mut applied = 0;
     for n in 0..UPDATES {
         let spec = if n % 2 == 0 { &up } else { &down };
+        let steps_before: u64 = p.ask("steps()").parse().unwrap();
         let out = sandbox.run(&["apply", "--socket", socket.to_str().unwrap(), spec.to_str().unwrap()]);
         assert_eq!(
             out.status.code(),
@@ -100,6 +116,14 @@ fn run(fault: Option<&str>, stop_when_mixed: bool) -> (usize, u64, u64) {
             common::stderr(&out)
         );
         applied += 1;
+        // The workers go on checking between one update and the next.
+        common::eventually(Duration::from_secs(60), || {
+            let now: u64 = p.ask("steps()").parse().unwrap();
+            match now > steps_before + 4 {
+                true => Ok(()),
+                false => Err(format!("the workers made no progress after update {n}")),
+            }
+        });
         if stop_when_mixed && p.ask("STATS['mixed']") != "0" {
             break;
         }
@@ -122,8 +146,10 @@ fn two_hundred_updates_under_load_never_show_a_mixed_state() {
 fn the_same_test_catches_a_non_atomic_apply() {
     let (applied, ok, mixed) = run(Some("split-commit"), true);
     eprintln!("split-commit apply: mixed state seen after {applied} updates ({ok} ok, {mixed} mixed)");
+    // The fault lets a worker run a whole step between the two modules, so
+    // the very first update is caught.
     assert!(
-        mixed > 0,
-        "the test did not detect a deliberately non-atomic apply in {applied} updates"
+        mixed > 0 && applied == 1,
+        "the test did not detect a deliberately non-atomic apply at once ({applied} updates, {mixed} mixed)"
     );
 }

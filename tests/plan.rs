@@ -24,33 +24,59 @@ fn the_plan_of_every_worked_spec_is_what_apply_then_does() {
         assert_eq!(checked.status.code(), Some(0), "{}", stderr(&checked));
         let plan = json(&checked);
         assert_eq!(plan["outcome"], "checked");
+        // The text form says the same for a person: line for line what the
+        // JSON plan holds (compared below with what apply did).
+        let checked_text = sandbox.run(&["check", "--socket", socket, spec]);
+        assert_eq!(checked_text.status.code(), Some(0), "{}", stderr(&checked_text));
+        assert_eq!(
+            plan_lines(&common::stdout(&checked_text)),
+            plan_lines_from_json(&plan),
+            "{name}: the text plan differs from the JSON plan"
+        );
         let applied = sandbox.run(&["apply", "--json", "--socket", socket, spec]);
         assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
         let done = json(&applied);
-        for (planned, actual) in plan["modules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(done["modules"].as_array().unwrap())
-        {
-            assert_eq!(planned["module"], actual["module"]);
+        let modules = |r: &serde_json::Value| r["modules"].as_array().cloned().unwrap_or_default();
+        let (planned_modules, applied_modules) = (modules(&plan), modules(&done));
+        let names = |m: &[serde_json::Value]| m.iter().map(|m| m["module"].clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&planned_modules),
+            names(&applied_modules),
+            "{name}: the modules planned and the modules updated"
+        );
+        let mut differ = Vec::new();
+        for (planned, actual) in planned_modules.iter().zip(&applied_modules) {
+            let module = &planned["module"];
             for group in ["functions", "classes"] {
-                for key in ["changed", "added", "removed"] {
-                    assert_eq!(
-                        planned[group][key], actual[group][key],
-                        "{name}: {} {group}.{key}",
-                        planned["module"]
-                    );
+                for key in ["changed", "added", "removed", "unchanged"] {
+                    if planned[group][key] != actual[group][key] {
+                        differ.push(format!(
+                            "{module} {group}.{key}: planned {}, applied {}",
+                            planned[group][key], actual[group][key]
+                        ));
+                    }
                 }
             }
-            for key in ["reset", "kept", "transformed"] {
-                assert_eq!(
-                    planned["globals"][key], actual["globals"][key],
-                    "{name}: {} globals.{key}",
-                    planned["module"]
-                );
+            for key in ["kept", "updated", "reset", "transformed", "added", "removed"] {
+                if planned["globals"][key] != actual["globals"][key] {
+                    differ.push(format!(
+                        "{module} globals.{key}: planned {}, applied {}",
+                        planned["globals"][key], actual["globals"][key]
+                    ));
+                }
+            }
+            if planned["rebound"] != actual["rebound"] {
+                differ.push(format!(
+                    "{module} rebound: planned {}, applied {}",
+                    planned["rebound"], actual["rebound"]
+                ));
             }
         }
+        assert!(
+            differ.is_empty(),
+            "{name}: the plan is not what apply did:\n{}",
+            differ.join("\n")
+        );
         let transforms = |r: &serde_json::Value| r["transforms"].as_array().cloned().unwrap_or_default();
         assert_eq!(transforms(&plan).len(), transforms(&done).len(), "{name}");
         for (planned, actual) in transforms(&plan).iter().zip(&transforms(&done)) {
@@ -62,7 +88,6 @@ fn the_plan_of_every_worked_spec_is_what_apply_then_does() {
         }
         assert_eq!(plan["safe_point"], done["safe_point"], "{name}");
     }
-    // The text form says the same for a person.
     let out = sandbox.run(&[
         "check",
         "--socket",
@@ -70,6 +95,101 @@ fn the_plan_of_every_worked_spec_is_what_apply_then_does() {
         repo().join("specs/v1-to-v2.toml").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "already at 4.0: {}", stderr(&out));
+}
+
+/// The lines of a text report that state the plan: each module and what
+/// changes in it, each transform (up to its count), and the safe point.
+fn plan_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut in_module = false;
+    for line in text.lines() {
+        if line.starts_with("  module ") {
+            in_module = true;
+        } else if !(in_module && line.starts_with("    ")) {
+            in_module = false;
+        }
+        if in_module || line.starts_with("  safe point: ") {
+            lines.push(line.to_string());
+        } else if line.starts_with("  transform ") {
+            lines.push(line.split(" converted").next().unwrap().to_string());
+        }
+    }
+    lines
+}
+
+/// What [`plan_lines`] should read, from the JSON form of the same report.
+fn plan_lines_from_json(report: &serde_json::Value) -> Vec<String> {
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    for m in report["modules"].as_array().unwrap() {
+        lines.push(format!(
+            "  module {}  ({})",
+            m["module"].as_str().unwrap(),
+            m["source"].as_str().unwrap()
+        ));
+        for group in ["functions", "classes"] {
+            let mut parts = Vec::new();
+            for key in ["changed", "added", "removed"] {
+                let names = list(&m[group][key]);
+                if !names.is_empty() {
+                    parts.push(format!("{key} {}", names.join(", ")));
+                }
+            }
+            let unchanged = m[group]["unchanged"].as_u64().unwrap_or(0);
+            if unchanged > 0 {
+                parts.push(format!("{unchanged} unchanged"));
+            }
+            if !parts.is_empty() {
+                lines.push(format!("    {group}: {}", parts.join("; ")));
+            }
+        }
+        for (label, names) in [
+            ("globals kept", &m["globals"]["kept"]),
+            ("constants updated", &m["globals"]["updated"]),
+            ("globals reset", &m["globals"]["reset"]),
+            ("globals transformed", &m["globals"]["transformed"]),
+            ("globals added", &m["globals"]["added"]),
+            ("globals removed", &m["globals"]["removed"]),
+            ("rebound", &m["rebound"]),
+        ] {
+            let names = list(names);
+            if !names.is_empty() {
+                lines.push(format!("    {label}: {}", names.join(", ")));
+            }
+        }
+    }
+    for t in report["transforms"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  transform {} `{}`: {}",
+            t["kind"].as_str().unwrap(),
+            t["target"].as_str().unwrap(),
+            t["instances"]
+        ));
+    }
+    let sp = &report["safe_point"];
+    let mut required = Vec::new();
+    let inactive = list(&sp["inactive"]);
+    if !inactive.is_empty() {
+        let mut names = inactive.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
+        if inactive.len() > 6 {
+            names.push_str(&format!(" and {} more", inactive.len() - 6));
+        }
+        required.push(format!("inactive {names}"));
+    }
+    if let Some(c) = sp["condition"].as_str() {
+        required.push(format!("condition `{c}`"));
+    }
+    if let Some(p) = sp["update_point"].as_str() {
+        required.push(format!("update point `{p}`"));
+    }
+    if !required.is_empty() {
+        lines.push(format!("  safe point: {}", required.join("; ")));
+    }
+    lines
 }
 
 #[test]

@@ -274,10 +274,10 @@ fn functions_classes_and_constants_take_new_code_while_data_is_kept() {
 fn a_failed_check_rolls_everything_back_to_the_same_objects() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
-    let before = p.ask(SNAPSHOT);
+    let before = p.ask_value(SNAPSHOT);
     let modules = p.module_state();
     let ids_before =
-        p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]");
+        p.ask_value("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]");
     sandbox.write("shop.py", SHOP_V2);
     let spec = format!("{SPEC}\n[check]\nafter = \"shop.Cart.LIMIT == 99\"\n");
     let (code, report) = apply(&sandbox, &p, &spec);
@@ -287,10 +287,10 @@ fn a_failed_check_rolls_everything_back_to_the_same_objects() {
         report["problem"]["message"].as_str().unwrap().contains("was false"),
         "{report:#}"
     );
-    assert_eq!(p.ask(SNAPSHOT), before);
+    assert_eq!(p.ask_value(SNAPSHOT), before);
     p.module_state().assert_same(&modules, "the rolled-back update");
     assert_eq!(
-        p.ask("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]"),
+        p.ask_value("[id(x) for x in (shop.price, shop.Cart, shop.CACHE, price.__code__, shop.Cart.add.__code__)]"),
         ids_before
     );
     // Still updatable: the same change without the failing check commits.
@@ -303,7 +303,7 @@ fn a_failed_check_rolls_everything_back_to_the_same_objects() {
 fn a_module_body_that_raises_changes_nothing() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
-    let before = p.ask(SNAPSHOT);
+    let before = p.ask_value(SNAPSHOT);
     let modules = p.module_state();
     sandbox.write("shop.py", &format!("{SHOP_V2}\nraise RuntimeError('config missing')\n"));
     let (code, report) = apply(&sandbox, &p, SPEC);
@@ -318,7 +318,7 @@ fn a_module_body_that_raises_changes_nothing() {
         "{report:#}"
     );
     assert!(problem["location"]["path"].as_str().unwrap().ends_with("shop.py"));
-    assert_eq!(p.ask(SNAPSHOT), before);
+    assert_eq!(p.ask_value(SNAPSHOT), before);
     p.module_state().assert_same(&modules, "the refused update");
     assert_eq!(p.ask("__import__('pyreload').version()"), "'1'");
 }

@@ -324,7 +324,7 @@ fn the_control_socket_is_private_and_removed_on_exit() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     let socket = sandbox.runtime_dir().join(format!("{}.sock", child.id()));
-    common::wait_until(Duration::from_secs(10), || socket.exists(), || "no socket".into());
+    common::wait_until(Duration::from_secs(60), || socket.exists(), || "no socket".into());
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&sandbox.runtime_dir()), 0o700);
     assert_eq!(mode(&socket), 0o600);

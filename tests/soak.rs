@@ -68,8 +68,17 @@ fn updates_and_rollbacks_under_load_lose_nothing_leak_nothing_and_shut_down_clea
         }
         if n % 2 == 0 {
             if n % 20 == 0 {
-                let out = sandbox.run(&["apply", "--socket", &socket_arg, failing.to_str().unwrap()]);
-                assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+                // Planned: committed, then rolled back by its check; not
+                // refused in prepare or in the wait.
+                let (code, report) = sandbox.apply_json(&server.hosted, &failing);
+                assert_eq!(code, 1, "{report:#}");
+                assert_eq!(report["outcome"], "rolled_back", "update {n}: {report:#}");
+                assert!(
+                    report["problem"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("`[check] after` was false after the commit")),
+                    "update {n}: {report:#}"
+                );
                 failed_as_planned += 1;
             }
             let out = sandbox.run(&["apply", "--socket", &socket_arg, up.to_str().unwrap()]);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{probe, Hosted, Sandbox, PROBE_LOOP};
+use common::{probe, probe_with_env, Hosted, PhaseHold, Sandbox, PROBE_LOOP};
 
 const N: usize = 10_000;
 
@@ -205,7 +205,7 @@ fn a_transformer_may_return_the_new_state_and_slots_classes_convert_too() {
 fn a_transformer_that_raises_on_the_last_instance_leaves_all_data_as_it_was() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
-    let before = p.ask("dump()");
+    let before = p.ask_value("dump()");
     let modules = p.module_state();
     let (code, report) = apply(
         &sandbox,
@@ -222,7 +222,7 @@ fn a_transformer_that_raises_on_the_last_instance_leaves_all_data_as_it_was() {
     );
     assert_eq!(p.ask("migrations.CALLS[0]"), "10002");
     assert_eq!(
-        p.ask("dump()"),
+        p.ask_value("dump()"),
         before,
         "the data after the rollback differs from before"
     );
@@ -236,7 +236,7 @@ fn a_failed_migration_restores_dict_and_slot_state_of_every_kind_of_instance() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
     let state = "[(type(o).__name__, vars(o), getattr(o, 'mark', '-')) for o in store.MIXED]";
-    let before = p.ask(state);
+    let before = p.ask_value(state);
     assert!(before.contains("('Mixed', {'value': 2}, 4)"), "{before}");
     let modules = p.module_state();
     let (code, report) = apply(
@@ -258,7 +258,7 @@ fn a_failed_migration_restores_dict_and_slot_state_of_every_kind_of_instance() {
         "the transformer ran on every instance"
     );
     assert_eq!(
-        p.ask(state),
+        p.ask_value(state),
         before,
         "a plain and a slotted instance each got its state back"
     );
@@ -377,10 +377,14 @@ def fail_always(obj):
 "#;
 
 fn start_lazy(sandbox: &Sandbox) -> Hosted {
+    start_lazy_with_env(sandbox, vec![])
+}
+
+fn start_lazy_with_env(sandbox: &Sandbox, env: Vec<(&str, String)>) -> Hosted {
     sandbox.write("store.py", STORE_V1);
     sandbox.write("migrations.py", &format!("{MIGRATIONS}{COUNTING}"));
     sandbox.write("prog.py", &format!("{LAZY_PROGRAM}{PROBE_LOOP}"));
-    let p = probe(sandbox, &["--version", "1", "prog.py"]);
+    let p = probe_with_env(sandbox, &["--version", "1", "prog.py"], env);
     sandbox.write("store.py", STORE_V2);
     p
 }
@@ -388,15 +392,57 @@ fn start_lazy(sandbox: &Sandbox) -> Hosted {
 #[test]
 fn a_lazy_transform_pauses_for_a_sample_and_converts_every_instance_exactly_once() {
     let sandbox = Sandbox::new();
-    let mut p = start_lazy(&sandbox);
+    // The sweep is held back (a test-only fault), so what converts an
+    // instance meanwhile is its use.
+    let hold = PhaseHold::new(&sandbox);
+    let mut p = start_lazy_with_env(&sandbox, vec![hold.env()]);
     let ids = p.ask("(id(store.ITEMS[0]), id(store.ITEMS[9999]))");
-    let (code, report) = apply(
-        &sandbox,
-        &p,
+    hold.arm("sweep");
+    let path = sandbox.write(
+        "spec.toml",
         &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.count_once\"\nmode = \"lazy\"\ndefaults = { tag = \"'lazy'\" }\n"),
     );
-    assert_eq!(code, 0, "{report:#}");
+    let apply = sandbox
+        .pyreload()
+        .args([
+            "apply",
+            "--json",
+            "--socket",
+            p.socket().to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    hold.wait_for(&p.socket(), "sweep");
+    // Committed, the sweep not started: instances that no thread of the
+    // program touches (the hammers take multiples of 7, the first-use
+    // thread the last hundred) and that were not in the commit's sample
+    // still have their old state, read past the hooks.
+    let converted = |k: u64| format!("'version' in object.__getattribute__(store.ITEMS[{k}], '__dict__')");
+    let waiting: Vec<u64> = p
+        .ask_value("[k for k in range(1, 9000) if k % 7 and 'version' not in object.__getattribute__(store.ITEMS[k], '__dict__')][:3]")
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|k| k.parse().unwrap())
+        .collect();
+    assert_eq!(waiting.len(), 3, "{waiting:?}");
+    // The use of one converts it, then and there; the others still wait.
+    assert_eq!(
+        p.ask(&format!("store.ITEMS[{}].describe()", waiting[0])),
+        format!("'{}@2/lazy'", waiting[0])
+    );
+    assert_eq!(p.ask(&converted(waiting[0])), "True", "not converted on use");
+    assert_eq!(
+        p.ask(&format!("{}, {}", converted(waiting[1]), converted(waiting[2]))),
+        "(False, False)"
+    );
+    hold.release("sweep");
+    let out = apply.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
     let lazy = &report["transforms"][0]["lazy"];
+    assert!(lazy["converted_on_use"].as_u64().unwrap() >= 1, "{lazy:#}");
     assert_eq!(lazy["converted_in_commit"], 32, "{lazy:#}");
     let total = lazy["converted_in_commit"].as_u64().unwrap()
         + lazy["converted_on_use"].as_u64().unwrap()
@@ -418,7 +464,7 @@ fn a_lazy_transform_pauses_for_a_sample_and_converts_every_instance_exactly_once
         "identity kept"
     );
     common::wait_until(
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(60),
         || p.ask("len(SEEN)") == "6",
         || "the first-use thread did not finish".into(),
     );
@@ -440,7 +486,7 @@ fn a_lazy_transform_pauses_for_a_sample_and_converts_every_instance_exactly_once
 fn a_lazy_transformer_that_fails_on_the_sample_rolls_the_update_back() {
     let sandbox = Sandbox::new();
     let mut p = start_lazy(&sandbox);
-    let before = p.ask("dump()");
+    let before = p.ask_value("dump()");
     let modules = p.module_state();
     let (code, report) = apply(
         &sandbox,
@@ -454,7 +500,7 @@ fn a_lazy_transformer_that_fails_on_the_sample_rolls_the_update_back() {
         message.contains("the lazy transformer for `store.Item` failed on instance 1 of a sample of 32"),
         "{message}"
     );
-    assert_eq!(p.ask("dump()"), before);
+    assert_eq!(p.ask_value("dump()"), before);
     assert_eq!(
         p.ask("[n for n in ('__getattribute__', '__new__') if n in vars(store.Item)], hasattr(store.Item, 'describe')"),
         "([], False)"

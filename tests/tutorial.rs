@@ -1,18 +1,20 @@
 //! Runs docs/tutorial.md, so the tutorial fails CI when it goes stale.
 //!
 //! In ```console blocks, each `$ command` runs with this build's
-//! `pyreload` first on PATH, from the repository root, and every line under
-//! it must appear in its output, where `...` stands for anything. A
-//! ```console background block is started and left running until its first
-//! expected line appears. Port 7070 becomes a free port, so the test can
-//! run beside others.
+//! `pyreload` first on PATH, from the repository root, and must exit with
+//! status 0 (a command shown failing ends in `; echo "exit status: $?"`, so
+//! its status is part of its output). Every line under it must be a whole
+//! line of its output, in the same order, where `...` stands for anything;
+//! the tutorial may leave lines of the output out. A ```console background
+//! block is started and left running until its expected lines appear. Port
+//! 7070 becomes a free port, so the test can run beside others.
 
 mod common;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{repo, Sandbox};
@@ -48,13 +50,20 @@ fn steps(markdown: &str) -> Vec<Step> {
     steps
 }
 
-/// Whether `line` matches `pattern`, where `...` in the pattern stands for
-/// anything.
+/// Whether the whole of `line` matches `pattern`, where `...` in the
+/// pattern stands for anything (trailing spaces aside).
 fn matches(pattern: &str, line: &str) -> bool {
-    let mut rest = line;
+    let (pattern, line) = (pattern.trim_end(), line.trim_end());
     let parts: Vec<&str> = pattern.split("...").collect();
-    for (i, part) in parts.iter().enumerate() {
-        let part = if i == 0 { part.trim_start() } else { part };
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return line == pattern;
+    }
+    if !line.starts_with(first) || line.len() < first.len() + last.len() || !line.ends_with(last) {
+        return false;
+    }
+    let mut rest = &line[first.len()..line.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
         match rest.find(part) {
             Some(at) => rest = &rest[at + part.len()..],
             None => return false,
@@ -63,19 +72,37 @@ fn matches(pattern: &str, line: &str) -> bool {
     true
 }
 
-fn check_output(step: &Step, output: &str) {
-    for expected in step.expected.iter().filter(|e| !e.trim().is_empty()) {
-        assert!(
-            output.lines().any(|line| matches(expected, line)),
-            "docs/tutorial.md is stale.\n$ {}\nexpected a line like:\n  {expected}\nbut the output was:\n{output}",
+/// Whether each expected line matches a line of `output`, in order. On
+/// failure, the first expected line not found (after the earlier ones).
+fn find_in_order<'a>(expected: &'a [String], output: &str) -> Result<(), &'a str> {
+    let mut lines = output.lines();
+    for pattern in expected.iter().filter(|e| !e.trim().is_empty()) {
+        if !lines.any(|line| matches(pattern, line)) {
+            return Err(pattern);
+        }
+    }
+    Ok(())
+}
+
+fn check_output(step: &Step, status: std::process::ExitStatus, output: &str) {
+    assert!(
+        status.success(),
+        "docs/tutorial.md is stale.\n$ {}\nexited with {status}; a command that fails must end in `; echo \"exit status: $?\"`. Its output:\n{output}",
+        step.command
+    );
+    if let Err(expected) = find_in_order(&step.expected, output) {
+        panic!(
+            "docs/tutorial.md is stale.\n$ {}\nexpected a line like:\n  {expected}\n(after the lines shown before it) but the output was:\n{output}",
             step.command
         );
     }
 }
 
+/// `sh -c COMMAND`, with its stderr on its stdout as a terminal shows
+/// them: interleaved in the order they were written.
 fn shell(sandbox: &Sandbox, command: &str, path: &str) -> Command {
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", command])
+    cmd.args(["-c", &format!("exec 2>&1\n{command}")])
         .current_dir(repo())
         .env("PATH", path)
         .env("PYRELOAD_RUNTIME_DIR", sandbox.runtime_dir())
@@ -117,15 +144,14 @@ fn every_command_in_the_tutorial_gives_the_output_it_shows() {
         if step.background {
             let child = shell(&sandbox, &step.command, &path)
                 .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
                 .unwrap();
             background.push(Background(child));
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let output = std::fs::read_to_string(&log).unwrap_or_default();
-                if step.expected.iter().all(|e| output.lines().any(|l| matches(e, l))) {
+                if find_in_order(&step.expected, &output).is_ok() {
                     break;
                 }
                 assert!(
@@ -139,12 +165,8 @@ fn every_command_in_the_tutorial_gives_the_output_it_shows() {
             continue;
         }
         let out = shell(&sandbox, &step.command, &path).output().unwrap();
-        let output = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        check_output(step, &output);
+        let output = String::from_utf8_lossy(&out.stdout).into_owned();
+        check_output(step, out.status, &output);
     }
     drop(background);
 }
@@ -153,9 +175,28 @@ fn every_command_in_the_tutorial_gives_the_output_it_shows() {
 fn the_matcher_treats_three_dots_as_anything() {
     assert!(matches("kvserver (pid ...)", "kvserver (pid 4242)"));
     assert!(matches(
-        "  pause: ... ms (... other threads stopped)",
+        "  pause: ... ms (... other threads stopped)   total: ... ms",
         "  pause: 0.4 ms (10 other threads stopped)   total: 2 ms"
     ));
     assert!(!matches("version: 2.0", "  version: 1.0"));
     assert!(!matches("a ... b", "b then a"));
+    // Whole lines only.
+    assert!(matches("GET greeting -> VALUE hello", "GET greeting -> VALUE hello"));
+    assert!(!matches(
+        "GET greeting -> VALUE hello",
+        "GET greeting -> VALUE hello world"
+    ));
+    assert!(!matches("VALUE hello", "GET greeting -> VALUE hello"));
+    assert!(!matches("a ... b", "a x b c"));
+    assert!(!matches("ab...ba", "aba"));
+    assert!(matches("ab...ba", "abba"));
+    assert!(matches("... ms", "0.4 ms"));
+}
+
+#[test]
+fn expected_lines_must_come_in_order() {
+    let expected = ["one".to_string(), "three".to_string()];
+    assert_eq!(find_in_order(&expected, "one\ntwo\nthree\n"), Ok(()));
+    assert_eq!(find_in_order(&expected, "three\ntwo\none\n"), Err("three"));
+    assert_eq!(find_in_order(&expected, "one\n"), Err("three"));
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use common::{probe, repo, wait_until, KvServer, Sandbox, PROBE_LOOP};
@@ -22,10 +23,25 @@ fn a_spec_dropped_into_a_watched_directory_is_applied_and_its_result_written_bes
         ])
         .current_dir(repo())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The watcher says it is watching once its watch is in place: a spec
+    // written after that line is seen.
+    let stderr = watcher.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the watcher never said it was watching");
+    assert!(
+        ready.starts_with(&format!("pyreload: watching {} for update specs", deploy.display())),
+        "{ready}"
+    );
     // Paths in the spec are relative to where it is, so point them at the repo.
     let spec = std::fs::read_to_string(repo().join("specs/v1-to-v2.toml"))
         .unwrap()
@@ -33,7 +49,7 @@ fn a_spec_dropped_into_a_watched_directory_is_applied_and_its_result_written_bes
     std::fs::write(deploy.join("v2.toml"), &spec).unwrap();
     let result = deploy.join("v2.toml.result.json");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || result.exists() && std::fs::read_to_string(&result).is_ok_and(|t| t.ends_with("}\n")),
         || "no result was written".into(),
     );
@@ -45,7 +61,7 @@ fn a_spec_dropped_into_a_watched_directory_is_applied_and_its_result_written_bes
     std::fs::write(deploy.join("again.toml"), &spec).unwrap();
     let again = deploy.join("again.toml.result.json");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || again.exists() && std::fs::read_to_string(&again).is_ok_and(|t| t.ends_with("}\n")),
         || "no result for the second spec".into(),
     );
@@ -68,23 +84,24 @@ fn run_reload_reloads_a_changed_module_and_refuses_a_broken_edit() {
     sandbox.write("live.py", "CALLS = []\n\ndef answer():\n    return 1\n");
     sandbox.write("prog.py", &format!("import sys, live\n{PROBE_LOOP}"));
     let mut p = probe(&sandbox, &["--reload", "prog.py"]);
+    // The program's directory is watched before its code runs, so by its
+    // `ready` an edit is seen.
     assert_eq!(p.ask("live.answer()"), "1");
-    std::thread::sleep(Duration::from_millis(200));
     sandbox.write("live.py", "CALLS = []\n\ndef answer():\n    return 2\n");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || p.ask("live.answer()") == "2",
         || "the edit was not reloaded".into(),
     );
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || p.stderr().contains("pyreload: applied update `reload live`"),
         || p.stderr(),
     );
     // A broken edit is refused; the program keeps the last good code.
     sandbox.write("live.py", "CALLS = []\n\ndef answer(:\n    return 3\n");
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || p.stderr().contains("does not compile"),
         || format!("no refusal logged\n{}", p.stderr()),
     );

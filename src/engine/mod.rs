@@ -579,8 +579,9 @@ fn add_new_modules(py: Python<'_>, support: &Support<'_>, plan: &Plan, journal: 
 }
 
 /// For `check`: the plan, what the update would do, found without running
-/// any new code. Functions and classes come from comparing code objects;
-/// transforms say how many instances they would convert now.
+/// any new code. Functions and classes come from comparing code objects,
+/// updated constants from the literals the new body binds; transforms say
+/// how many instances they would convert now.
 fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Report) -> Result<(), Problem> {
     for (m, module_report) in plan.modules.iter().zip(report.modules.iter_mut()) {
         let (functions, classes) = support
@@ -591,6 +592,12 @@ fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Repo
         module_report.globals.reset = m.reset.iter().cloned().collect();
         module_report.globals.transformed = m.transformed.iter().cloned().collect();
         module_report.globals.kept = kept_globals(py, support, m)?;
+        module_report.globals.updated = support
+            .literal_updates(m.module.bind(py).as_any(), m.code.bind(py))
+            .map_err(|e| support.problem(py, &format!("could not predict the constants of `{}`", m.name), &e))?
+            .into_iter()
+            .filter(|n| !m.reset.contains(n) && !m.keep.contains(n) && !m.transformed.contains(n))
+            .collect();
     }
     for (module_report, copies) in report.modules.iter_mut().zip(copies::describe(plan)) {
         module_report.copies = copies;

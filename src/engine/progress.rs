@@ -27,6 +27,7 @@ impl<'a> Progress<'a> {
     /// is None when nobody waits for the answer (`run --reload`).
     pub fn begin(state: &'a HostState, update: &str, client_gone: Option<ClientGone<'a>>) -> Progress<'a> {
         state.set_in_progress(update, Phase::Prepare);
+        super::fault::hold(Phase::Prepare);
         Progress {
             state,
             update: update.to_string(),
@@ -36,6 +37,7 @@ impl<'a> Progress<'a> {
 
     pub fn enter(&self, phase: Phase) {
         self.state.set_in_progress(&self.update, phase);
+        super::fault::hold(phase);
     }
 
     /// Why the update must stop now, if it must. Only ask before the commit.

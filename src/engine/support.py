@@ -210,10 +210,12 @@ def suspended(codes):
     """
 
     tasks = {}
+    # A program that never imported asyncio has no tasks; importing it here
+    # would change the program and, on a loaded machine, take the wait's
+    # whole timeout.
+    asyncio_tasks = sys.modules.get("asyncio.tasks")
     try:
-        # The program's asyncio, if it uses it: importing it here would
-        # load it into a program that does not.
-        for task in list(sys.modules["asyncio.tasks"]._all_tasks):
+        for task in list(asyncio_tasks._all_tasks) if asyncio_tasks is not None else []:
             tasks[id(task.get_coro())] = task.get_name()
     except Exception:
         pass
@@ -1134,6 +1136,34 @@ def stored_names(code):
     definitions), read from its bytecode."""
 
     return sorted({i.argval for i in dis.get_instructions(code) if i.opname in ("STORE_NAME", "STORE_GLOBAL")})
+
+
+def literal_updates(module, code):
+    """For `check`: the globals a reload from `code` will update as plain
+    constants, found without running it. A name counts when the module body
+    binds it exactly once, straight from a literal (`VERSION = "2.0"`), and
+    its running value is a different constant. A constant the body computes
+    is not predicted."""
+    import dis
+
+    stores = {}
+    literals = {}
+    previous = None
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("STORE_NAME", "STORE_GLOBAL"):
+            stores[ins.argval] = stores.get(ins.argval, 0) + 1
+            if previous is not None and previous.opname == "LOAD_CONST" and not ins.is_jump_target:
+                literals[ins.argval] = previous.argval
+        previous = ins
+    live = vars(module)
+    updated = []
+    for name, new in literals.items():
+        if stores[name] != 1 or name not in live or name.startswith("__"):
+            continue
+        old = live[name]
+        if is_constant(new) and is_constant(old) and not (old is new or (type(old) is type(new) and old == new)):
+            updated.append(name)
+    return sorted(updated)
 
 
 def check_transformer(path, new_codes):

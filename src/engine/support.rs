@@ -134,6 +134,12 @@ impl<'py> Support<'py> {
         self.call("stored_names", (code,))?.extract()
     }
 
+    /// For `check`: the globals a reload from `code` will update as
+    /// literal constants.
+    pub fn literal_updates(&self, module: &Bound<'py, PyAny>, code: &Bound<'py, PyAny>) -> PyResult<Vec<String>> {
+        self.call("literal_updates", (module, code))?.extract()
+    }
+
     /// Why `path` cannot serve as a transformer, if it cannot.
     pub fn check_transformer(&self, path: &str, new_codes: &Bound<'py, PyDict>) -> PyResult<Option<String>> {
         self.call("check_transformer", (path, new_codes))?.extract()

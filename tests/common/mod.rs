@@ -122,17 +122,77 @@ for line in sys.stdin:
 /// Starts `script` (already written in the sandbox) under `pyreload run`
 /// with pipes, and waits for its `ready`.
 pub fn probe(sandbox: &Sandbox, args: &[&str]) -> Hosted {
+    probe_with_env(sandbox, args, vec![])
+}
+
+/// Like [`probe`], with more environment variables for the program (such
+/// as a test-only `PYRELOAD_FAULT`).
+pub fn probe_with_env(sandbox: &Sandbox, args: &[&str], env: Vec<(&str, String)>) -> Hosted {
     let mut p = Hosted::start(
         sandbox,
         Launch {
             args: args.iter().map(|a| a.to_string()).collect(),
             cwd: sandbox.path().to_path_buf(),
             interactive: true,
-            env: vec![],
+            env,
         },
     );
     p.expect_line("ready");
     p
+}
+
+/// How long a test waits for one line from an interactive program before
+/// it fails: far more than any answer takes, loaded or not; only a wedged
+/// program reaches it, and then the test fails instead of hanging.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Holds an update at the start of a phase, with the test-only
+/// `PYRELOAD_FAULT=hold:DIR` knob (src/engine/fault.rs): while the file
+/// `DIR/<phase>` exists, an update that enters `<phase>` waits there.
+pub struct PhaseHold {
+    dir: PathBuf,
+}
+
+impl PhaseHold {
+    pub fn new(sandbox: &Sandbox) -> PhaseHold {
+        let dir = sandbox.path().join(format!("holds-{}", unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        PhaseHold { dir }
+    }
+
+    /// The environment variable that gives the program this knob.
+    pub fn env(&self) -> (&'static str, String) {
+        ("PYRELOAD_FAULT", format!("hold:{}", self.dir.display()))
+    }
+
+    /// From now on, updates that enter `phase` wait there.
+    pub fn arm(&self, phase: &str) {
+        std::fs::write(self.dir.join(phase), "").unwrap();
+    }
+
+    /// Lets updates held in (or reaching) `phase` go on.
+    pub fn release(&self, phase: &str) {
+        let _ = std::fs::remove_file(self.dir.join(phase));
+    }
+
+    /// Waits until the program's update is in `phase`: when the phase is
+    /// armed, the update is then held there.
+    pub fn wait_for(&self, socket: &Path, phase: &str) {
+        wait_for_phase(socket, phase);
+    }
+}
+
+/// Waits until `status` shows an update in `phase`.
+pub fn wait_for_phase(socket: &Path, phase: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = status(socket);
+        if now["in_progress"]["phase"] == phase {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the update never reached {phase}: {now:#}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// A program running under `pyreload run`, killed when dropped.
@@ -203,20 +263,20 @@ impl Hosted {
     fn socket_in(&self, dir: &Path) -> PathBuf {
         let path = dir.join(format!("{}.sock", self.pid()));
         wait_until(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || path.exists(),
             || format!("control socket {} never appeared\n{}", path.display(), self.logs()),
         );
         path
     }
 
-    /// Sends one line to an interactive program and returns its one-line answer.
+    /// Sends one line to an interactive program and returns its one-line
+    /// answer. Fails (does not hang) if none comes within [`ANSWER_TIMEOUT`].
     pub fn ask(&mut self, line: &str) -> String {
         let stdin = self.stdin.as_mut().expect("interactive program");
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
-        let mut answer = String::new();
-        self.stdout.as_mut().unwrap().read_line(&mut answer).unwrap();
+        let answer = self.next_line(&format!("its answer to {line:?}"));
         assert!(
             !answer.is_empty(),
             "program closed stdout while asked {line:?}\n{}",
@@ -225,14 +285,26 @@ impl Hosted {
         answer.trim_end().to_string()
     }
 
+    /// Like [`Hosted::ask`], for a value the test compares (a state before
+    /// and after, say): fails if the expression raised, since two raises
+    /// would compare equal.
+    pub fn ask_value(&mut self, expression: &str) -> String {
+        let answer = self.ask(expression);
+        assert!(
+            !answer.starts_with("raised "),
+            "{expression:?} {answer}\n{}",
+            self.logs()
+        );
+        answer
+    }
+
     /// Reads lines from an interactive program until one equals `line`.
     pub fn expect_line(&mut self, line: &str) {
         let mut seen = Vec::new();
         loop {
-            let mut l = String::new();
-            let n = self.stdout.as_mut().unwrap().read_line(&mut l).unwrap();
+            let l = self.next_line(&format!("{line:?}"));
             assert!(
-                n > 0,
+                !l.is_empty(),
                 "program ended before printing {line:?}; printed {seen:?}\n{}",
                 self.logs()
             );
@@ -240,6 +312,43 @@ impl Hosted {
                 return;
             }
             seen.push(l);
+        }
+    }
+
+    /// The next line of the program's stdout, with its newline ("" at the
+    /// end of the output). A pipe has no read timeout, so this polls the
+    /// pipe before each read, and reads only what is there.
+    fn next_line(&mut self, waiting_for: &str) -> String {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut line = Vec::new();
+        loop {
+            let reader = self.stdout.as_mut().expect("interactive program");
+            let buffered = reader.buffer();
+            if let Some(end) = buffered.iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&buffered[..=end]);
+                reader.consume(end + 1);
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            line.extend_from_slice(buffered);
+            let taken = buffered.len();
+            reader.consume(taken);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)).unwrap_or(1);
+            if ready == 0 {
+                panic!(
+                    "the program printed nothing for {waiting_for} in {ANSWER_TIMEOUT:?} (wedged?); partial line {:?}\n{}",
+                    String::from_utf8_lossy(&line),
+                    self.logs()
+                );
+            }
+            // Readable (or closed): this read does not block.
+            let reader = self.stdout.as_mut().unwrap();
+            if reader.fill_buf().unwrap().is_empty() {
+                return String::from_utf8_lossy(&line).into_owned();
+            }
         }
     }
 
@@ -309,6 +418,20 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, why: impl F
     }
 }
 
+/// Polls `probe` until it returns `Ok`, or panics with its last `Err`
+/// once `timeout` has passed: for a state the program reaches on its own
+/// time (never for a verdict on how fast it gets there).
+pub fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(why) => assert!(Instant::now() < deadline, "after {timeout:?}: {why}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The case-study server at a version directory (`v1`, `v2`, ...), on a
 /// free port.
 pub struct KvServer {
@@ -364,7 +487,7 @@ impl KvServer {
             },
         );
         wait_until(
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || port_file.exists(),
             || format!("kvserver never wrote its port\n{}", hosted.logs()),
         );
@@ -387,7 +510,7 @@ impl KvServer {
         let socket = self.hosted.socket();
         self.hosted.signal(nix::sys::signal::Signal::SIGTERM);
         let mut hosted = self.hosted;
-        let status = hosted.wait(Duration::from_secs(20));
+        let status = hosted.wait(Duration::from_secs(60));
         assert_eq!(status.code(), Some(0), "{}", hosted.logs());
         assert!(
             hosted.stdout_log().contains("kvserver: shut down cleanly"),
@@ -407,7 +530,7 @@ pub struct KvClient {
 impl KvClient {
     pub fn connect(port: u16) -> KvClient {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         KvClient {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
@@ -463,7 +586,7 @@ pub fn stderr(out: &Output) -> String {
 pub fn control(socket: &Path, request: &serde_json::Value) -> std::io::Result<serde_json::Value> {
     use std::io::Read;
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = serde_json::to_vec(request).unwrap();
     stream.write_all(&(body.len() as u32).to_be_bytes())?;
     stream.write_all(&body)?;
