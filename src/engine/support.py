@@ -37,12 +37,17 @@ class _PrivateImports:
             sys.meta_path.remove(self)
         except ValueError:
             pass
+        seen = set(self.seen)
         for name in reversed(self.seen):
             module = sys.modules.get(name)
             if module is None or name == "threading":
                 continue
             del sys.modules[name]
             package, _, child = name.rpartition(".")
+            # A package imported privately keeps its submodules: its own
+            # code uses them as attributes (`re` calls `_compiler.compile`).
+            if package in seen:
+                continue
             parent = sys.modules.get(package)
             if parent is not None and vars(parent).get(child) is module:
                 delattr(parent, child)
@@ -1144,7 +1149,6 @@ def literal_updates(module, code):
     binds it exactly once, straight from a literal (`VERSION = "2.0"`), and
     its running value is a different constant. A constant the body computes
     is not predicted."""
-    import dis
 
     stores = {}
     literals = {}
