@@ -49,15 +49,7 @@ fn rollback_after_every_update_was_rolled_back_says_so() {
 fn an_undecided_draft_is_refused_naming_each_todo() {
     let sandbox = Sandbox::new();
     let draft = sandbox.path().join("draft.toml");
-    let out = sandbox.run(&[
-        "new",
-        "--from",
-        &repo_arg("case-study/v1"),
-        "--to",
-        &repo_arg("case-study/v2"),
-        "--output",
-        draft.to_str().unwrap(),
-    ]);
+    let out = sandbox.draft("case-study/v1", "case-study/v2", &draft);
     assert_eq!(out.status.code(), Some(0), "{}", sandbox.transcript());
     let server = KvServer::start(&sandbox, "v1", "1.0");
 
@@ -212,28 +204,11 @@ fn status_lists_every_running_program_and_narrows_by_name_or_pid() {
 
 #[test]
 fn watch_puts_the_diagnostics_of_a_spec_that_does_not_parse_in_its_result_file() {
-    use std::io::BufRead;
     let sandbox = Sandbox::new();
     let server = KvServer::start(&sandbox, "v1", "1.0");
     let deploy = sandbox.path().join("deploy");
     std::fs::create_dir_all(&deploy).unwrap();
-    let mut watcher = sandbox
-        .pyreload()
-        .args([
-            "watch",
-            deploy.to_str().unwrap(),
-            "--socket",
-            server.hosted.socket().to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The watcher says when it watches; only then is a new file seen.
-    let mut lines = std::io::BufReader::new(watcher.stderr.take().unwrap()).lines();
-    let ready = lines.next().expect("watch printed nothing").unwrap();
-    assert!(ready.contains("watching"), "{ready}");
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut watcher, _stderr) = sandbox.watch(&deploy, &server.hosted.socket());
 
     std::fs::write(deploy.join("bad.toml"), "[update]\nnmae = \"x\"\nto = \"2.0\"\n").unwrap();
     let result = deploy.join("bad.toml.result.json");

@@ -297,15 +297,7 @@ fn new_drafts_a_spec_that_applies_once_its_todos_are_decided() {
     let repo_arg = |p: &str| repo().join(p).display().to_string();
     let draft = sandbox.path().join("specs/draft.toml");
     std::fs::create_dir_all(draft.parent().unwrap()).unwrap();
-    let out = sandbox.run(&[
-        "new",
-        "--from",
-        &repo_arg("case-study/v1"),
-        "--to",
-        &repo_arg("case-study/v2"),
-        "--output",
-        draft.to_str().unwrap(),
-    ]);
+    let out = sandbox.draft("case-study/v1", "case-study/v2", &draft);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = std::fs::read_to_string(&draft).unwrap();
     let store = text.find("module = \"kvserver.store\"").expect("store is in the draft");
@@ -321,15 +313,7 @@ fn new_drafts_a_spec_that_applies_once_its_todos_are_decided() {
     assert!(text.contains("name = \"TODO: name this update\""), "{text}");
 
     // Never overwrites.
-    let again = sandbox.run(&[
-        "new",
-        "--from",
-        &repo_arg("case-study/v1"),
-        "--to",
-        &repo_arg("case-study/v2"),
-        "--output",
-        draft.to_str().unwrap(),
-    ]);
+    let again = sandbox.draft("case-study/v1", "case-study/v2", &draft);
     assert_eq!(again.status.code(), Some(2));
 
     // Decide the TODOs as a user would, and apply it.

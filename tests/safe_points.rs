@@ -227,18 +227,7 @@ fn a_condition_delays_the_commit_until_it_holds() {
         &spec(&["gate"], "condition = \"gate.is_open()\"\ntimeout_ms = 60000", ""),
     );
 
-    let apply = sandbox
-        .pyreload()
-        .args([
-            "apply",
-            "--json",
-            "--socket",
-            p.socket().to_str().unwrap(),
-            path.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let apply = sandbox.spawn_apply_json(&p.socket(), &path);
     // The update waits, and has found the condition false a few times.
     let socket = p.socket();
     common::wait_for_phase(&socket, "wait");

@@ -402,18 +402,7 @@ fn a_lazy_transform_pauses_for_a_sample_and_converts_every_instance_exactly_once
         "spec.toml",
         &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.count_once\"\nmode = \"lazy\"\ndefaults = { tag = \"'lazy'\" }\n"),
     );
-    let apply = sandbox
-        .pyreload()
-        .args([
-            "apply",
-            "--json",
-            "--socket",
-            p.socket().to_str().unwrap(),
-            path.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let apply = sandbox.spawn_apply_json(&p.socket(), &path);
     hold.wait_for(&p.socket(), "sweep");
     // Committed, the sweep not started: instances that no thread of the
     // program touches (the hammers take multiples of 7, the first-use

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use common::{probe, repo, wait_until, KvServer, Sandbox, PROBE_LOOP};
@@ -13,35 +12,7 @@ fn a_spec_dropped_into_a_watched_directory_is_applied_and_its_result_written_bes
     let server = KvServer::start(&sandbox, "v1", "1.0");
     let deploy = sandbox.path().join("deploy");
     std::fs::create_dir_all(&deploy).unwrap();
-    let mut watcher = sandbox
-        .pyreload()
-        .args([
-            "watch",
-            deploy.to_str().unwrap(),
-            "--socket",
-            server.hosted.socket().to_str().unwrap(),
-        ])
-        .current_dir(repo())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The watcher says it is watching once its watch is in place: a spec
-    // written after that line is seen.
-    let stderr = watcher.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let _ = tx.send(line.unwrap_or_default());
-        }
-    });
-    let ready = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the watcher never said it was watching");
-    assert!(
-        ready.starts_with(&format!("pyreload: watching {} for update specs", deploy.display())),
-        "{ready}"
-    );
+    let (mut watcher, _stderr) = sandbox.watch(&deploy, &server.hosted.socket());
     // Paths in the spec are relative to where it is, so point them at the repo.
     let spec = std::fs::read_to_string(repo().join("specs/v1-to-v2.toml"))
         .unwrap()

@@ -1027,7 +1027,15 @@ fn same_value(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
 pub fn is_module_machinery(name: &str) -> bool {
     matches!(
         name,
-        "__name__" | "__qualname__" | "__file__" | "__cached__" | "__loader__" | "__spec__" | "__package__" | "__path__" | "__builtins__"
+        "__name__"
+            | "__qualname__"
+            | "__file__"
+            | "__cached__"
+            | "__loader__"
+            | "__spec__"
+            | "__package__"
+            | "__path__"
+            | "__builtins__"
     )
 }
 

@@ -90,6 +90,67 @@ impl Sandbox {
         (out.status.code().unwrap_or(-1), json)
     }
 
+    /// `pyreload apply --json --socket S SPEC`, started in the background
+    /// with its report piped, for tests that act while the update runs.
+    pub fn spawn_apply_json(&self, socket: &Path, spec: &Path) -> Child {
+        self.pyreload()
+            .args([
+                "apply",
+                "--json",
+                "--socket",
+                socket.to_str().unwrap(),
+                spec.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `pyreload watch DIR --socket S`, returned once it says it is
+    /// watching: a spec written after that is seen. The receiver gets the
+    /// rest of its stderr, line by line.
+    pub fn watch(&self, dir: &Path, socket: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+        let mut watcher = self
+            .pyreload()
+            .args(["watch", dir.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = watcher.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the watcher never said it was watching");
+        assert!(
+            ready.starts_with(&format!("pyreload: watching {} for update specs", dir.display())),
+            "{ready}"
+        );
+        (watcher, rx)
+    }
+
+    /// `pyreload new --from case-study/FROM --to case-study/TO --output OUT`
+    /// (paths relative to the repository).
+    pub fn draft(&self, from: &str, to: &str, output: &Path) -> Output {
+        let from = repo().join(from).display().to_string();
+        let to = repo().join(to).display().to_string();
+        self.run(&[
+            "new",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--output",
+            output.to_str().unwrap(),
+        ])
+    }
+
     pub fn transcript(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
