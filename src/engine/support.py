@@ -52,6 +52,27 @@ def _code_name(code):
     return getattr(code, "co_qualname", code.co_name)
 
 
+def _frame_name(frame):
+    """The qualified name of the function a frame runs, for messages. On
+    3.10 the code does not record it; it is found through the frame's first
+    argument (`self` or `cls`) or the module's globals, else the plain name."""
+    code = frame.f_code
+    q = getattr(code, "co_qualname", None)
+    if q is not None:
+        return q
+    candidates = []
+    if code.co_argcount:
+        first = frame.f_locals.get(code.co_varnames[0])
+        for cls in getattr(first if isinstance(first, type) else type(first), "__mro__", ()):
+            candidates.append(cls.__dict__.get(code.co_name))
+    candidates.append(frame.f_globals.get(code.co_name))
+    for f in candidates:
+        f = getattr(f, "__func__", f)
+        if getattr(f, "__code__", None) is code:
+            return f.__qualname__
+    return code.co_name
+
+
 def _live_qualname(fn):
     """The qualified name of a live function's code, as `_qualnames` gives
     it for the new code. On 3.10 the function's own `__qualname__` stands in
@@ -148,7 +169,7 @@ def active_frames(code_ids, exempt=()):
         found.append(
             (
                 names.get(ident, f"thread {ident}"),
-                _code_name(f.f_code),
+                _frame_name(f),
                 f.f_code.co_filename,
                 f.f_lineno,
                 lines,
@@ -198,7 +219,7 @@ def suspended(codes):
             continue
         if frame is None or id(frame.f_code) not in wanted:
             continue
-        found.append((kind, _code_name(frame.f_code), frame.f_code.co_filename, frame.f_lineno, tasks.get(id(obj))))
+        found.append((kind, _frame_name(frame), frame.f_code.co_filename, frame.f_lineno, tasks.get(id(obj))))
     return found
 
 
