@@ -145,3 +145,83 @@ fn with_every_monitoring_tool_id_taken_the_update_is_refused_and_nothing_changes
         "['tool0', 'tool1', 'tool2', 'tool3', 'tool4', 'tool5']"
     );
 }
+
+/// A virtualenv of the build interpreter with coverage from PyPI, made once
+/// and kept under target/.
+fn coverage_venv() -> std::path::PathBuf {
+    let venv = common::repo().join("target").join(format!("coverage-venv-{VERSION}"));
+    let python = venv.join("bin/python");
+    let ready = venv.join("coverage-installed");
+    if !ready.exists() {
+        let build_python = env!("PYRELOAD_BUILD_PYTHON");
+        let made = std::process::Command::new(build_python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", common::stderr(&made));
+        let pip = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "coverage==7.6.*"])
+            .output()
+            .unwrap();
+        assert!(pip.status.success(), "pip install coverage: {}", common::stderr(&pip));
+        std::fs::write(&ready, "").unwrap();
+    }
+    venv
+}
+
+/// The program `coverage run` measures: it waits for a line on stdin, then
+/// calls `work.step()`, and exits.
+const MEASURED: &str = r#"
+import sys
+import work
+print("ready", flush=True)
+sys.stdin.readline()
+print(work.step(), flush=True)
+"#;
+
+#[test]
+#[ignore = "installs coverage from PyPI into target/coverage-venv-*; .ci/run runs it on every version"]
+fn a_program_under_coverage_run_is_updated_and_coverage_sees_the_new_code_run() {
+    let venv = coverage_venv();
+    let sandbox = Sandbox::new();
+    sandbox.write("work.py", WORK);
+    sandbox.write("measured.py", MEASURED);
+    let mut p = common::Hosted::start(
+        &sandbox,
+        common::Launch {
+            args: ["-m", "coverage", "run", "measured.py"]
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            cwd: sandbox.path().to_path_buf(),
+            interactive: true,
+            env: vec![("VIRTUAL_ENV", venv.display().to_string())],
+        },
+    );
+    p.expect_line("ready");
+    // The new step() runs a line the old one does not have: line 5.
+    sandbox.write(
+        "work.py",
+        "VERSION = 2\n\ndef step():\n    if VERSION == 2:\n        return 'new code ran'\n    return VERSION\n",
+    );
+    let spec = sandbox.write("update.toml", SPEC);
+    let (code, report) = sandbox.apply_json(&p, &spec);
+    assert_eq!(code, 0, "{report:#}\n{}", p.logs());
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    assert_eq!(p.ask(""), "new code ran");
+    let status = p.wait(Duration::from_secs(60));
+    assert!(status.success(), "{}", p.logs());
+    let json = std::process::Command::new(venv.join("bin/python"))
+        .args(["-m", "coverage", "json", "-o", "-", "--include", "work.py"])
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap();
+    assert!(json.status.success(), "{}", common::stderr(&json));
+    let data: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let executed = &data["files"]["work.py"]["executed_lines"];
+    assert!(
+        executed.as_array().unwrap().contains(&serde_json::json!(5)),
+        "coverage did not see the new code run after the update: {executed}"
+    );
+}
