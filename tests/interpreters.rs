@@ -184,7 +184,7 @@ fn pip_install_into_a_virtualenv_gives_a_pyreload_for_its_interpreter() {
     };
     let port: u16 = wait_for_file(&port_file, logs).trim().parse().unwrap();
     let socket = sandbox.runtime_dir().join(format!("{}.sock", server.id()));
-    common::wait_until(Duration::from_secs(20), || socket.exists(), || logs());
+    common::wait_until(Duration::from_secs(20), || socket.exists(), logs);
     let ask = |line: &str| common::KvClient::connect(port).ask(line);
     assert_eq!(ask("INCR counter"), "ERR unknown command INCR");
     let apply = Command::new(&pyreload)

@@ -196,7 +196,15 @@ fn a_program_under_coverage_run_is_updated_and_coverage_sees_the_new_code_run() 
                 .collect(),
             cwd: sandbox.path().to_path_buf(),
             interactive: true,
-            env: vec![("VIRTUAL_ENV", venv.display().to_string())],
+            env: {
+                let mut env = vec![("VIRTUAL_ENV", venv.display().to_string())];
+                // From 3.12 coverage can measure with a sys.monitoring tool
+                // of its own instead of sys.settrace: use that there.
+                if at_least_3_12() {
+                    env.push(("COVERAGE_CORE", "sysmon".to_string()));
+                }
+                env
+            },
         },
     );
     p.expect_line("ready");
