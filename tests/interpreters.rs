@@ -202,3 +202,41 @@ fn pip_install_into_a_virtualenv_gives_a_pyreload_for_its_interpreter() {
     assert_eq!(report["outcome"], "committed", "{report:#}\n{}", logs());
     assert_eq!(after, "VALUE 1", "the new command is live");
 }
+
+#[test]
+fn another_copy_of_libpython_picked_up_by_the_loader_is_refused() {
+    // A copy of the build interpreter's own libpython in another directory,
+    // put first by LD_LIBRARY_PATH, as a stray copy in the loader's path
+    // would be.
+    let sandbox = Sandbox::new();
+    let libdir = run_ok(
+        Command::new(BUILD_PYTHON).args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_config_var('LIBDIR') + '/' + sysconfig.get_config_var('INSTSONAME'))",
+        ]),
+        "find libpython",
+    );
+    let lib = PathBuf::from(libdir.trim());
+    let stray = sandbox.path().join("stray");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::copy(&lib, stray.join(lib.file_name().unwrap())).unwrap();
+    sandbox.write("app.py", "open('ran', 'w').write('ran')\n");
+    let out = sandbox
+        .pyreload()
+        .args(["run", "app.py"])
+        .current_dir(sandbox.path())
+        .env("LD_LIBRARY_PATH", &stray)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "but loaded {}",
+            stray.join(lib.file_name().unwrap()).display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("PYO3_PYTHON="), "{err}");
+    assert!(!sandbox.path().join("ran").exists(), "the program ran anyway");
+}
