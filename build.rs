@@ -1,6 +1,10 @@
 //! Links `pyreload` to the libpython of the `python3` it was built with, and
 //! records where that interpreter lives.
 //!
+//! The interpreter is `PYO3_PYTHON` if set, else the active virtualenv's
+//! `python`, else `python3` on PATH (pyo3's rules); each needs its own
+//! `CARGO_TARGET_DIR` to keep builds for other versions.
+//!
 //! Without an rpath the loader cache picks Debian's `libpython3.11.so` at run
 //! time, and the embedded interpreter then sees Debian's `sys.path` instead of
 //! the build interpreter's (see `shared/design.md`, "Facts checked").
@@ -21,6 +25,12 @@ fn main() {
         config.version().minor
     );
     tests_as_root();
+    // Where the rpath points; `pyreload run` checks the libpython it loaded
+    // came from there.
+    println!(
+        "cargo:rustc-env=PYRELOAD_BUILD_LIBDIR={}",
+        config.lib_dir().unwrap_or_default()
+    );
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
     println!("cargo:rerun-if-changed=build.rs");

@@ -474,7 +474,12 @@ fn looping_program(sandbox: &Sandbox) -> Hosted {
     );
     sandbox.write(
         "mig.py",
-        "def forever(obj):\n    while True:\n        try:\n            obj.n += 0\n        except Exception:\n            pass\n\ndef never_true():\n    while True:\n        pass\n",
+        // The first statement of the loop is not the `try`: CPython 3.10
+        // checks for a GIL request (and an async exception) at a backward
+        // jump only if the next instruction does not set up a `try`, so
+        // there a `while True: try: ...` loop can never be interrupted, nor
+        // let another thread run, under pyreload or plain `python3.10`.
+        "def forever(obj):\n    while True:\n        obj.n += 0\n        try:\n            obj.n += 0\n        except Exception:\n            pass\n\ndef never_true():\n    while True:\n        pass\n",
     );
     sandbox.write(
         "main.py",

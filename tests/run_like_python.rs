@@ -1,5 +1,6 @@
 //! `pyreload run` must behave like `python3`: every test here runs the same
-//! program both ways and compares what a user would see.
+//! program both ways and compares what a user would see. `python3` is the
+//! interpreter pyreload was built for, which need not be the one on PATH.
 
 mod common;
 
@@ -9,6 +10,10 @@ use std::time::Duration;
 
 use common::{stderr, stdout, Sandbox};
 use nix::sys::signal::Signal;
+
+/// The interpreter this `pyreload` was built for and embeds (`PYO3_PYTHON`,
+/// else `python3` on PATH at build time): the one to compare against.
+const BUILD_PYTHON: &str = env!("PYRELOAD_BUILD_PYTHON");
 
 const INTROSPECT: &str = r#"
 import json, sys, threading
@@ -29,7 +34,7 @@ sys.exit(int(sys.argv[1]))
 "#;
 
 fn python3(sandbox: &Sandbox, args: &[&str]) -> Output {
-    Command::new("python3")
+    Command::new(BUILD_PYTHON)
         .args(args)
         .current_dir(sandbox.path())
         .env_remove("VIRTUAL_ENV")
@@ -119,7 +124,7 @@ fn stdin_stdout_stderr_and_uncaught_exceptions_pass_through() {
     let mut ours = sandbox.pyreload();
     ours.arg("run");
     let ours = run(ours);
-    let theirs = run(Command::new("python3"));
+    let theirs = run(Command::new(BUILD_PYTHON));
     assert_eq!(stdout(&ours), "HELLO\nWORLD\n");
     assert_eq!(stdout(&ours), stdout(&theirs));
     assert_eq!(ours.status.code(), Some(1));
@@ -165,7 +170,7 @@ fn ctrl_c_raises_keyboard_interrupt_like_python3() {
     let mut ours = sandbox.pyreload();
     ours.arg("run");
     let (status, out, err) = interrupt(&sandbox, ours, Signal::SIGINT);
-    let (py_status, py_out, py_err) = interrupt(&sandbox, Command::new("python3"), Signal::SIGINT);
+    let (py_status, py_out, py_err) = interrupt(&sandbox, Command::new(BUILD_PYTHON), Signal::SIGINT);
     assert_eq!(out, "finally ran\n", "the program's own cleanup must run");
     assert_eq!(out, py_out);
     assert!(err.trim_end().ends_with("KeyboardInterrupt"), "{err}");
@@ -181,7 +186,7 @@ fn sigterm_ends_the_program_like_python3() {
     let mut ours = sandbox.pyreload();
     ours.arg("run");
     let (status, _, _) = interrupt(&sandbox, ours, Signal::SIGTERM);
-    let (py_status, _, _) = interrupt(&sandbox, Command::new("python3"), Signal::SIGTERM);
+    let (py_status, _, _) = interrupt(&sandbox, Command::new(BUILD_PYTHON), Signal::SIGTERM);
     assert_eq!(status.signal(), Some(15));
     assert_eq!((status.code(), status.signal()), (py_status.code(), py_status.signal()));
 }
@@ -190,7 +195,7 @@ fn sigterm_ends_the_program_like_python3() {
 fn a_package_installed_only_in_the_active_virtualenv_imports() {
     let sandbox = Sandbox::new();
     let venv = sandbox.path().join("venv");
-    let made = Command::new("python3")
+    let made = Command::new(BUILD_PYTHON)
         .args(["-m", "venv", "--without-pip"])
         .arg(&venv)
         .output()
@@ -247,7 +252,7 @@ fn a_package_installed_only_in_the_active_virtualenv_imports() {
 
 #[test]
 fn the_binary_loads_the_libpython_of_the_python3_it_was_built_with() {
-    let libdir = Command::new("python3")
+    let libdir = Command::new(BUILD_PYTHON)
         .args(["-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"])
         .output()
         .unwrap();

@@ -108,6 +108,73 @@ def _strip_lines(code):
     return code.replace(co_firstlineno=1, co_linetable=b"", co_consts=consts)
 
 
+def _qualnames(root):
+    """{id(code): qualified name} for every code object nested in `root`, a
+    module's code. CPython 3.11+ records the name (`co_qualname`); 3.10 does
+    not, so it is derived as its compiler does: `Class.method`,
+    `outer.<locals>.inner`."""
+    out = {}
+
+    def walk(code, prefix, in_function):
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                q = getattr(const, "co_qualname", None)
+                if q is None:
+                    if prefix is None:
+                        q = const.co_name
+                    elif in_function:
+                        q = f"{prefix}.<locals>.{const.co_name}"
+                    else:
+                        q = f"{prefix}.{const.co_name}"
+                out[id(const)] = q
+                walk(const, q, bool(const.co_flags & _CO_NEWLOCALS))
+
+    walk(root, None, False)
+    return out
+
+
+def _code_name(code):
+    """A running code object's qualified name, for messages (on 3.10, which
+    does not record it, its plain name)."""
+    return getattr(code, "co_qualname", code.co_name)
+
+
+def _frame_name(frame):
+    """The qualified name of the function a frame runs, for messages. On
+    3.10 the code does not record it; it is found through the frame's first
+    argument (`self` or `cls`) or the module's globals, else the plain name."""
+    code = frame.f_code
+    q = getattr(code, "co_qualname", None)
+    if q is not None:
+        return q
+    candidates = []
+    if code.co_argcount:
+        first = frame.f_locals.get(code.co_varnames[0])
+        for cls in getattr(first if isinstance(first, type) else type(first), "__mro__", ()):
+            candidates.append(cls.__dict__.get(code.co_name))
+    candidates.append(frame.f_globals.get(code.co_name))
+    for f in candidates:
+        f = getattr(f, "__func__", f)
+        if getattr(f, "__code__", None) is code:
+            return f.__qualname__
+    return code.co_name
+
+
+def _live_qualname(fn):
+    """The qualified name of a live function's code, as `_qualnames` gives
+    it for the new code. On 3.10 the function's own `__qualname__` stands in
+    unless `functools.wraps` copied another function's name onto it: then
+    the plain code name (so a wrapper is treated as changed: the cautious
+    side)."""
+    code = fn.__code__
+    q = getattr(code, "co_qualname", None)
+    if q is None:
+        q = fn.__qualname__
+        if q.rpartition(".")[2] != code.co_name:
+            q = code.co_name
+    return q
+
+
 def same_code(a, b):
     """True when two code objects differ at most in line numbers, so that an
     edit above a function does not report the function as changed."""
@@ -189,7 +256,7 @@ def active_frames(code_ids, exempt=()):
         found.append(
             (
                 names.get(ident, f"thread {ident}"),
-                f.f_code.co_qualname,
+                _frame_name(f),
                 f.f_code.co_filename,
                 f.f_lineno,
                 lines,
@@ -220,8 +287,13 @@ def suspended(codes):
     # whole timeout.
     asyncio_tasks = sys.modules.get("asyncio.tasks")
     try:
-        for task in list(asyncio_tasks._all_tasks) if asyncio_tasks is not None else []:
-            tasks[id(task.get_coro())] = task.get_name()
+        if asyncio_tasks is not None:
+            # 3.10 and 3.11 keep every task in `_all_tasks`; 3.12 and 3.13
+            # split them into `_scheduled_tasks` and (eagerly started)
+            # `_eager_tasks`.
+            for registry in ("_all_tasks", "_scheduled_tasks", "_eager_tasks"):
+                for task in list(getattr(asyncio_tasks, registry, ())):
+                    tasks[id(task.get_coro())] = task.get_name()
     except Exception:
         pass
     wanted = {id(c) for c in codes}
@@ -237,7 +309,7 @@ def suspended(codes):
             continue
         if frame is None or id(frame.f_code) not in wanted:
             continue
-        found.append((kind, frame.f_code.co_qualname, frame.f_code.co_filename, frame.f_lineno, tasks.get(id(obj))))
+        found.append((kind, _frame_name(frame), frame.f_code.co_filename, frame.f_lineno, tasks.get(id(obj))))
     return found
 
 
@@ -246,14 +318,9 @@ def changed_functions(module, new_code):
     changes (different code, ignoring line numbers) or no longer defines,
     as [(qualified name, code)]. Found by comparing code objects, not text."""
     new = {}
-
-    def collect(code):
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                new.setdefault(const.co_qualname, []).append(const)
-                collect(const)
-
-    collect(new_code)
+    names = _qualnames(new_code)
+    for code in _code_tree(new_code):
+        new.setdefault(names[id(code)], []).append(code)
     name = module.__name__
     seen = set()
     out = []
@@ -263,9 +330,10 @@ def changed_functions(module, new_code):
             return
         seen.add(id(fn))
         code = fn.__code__
-        candidates = new.get(code.co_qualname, ())
+        qualname = _live_qualname(fn)
+        candidates = new.get(qualname, ())
         if not any(same_code(code, c) for c in candidates):
-            out.append((code.co_qualname, code))
+            out.append((qualname, code))
         # A decorated function's wrapper holds the real function in a cell.
         for cell in fn.__closure__ or ():
             try:
@@ -1040,13 +1108,15 @@ def predict(module, new_code):
     name = module.__name__
     new_functions = {}
     new_classes = set()
+    names = _qualnames(new_code)
     for code in _code_tree(new_code):
-        if "<" in code.co_qualname:
+        qualname = names[id(code)]
+        if "<" in qualname:
             continue  # lambdas, comprehensions, nested functions
         if code.co_flags & _CO_NEWLOCALS:
-            new_functions.setdefault(code.co_qualname, []).append(code)
+            new_functions.setdefault(qualname, []).append(code)
         else:
-            new_classes.add(code.co_qualname)
+            new_classes.add(qualname)
     live_functions = {}
     live_classes = set()
 
@@ -1179,7 +1249,7 @@ def check_transformer(path, new_codes):
     code = new_codes.get(module)
     if code is not None:
         for const in code.co_consts:
-            if isinstance(const, types.CodeType) and const.co_name == name and const.co_qualname == name:
+            if isinstance(const, types.CodeType) and const.co_name == name and _code_name(const) == name:
                 takes_varargs = bool(const.co_flags & 0x04)
                 if const.co_argcount == 0 and not takes_varargs:
                     return f"`{path}` takes no argument; a transformer is called with one (the instance, or the old value)"

@@ -6,60 +6,43 @@
 //! interpreter hands the GIL to any thread that has waited a switch interval
 //! (5 ms), so without more care another thread could run in the middle.
 //!
-//! [`StoppedWorld`] closes that gap. For the window only, it installs a
-//! C-level trace function on every other thread (`_PyEval_SetTrace`, the
-//! mechanism debuggers use) and turns on per-opcode events in each thread's
-//! current frame. A thread that gets the GIL during the window therefore
-//! parks before its next bytecode instruction, releasing the GIL, until the
-//! window ends. A thread blocked in C (accept, recv, sleep) stays blocked.
-//! When it returns it parks as soon as it reaches bytecode. On leaving, each
-//! thread gets back exactly the trace function it had (a debugger's or
-//! coverage's), and each frame its opcode flag. Outside the window no hook is
-//! installed, so the program pays nothing.
+//! [`StoppedWorld`] closes that gap. For the window only, it hooks every
+//! other thread so that a thread that gets the GIL parks before its next
+//! bytecode instruction, releasing the GIL, until the window ends. A thread
+//! blocked in C (accept, recv, sleep) stays blocked. When it returns it parks
+//! as soon as it reaches bytecode. Outside the window no hook is installed,
+//! so the program pays nothing.
 //!
-//! This is the only module that reads CPython's thread-state struct. It does
-//! so for CPython 3.11, whose layout it checks at run time. Other versions
-//! are refused at build time rather than guessed at.
+//! How a thread is hooked depends on the CPython version, chosen at build
+//! time (pyo3's `Py_3_*` cfgs) and checked against the running libpython at
+//! run time ([`check_runtime_version`]):
+//! - 3.10 and 3.11 ([`trace_hook`]): a C-level trace function on each other
+//!   thread (`_PyEval_SetTrace`, the mechanism debuggers use), read from and
+//!   restored into the thread state, the one CPython struct pyreload reads.
+//! - 3.12 and later ([`monitoring`]): a `sys.monitoring` tool of its own
+//!   (PEP 669), which leaves every thread's trace function and every other
+//!   tool alone. Nothing internal is read.
+//!
+//! Either way, on leaving, each thread's own tracer (a debugger's or
+//! coverage's) is the one it had.
 
-use std::os::raw::{c_int, c_ulong, c_void};
+use std::os::raw::c_ulong;
 use std::sync::{Condvar, Mutex};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-#[cfg(not(all(Py_3_11, not(Py_3_12))))]
-compile_error!("pyreload's stop-the-world barrier reads CPython 3.11's thread state; build with a CPython 3.11 python3 (PYO3_PYTHON)");
+#[cfg(not(Py_3_10))]
+compile_error!("pyreload supports CPython 3.10 and later; build with such a python3 (PYO3_PYTHON)");
 
-extern "C" {
-    /// Exported by CPython 3.11 (`Include/cpython/ceval.h`): sets the trace
-    /// function of `tstate`, which may be another thread's. Requires the GIL.
-    fn _PyEval_SetTrace(
-        tstate: *mut ffi::PyThreadState,
-        func: Option<ffi::Py_tracefunc>,
-        arg: *mut ffi::PyObject,
-    ) -> c_int;
-}
-
-/// The head of CPython 3.11's `struct _ts` (Include/cpython/pystate.h), up
-/// to the trace hooks. Only read, to save a thread's own trace function.
-#[repr(C)]
-struct ThreadStateHead {
-    prev: *mut c_void,
-    next: *mut c_void,
-    interp: *mut ffi::PyInterpreterState,
-    _initialized: c_int,
-    _static: c_int,
-    recursion_remaining: c_int,
-    recursion_limit: c_int,
-    recursion_headroom: c_int,
-    tracing: c_int,
-    tracing_what: c_int,
-    cframe: *mut c_void,
-    c_profilefunc: Option<ffi::Py_tracefunc>,
-    c_tracefunc: Option<ffi::Py_tracefunc>,
-    c_profileobj: *mut ffi::PyObject,
-    c_traceobj: *mut ffi::PyObject,
-}
+#[cfg(Py_3_12)]
+mod monitoring;
+#[cfg(Py_3_12)]
+use monitoring::Hooks;
+#[cfg(not(Py_3_12))]
+mod trace_hook;
+#[cfg(not(Py_3_12))]
+use trace_hook::Hooks;
 
 /// Open or closed; parked threads wait on the condvar while it is closed.
 struct Gate {
@@ -76,43 +59,74 @@ fn gate_closed() -> std::sync::MutexGuard<'static, bool> {
     GATE.closed.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The trace function installed on other threads during the window.
-///
-/// # Safety
-/// CPython calls it with the GIL held, on the thread being traced, which is
-/// never the control thread (whose trace is left alone). It releases the GIL
-/// around the wait and takes it back before returning, as any trace function
-/// doing blocking I/O does.
-unsafe extern "C" fn park(
-    _obj: *mut ffi::PyObject,
-    _frame: *mut ffi::PyFrameObject,
-    _what: c_int,
-    _arg: *mut ffi::PyObject,
-) -> c_int {
-    let saved = ffi::PyEval_SaveThread();
-    {
-        let mut closed = gate_closed();
-        while *closed {
-            closed = GATE.opened.wait(closed).unwrap_or_else(|p| p.into_inner());
-        }
+/// Where a hooked thread waits, without the GIL, until the window ends.
+fn wait_for_open_gate() {
+    let mut closed = gate_closed();
+    while *closed {
+        closed = GATE.opened.wait(closed).unwrap_or_else(|p| p.into_inner());
     }
-    ffi::PyEval_RestoreThread(saved);
-    0
+}
+
+/// Refuses to hook threads if the running libpython is not the `major.minor`
+/// pyreload was built for: the hooks are chosen for that version, and on
+/// 3.10 and 3.11 its thread-state layout is read. The host already refuses
+/// to start on another version; this keeps the one module that depends on
+/// it from trusting that.
+fn check_runtime_version() -> PyResult<()> {
+    // SAFETY: Py_GetVersion returns a static NUL-terminated string.
+    let running = unsafe { std::ffi::CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy();
+    let built = crate::host::python::BUILD_PYTHON_VERSION;
+    let matches = running
+        .strip_prefix(built)
+        .is_some_and(|rest| rest.starts_with(|c: char| !c.is_ascii_digit()));
+    if matches {
+        Ok(())
+    } else {
+        Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "pyreload was built for CPython {built} but runs on CPython {running}; refusing to stop the world"
+        )))
+    }
 }
 
 /// The switch interval during the window, in seconds: longer than any
 /// commit, so the control thread is never asked to hand the GIL round.
+#[cfg(not(Py_3_12))]
 const WINDOW_SWITCH_INTERVAL_S: f64 = 1.0;
+/// From 3.12 the watchdog cannot shorten the interval without the GIL (see
+/// [`set_switch_interval_now`]) and must wait one out to get it; so the
+/// window's is shorter, and bounds that wait.
+#[cfg(Py_3_12)]
+const WINDOW_SWITCH_INTERVAL_S: f64 = 0.05;
 
 /// The switch interval the watchdog asks for inside the window, in
 /// microseconds, so that its request for the GIL is granted promptly.
+#[cfg(not(Py_3_12))]
 const HURRIED_SWITCH_US: c_ulong = 1_000;
 
+#[cfg(not(Py_3_12))]
 extern "C" {
-    /// Exported by CPython 3.11 (`Include/cpython/ceval.h`); what
-    /// `sys.setswitchinterval` calls. A plain store, safe without the GIL.
+    /// Exported by CPython 3.10 and 3.11 (`Include/cpython/ceval.h`); what
+    /// `sys.setswitchinterval` calls. There a plain store into the one
+    /// runtime-wide GIL, safe without the GIL.
     fn _PyEval_SetSwitchInterval(microseconds: c_ulong);
 }
+
+/// Sets the switch interval without the GIL, where the version allows it.
+#[cfg(not(Py_3_12))]
+fn set_switch_interval_now(microseconds: c_ulong) {
+    // SAFETY: a plain store of the interval, as sys.setswitchinterval does.
+    unsafe { _PyEval_SetSwitchInterval(microseconds) }
+}
+
+/// From 3.12 each interpreter has its own GIL, and
+/// `_PyEval_SetSwitchInterval` finds it through the calling thread's state
+/// (a fatal error without one); 3.13 no longer exports it. So nothing is
+/// done here, and the window's interval is short instead.
+#[cfg(Py_3_12)]
+fn set_switch_interval_now(_microseconds: c_ulong) {}
+
+#[cfg(Py_3_12)]
+const HURRIED_SWITCH_US: c_ulong = 0;
 
 /// Who has changed the interpreter's switch interval. The window sets a
 /// long one and puts the program's back at its end; inside it, the
@@ -138,8 +152,7 @@ fn switch() -> std::sync::MutexGuard<'static, Switch> {
 pub fn hurry_switch() {
     let mut s = switch();
     if s.in_window {
-        // SAFETY: a plain store of the interval, as sys.setswitchinterval does.
-        unsafe { _PyEval_SetSwitchInterval(HURRIED_SWITCH_US) };
+        set_switch_interval_now(HURRIED_SWITCH_US);
         s.hurried = true;
     }
 }
@@ -148,29 +161,19 @@ pub fn hurry_switch() {
 pub fn unhurry_switch() {
     let mut s = switch();
     if s.in_window && s.hurried {
-        // SAFETY: as above.
-        unsafe { _PyEval_SetSwitchInterval((WINDOW_SWITCH_INTERVAL_S * 1e6) as c_ulong) };
+        set_switch_interval_now((WINDOW_SWITCH_INTERVAL_S * 1e6) as c_ulong);
     }
     s.hurried = false;
 }
 
-/// One thread's trace hook as it was before the window.
-struct SavedTrace {
-    tstate: *mut ffi::PyThreadState,
-    func: Option<ffi::Py_tracefunc>,
-    /// A strong reference, taken before `_PyEval_SetTrace` drops the
-    /// thread's own.
-    obj: *mut ffi::PyObject,
-}
-
 /// While this value lives, no other thread executes bytecode. Dropping it
-/// restores every thread's tracing state and lets them go.
+/// removes the hooks and lets them go.
 pub struct StoppedWorld<'py> {
+    py: Python<'py>,
     sys: Bound<'py, PyAny>,
     /// The switch interval to restore.
     switch_interval: Bound<'py, PyAny>,
-    saved: Vec<SavedTrace>,
-    frames: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    hooks: Option<Hooks<'py>>,
     /// How many threads other than ours were stopped.
     pub threads: usize,
 }
@@ -180,19 +183,6 @@ impl<'py> StoppedWorld<'py> {
     pub fn stop(py: Python<'py>) -> PyResult<StoppedWorld<'py>> {
         let me = unsafe { ffi::PyThreadState_Get() };
         let threads = other_thread_states(me);
-        // Check our view of the struct before trusting it: each thread
-        // state must name our interpreter and be linked to its neighbour.
-        let interp = unsafe { ffi::PyInterpreterState_Get() };
-        for &ts in &threads {
-            // SAFETY: `ts` comes from the interpreter's thread list, which
-            // cannot change while we hold the GIL.
-            let head = unsafe { &*(ts as *const ThreadStateHead) };
-            if head.interp != interp || head.cframe.is_null() {
-                return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                    "this CPython's thread state does not have the 3.11 layout pyreload expects; refusing to stop the world",
-                ));
-            }
-        }
         // Every other thread that gets the GIL during the window parks at
         // once, so nothing needs the GIL handed round on a timer. Waiters
         // that time out would still ask for it, and with many threads those
@@ -208,64 +198,22 @@ impl<'py> StoppedWorld<'py> {
         };
         *gate_closed() = true;
         let mut world = StoppedWorld {
+            py,
             sys,
             switch_interval,
-            saved: Vec::with_capacity(threads.len()),
-            frames: Vec::new(),
+            hooks: None,
             threads: threads.len(),
         };
-        for ts in threads {
-            // SAFETY: as above; the saved object gets its own reference so it
-            // outlives `_PyEval_SetTrace` dropping the thread's.
-            unsafe {
-                let head = &*(ts as *const ThreadStateHead);
-                let saved = SavedTrace {
-                    tstate: ts,
-                    func: head.c_tracefunc,
-                    obj: head.c_traceobj,
-                };
-                ffi::Py_XINCREF(saved.obj);
-                if _PyEval_SetTrace(ts, Some(park), std::ptr::null_mut()) != 0 {
-                    ffi::Py_XDECREF(saved.obj);
-                    return Err(PyErr::fetch(py));
-                }
-                world.saved.push(saved);
-            }
-        }
-        // Line events would stop a thread at its next line; opcode events
-        // stop it at its next instruction, even in the middle of a line.
-        let current = py.import("sys")?.call_method0("_current_frames")?;
-        let my_ident = unsafe { ffi::PyThread_get_thread_ident() };
-        for item in current.call_method0("items")?.try_iter()? {
-            let (ident, frame): (u64, Bound<'py, PyAny>) = item?.extract()?;
-            if ident as std::os::raw::c_ulong == my_ident {
-                continue;
-            }
-            let before = frame.getattr("f_trace_opcodes")?;
-            frame.setattr("f_trace_opcodes", true)?;
-            world.frames.push((frame, before));
-        }
+        // On error, dropping `world` opens the gate and restores the interval.
+        world.hooks = Some(Hooks::install(py, &threads)?);
         Ok(world)
     }
 }
 
 impl Drop for StoppedWorld<'_> {
     fn drop(&mut self) {
-        for (frame, before) in self.frames.drain(..) {
-            let _ = frame.setattr("f_trace_opcodes", before);
-        }
-        let me = unsafe { ffi::PyThreadState_Get() };
-        let live = other_thread_states(me);
-        for saved in self.saved.drain(..) {
-            // SAFETY: we hold the GIL; a thread state is only touched if it
-            // is still in the interpreter's list. `_PyEval_SetTrace` takes
-            // its own reference to `obj`, so ours is released after.
-            unsafe {
-                if live.contains(&saved.tstate) {
-                    _PyEval_SetTrace(saved.tstate, saved.func, saved.obj);
-                }
-                ffi::Py_XDECREF(saved.obj);
-            }
+        if let Some(mut hooks) = self.hooks.take() {
+            hooks.remove(self.py);
         }
         *gate_closed() = false;
         GATE.opened.notify_all();

@@ -1,0 +1,152 @@
+//! The barrier on CPython 3.12 and later: a `sys.monitoring` tool of
+//! pyreload's own (PEP 669).
+//!
+//! From 3.12 on, `sys.settrace` is itself built on `sys.monitoring` (a
+//! reserved tool id), and a debugger or coverage may hold tool ids of their
+//! own. pyreload takes a free tool id for the window only and never touches
+//! a thread's trace function nor another tool's events, so whatever the
+//! program traces with goes on receiving its events. No thread state is
+//! read: everything here is public API.
+//!
+//! The tool asks for two kinds of events:
+//! - `PY_START`, `PY_RESUME` and `PY_THROW` everywhere: a thread entering
+//!   any Python function, or resuming a generator or coroutine, parks first.
+//! - `INSTRUCTION` on the code of every frame on another thread's stack: a
+//!   thread that returns from a C call (a recv, a sleep) or gets the GIL
+//!   back parks before its next instruction, even in the middle of a line,
+//!   as does one unwinding into a caller.
+//!
+//! The callback cannot tell the events apart per thread, so the control
+//! thread's own calls in the window see it too; it returns at once for
+//! them (it must not `DISABLE` the event, which would lift it for every
+//! thread). When the window closes the events are turned off and the tool
+//! id is freed; CPython removes the instrumentation from each code object
+//! the next time it runs, so outside the window the program runs
+//! uninstrumented.
+
+use std::os::raw::c_ulong;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PySet;
+
+/// The tool ids tried, in order: those PEP 669 leaves unassigned first, then
+/// the optimizer's, profiler's, coverage's and debugger's, in case the
+/// program does not use them.
+const TOOL_IDS: [u8; 6] = [3, 4, 5, 2, 1, 0];
+
+/// The thread running the window, as `threading.get_ident()`; its events
+/// pass through.
+static CONTROL_THREAD: AtomicU64 = AtomicU64::new(0);
+
+/// The callback for every event of the tool.
+#[pyfunction(signature = (*_args))]
+fn park(py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) {
+    // SAFETY: a plain C call returning the calling thread's id.
+    let me = unsafe { ffi::PyThread_get_thread_ident() } as u64;
+    if me != CONTROL_THREAD.load(Ordering::Relaxed) {
+        py.detach(super::wait_for_open_gate);
+    }
+}
+
+/// The hooks of one window, removed by [`Hooks::remove`].
+pub struct Hooks<'py> {
+    monitoring: Bound<'py, PyAny>,
+    tool: u8,
+    /// The events registered with the callback.
+    events: Vec<Bound<'py, PyAny>>,
+    /// The code objects given local `INSTRUCTION` events.
+    codes: Vec<Bound<'py, PyAny>>,
+}
+
+impl<'py> Hooks<'py> {
+    /// Parks every thread but the caller's at its next instruction. On
+    /// error, whatever was installed is removed again.
+    pub fn install(py: Python<'py>, _threads: &[*mut ffi::PyThreadState]) -> PyResult<Hooks<'py>> {
+        super::check_runtime_version()?;
+        let monitoring = py.import("sys")?.getattr("monitoring")?;
+        let tool = take_tool_id(&monitoring)?;
+        // SAFETY: as in `park`.
+        let me = unsafe { ffi::PyThread_get_thread_ident() } as c_ulong;
+        CONTROL_THREAD.store(me as u64, Ordering::Relaxed);
+        let mut hooks = Hooks {
+            monitoring,
+            tool,
+            events: Vec::new(),
+            codes: Vec::new(),
+        };
+        if let Err(e) = hooks.hook(py, me) {
+            hooks.remove(py);
+            return Err(e);
+        }
+        Ok(hooks)
+    }
+
+    fn hook(&mut self, py: Python<'py>, me: c_ulong) -> PyResult<()> {
+        let events = self.monitoring.getattr("events")?;
+        let callback = wrap_pyfunction!(park, py)?;
+        let mut global = 0u32;
+        for name in ["PY_START", "PY_RESUME", "PY_THROW", "INSTRUCTION"] {
+            let event = events.getattr(name)?;
+            self.monitoring
+                .call_method1("register_callback", (self.tool, &event, &callback))?;
+            if name != "INSTRUCTION" {
+                global |= event.extract::<u32>()?;
+            }
+            self.events.push(event);
+        }
+        let instruction = events.getattr("INSTRUCTION")?;
+        self.monitoring.call_method1("set_events", (self.tool, global))?;
+        // Every frame of every other thread, not only the innermost: an
+        // exception raised in a C call may unwind into a caller's handler.
+        let seen = PySet::empty(py)?;
+        let current = py.import("sys")?.call_method0("_current_frames")?;
+        for item in current.call_method0("items")?.try_iter()? {
+            let (ident, frame): (u64, Bound<'py, PyAny>) = item?.extract()?;
+            if ident as c_ulong == me {
+                continue;
+            }
+            let mut frame = Some(frame);
+            while let Some(f) = frame.filter(|f| !f.is_none()) {
+                let code = f.getattr("f_code")?;
+                if !seen.contains(&code)? {
+                    seen.add(&code)?;
+                    self.monitoring
+                        .call_method1("set_local_events", (self.tool, &code, &instruction))?;
+                    self.codes.push(code);
+                }
+                frame = Some(f.getattr("f_back")?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns every event of the tool off and frees its id. Another thread's
+    /// trace function and other tools were never touched.
+    pub fn remove(&mut self, _py: Python<'py>) {
+        for code in self.codes.drain(..) {
+            let _ = self.monitoring.call_method1("set_local_events", (self.tool, code, 0));
+        }
+        let _ = self.monitoring.call_method1("set_events", (self.tool, 0));
+        for event in self.events.drain(..) {
+            let _ = self
+                .monitoring
+                .call_method1("register_callback", (self.tool, event, _py.None()));
+        }
+        let _ = self.monitoring.call_method1("free_tool_id", (self.tool,));
+    }
+}
+
+/// A tool id the program does not use, now pyreload's.
+fn take_tool_id(monitoring: &Bound<'_, PyAny>) -> PyResult<u8> {
+    for id in TOOL_IDS {
+        if monitoring.call_method1("get_tool", (id,))?.is_none() {
+            monitoring.call_method1("use_tool_id", (id, "pyreload"))?;
+            return Ok(id);
+        }
+    }
+    Err(pyo3::exceptions::PyRuntimeError::new_err(
+        "every sys.monitoring tool id (0 to 5) is in use by the program, so pyreload cannot stop its threads; free one with sys.monitoring.free_tool_id",
+    ))
+}
