@@ -136,7 +136,21 @@ fn stdin_stdout_stderr_and_uncaught_exceptions_pass_through() {
 /// Starts `sleeper.py` under `cmd`, waits until it is ready, sends `signal`,
 /// and returns how it ended.
 fn interrupt(sandbox: &Sandbox, mut cmd: Command, signal: Signal) -> (std::process::ExitStatus, String, String) {
-    use std::os::unix::process::ExitStatusExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    // A process started with a signal ignored keeps it ignored, and Python
+    // then installs no handler for it (a test run from a background job of
+    // a non-interactive shell has SIGINT ignored). The signal is sent as a
+    // terminal would send it to a foreground program: at its default.
+    let default_disposition = move || {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) }
+            .map(drop)
+            .map_err(std::io::Error::from)
+    };
+    // SAFETY: the closure above is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(default_disposition);
+    }
     let mut child = cmd
         .arg("sleeper.py")
         .current_dir(sandbox.path())
