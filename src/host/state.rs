@@ -336,6 +336,13 @@ impl HostState {
     /// to end, forbids new ones, and gives the last answers up to `linger`
     /// to reach their clients.
     pub fn mark_exiting(&self, linger: Duration) {
+        // A process forked from the program runs the same exit hook. Its
+        // control thread, and any update in progress, stayed in the
+        // parent, and the locks it inherited may be held by threads that
+        // do not exist in it: waiting on them would hang its exit forever.
+        if std::process::id() != self.pid {
+            return;
+        }
         self.exit_requested.store(true, Ordering::SeqCst);
         *lock(&self.lifecycle) = Lifecycle::Exiting;
         let deadline = Instant::now() + linger;

@@ -1,0 +1,62 @@
+//! Processes forked from a hosted program (workers, pools): what they
+//! inherit from the host must never hold them up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{probe, status, wait_until, Sandbox, PROBE_LOOP};
+
+/// Forks; the child exits normally (SystemExit, so exit hooks run) and the
+/// parent answers its exit status, or "hung" after a minute.
+const PROGRAM: &str = r#"import os, sys, time
+import gate
+
+def fork_and_exit():
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return "hung"
+"#;
+
+#[test]
+fn a_child_forked_while_an_update_waits_exits_normally() {
+    let sandbox = Sandbox::new();
+    sandbox.write("gate.py", "OPEN = [False]\n\ndef is_open():\n    return OPEN[0]\n");
+    sandbox.write("prog.py", &format!("{PROGRAM}{PROBE_LOOP}"));
+    let mut p = probe(&sandbox, &["prog.py"]);
+    assert_eq!(p.ask("fork_and_exit()"), "0", "a fork with no update in progress");
+
+    let spec = sandbox.write(
+        "up.toml",
+        "[update]\nname = \"up\"\nto = \"2\"\n\n[[reload]]\nmodule = \"gate\"\n\n\
+         [safe_point]\ncondition = \"gate.is_open()\"\ntimeout_ms = 60000\n",
+    );
+    let socket = p.socket();
+    let apply = sandbox.spawn_apply_json(&socket, &spec);
+    wait_until(
+        Duration::from_secs(60),
+        || status(&socket)["in_progress"]["phase"] == "wait",
+        || "the update never reached its wait".into(),
+    );
+    // The parent's control thread holds the update's locks now; the child
+    // has no such thread and must not wait for them.
+    assert_eq!(
+        p.ask("fork_and_exit()"),
+        "0",
+        "a fork made during an update did not exit"
+    );
+
+    assert_eq!(p.ask("gate.OPEN.__setitem__(0, True)"), "None");
+    let out = apply.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+}
