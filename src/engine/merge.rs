@@ -186,7 +186,6 @@ struct Merger<'a, 'py> {
     property_type: Bound<'py, PyAny>,
     /// `enum.EnumType`: an enum's members are its definition (see
     /// `pair_members`).
-    enum_type: Bound<'py, PyAny>,
     /// Enum members that kept their identity: (live member, new member),
     /// whose attributes `patch_class` brings up to date.
     members: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
@@ -219,11 +218,13 @@ impl<'a, 'py> Merger<'a, 'py> {
             function_pairs: Vec::new(),
             replaced: Vec::new(),
             reports: Vec::new(),
-            function_type: py.import("types")?.getattr("FunctionType")?,
+            // The type of a plain function, without importing `types`: a
+            // module the program has not loaded must not appear in it
+            // during the commit (the update may be publishing its own).
+            function_type: py.eval(c"(lambda: None).__class__", None, None)?.into_any(),
             staticmethod_type: builtins.getattr("staticmethod")?,
             classmethod_type: builtins.getattr("classmethod")?,
             property_type: builtins.getattr("property")?,
-            enum_type: py.import("enum")?.getattr("EnumMeta")?,
             members: Vec::new(),
             truncated: false,
         };
@@ -399,8 +400,20 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(())
     }
 
+    /// Whether `class` is an enum, known by its metaclass (`enum.EnumMeta`,
+    /// called `EnumType` since 3.11) rather than by importing `enum`: the
+    /// program may not have loaded it, and the update may be publishing the
+    /// `enum` its new code imported.
     fn is_enum(&self, class: &Bound<'py, PyAny>) -> bool {
-        class.is_instance(&self.enum_type).unwrap_or(false)
+        let Ok(mro) = class.get_type().getattr("__mro__") else {
+            return false;
+        };
+        let Ok(mro) = mro.try_iter() else { return false };
+        mro.flatten().any(|meta| {
+            let module = meta.getattr("__module__").ok().and_then(|m| m.extract::<String>().ok());
+            let name = meta.getattr("__name__").ok().and_then(|n| n.extract::<String>().ok());
+            module.as_deref() == Some("enum") && matches!(name.as_deref(), Some("EnumMeta" | "EnumType"))
+        })
     }
 
     fn add_twin(&mut self, new: &Bound<'py, PyAny>, old: &Bound<'py, PyAny>) {

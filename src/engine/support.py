@@ -10,6 +10,12 @@ import sys
 import _thread
 
 
+# Threads inside a _PrivateImports: an update's recorder (_Recorder) must
+# not take their imports for the update's own, or the commit would publish
+# pyreload's private copies (of `enum`, say) into the program.
+_PRIVATE_THREADS = {}  # thread id -> how many _PrivateImports it is inside
+
+
 class _PrivateImports:
     """While open, the modules this thread imports that the program had not
     loaded are for pyreload's helpers alone: closing takes them out of
@@ -29,14 +35,27 @@ class _PrivateImports:
         return None
 
     def __enter__(self):
+        self.before = set(sys.modules)
+        self.before_ids = {id(m) for m in list(sys.modules.values())}
         sys.meta_path.insert(0, self)
+        _PRIVATE_THREADS[self.thread] = _PRIVATE_THREADS.get(self.thread, 0) + 1
         return self
 
     def __exit__(self, *exc):
+        if _PRIVATE_THREADS.get(self.thread, 0) > 1:
+            _PRIVATE_THREADS[self.thread] -= 1
+        else:
+            _PRIVATE_THREADS.pop(self.thread, None)
         try:
             sys.meta_path.remove(self)
         except ValueError:
             pass
+        # Names a package binds in sys.modules itself, to a module the
+        # program already had (3.10's `importlib` adds `importlib._bootstrap`,
+        # its alias of `_frozen_importlib`): no finder saw them.
+        for name in set(sys.modules) - self.before:
+            if name != "threading" and id(sys.modules.get(name)) in self.before_ids:
+                sys.modules.pop(name, None)
         seen = set(self.seen)
         for name in reversed(self.seen):
             module = sys.modules.get(name)
@@ -425,7 +444,7 @@ class _Recorder:
         self.thread = thread
 
     def find_spec(self, name, path=None, target=None):
-        if threading.get_ident() != self.thread:
+        if threading.get_ident() != self.thread or self.thread in _PRIVATE_THREADS:
             return None
         for finder in list(sys.meta_path):
             find = getattr(finder, "find_spec", None)
