@@ -61,7 +61,7 @@ fn diff_compares_what_runs_with_a_file_changed_in_place_and_follows_applies_and_
     // Both get a .pyc; prices is imported from its (valid) .pyc, so only
     // the recorder reads its source. tax then changes size: its .pyc is
     // stale and the interpreter compiles the source instead.
-    let compiled = Command::new("python3")
+    let compiled = Command::new(common::BUILD_PYTHON)
         .args(["-m", "compileall", "-q", "shop"])
         .current_dir(sandbox.path())
         .output()
@@ -70,7 +70,7 @@ fn diff_compares_what_runs_with_a_file_changed_in_place_and_follows_applies_and_
     sandbox.write("shop/tax.py", "RATE = 20  # loaded\n");
     // Loaded from its bytecode only: no source was ever read.
     sandbox.write("legacy_src.py", "def old():\n    return 1\n");
-    let compiled = Command::new("python3")
+    let compiled = Command::new(common::BUILD_PYTHON)
         .args([
             "-c",
             "import py_compile; py_compile.compile('legacy_src.py', cfile='legacy.pyc')",
@@ -236,7 +236,7 @@ fn a_pip_upgrade_in_place_is_diffed_drafted_and_applied() {
     let wheels = wheels();
     let sandbox = Sandbox::new();
     let venv = sandbox.path().join("venv");
-    let made = Command::new("python3")
+    let made = Command::new(common::BUILD_PYTHON)
         .args(["-m", "venv", "--without-pip"])
         .arg(&venv)
         .output()

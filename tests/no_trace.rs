@@ -305,7 +305,7 @@ fn a_fix_with_the_same_size_and_time_is_not_hidden_by_a_stale_pyc() {
     };
     let path = write_at(broken);
     // Python, or anything else, compiled the broken version.
-    let compiled = std::process::Command::new("python3")
+    let compiled = std::process::Command::new(common::BUILD_PYTHON)
         .args([
             "-c",
             "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",

@@ -17,6 +17,11 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pyreload");
 
+/// The interpreter pyreload was built for (PYO3_PYTHON): what a test
+/// compares with, compiles bytecode with or makes a virtualenv from, so the
+/// suite holds for each CPython it is built for.
+pub const BUILD_PYTHON: &str = env!("PYRELOAD_BUILD_PYTHON");
+
 /// The repository root, for `case-study/` and `specs/`.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
