@@ -246,7 +246,7 @@ def explain(rows):
     if all("instructions_ratio" in r and r["instructions_ratio"] >= 0.99 for r in rows):
         text += (" Between updates pyreload runs no code on any version: instructions per request stay within "
                  "the goal.")
-    return text
+    return text.strip()
 
 
 def main():
