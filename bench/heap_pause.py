@@ -80,6 +80,38 @@ print(json.dumps(times))
 '''
 
 
+def pyreload_pauses(pyreload, n, rounds, work):
+    """(pauses ms, commits ms) of `rounds` code-only updates of `hot` in a
+    program under `pyreload` holding `n` live objects; `work` is a fresh
+    directory (bench/versions.py calls this once per interpreter)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "hot.py").write_text(HOT.format(n=1))
+    (work / "hot_a.py").write_text(HOT.format(n=2))
+    (work / "hot_b.py").write_text(HOT.format(n=3))
+    (work / "prog.py").write_text(PROGRAM)
+    env = dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run"))
+    prog = subprocess.Popen([pyreload, "run", str(work / "prog.py"), str(n)], cwd=work, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert prog.stdout.readline().strip() == "ready"
+        pauses, commits = [], []
+        for i in range(rounds):
+            spec = work / "spec.toml"
+            spec.write_text(f'[update]\nname = "hot"\nto = "{i}"\n\n[[reload]]\nmodule = "hot"\n'
+                            f'source = "{"hot_a.py" if i % 2 == 0 else "hot_b.py"}"\n')
+            out = subprocess.run([pyreload, "apply", "--json", "--pid", str(prog.pid), str(spec)],
+                                 env=env, capture_output=True, text=True)
+            report = json.loads(out.stdout)
+            if report["outcome"] != "committed":
+                sys.exit(f"update did not commit: {out.stdout}{out.stderr}")
+            pauses.append(report["timings"]["pause_ms"])
+            commits.append(report["timings"]["commit_ms"])
+    finally:
+        prog.stdin.close()
+        prog.wait(timeout=120)
+    return pauses, commits
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
@@ -90,32 +122,9 @@ def main():
     args = parser.parse_args()
     pyreload = str(pathlib.Path(args.pyreload).resolve())
     work = pathlib.Path(tempfile.mkdtemp(prefix="pyreload-heap-"))
-    (work / "hot.py").write_text(HOT.format(n=1))
-    (work / "hot_a.py").write_text(HOT.format(n=2))
-    (work / "hot_b.py").write_text(HOT.format(n=3))
-    (work / "prog.py").write_text(PROGRAM)
-    env = dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run"))
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        prog = subprocess.Popen([pyreload, "run", str(work / "prog.py"), str(n)], cwd=work, env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            assert prog.stdout.readline().strip() == "ready"
-            pauses, commits = [], []
-            for i in range(args.rounds):
-                spec = work / "spec.toml"
-                spec.write_text(f'[update]\nname = "hot"\nto = "{i}"\n\n[[reload]]\nmodule = "hot"\n'
-                                f'source = "{"hot_a.py" if i % 2 == 0 else "hot_b.py"}"\n')
-                out = subprocess.run([pyreload, "apply", "--json", "--pid", str(prog.pid), str(spec)],
-                                     env=env, capture_output=True, text=True)
-                report = json.loads(out.stdout)
-                if report["outcome"] != "committed":
-                    sys.exit(f"update did not commit: {out.stdout}{out.stderr}")
-                pauses.append(report["timings"]["pause_ms"])
-                commits.append(report["timings"]["commit_ms"])
-        finally:
-            prog.stdin.close()
-            prog.wait(timeout=120)
+        pauses, commits = pyreload_pauses(pyreload, n, args.rounds, work)
         ipython = []
         if args.ipython_python:
             (work / "hot.py").write_text(HOT.format(n=1))

@@ -4,7 +4,9 @@
 
 Runs every benchmark in one go on this machine, side by side, and writes
 their tables with what they mean. The goals of issue 7 are checked against
-this run's numbers, met or missed, and the file says which. Benchmarks
+this run's numbers, met or missed, and the file says which. The headline
+figures are also measured on every CPython 3.10 to 3.13 that pyenv has
+(bench/versions.py), side by side in one table. Benchmarks
 report; nothing here fails because a machine is slow.
 """
 
@@ -21,6 +23,7 @@ import tempfile
 import time
 
 from benchlib import pct, pyreload_kvserver, serve_kvserver
+from versions import available, goal_rows as version_goal_rows, section as versions_section
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -181,6 +184,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
     parser.add_argument("--venv", default=str(BENCH / ".venv"))
+    parser.add_argument("--versions", default="3.10.13,3.11.7,3.12.1,3.13.0",
+                        help="CPythons (pyenv versions or python paths) for the per-version table; '' to skip")
     args = parser.parse_args()
     pyreload = str(pathlib.Path(args.pyreload).resolve())
     args.venv = str(pathlib.Path(args.venv).resolve())
@@ -202,6 +207,14 @@ def main():
     import_record = run([sys.executable, "bench/import_record.py", "--pyreload", pyreload])
     checks = check_latency(pyreload, work)
     soaked = soak(SOAK_UPDATES)
+    per_version = None
+    args.versions = ",".join(available(args.versions.split(","))) if args.versions else ""
+    if args.versions:
+        # This pyreload is the build for python3 (bench/run.sh): reuse it for that version.
+        minor = "%d.%d" % sys.version_info[:2]
+        run([sys.executable, "bench/versions.py", "--versions", args.versions, "--pyreload", f"{minor}={pyreload}",
+             "--json", str(work / "versions.json")])
+        per_version = json.loads((work / "versions.json").read_text())
     plots(python, work / "heap.json", work / "alternatives.json", plot_dir)
 
     heap_rows = json.loads((work / "heap.json").read_text())
@@ -235,6 +248,11 @@ def main():
          f"{soaked['retained']['modules'] + soaked['retained']['classes']} of {soaked['retained']['tracked']}",
          soaked['retained']['modules'] + soaked['retained']['classes'] == 0),
     ]
+    versions_text = ""
+    if per_version:
+        goals += version_goal_rows(per_version["rows"])
+        versions_text = (" The rows per CPython come from the next section.\n\n"
+                         + versions_section(per_version["rows"], per_version["command"]) + "\n")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     p, r, a, j = alts["pyreload"], alts["restart"], alts["autoreload"], alts["jurigged"]
     text = f"""# Benchmarks
@@ -253,8 +271,7 @@ in one run, back to back. Absolute times will differ elsewhere. Benchmarks repor
 |---|---|---|---|
 """ + "\n".join(f"| {g} | {t} | {v} | {'met' if ok else '**missed**'} |" for g, t, v, ok in goals) + f"""
 
-Where a goal is missed, the section below says why.
-
+Where a goal is missed, the section below says why.{versions_text}
 ## Under load: pyreload against a restart, IPython autoreload and jurigged
 
 `bench/alternatives.py`. The threaded case-study server holds 5,000 keys and serves 32 closed-loop

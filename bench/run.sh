@@ -2,7 +2,10 @@
 # Regenerate BENCHMARKS.md and bench/plots/ from scratch: one command.
 # Sets up bench/.venv with IPython, jurigged and matplotlib from PyPI
 # (pinned, so a rerun compares against the same alternatives),
-# builds pyreload (release), and runs every benchmark side by side.
+# builds pyreload (release), and runs every benchmark side by side; then
+# the headline figures again on every CPython pyenv has (3.10 to 3.13,
+# bench/versions.py: a release build per version in target/pyX.Y).
+# --versions '' skips that part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x bench/.venv/bin/python ]; then
