@@ -236,12 +236,7 @@ fn a_pip_upgrade_in_place_is_diffed_drafted_and_applied() {
     let wheels = wheels();
     let sandbox = Sandbox::new();
     let venv = sandbox.path().join("venv");
-    let made = Command::new(common::BUILD_PYTHON)
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", stderr(&made));
+    common::make_venv(&venv);
     pip_install(&venv, &wheels, &[OLD]);
     // pip compiles every module, so the program imports .pyc files and
     // only the recorder reads the sources.

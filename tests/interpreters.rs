@@ -20,12 +20,7 @@ const BUILD_VERSION: &str = env!("PYRELOAD_BUILD_PYTHON_VERSION");
 /// a venv of Python 3.99 would be.
 fn venv_of_another_version(sandbox: &Sandbox) -> PathBuf {
     let venv = sandbox.path().join("venv");
-    let made = Command::new(BUILD_PYTHON)
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", stderr(&made));
+    common::make_venv(&venv);
     let cfg = venv.join("pyvenv.cfg");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let relabelled: String = text

@@ -331,6 +331,16 @@ fast, slow = Mode.FAST, Mode.SLOW
 by_color = {Color.RED: 'r'}
 "#;
 
+/// The colors program, updated to COLORS_V2 (the update must commit),
+/// with the update's report.
+fn colors_at_v2(sandbox: &Sandbox) -> (Hosted, Value) {
+    let p = start_colors(sandbox);
+    sandbox.write("colors.py", COLORS_V2);
+    let (code, report) = apply(sandbox, &p, &spec(&["colors"], ""));
+    assert_eq!(code, 0, "{report:#}");
+    (p, report)
+}
+
 fn start_colors(sandbox: &Sandbox) -> Hosted {
     sandbox.write("colors.py", COLORS_V1);
     sandbox.write("probe.py", &format!("{COLORS_PROBE}{PROBE_LOOP}"));
@@ -340,10 +350,7 @@ fn start_colors(sandbox: &Sandbox) -> Hosted {
 #[test]
 fn an_enum_takes_the_new_members_and_every_table_agrees() {
     let sandbox = Sandbox::new();
-    let mut p = start_colors(&sandbox);
-    sandbox.write("colors.py", COLORS_V2);
-    let (code, report) = apply(&sandbox, &p, &spec(&["colors"], ""));
-    assert_eq!(code, 0, "{report:#}");
+    let (mut p, report) = colors_at_v2(&sandbox);
 
     // Length, iteration, lookup by value and by name, the mapping proxy and
     // the internal tables all say the same.
@@ -444,10 +451,7 @@ fn a_flag_enum_takes_a_new_bit_and_its_masks() {
 #[cfg_attr(not(Py_3_11), ignore = "enum.StrEnum is new in CPython 3.11")]
 fn a_str_enum_swaps_a_member_and_an_old_instance_stays_a_string() {
     let sandbox = Sandbox::new();
-    let mut p = start_colors(&sandbox);
-    sandbox.write("colors.py", COLORS_V2);
-    let (code, report) = apply(&sandbox, &p, &spec(&["colors"], ""));
-    assert_eq!(code, 0, "{report:#}");
+    let (mut p, _) = colors_at_v2(&sandbox);
     assert_eq!(
         p.ask("[m.value for m in Mode], Mode('eco') is Mode.ECO, Mode.ECO.upper(), fast is Mode.FAST"),
         "(['fast', 'eco'], True, 'ECO', True)"

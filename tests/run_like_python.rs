@@ -209,12 +209,7 @@ fn sigterm_ends_the_program_like_python3() {
 fn a_package_installed_only_in_the_active_virtualenv_imports() {
     let sandbox = Sandbox::new();
     let venv = sandbox.path().join("venv");
-    let made = Command::new(BUILD_PYTHON)
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", stderr(&made));
+    common::make_venv(&venv);
     let site = Command::new(venv.join("bin/python"))
         .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
         .output()

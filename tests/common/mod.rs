@@ -22,6 +22,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pyreload");
 /// suite holds for each CPython it is built for.
 pub const BUILD_PYTHON: &str = env!("PYRELOAD_BUILD_PYTHON");
 
+/// A fresh virtualenv (no pip) of the build interpreter at `path`.
+pub fn make_venv(path: &Path) {
+    let made = Command::new(BUILD_PYTHON)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}
+
 /// The repository root, for `case-study/` and `specs/`.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
