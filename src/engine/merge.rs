@@ -671,7 +671,10 @@ impl<'a, 'py> Merger<'a, 'py> {
             }
             if self.is_wrapper(&nv) && ov.get_type().is(nv.get_type()) {
                 if let (Ok(of), Ok(nf)) = (ov.getattr("__func__"), nv.getattr("__func__")) {
-                    if self.twin_of(&nf).is_some_and(|t| t.is(&of)) {
+                    // The same function in a fresh wrapper (3.12's enum gives
+                    // each class its own `staticmethod` of
+                    // `Enum._generate_next_value_`), or the twin of the old one.
+                    if nf.is(&of) || self.twin_of(&nf).is_some_and(|t| t.is(&of)) {
                         continue;
                     }
                 }

@@ -25,6 +25,7 @@ pub mod retained;
 pub mod rollback;
 pub mod running;
 pub mod safepoint;
+pub mod session;
 pub mod stage;
 pub mod support;
 pub mod transform;
@@ -35,18 +36,17 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 
-use crate::control::protocol::{ModuleSources, Phase};
+use crate::control::protocol::ModuleSources;
 use crate::diagnostic::Problem;
 use crate::host::state::{GateError, HostState, Running, UpdateSource};
 use crate::host::update_point::POINTS;
 use crate::plan::Plan;
-use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
+use crate::report::{Outcome, Report};
 use crate::spec::{self, SpecSource};
 use journal::Journal;
 use progress::{ClientGone, Progress};
 use support::Support;
 use watchdog::Deadline;
-use world::StoppedWorld;
 
 /// For `pyreload run --reload`: the loaded modules whose files these are,
 /// in reload order.
@@ -140,7 +140,7 @@ pub fn apply(
         spec.update.to.get_ref().clone(),
     );
     let progress = Progress::begin(state, &report.update, client_gone);
-    Python::attach(|py| run(py, state, &progress, &source, &spec, dry_run, &mut report));
+    Python::attach(|py| session::run_alone(py, state, &progress, &source, &spec, dry_run, &mut report));
     report.timings.total_ms = ms(started);
     if !dry_run {
         state.record_attempt(&report);
@@ -149,194 +149,8 @@ pub fn apply(
     Ok(report)
 }
 
-fn run(
-    py: Python<'_>,
-    state: &HostState,
-    progress: &Progress<'_>,
-    source: &SpecSource,
-    spec: &spec::Spec,
-    dry_run: bool,
-    report: &mut Report,
-) {
-    let support = match Support::load(py) {
-        Ok(s) => s,
-        Err(e) => {
-            report.problem = Some(Problem::new(format!("could not load pyreload's helpers: {e}")));
-            return;
-        }
-    };
-    let t = Instant::now();
-    let plan = prepare::prepare(py, &support, state, source, spec);
-    report.timings.prepare_ms = ms(t);
-    let plan = match plan {
-        Ok(plan) => plan,
-        Err(problem) => return report.problem = Some(problem),
-    };
-    report.modules = plan
-        .modules
-        .iter()
-        .map(|m| ModuleReport {
-            module: m.name.clone(),
-            source: m.source.clone(),
-            ..ModuleReport::default()
-        })
-        .collect();
-    report.safe_point = SafePointSummary {
-        inactive: plan.inactive.clone(),
-        condition: plan.condition.as_ref().map(|c| c.text.clone()),
-        update_point: plan.update_point.clone(),
-    };
-
-    if dry_run {
-        match safepoint::check(py, &support, &plan, &[]) {
-            Ok(b) => report.warnings.extend(describe_blockers_now(&b, &plan)),
-            Err(problem) => return report.problem = Some(problem),
-        }
-        if let Err(problem) = predict(py, &support, &plan, report) {
-            return report.problem = Some(problem);
-        }
-        report.outcome = Outcome::Checked;
-        return;
-    }
-
-    if fault::split_commit_requested() {
-        match fault::split_commit(py, &support, &plan) {
-            Ok(()) => {
-                report.outcome = Outcome::Committed;
-                state.set_version(Some(plan.to.clone()));
-            }
-            Err(problem) => report.problem = Some(problem),
-        }
-        return;
-    }
-    if let Some(problem) = progress.abandoned() {
-        return report.cancel(problem);
-    }
-
-    progress.enter(Phase::Wait);
-    let mut pacer = safepoint::Pacer::new(Instant::now() + plan.timeout);
-    let _point = plan.update_point.as_deref().map(|name| POINTS.request(name));
-    let t = Instant::now();
-    let waited = {
-        // A condition that never returns is cut off soon after the wait's
-        // deadline. (The grace lets a check that is merely slow finish.)
-        let deadline = Deadline::arm(py, pacer.deadline() + WAIT_GRACE);
-        wait(py, &support, &plan, progress, &mut pacer, &mut report.safe_point_checks).map_err(|stop| match stop {
-            Stop::Refused(problem) => Stop::Refused(interrupted(
-                problem,
-                &deadline,
-                &format!("the safe-point wait's timeout_ms ({} ms)", plan.timeout.as_millis()),
-            )),
-            abandoned => abandoned,
-        })
-    };
-    report.timings.wait_ms = ms(t);
-    match waited {
-        Ok(()) => {}
-        Err(Stop::Refused(problem)) => return report.problem = Some(problem),
-        Err(Stop::Abandoned(problem)) => return report.cancel(problem),
-    }
-
-    // From here the update's own code runs: the new module bodies, then the
-    // commit. `commit_timeout_ms` bounds each.
-    progress.enter(Phase::Stage);
-    let deadline = Deadline::arm(py, Instant::now() + plan.commit_timeout);
-    let t = Instant::now();
-    let staged = stage::stage(py, &support, &plan);
-    report.timings.stage_ms = ms(t);
-    let staged = match staged {
-        Ok(staged) => staged,
-        Err(problem) => {
-            let problem = interrupted(problem, &deadline, &commit_limit(plan.commit_timeout));
-            drop(deadline);
-            let _ = stage::withdraw(py, &support, &plan);
-            return report.problem = Some(problem);
-        }
-    };
-    let samples = transform::lazy_samples(py, &support, &plan);
-    let samples = samples.map_err(|problem| interrupted(problem, &deadline, &commit_limit(plan.commit_timeout)));
-    drop(deadline);
-    let (staged, samples) = match (stage::withdraw(py, &support, &plan), samples) {
-        (Ok(imported), Ok(samples)) => (stage::Staged { imported, ..staged }, samples),
-        (Err(problem), _) | (_, Err(problem)) => {
-            return report.problem = Some(problem);
-        }
-    };
-    if !staged.imported.is_empty() {
-        report.warnings.push(format!(
-            "the new code imported modules the program had not: {}",
-            staged.imported.join(", ")
-        ));
-    }
-
-    // Staging let the program run, so the safe point is decided again, with
-    // every other thread stopped, and the commit follows in the same window.
-    loop {
-        if let Some(problem) = progress.abandoned() {
-            return report.cancel(problem);
-        }
-        progress.enter(Phase::Commit);
-        let stopped_at = Instant::now();
-        let deadline = Deadline::arm(py, stopped_at + plan.commit_timeout);
-        let world = StoppedWorld::stop(py);
-        report.timings.stop_ms = ms(stopped_at);
-        let world = match world {
-            Ok(world) => world,
-            Err(e) => {
-                drop(deadline);
-                return report.problem = Some(support.problem(py, "could not stop the program's threads", &e));
-            }
-        };
-        report.safe_point_checks += 1;
-        report.stopped_threads = world.threads;
-        let blockers = match safepoint::check(py, &support, &plan, &POINTS.waiting()) {
-            Ok(b) => b,
-            Err(problem) => {
-                drop(world);
-                let problem = interrupted(problem, &deadline, &commit_limit(plan.commit_timeout));
-                drop(deadline);
-                return report.problem = Some(problem);
-            }
-        };
-        if blockers.clear() {
-            let done = commit(py, &support, state, &plan, &staged, &samples, deadline, report);
-            let t = Instant::now();
-            drop(world);
-            report.timings.resume_ms = ms(t);
-            report.timings.pause_ms = ms(stopped_at);
-            if let Some(Done {
-                merged,
-                lazies,
-                journal,
-                previous_sources,
-            }) = done
-            {
-                // Bookkeeping that need not hold the world stopped.
-                state.push_committed(rollback::Committed::from_plan(
-                    report.update.clone(),
-                    report.from.clone(),
-                    &plan,
-                    journal,
-                    previous_sources,
-                ));
-                track_garbage(py, &plan, &staged, &merged, &report.update);
-                report.modules = merged.finish(py, &support);
-                progress.enter(Phase::Sweep);
-                finish_lazy(py, state, &plan, lazies, report);
-            }
-            return;
-        }
-        drop(world);
-        drop(deadline);
-        progress.enter(Phase::Wait);
-        if !pacer.next(py) {
-            return report.problem = Some(safepoint::timed_out(&plan, &blockers));
-        }
-    }
-}
-
 /// Why a wait ended without its safe point.
-enum Stop {
+pub enum Stop {
     /// The safe point was not reached in time, or could not be decided.
     Refused(Problem),
     /// Nobody waits for the update any more, or the program is exiting.
@@ -344,7 +158,7 @@ enum Stop {
 }
 
 /// Waits, with the program running, until the safe point looks reachable.
-fn wait(
+pub(crate) fn wait(
     py: Python<'_>,
     support: &Support<'_>,
     plan: &Plan,
@@ -377,7 +191,7 @@ fn wait(
 }
 
 /// How long a condition may still run once the wait's deadline has passed.
-const WAIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const WAIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Says so when a failure came from the watchdog interrupting code that ran
 /// past `limit`.
@@ -400,23 +214,21 @@ pub(crate) fn commit_limit(timeout: std::time::Duration) -> String {
 }
 
 /// What a commit that went through hands back, to finish after the pause.
-struct Done {
+pub struct Done {
     merged: merge::Merged,
     lazies: Vec<transform::PendingLazy>,
     /// The changes, kept for `pyreload rollback`.
     journal: Journal,
-    /// The sources the update replaced.
+    /// The sources the update replaced (filled in by `Session::publish`).
     previous_sources: Vec<(String, Option<UpdateSource>)>,
 }
 
 /// The commit proper, inside the stopped world: merge, check, and roll back
-/// on any failure. When committed, returns what is left to do once the
-/// world runs again.
-#[allow(clippy::too_many_arguments)]
+/// on any failure. When merged, returns what is left to do: publish, then,
+/// once the world runs again, finish.
 fn commit(
     py: Python<'_>,
     support: &Support<'_>,
-    state: &HostState,
     plan: &Plan,
     staged: &stage::Staged,
     samples: &[Option<Py<pyo3::types::PyList>>],
@@ -484,23 +296,11 @@ fn commit(
         }
         None => {
             report.outcome = Outcome::Committed;
-            let loaded = plan
-                .modules
-                .iter()
-                .map(|m| {
-                    (
-                        m.name.clone(),
-                        Some(UpdateSource::now(m.source.clone(), m.text.clone())),
-                    )
-                })
-                .collect();
-            let previous_sources = state.swap_sources(loaded);
-            state.set_version(Some(plan.to.clone()));
             merged.map(|(merged, lazies)| Done {
                 merged,
                 lazies,
                 journal,
-                previous_sources,
+                previous_sources: Vec::new(),
             })
         }
     };
@@ -511,7 +311,7 @@ fn commit(
 /// Watches what this update made garbage: the staging modules (but those of
 /// new modules, which are now live) and the staged classes merged into live
 /// ones. See [`retained`].
-fn track_garbage(py: Python<'_>, plan: &Plan, staged: &stage::Staged, merged: &merge::Merged, update: &str) {
+pub(crate) fn track_garbage(py: Python<'_>, plan: &Plan, staged: &stage::Staged, merged: &merge::Merged, update: &str) {
     for (m, module) in plan.modules.iter().zip(&staged.modules) {
         if !m.new {
             let _ = retained::track(module.bind(py).as_any(), retained::Kind::Module, update, &m.name);
@@ -528,7 +328,7 @@ fn track_garbage(py: Python<'_>, plan: &Plan, staged: &stage::Staged, merged: &m
 
 /// With the world running again: finishes lazy migrations, so their hooks
 /// come off and converted data can be rolled back.
-fn finish_lazy(
+pub(crate) fn finish_lazy(
     py: Python<'_>,
     state: &HostState,
     plan: &Plan,
@@ -582,7 +382,7 @@ fn add_new_modules(py: Python<'_>, support: &Support<'_>, plan: &Plan, journal: 
 /// any new code. Functions and classes come from comparing code objects,
 /// updated constants from the literals the new body binds; transforms say
 /// how many instances they would convert now.
-fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Report) -> Result<(), Problem> {
+pub(crate) fn predict(py: Python<'_>, support: &Support<'_>, plan: &Plan, report: &mut Report) -> Result<(), Problem> {
     for (m, module_report) in plan.modules.iter().zip(report.modules.iter_mut()) {
         let (functions, classes) = support
             .predict(m.module.bind(py).as_any(), m.code.bind(py))
@@ -653,7 +453,7 @@ fn kept_globals(py: Python<'_>, support: &Support<'_>, m: &crate::plan::ModulePl
 }
 
 /// For `check`: what would hold the safe point back right now.
-fn describe_blockers_now(b: &safepoint::Blockers, plan: &Plan) -> Vec<String> {
+pub(crate) fn describe_blockers_now(b: &safepoint::Blockers, plan: &Plan) -> Vec<String> {
     let mut out: Vec<String> = b
         .threads
         .iter()
@@ -703,6 +503,6 @@ impl Drop for GcPaused<'_> {
     }
 }
 
-fn ms(since: Instant) -> f64 {
+pub(crate) fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }

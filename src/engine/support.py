@@ -70,6 +70,34 @@ class _PrivateImports:
             parent = sys.modules.get(package)
             if parent is not None and vars(parent).get(child) is module:
                 delattr(parent, child)
+                _DETACHED[(id(parent), child)] = (parent, child, module)
+
+
+# Private submodules of the program's own packages, taken off them again:
+# (id(package), name) -> (package, name, module). A private module may still use one as an
+# attribute when it runs (3.12's `traceback` imports `collections.abc` and
+# calls `collections.abc.Sequence`), so `_Attached` puts them back for
+# as long as such a helper runs.
+_DETACHED = {}
+
+
+class _Attached:
+    """While open, the private submodules of the program's packages are
+    attributes of them again, as the private code that imported them
+    expects; closing takes off those that are still ours."""
+
+    def __enter__(self):
+        self.added = []
+        for parent, child, module in list(_DETACHED.values()):
+            if child not in vars(parent):
+                setattr(parent, child, module)
+                self.added.append((parent, child, module))
+        return self
+
+    def __exit__(self, *exc):
+        for parent, child, module in self.added:
+            if vars(parent).get(child) is module:
+                delattr(parent, child)
 
 
 def _import_privately(names):
@@ -656,7 +684,7 @@ def describe_exception(exc, tb, prefer_file=None):
     lines_guard = _TrueLines(tb)
     cached = set(linecache.cache)
     try:
-        with _PrivateImports():
+        with _PrivateImports(), _Attached():
             summary, lines, where = _describe(exc, tb, prefer_file)
     finally:
         lines_guard.restore()

@@ -1,0 +1,397 @@
+//! One update in one process, as steps a driver calls in order.
+//!
+//! A single process drives the steps itself ([`super::apply`]). A process
+//! tree drives them from its root, one member at a time per step, so that
+//! every member is frozen before any merges and none is let go until all
+//! have merged (see `crate::tree`). The steps, and what the program sees
+//! after each:
+//!
+//! | step                 | the program                         | a failure       |
+//! |----------------------|-------------------------------------|-----------------|
+//! | [`Session::prepare`] | runs the old version                | refused         |
+//! | [`Session::wait`]    | runs; checks between sleeps         | refused         |
+//! | [`Session::stage`]   | runs the old version, consistently  | refused         |
+//! | [`Session::freeze`]  | stopped, or let go if blocked       | refused / retry |
+//! | [`Session::merge`]   | stopped; merged, checked            | rolled back     |
+//! | [`Session::undo`]    | stopped; the merge undone           | (rolled back)   |
+//! | [`Session::publish`] | stopped; the new version recorded   | -               |
+//! | [`Session::release`] | runs the new version                | -               |
+//! | [`Session::finish`]  | runs; lazy sweeps, bookkeeping      | warnings        |
+//!
+//! Nothing between `freeze` and `release` blocks on anything but the
+//! driver: a tree member waits for its root's next message with the GIL
+//! released, and its other threads stay parked at the world's gate.
+
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use super::progress::Progress;
+use super::safepoint::{self, Blockers, Pacer};
+use super::support::Support;
+use super::watchdog::Deadline;
+use super::world::StoppedWorld;
+use super::{commit_limit, interrupted, ms, prepare, rollback, stage, transform, Done, Stop};
+use crate::control::protocol::Phase;
+use crate::diagnostic::Problem;
+use crate::host::state::HostState;
+use crate::host::update_point::{PointRequest, POINTS};
+use crate::plan::Plan;
+use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
+use crate::spec::{self, SpecSource};
+
+/// An update resolved against this process, and what it has staged so far.
+pub struct Session<'py> {
+    py: Python<'py>,
+    pub support: Support<'py>,
+    pub plan: Plan,
+    pacer: Pacer,
+    /// Held from the wait to the end: threads that reach the update point
+    /// stay there until the update has committed or given up.
+    point: Option<PointRequest<'static>>,
+    staged: Option<stage::Staged>,
+    samples: Vec<Option<Py<PyList>>>,
+}
+
+/// Every other thread stopped, with the safe point holding.
+pub struct Frozen<'py> {
+    world: StoppedWorld<'py>,
+    deadline: Option<Deadline<'py>>,
+    stopped_at: Instant,
+}
+
+/// What a [`Session::freeze`] found.
+pub enum Freeze<'py> {
+    Frozen(Frozen<'py>),
+    /// The safe point did not hold with the world stopped; the world runs
+    /// again.
+    Blocked(Blockers),
+}
+
+impl<'py> Session<'py> {
+    /// Resolves `spec` against the program: reads and compiles every new
+    /// source and resolves every name. Fills in what the report can say
+    /// before anything runs.
+    pub fn prepare(
+        py: Python<'py>,
+        state: &HostState,
+        source: &SpecSource,
+        spec: &spec::Spec,
+        report: &mut Report,
+    ) -> Result<Session<'py>, Problem> {
+        let support =
+            Support::load(py).map_err(|e| Problem::new(format!("could not load pyreload's helpers: {e}")))?;
+        let t = Instant::now();
+        let plan = prepare::prepare(py, &support, state, source, spec);
+        report.timings.prepare_ms = ms(t);
+        let plan = plan?;
+        report.modules = plan
+            .modules
+            .iter()
+            .map(|m| ModuleReport {
+                module: m.name.clone(),
+                source: m.source.clone(),
+                ..ModuleReport::default()
+            })
+            .collect();
+        report.safe_point = SafePointSummary {
+            inactive: plan.inactive.clone(),
+            condition: plan.condition.as_ref().map(|c| c.text.clone()),
+            update_point: plan.update_point.clone(),
+        };
+        let pacer = Pacer::new(Instant::now() + plan.timeout);
+        Ok(Session {
+            py,
+            support,
+            plan,
+            pacer,
+            point: None,
+            staged: None,
+            samples: Vec::new(),
+        })
+    }
+
+    /// Waits, with the program running, until the safe point looks
+    /// reachable. The spec's `timeout_ms` counts from here, and covers
+    /// every later attempt to freeze.
+    pub fn wait(&mut self, progress: &Progress<'_>, report: &mut Report) -> Result<(), Stop> {
+        let py = self.py;
+        progress.enter(Phase::Wait);
+        self.pacer = Pacer::new(Instant::now() + self.plan.timeout);
+        if self.point.is_none() {
+            self.point = self.plan.update_point.as_deref().map(|name| POINTS.request(name));
+        }
+        let t = Instant::now();
+        let waited = {
+            // A condition that never returns is cut off soon after the
+            // wait's deadline. (The grace lets a check that is merely slow
+            // finish.)
+            let deadline = Deadline::arm(py, self.pacer.deadline() + super::WAIT_GRACE);
+            super::wait(
+                py,
+                &self.support,
+                &self.plan,
+                progress,
+                &mut self.pacer,
+                &mut report.safe_point_checks,
+            )
+            .map_err(|stop| match stop {
+                Stop::Refused(problem) => Stop::Refused(interrupted(
+                    problem,
+                    &deadline,
+                    &format!("the safe-point wait's timeout_ms ({} ms)", self.plan.timeout.as_millis()),
+                )),
+                abandoned => abandoned,
+            })
+        };
+        report.timings.wait_ms += ms(t);
+        waited
+    }
+
+    /// Runs the new module bodies into staging modules, with the program
+    /// running the old version. `commit_timeout_ms` bounds them.
+    pub fn stage(&mut self, progress: &Progress<'_>, report: &mut Report) -> Result<(), Problem> {
+        let py = self.py;
+        progress.enter(Phase::Stage);
+        let deadline = Deadline::arm(py, Instant::now() + self.plan.commit_timeout);
+        let t = Instant::now();
+        let staged = stage::stage(py, &self.support, &self.plan);
+        report.timings.stage_ms = ms(t);
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(problem) => {
+                let problem = interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout));
+                drop(deadline);
+                let _ = stage::withdraw(py, &self.support, &self.plan);
+                return Err(problem);
+            }
+        };
+        let samples = transform::lazy_samples(py, &self.support, &self.plan)
+            .map_err(|problem| interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout)));
+        drop(deadline);
+        let (staged, samples) = match (stage::withdraw(py, &self.support, &self.plan), samples) {
+            (Ok(imported), Ok(samples)) => (stage::Staged { imported, ..staged }, samples),
+            (Err(problem), _) | (_, Err(problem)) => return Err(problem),
+        };
+        if !staged.imported.is_empty() {
+            report.warnings.push(format!(
+                "the new code imported modules the program had not: {}",
+                staged.imported.join(", ")
+            ));
+        }
+        self.staged = Some(staged);
+        self.samples = samples;
+        Ok(())
+    }
+
+    /// Stops every other thread and decides the safe point again: staging
+    /// let the program run. `Blocked` lets the world go at once.
+    pub fn freeze(&mut self, progress: &Progress<'_>, report: &mut Report) -> Result<Freeze<'py>, Problem> {
+        let py = self.py;
+        progress.enter(Phase::Commit);
+        let stopped_at = Instant::now();
+        let deadline = Deadline::arm(py, stopped_at + self.plan.commit_timeout);
+        let world = StoppedWorld::stop(py);
+        report.timings.stop_ms = ms(stopped_at);
+        let world = world.map_err(|e| self.support.problem(py, "could not stop the program's threads", &e))?;
+        report.safe_point_checks += 1;
+        report.stopped_threads = world.threads;
+        let blockers = safepoint::check(py, &self.support, &self.plan, &POINTS.waiting()).map_err(|problem| {
+            interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout))
+        });
+        match blockers {
+            Ok(b) if b.clear() => Ok(Freeze::Frozen(Frozen {
+                world,
+                deadline: Some(deadline),
+                stopped_at,
+            })),
+            Ok(b) => {
+                drop(world);
+                drop(deadline);
+                progress.enter(Phase::Wait);
+                Ok(Freeze::Blocked(b))
+            }
+            Err(problem) => Err(problem),
+        }
+    }
+
+    /// After a blocked freeze: waits for the next attempt. False once the
+    /// spec's `timeout_ms` has passed.
+    pub fn next_attempt(&mut self) -> bool {
+        self.pacer.next(self.py)
+    }
+
+    /// Whether the spec's `timeout_ms` has passed.
+    pub fn timed_out(&self) -> bool {
+        Instant::now() >= self.pacer.deadline()
+    }
+
+    /// When the spec's `timeout_ms` runs out.
+    pub fn deadline(&self) -> Instant {
+        self.pacer.deadline()
+    }
+
+    /// The refusal once the safe point never held.
+    pub fn timed_out_problem(&self, blockers: &Blockers) -> Problem {
+        safepoint::timed_out(&self.plan, blockers)
+    }
+
+    /// Inside the stopped world: merge, transform, follow copies and check.
+    /// On any failure everything is rolled back here and `None` returned,
+    /// with the report saying why.
+    pub fn merge(&self, frozen: &mut Frozen<'py>, report: &mut Report) -> Option<Done> {
+        let staged = self.staged.as_ref().expect("staged before the merge");
+        let deadline = frozen.deadline.take().expect("one merge per freeze");
+        super::commit(self.py, &self.support, &self.plan, staged, &self.samples, deadline, report)
+    }
+
+    /// Inside the stopped world: undoes a merge that went through here,
+    /// because another member of the tree failed. Nobody has seen the new
+    /// version yet.
+    pub fn undo(&self, done: Done, report: &mut Report) {
+        let t = Instant::now();
+        let errors = done.journal.rollback(self.py, &self.support);
+        report.timings.rollback_ms = ms(t);
+        for e in errors {
+            report.warnings.push(format!("rollback could not restore a value: {e}"));
+        }
+        report.outcome = Outcome::RolledBack;
+    }
+
+    /// Records the new version as the one that runs (sources for `diff`,
+    /// the version for `status`). The merge is final from here.
+    pub fn publish(&self, state: &HostState, done: &mut Done) {
+        let loaded = self
+            .plan
+            .modules
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    Some(crate::host::state::UpdateSource::now(m.source.clone(), m.text.clone())),
+                )
+            })
+            .collect();
+        done.previous_sources = state.swap_sources(loaded);
+        state.set_version(Some(self.plan.to.clone()));
+    }
+
+    /// Lets every other thread go again.
+    pub fn release(&self, frozen: Frozen<'py>, report: &mut Report) {
+        let t = Instant::now();
+        drop(frozen.deadline);
+        drop(frozen.world);
+        report.timings.resume_ms = ms(t);
+        report.timings.pause_ms = ms(frozen.stopped_at);
+    }
+
+    /// With the world running again: keeps the update for `pyreload
+    /// rollback`, watches what it made garbage, and finishes lazy
+    /// migrations.
+    pub fn finish(&self, state: &HostState, progress: &Progress<'_>, done: Done, report: &mut Report) {
+        let py = self.py;
+        let staged = self.staged.as_ref().expect("staged before the merge");
+        let Done {
+            merged,
+            lazies,
+            journal,
+            previous_sources,
+        } = done;
+        state.push_committed(rollback::Committed::from_plan(
+            report.update.clone(),
+            report.from.clone(),
+            &self.plan,
+            journal,
+            previous_sources,
+        ));
+        super::track_garbage(py, &self.plan, staged, &merged, &report.update);
+        report.modules = merged.finish(py, &self.support);
+        progress.enter(Phase::Sweep);
+        super::finish_lazy(py, state, &self.plan, lazies, report);
+    }
+}
+
+/// Drives every step in this process alone: what `pyreload apply` does for
+/// a program without members.
+pub fn run_alone(
+    py: Python<'_>,
+    state: &HostState,
+    progress: &Progress<'_>,
+    source: &SpecSource,
+    spec: &spec::Spec,
+    dry_run: bool,
+    report: &mut Report,
+) {
+    let mut session = match Session::prepare(py, state, source, spec, report) {
+        Ok(session) => session,
+        Err(problem) => return report.problem = Some(problem),
+    };
+    if dry_run {
+        return session.check_now(report);
+    }
+    if super::fault::split_commit_requested() {
+        match super::fault::split_commit(py, &session.support, &session.plan) {
+            Ok(()) => {
+                report.outcome = Outcome::Committed;
+                state.set_version(Some(session.plan.to.clone()));
+            }
+            Err(problem) => report.problem = Some(problem),
+        }
+        return;
+    }
+    if let Some(problem) = progress.abandoned() {
+        return report.cancel(problem);
+    }
+    match session.wait(progress, report) {
+        Ok(()) => {}
+        Err(Stop::Refused(problem)) => return report.problem = Some(problem),
+        Err(Stop::Abandoned(problem)) => return report.cancel(problem),
+    }
+    if let Err(problem) = session.stage(progress, report) {
+        return report.problem = Some(problem);
+    }
+    loop {
+        if let Some(problem) = progress.abandoned() {
+            return report.cancel(problem);
+        }
+        let mut frozen = match session.freeze(progress, report) {
+            Ok(Freeze::Frozen(frozen)) => frozen,
+            Ok(Freeze::Blocked(blockers)) => {
+                if !session.next_attempt() {
+                    return report.problem = Some(session.timed_out_problem(&blockers));
+                }
+                continue;
+            }
+            Err(problem) => return report.problem = Some(problem),
+        };
+        let done = session.merge(&mut frozen, report).map(|mut done| {
+            session.publish(state, &mut done);
+            done
+        });
+        session.release(frozen, report);
+        if let Some(done) = done {
+            session.finish(state, progress, done, report);
+        }
+        return;
+    }
+}
+
+impl Session<'_> {
+    /// For `check`: what would block the safe point now, and what the
+    /// update would do, without running any new code.
+    pub fn check_now(&self, report: &mut Report) {
+        match safepoint::check(self.py, &self.support, &self.plan, &[]) {
+            Ok(b) => report.warnings.extend(super::describe_blockers_now(&b, &self.plan)),
+            Err(problem) => return report.problem = Some(problem),
+        }
+        if let Err(problem) = super::predict(self.py, &self.support, &self.plan, report) {
+            return report.problem = Some(problem);
+        }
+        report.outcome = Outcome::Checked;
+    }
+}
+
+/// How long a frozen member may wait for its root's next message before
+/// it decides on its own (see `crate::tree`).
+pub const FROZEN_LEASE: Duration = Duration::from_secs(2);
