@@ -3,6 +3,7 @@
 //! carrying length-prefixed JSON messages.
 
 pub mod client;
+pub mod member_wire;
 pub mod protocol;
 pub mod runtime_dir;
 pub mod server;

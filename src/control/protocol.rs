@@ -53,6 +53,16 @@ pub enum Request {
     /// Run a full garbage collection, then answer as `Status`: what
     /// `retained` lists then is really kept alive.
     Collect { protocol: u32 },
+    /// From a tree's coordinator: take part in a tree-wide update. The
+    /// connection then carries the conversation of
+    /// [`super::member_wire`]; `decision` is the file that decides a
+    /// merge once the coordinator is silent.
+    Member {
+        protocol: u32,
+        spec_path: String,
+        spec_text: String,
+        decision: String,
+    },
 }
 
 /// The host's answer to a [`Request`].

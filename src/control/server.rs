@@ -125,6 +125,15 @@ fn handle(mut stream: UnixStream, state: &HostState, request_timeout: Duration) 
     // Held until the answer is written: the exit hook waits for it.
     let mut _owed = None;
     let response = match request {
+        Ok(Request::Member {
+            protocol,
+            spec_path,
+            spec_text,
+            decision,
+        }) if protocol == PROTOCOL_VERSION => {
+            let _owed = state.owe_answer();
+            return serve_member(stream, state, spec_path, spec_text, decision);
+        }
         Ok(request) => {
             _owed = Some(state.owe_answer());
             let gone = || peer_gone(&stream);
@@ -194,7 +203,8 @@ fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> 
         | Request::Apply { protocol, .. }
         | Request::Sources { protocol, .. }
         | Request::Loaded { protocol }
-        | Request::Rollback { protocol, .. } => *protocol,
+        | Request::Rollback { protocol, .. }
+        | Request::Member { protocol, .. } => *protocol,
     };
     if protocol != PROTOCOL_VERSION {
         return Response::Error(
@@ -229,6 +239,7 @@ fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> 
             Ok(program) => Response::Loaded(program),
             Err(problem) => Response::Error(problem),
         },
+        Request::Member { .. } => unreachable!("member conversations are served by `serve_member`"),
         Request::Rollback {
             dry_run, timeout_ms, ..
         } => reported(
@@ -254,5 +265,42 @@ fn reported(result: Result<crate::report::Report, Problem>, dry_run: bool) -> Re
             Response::Report(Box::new(report))
         }
         Err(problem) => Response::Error(problem),
+    }
+}
+
+/// A tree member's side of a [`Request::Member`] conversation: the engine
+/// drives its steps, this carries them.
+fn serve_member(stream: UnixStream, state: &HostState, spec_path: String, spec_text: String, decision: String) {
+    let Ok(watch) = stream.try_clone() else { return };
+    let mut link = StreamLink { stream };
+    let gone = move || peer_gone(&watch);
+    engine::member::serve(
+        state,
+        engine::member::Invitation {
+            spec_path,
+            spec_text,
+            decision: PathBuf::from(decision),
+        },
+        &mut link,
+        &gone,
+    );
+}
+
+/// The member's end of its coordinator's connection.
+struct StreamLink {
+    stream: UnixStream,
+}
+
+impl engine::member::Link for StreamLink {
+    fn send(&mut self, reply: &super::member_wire::MemberReply) -> io::Result<()> {
+        self.stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        write_frame(&mut self.stream, reply)
+    }
+
+    fn recv(&mut self, timeout: Duration) -> io::Result<super::member_wire::Step> {
+        read_frame(&mut Deadlined::new(&self.stream, timeout.max(Duration::from_millis(1)))).map_err(|e| match e {
+            FrameError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
     }
 }

@@ -18,6 +18,7 @@ pub mod eager;
 pub mod fault;
 pub mod imports;
 pub mod journal;
+pub mod member;
 pub mod merge;
 pub mod prepare;
 pub mod progress;

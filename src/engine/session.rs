@@ -22,7 +22,7 @@
 //! driver: a tree member waits for its root's next message with the GIL
 //! released, and its other threads stay parked at the world's gate.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -222,11 +222,6 @@ impl<'py> Session<'py> {
         self.pacer.next(self.py)
     }
 
-    /// Whether the spec's `timeout_ms` has passed.
-    pub fn timed_out(&self) -> bool {
-        Instant::now() >= self.pacer.deadline()
-    }
-
     /// When the spec's `timeout_ms` runs out.
     pub fn deadline(&self) -> Instant {
         self.pacer.deadline()
@@ -392,6 +387,3 @@ impl Session<'_> {
     }
 }
 
-/// How long a frozen member may wait for its root's next message before
-/// it decides on its own (see `crate::tree`).
-pub const FROZEN_LEASE: Duration = Duration::from_secs(2);
