@@ -11,6 +11,7 @@ mod host;
 mod plan;
 mod report;
 mod spec;
+mod tree;
 mod watch;
 
 fn main() {

@@ -213,6 +213,70 @@ pub struct Report {
     /// Non-fatal observations (e.g. a new module imported while staging).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A program with worker processes: what the update did in each
+    /// member of its tree, the root first. Empty for a single process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberReport>,
+    /// A tree: the spread between the first and the last member letting
+    /// its world go, when two members could answer with different
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_ms: Option<f64>,
+}
+
+/// One member of a process tree, in a tree-wide update's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub pid: u32,
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// What the process is, from its command line (`gunicorn: worker [app]`).
+    pub role: String,
+    /// The version it ran before the update, and after.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub outcome: MemberOutcome,
+    /// The spec's modules it has loaded, which the update reloaded there.
+    pub modules: Vec<String>,
+    /// How long its threads were stopped, in ms (0: never stopped).
+    pub pause_ms: f64,
+    /// Why it refused or rolled back, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+/// What a tree-wide update did in one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberOutcome {
+    /// Runs the new version.
+    Committed,
+    /// Loads none of the spec's modules: nothing to update there.
+    Unaffected,
+    /// Refused before anything changed (the update stopped everywhere).
+    Refused,
+    /// Its commit failed, or another member's did, and it was undone.
+    RolledBack,
+    /// Gave up before the commit with nothing changed.
+    Cancelled,
+    /// Exited during the update: not a failure.
+    Exited,
+    /// Did not answer in time; see the problem.
+    Unknown,
+}
+
+impl MemberOutcome {
+    fn verb(self) -> &'static str {
+        match self {
+            MemberOutcome::Committed => "applied",
+            MemberOutcome::Unaffected => "unaffected (loads none of the spec's modules)",
+            MemberOutcome::Refused => "refused",
+            MemberOutcome::RolledBack => "rolled back",
+            MemberOutcome::Cancelled => "cancelled",
+            MemberOutcome::Exited => "exited during the update",
+            MemberOutcome::Unknown => "did not answer",
+        }
+    }
 }
 
 impl Report {
@@ -233,6 +297,8 @@ impl Report {
             transforms: Vec::new(),
             problem: None,
             warnings: Vec::new(),
+            members: Vec::new(),
+            skew_ms: None,
         }
     }
 
@@ -386,6 +452,44 @@ impl Report {
                 "  pause: none, the program was not stopped   total: {:.2} ms",
                 t.total_ms
             );
+        }
+        if !self.members.is_empty() {
+            let _ = writeln!(
+                out,
+                "  members: {} ({} updated){}",
+                self.members.len(),
+                self.members
+                    .iter()
+                    .filter(|m| m.outcome == MemberOutcome::Committed)
+                    .count(),
+                self.skew_ms
+                    .map(|s| format!(", skew {s:.3} ms between the first and the last release"))
+                    .unwrap_or_default()
+            );
+            for m in &self.members {
+                let versions = match (&m.from, &m.to) {
+                    (from, Some(to)) if m.outcome == MemberOutcome::Committed => {
+                        format!("{} -> {to}", from.as_deref().unwrap_or("(none)"))
+                    }
+                    (from, _) => from.clone().unwrap_or_else(|| "(none)".into()),
+                };
+                let pause = if m.pause_ms > 0.0 {
+                    format!(", pause {:.3} ms", m.pause_ms)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "    pid {} ({}): {}, {versions}{pause}{}",
+                    m.pid,
+                    m.role,
+                    m.outcome.verb(),
+                    m.problem
+                        .as_ref()
+                        .map(|p| format!(": {}", p.message))
+                        .unwrap_or_default()
+                );
+            }
         }
         for w in &self.warnings {
             let _ = writeln!(out, "  warning: {w}");

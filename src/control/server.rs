@@ -226,7 +226,7 @@ fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> 
             dry_run,
             ..
         } => reported(
-            engine::apply(state, &spec_path, &spec_text, dry_run, Some(client_gone)),
+            crate::tree::apply(state, &spec_path, &spec_text, dry_run, Some(client_gone)),
             dry_run,
         ),
         Request::Sources {

@@ -217,8 +217,11 @@ fn converse(
             });
             return;
         };
+        // The other members may still be merging: each within the spec's
+        // `commit_timeout_ms`, as this one was.
+        let lease = session.plan.commit_timeout + FROZEN_LEASE;
         let step = if link.send(&MemberReply::Merged).is_ok() {
-            py.detach(|| link.recv(FROZEN_LEASE)).ok()
+            py.detach(|| link.recv(lease)).ok()
         } else {
             None
         };

@@ -236,6 +236,7 @@ impl<'py> Support<'py> {
     /// Like [`Support::problem`], but locates the error in `file` (the
     /// module being loaded) when the traceback passes through it.
     pub fn problem_in(&self, py: Python<'py>, context: &str, err: &PyErr, file: Option<&str>) -> Problem {
+        let _hold = super::watchdog::HoldFire::new(py);
         let described: PyResult<DescribedException> = self
             .call("describe_exception", (err.value(py), err.traceback(py), file))
             .and_then(|d| d.extract());

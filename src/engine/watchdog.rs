@@ -21,6 +21,7 @@
 //! surface later, in the rollback or in the program.
 
 use std::os::raw::{c_long, c_ulong};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -163,10 +164,51 @@ fn watch() {
     }
 }
 
+/// How many [`HoldFire`]s are alive: while any is, the watchdog does not
+/// interrupt, it only looks again a [`REPEAT`] later.
+static HOLDING: AtomicUsize = AtomicUsize::new(0);
+
+/// While alive, pyreload's own Python code runs on the control thread (it
+/// describes an error the update's code raised, which may import
+/// `traceback`'s dependencies privately, for longer than [`REPEAT`] on a
+/// first use), and must not be interrupted half-way: an exception there
+/// could leave those private imports in the program's `sys.modules`.
+pub struct HoldFire(());
+
+impl HoldFire {
+    /// Holds the watchdog's fire, and clears an interruption raised for
+    /// this thread but not yet delivered. Call with the GIL held.
+    pub fn new(_py: Python<'_>) -> HoldFire {
+        HOLDING.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: a plain C call that returns the calling thread's id.
+        let me = unsafe { ffi::PyThread_get_thread_ident() };
+        let s = shared();
+        if s.armed.as_ref().is_some_and(|a| a.thread == me && a.fired > 0) {
+            // SAFETY: we hold the GIL (`_py`); NULL clears a pending async
+            // exception of the thread.
+            unsafe { ffi::PyThreadState_SetAsyncExc(me as c_long, std::ptr::null_mut()) };
+        }
+        HoldFire(())
+    }
+}
+
+impl Drop for HoldFire {
+    fn drop(&mut self) {
+        HOLDING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn interrupt(generation: u64) {
     super::world::hurry_switch();
     Python::attach(|py| {
         let mut s = shared();
+        if HOLDING.load(Ordering::SeqCst) > 0 {
+            if let Some(a) = s.armed.as_mut().filter(|a| a.generation == generation) {
+                a.deadline = Instant::now() + REPEAT;
+            }
+            super::world::unhurry_switch();
+            return;
+        }
         if let Some(a) = s.armed.as_mut().filter(|a| a.generation == generation) {
             let exc = py.get_type::<UpdateTimeout>();
             // SAFETY: we hold the GIL; the type object outlives the call

@@ -1,0 +1,890 @@
+//! The root's side of a tree-wide update: the rounds of [`super`], over
+//! one connection per member.
+//!
+//! Every member's connection has a reader thread that forwards its
+//! replies to one channel, so the coordinator hears from all of them at
+//! once and a slow member never hides a fast one's answer. The
+//! coordinator never enters Python: it runs while the root's own threads
+//! may be stopped by the root's member session.
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::members::{self, Member};
+use crate::control::member_wire::{MemberReply, Step};
+use crate::control::protocol::{read_frame, write_frame, Request, PROTOCOL_VERSION};
+use crate::diagnostic::Problem;
+use crate::engine::member::{decide, Decision};
+use crate::engine::progress::ClientGone;
+use crate::host::state::HostState;
+use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
+use crate::spec::{self, SpecSource};
+
+/// How long a member has to answer a step taken with its world stopped
+/// (freeze, commit, release, undo). Well inside the member's own lease.
+const STOPPED_STEP: Duration = Duration::from_millis(1500);
+/// How long a member has to resolve the spec.
+const PREPARE_STEP: Duration = Duration::from_secs(60);
+/// Beyond the spec's `timeout_ms`, for the members' waits and stages.
+const STAGE_GRACE: Duration = Duration::from_secs(3);
+/// Between two freeze attempts the members are thawed for this long, at
+/// first; it doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(1);
+const MAX_RETRY: Duration = Duration::from_millis(20);
+
+/// One tree-wide update at a time per tree; members refuse a second one
+/// anyway, but this says so before any is asked.
+static BUSY: Mutex<()> = Mutex::new(());
+
+/// Applies the spec to the program's whole tree when it has members, or
+/// to this process alone when it has none (or is itself a member, asked
+/// directly). `check` (`dry_run`) looks at this process only.
+pub fn apply(
+    state: &HostState,
+    spec_path: &str,
+    spec_text: &str,
+    dry_run: bool,
+    client_gone: Option<ClientGone<'_>>,
+) -> Result<Report, Problem> {
+    let others = if dry_run || !is_root(state) {
+        Vec::new()
+    } else {
+        members::list(&state.socket_path, state.pid)
+    };
+    if others.is_empty() {
+        return crate::engine::apply(state, spec_path, spec_text, dry_run, client_gone);
+    }
+    let source = SpecSource {
+        path: spec_path.to_string(),
+        text: spec_text.to_string(),
+    };
+    let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
+    let _busy = BUSY.try_lock().map_err(|_| {
+        Problem::new("another update is in progress in this program's tree; nothing was changed")
+            .with_help("wait for it to finish and try again; `pyreload status` shows the history")
+    })?;
+    let started = Instant::now();
+    let mut tree = Tree::new(state, spec_path, spec_text, &spec, client_gone);
+    let root = Member {
+        pid: state.pid,
+        ppid: nix::unistd::getppid().as_raw() as u32,
+        socket: state.socket_path.clone(),
+        role: members::role_of(state.pid),
+    };
+    let mut report = tree.run(root, others);
+    report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // The root records its own part when it has one; a root with no part
+    // (gunicorn's master without --preload) records the tree's.
+    let root_took_part = report
+        .members
+        .iter()
+        .any(|m| m.pid == state.pid && m.outcome != MemberOutcome::Unaffected);
+    if !root_took_part {
+        if report.outcome == Outcome::Committed {
+            state.set_version(Some(report.to.clone()));
+        }
+        state.record_attempt(&report);
+    }
+    tree.forget_old_decisions();
+    Ok(report)
+}
+
+/// The root is the process that `pyreload run` started: its socket is
+/// `<pid>.sock` beside the trees, not inside one.
+fn is_root(state: &HostState) -> bool {
+    state
+        .socket_path
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| !n.starts_with("tree-"))
+}
+
+/// Where a member stands in the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stand {
+    Invited,
+    Prepared,
+    Staged,
+    Frozen,
+    Merged,
+    /// Its part is over: `outcome` says how.
+    Done,
+}
+
+struct Peer {
+    member: Member,
+    writer: Option<UnixStream>,
+    stand: Stand,
+    modules: Vec<String>,
+    from: Option<String>,
+    outcome: Option<MemberOutcome>,
+    report: Option<Report>,
+    problem: Option<Problem>,
+    released_at_ns: Option<u64>,
+    waiting_for: Vec<String>,
+}
+
+/// What a member said, or that it could not say anything.
+enum Heard {
+    Reply(MemberReply),
+    /// Its connection closed or broke.
+    Gone(String),
+}
+
+struct Tree<'a> {
+    state: &'a HostState,
+    spec_path: &'a str,
+    spec_text: &'a str,
+    spec: &'a spec::Spec,
+    client_gone: Option<ClientGone<'a>>,
+    decision: std::path::PathBuf,
+    peers: Vec<Peer>,
+    tx: Sender<(usize, Heard)>,
+    rx: Receiver<(usize, Heard)>,
+    /// The reason the whole update stops, once there is one.
+    problem: Option<Problem>,
+}
+
+impl<'a> Tree<'a> {
+    fn new(
+        state: &'a HostState,
+        spec_path: &'a str,
+        spec_text: &'a str,
+        spec: &'a spec::Spec,
+        client_gone: Option<ClientGone<'a>>,
+    ) -> Tree<'a> {
+        let (tx, rx) = channel();
+        let update_id = format!(
+            "{}-{}",
+            state.pid,
+            crate::control::member_wire::monotonic_ns()
+        );
+        let dir = members::tree_dir(&state.socket_path, state.pid);
+        let _ = std::fs::create_dir_all(&dir);
+        let decision = dir.join(format!("decision-{update_id}"));
+        Tree {
+            state,
+            spec_path,
+            spec_text,
+            spec,
+            client_gone,
+            decision,
+            peers: Vec::new(),
+            tx,
+            rx,
+            problem: None,
+        }
+    }
+
+    fn run(&mut self, root: Member, others: Vec<Member>) -> Report {
+        self.invite(root);
+        for m in others {
+            self.invite(m);
+        }
+        let wait_deadline = Instant::now() + self.wait_timeout() + STAGE_GRACE;
+        if self.prepare_round() && self.stage_round(wait_deadline) {
+            self.freeze_and_commit(wait_deadline);
+        }
+        self.abort_the_rest();
+        self.report()
+    }
+
+    fn wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.safe_point.timeout_ms())
+    }
+
+    fn commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.safe_point.commit_timeout_ms())
+    }
+
+    /// Opens a conversation with one member.
+    fn invite(&mut self, member: Member) -> usize {
+        let index = self.peers.len();
+        let mut peer = Peer {
+            member,
+            writer: None,
+            stand: Stand::Invited,
+            modules: Vec::new(),
+            from: None,
+            outcome: None,
+            report: None,
+            problem: None,
+            released_at_ns: None,
+            waiting_for: Vec::new(),
+        };
+        let request = Request::Member {
+            protocol: PROTOCOL_VERSION,
+            spec_path: self.spec_path.to_string(),
+            spec_text: self.spec_text.to_string(),
+            decision: self.decision.display().to_string(),
+        };
+        let opened = UnixStream::connect(&peer.member.socket).and_then(|mut stream| {
+            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+            write_frame(&mut stream, &request)?;
+            let reader = stream.try_clone()?;
+            Ok((stream, reader))
+        });
+        match opened {
+            Ok((writer, mut reader)) => {
+                peer.writer = Some(writer);
+                let tx = self.tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("pyreload-tree".into())
+                    .spawn(move || loop {
+                        match read_frame::<MemberReply>(&mut reader) {
+                            Ok(reply) => {
+                                if tx.send((index, Heard::Reply(reply))).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send((index, Heard::Gone(e.to_string())));
+                                return;
+                            }
+                        }
+                    });
+                if let Err(e) = spawned {
+                    peer.writer = None;
+                    let _ = self.tx.send((index, Heard::Gone(format!("could not start a reader: {e}"))));
+                }
+            }
+            Err(e) => {
+                let _ = self.tx.send((index, Heard::Gone(e.to_string())));
+            }
+        }
+        self.peers.push(peer);
+        index
+    }
+
+    /// The members that still take part.
+    fn at(&self, stand: Stand) -> Vec<usize> {
+        (0..self.peers.len()).filter(|&i| self.peers[i].stand == stand).collect()
+    }
+
+    fn send(&mut self, i: usize, step: Step) {
+        let sent = match self.peers[i].writer.as_mut() {
+            Some(w) => write_frame(w, &step).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The reader will hear the connection close, if it has not.
+            self.peers[i].writer = None;
+        }
+    }
+
+    /// Waits until each of `who` has answered (or is gone), up to
+    /// `deadline`. `Waiting` notes are kept for progress and do not count
+    /// as answers. Returns the answers in member order; a member that did
+    /// not answer in time is missing.
+    fn collect(&mut self, who: &[usize], deadline: Instant, cancellable: bool) -> BTreeMap<usize, Heard> {
+        let mut heard = BTreeMap::new();
+        while heard.len() < who.len() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if cancellable && self.problem.is_none() && self.client_gone.is_some_and(|gone| gone()) {
+                self.problem = Some(Problem::new(
+                    "the client that asked for the update went away (was `pyreload apply` interrupted?); the update was cancelled before the commit and nothing was changed",
+                ));
+                break;
+            }
+            let slice = (deadline - now).min(Duration::from_millis(50));
+            match self.rx.recv_timeout(slice) {
+                Ok((i, Heard::Reply(MemberReply::Waiting { why }))) => self.peers[i].waiting_for = why,
+                Ok((i, answer)) if who.contains(&i) && !heard.contains_key(&i) => {
+                    heard.insert(i, answer);
+                }
+                // A late answer to an earlier step, or a member no longer
+                // asked: its reader closing is all that can come now.
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        heard
+    }
+
+    /// Ends a member's part.
+    fn finish(&mut self, i: usize, outcome: MemberOutcome, report: Option<Report>, problem: Option<Problem>) {
+        let peer = &mut self.peers[i];
+        peer.stand = Stand::Done;
+        peer.outcome = Some(outcome);
+        if let Some(r) = &report {
+            if peer.from.is_none() {
+                peer.from = r.from.clone();
+            }
+        }
+        peer.problem = problem.or_else(|| report.as_ref().and_then(|r| r.problem.clone()));
+        peer.report = report;
+        peer.writer = None;
+    }
+
+    /// A member that went silent: exited (not a failure) or broken.
+    fn lost(&mut self, i: usize, why: String) -> bool {
+        let pid = self.peers[i].member.pid;
+        if members::ppid_of(pid).is_none() {
+            self.finish(i, MemberOutcome::Exited, None, None);
+            false
+        } else {
+            let problem = Problem::new(format!("member pid {pid} stopped answering: {why}"));
+            self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+            true
+        }
+    }
+
+    /// Every member resolves its part. Refused everywhere if one refuses,
+    /// or if a module of the spec is loaded by no member.
+    fn prepare_round(&mut self) -> bool {
+        let who = self.at(Stand::Invited);
+        let heard = self.collect(&who, Instant::now() + PREPARE_STEP, true);
+        for &i in &who {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Prepared { modules, version })) => {
+                    let peer = &mut self.peers[i];
+                    peer.from = version.clone();
+                    if modules.is_empty() {
+                        peer.stand = Stand::Done;
+                        peer.outcome = Some(MemberOutcome::Unaffected);
+                        peer.writer = None;
+                    } else {
+                        peer.modules = modules.clone();
+                        peer.stand = Stand::Prepared;
+                    }
+                }
+                Some(Heard::Reply(MemberReply::Refused { report })) => {
+                    let report = (**report).clone();
+                    self.blame(i, report.problem.clone());
+                    self.finish(i, MemberOutcome::Refused, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Error { problem })) => {
+                    self.blame(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Refused, None, Some(problem.clone()));
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    if self.lost(i, why) {
+                        let problem = self.peers[i].problem.clone();
+                        self.blame(i, problem);
+                    }
+                }
+                Some(Heard::Reply(other)) => {
+                    let problem = Problem::new(format!("member said {other:?} when it should have prepared"));
+                    self.blame(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+                None => {
+                    let problem = Problem::new("did not prepare in time");
+                    self.blame(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+            }
+        }
+        if self.problem.is_some() {
+            return false;
+        }
+        self.check_coverage()
+    }
+
+    /// Every module the spec reloads is loaded by some member, and a module
+    /// whose new source is not on disk (`source =`) is loaded by every
+    /// member: one that lacks it could import, or fork a worker that
+    /// imports, the old file later.
+    fn check_coverage(&mut self) -> bool {
+        let asked: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| format!("{} ({})", p.member.pid, p.member.role))
+            .collect();
+        for reload in &self.spec.reload {
+            let module = reload.module.get_ref();
+            let loading: Vec<u32> = self
+                .peers
+                .iter()
+                .filter(|p| p.modules.iter().any(|m| m == module))
+                .map(|p| p.member.pid)
+                .collect();
+            if loading.is_empty() && !reload.new {
+                self.problem = Some(
+                    Problem::new(format!(
+                        "module `{module}` is not loaded in any process of the program's tree; nothing was changed"
+                    ))
+                    .with_help(format!(
+                        "the members asked were: {}; check the module's name, or start the workers before updating",
+                        asked.join(", ")
+                    )),
+                );
+                return false;
+            }
+            if reload.source.is_some() && !reload.new {
+                let lacking: Vec<String> = self
+                    .peers
+                    .iter()
+                    .filter(|p| !p.modules.iter().any(|m| m == module))
+                    .map(|p| format!("pid {} ({})", p.member.pid, p.member.role))
+                    .collect();
+                if !lacking.is_empty() {
+                    self.problem = Some(
+                        Problem::new(format!(
+                            "`{module}` takes its new source from `source =`, but {} of the program's tree do not load it: \
+                             they, or workers they fork later, would import the old file from disk; nothing was changed",
+                            lacking.join(", ")
+                        ))
+                        .with_help(
+                            "put the new files in place and leave out `source` (an in-place update), or start the server \
+                             so that its master loads the app (gunicorn --preload)",
+                        ),
+                    );
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Names the member that stopped the update.
+    fn blame(&mut self, i: usize, problem: Option<Problem>) {
+        if self.problem.is_some() {
+            return;
+        }
+        let peer = &self.peers[i];
+        let mut problem = problem.unwrap_or_else(|| Problem::new("refused"));
+        problem.message = format!(
+            "member pid {} ({}) refused: {}",
+            peer.member.pid, peer.member.role, problem.message
+        );
+        self.problem = Some(problem);
+    }
+
+    /// Every member with a part waits for its safe point and stages.
+    fn stage_round(&mut self, deadline: Instant) -> bool {
+        let who = self.at(Stand::Prepared);
+        for &i in &who {
+            self.send(i, Step::Continue);
+        }
+        self.hear_staged(&who, deadline);
+        self.problem.is_none() && !self.at(Stand::Staged).is_empty()
+    }
+
+    fn hear_staged(&mut self, who: &[usize], deadline: Instant) {
+        let heard = self.collect(who, deadline, true);
+        for &i in who {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Staged)) => self.peers[i].stand = Stand::Staged,
+                Some(Heard::Reply(
+                    MemberReply::Refused { report } | MemberReply::Aborted { report } | MemberReply::RolledBack { report },
+                )) => {
+                    let report = (**report).clone();
+                    self.blame(i, report.problem.clone());
+                    let outcome = if report.outcome == Outcome::Cancelled {
+                        MemberOutcome::Cancelled
+                    } else {
+                        MemberOutcome::Refused
+                    };
+                    self.finish(i, outcome, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Error { problem })) => {
+                    self.blame(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Refused, None, Some(problem.clone()));
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    if self.lost(i, why) {
+                        let problem = self.peers[i].problem.clone();
+                        self.blame(i, problem);
+                    }
+                }
+                Some(Heard::Reply(other)) => {
+                    let problem = Problem::new(format!("member said {other:?} when it should have staged"));
+                    self.blame(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+                None if self.problem.is_some() => {}
+                None => {
+                    let waiting = &self.peers[i].waiting_for;
+                    let problem = Problem::new(format!(
+                        "the safe point was not reached within timeout_ms ({} ms){}",
+                        self.wait_timeout().as_millis(),
+                        if waiting.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", waiting.join("; "))
+                        }
+                    ));
+                    self.blame(i, Some(problem.clone()));
+                    self.peers[i].problem = Some(problem);
+                }
+            }
+        }
+    }
+
+    /// Freezes every staged member, and commits once all are frozen; a
+    /// blocked member thaws everyone for another try, until the deadline.
+    fn freeze_and_commit(&mut self, deadline: Instant) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            // Members forked since the last listing (a respawned worker)
+            // take part, or they would run the old version.
+            if !self.join_newcomers(deadline) {
+                return;
+            }
+            let who = self.at(Stand::Staged);
+            if who.is_empty() {
+                return;
+            }
+            for &i in &who {
+                self.send(i, Step::Freeze);
+            }
+            let heard = self.collect(&who, Instant::now() + STOPPED_STEP, false);
+            let mut blocked = Vec::new();
+            for &i in &who {
+                match heard.get(&i) {
+                    Some(Heard::Reply(MemberReply::Frozen)) => self.peers[i].stand = Stand::Frozen,
+                    Some(Heard::Reply(MemberReply::Blocked { why })) => {
+                        self.peers[i].waiting_for = why.clone();
+                        blocked.push(i);
+                    }
+                    Some(Heard::Gone(why)) => {
+                        let why = why.clone();
+                        if self.lost(i, why) {
+                            let problem = self.peers[i].problem.clone();
+                            self.blame(i, problem);
+                        }
+                    }
+                    Some(Heard::Reply(MemberReply::Refused { report })) => {
+                        let report = (**report).clone();
+                        self.blame(i, report.problem.clone());
+                        self.finish(i, MemberOutcome::Refused, Some(report), None);
+                    }
+                    _ => {
+                        let problem = Problem::new("did not answer the freeze in time");
+                        self.blame(i, Some(problem.clone()));
+                        self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                    }
+                }
+            }
+            let newcomers = self.newcomers();
+            if self.problem.is_none() && blocked.is_empty() && newcomers.is_empty() {
+                return self.commit();
+            }
+            self.thaw();
+            if self.problem.is_some() {
+                return;
+            }
+            if !blocked.is_empty() {
+                if Instant::now() + retry >= deadline {
+                    let why: Vec<String> = blocked
+                        .iter()
+                        .map(|&i| {
+                            let p = &self.peers[i];
+                            format!("pid {} ({}): {}", p.member.pid, p.member.role, p.waiting_for.join("; "))
+                        })
+                        .collect();
+                    self.problem = Some(Problem::new(format!(
+                        "the safe point was not reached in every member within timeout_ms ({} ms); nothing was changed: {}",
+                        self.wait_timeout().as_millis(),
+                        why.join(" | ")
+                    )));
+                    return;
+                }
+                std::thread::sleep(retry);
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+
+    /// Live members not yet asked (their sockets appeared since).
+    fn newcomers(&self) -> Vec<Member> {
+        members::list(&self.state.socket_path, self.state.pid)
+            .into_iter()
+            .filter(|m| !self.peers.iter().any(|p| p.member.pid == m.pid))
+            .collect()
+    }
+
+    /// Brings newcomers to the stand of the others: prepared and staged.
+    fn join_newcomers(&mut self, deadline: Instant) -> bool {
+        let newcomers = self.newcomers();
+        if newcomers.is_empty() {
+            return true;
+        }
+        let joined: Vec<usize> = newcomers.into_iter().map(|m| self.invite(m)).collect();
+        if !self.prepare_round() {
+            return false;
+        }
+        let who: Vec<usize> = joined.into_iter().filter(|&i| self.peers[i].stand == Stand::Prepared).collect();
+        for &i in &who {
+            self.send(i, Step::Continue);
+        }
+        self.hear_staged(&who, deadline);
+        self.problem.is_none()
+    }
+
+    /// Lets every frozen member go, still staged.
+    fn thaw(&mut self) {
+        let who = self.at(Stand::Frozen);
+        for &i in &who {
+            self.send(i, Step::Thaw);
+        }
+        let heard = self.collect(&who, Instant::now() + STOPPED_STEP, false);
+        for &i in &who {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Thawed)) => self.peers[i].stand = Stand::Staged,
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    if self.lost(i, why) {
+                        let problem = self.peers[i].problem.clone();
+                        self.blame(i, problem);
+                    }
+                }
+                _ => {
+                    let problem = Problem::new("did not answer the thaw in time");
+                    self.blame(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+            }
+        }
+    }
+
+    /// Every member is frozen: merge everywhere, then release everywhere
+    /// or undo everywhere.
+    fn commit(&mut self) {
+        let who = self.at(Stand::Frozen);
+        for &i in &who {
+            self.send(i, Step::Commit);
+        }
+        // A merge runs the update's own code (transformers, `[check]
+        // after`), which `commit_timeout_ms` bounds in each member.
+        let heard = self.collect(&who, Instant::now() + self.commit_timeout() + STOPPED_STEP, false);
+        for &i in &who {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Merged)) => self.peers[i].stand = Stand::Merged,
+                Some(Heard::Reply(MemberReply::RolledBack { report })) => {
+                    let report = (**report).clone();
+                    self.blame_commit(i, report.problem.clone());
+                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    if self.lost(i, why) {
+                        let problem = self.peers[i].problem.clone();
+                        self.blame_commit(i, problem);
+                    }
+                }
+                _ => {
+                    let problem = Problem::new("did not answer the commit in time");
+                    self.blame_commit(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+            }
+        }
+        let merged = self.at(Stand::Merged);
+        let decision = if self.problem.is_none() {
+            decide(&self.decision, Decision::Commit)
+        } else {
+            decide(&self.decision, Decision::Abort)
+        };
+        if decision == Decision::Abort && self.problem.is_none() {
+            self.problem = Some(Problem::new(
+                "a member stopped waiting for the decision and decided to abort; every merge was undone",
+            ));
+        }
+        let step = match decision {
+            Decision::Commit => Step::Release,
+            Decision::Abort => Step::Undo,
+        };
+        for &i in &merged {
+            self.send(i, step);
+        }
+        // A release finishes lazy migrations before it answers.
+        let heard = self.collect(&merged, Instant::now() + self.commit_timeout() + STAGE_GRACE, false);
+        for &i in &merged {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Released { report, released_at_ns })) => {
+                    self.peers[i].released_at_ns = Some(*released_at_ns);
+                    let report = (**report).clone();
+                    self.finish(i, MemberOutcome::Committed, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Undone { report })) => {
+                    let report = (**report).clone();
+                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    self.lost(i, why);
+                }
+                _ => {
+                    let problem = Problem::new(format!(
+                        "did not answer in time; it applies the recorded decision ({}) by itself",
+                        if decision == Decision::Commit { "commit" } else { "abort" }
+                    ));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+            }
+        }
+    }
+
+    fn blame_commit(&mut self, i: usize, problem: Option<Problem>) {
+        if self.problem.is_some() {
+            return;
+        }
+        let peer = &self.peers[i];
+        let mut problem = problem.unwrap_or_else(|| Problem::new("failed"));
+        problem.message = format!(
+            "the commit failed in member pid {} ({}): {}; every member's merge was undone",
+            peer.member.pid, peer.member.role, problem.message
+        );
+        self.problem = Some(problem);
+    }
+
+    /// Tells every member still in the conversation to give up, and hears
+    /// them out.
+    fn abort_the_rest(&mut self) {
+        let who: Vec<usize> = (0..self.peers.len())
+            .filter(|&i| matches!(self.peers[i].stand, Stand::Invited | Stand::Prepared | Stand::Staged))
+            .collect();
+        for &i in &who {
+            self.send(i, Step::Abort);
+        }
+        let heard = self.collect(&who, Instant::now() + STAGE_GRACE, false);
+        for &i in &who {
+            match heard.get(&i) {
+                Some(Heard::Reply(
+                    MemberReply::Aborted { report } | MemberReply::Refused { report } | MemberReply::RolledBack { report },
+                )) => {
+                    let report = (**report).clone();
+                    let outcome = match report.outcome {
+                        Outcome::Refused => MemberOutcome::Refused,
+                        _ => MemberOutcome::Cancelled,
+                    };
+                    self.finish(i, outcome, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Prepared { version, .. })) => {
+                    self.peers[i].from = version.clone();
+                    self.finish(i, MemberOutcome::Cancelled, None, None);
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    if self.lost(i, why) {
+                        self.peers[i].outcome = Some(MemberOutcome::Cancelled);
+                    }
+                }
+                _ => {
+                    let problem = self.peers[i].problem.clone();
+                    self.finish(i, MemberOutcome::Cancelled, None, problem);
+                }
+            }
+        }
+    }
+
+    /// The tree's report: the members', summed up.
+    fn report(&mut self) -> Report {
+        let mut report = Report::begin(
+            self.spec.update.name.get_ref().clone(),
+            self.state.name.clone(),
+            self.state.pid,
+            self.peers.first().and_then(|p| p.from.clone()).or_else(|| self.state.version()),
+            self.spec.update.to.get_ref().clone(),
+        );
+        let committed = self
+            .peers
+            .iter()
+            .any(|p| p.outcome == Some(MemberOutcome::Committed));
+        let rolled_back = self
+            .peers
+            .iter()
+            .any(|p| p.outcome == Some(MemberOutcome::RolledBack));
+        report.outcome = match (&self.problem, committed, rolled_back) {
+            (None, true, _) => Outcome::Committed,
+            (Some(_), _, true) => Outcome::RolledBack,
+            (Some(p), _, _) if p.message.contains("went away") => Outcome::Cancelled,
+            _ => Outcome::Refused,
+        };
+        report.problem = self.problem.clone();
+        let mut modules: BTreeMap<String, ModuleReport> = BTreeMap::new();
+        let mut order = Vec::new();
+        for peer in &self.peers {
+            let Some(r) = &peer.report else { continue };
+            for m in &r.modules {
+                if !modules.contains_key(&m.module) {
+                    order.push(m.module.clone());
+                    modules.insert(m.module.clone(), m.clone());
+                }
+            }
+            let t = &mut report.timings;
+            t.prepare_ms = t.prepare_ms.max(r.timings.prepare_ms);
+            t.wait_ms = t.wait_ms.max(r.timings.wait_ms);
+            t.stage_ms = t.stage_ms.max(r.timings.stage_ms);
+            t.stop_ms = t.stop_ms.max(r.timings.stop_ms);
+            t.commit_ms = t.commit_ms.max(r.timings.commit_ms);
+            t.check_ms = t.check_ms.max(r.timings.check_ms);
+            t.rollback_ms = t.rollback_ms.max(r.timings.rollback_ms);
+            t.resume_ms = t.resume_ms.max(r.timings.resume_ms);
+            t.pause_ms = t.pause_ms.max(r.timings.pause_ms);
+            report.safe_point_checks = report.safe_point_checks.max(r.safe_point_checks);
+            report.stopped_threads += r.stopped_threads;
+            if report.safe_point.inactive.is_empty() && report.safe_point.condition.is_none() {
+                report.safe_point = r.safe_point.clone();
+            }
+            if report.transforms.is_empty() {
+                report.transforms = r.transforms.clone();
+            }
+            for w in &r.warnings {
+                let w = format!("pid {}: {w}", peer.member.pid);
+                if !report.warnings.contains(&w) {
+                    report.warnings.push(w);
+                }
+            }
+        }
+        report.modules = order.into_iter().filter_map(|m| modules.remove(&m)).collect();
+        let released: Vec<u64> = self.peers.iter().filter_map(|p| p.released_at_ns).collect();
+        if let (Some(first), Some(last)) = (released.iter().min(), released.iter().max()) {
+            report.skew_ms = Some((last - first) as f64 / 1e6);
+        }
+        report.members = self
+            .peers
+            .iter()
+            .map(|p| {
+                let outcome = p.outcome.unwrap_or(MemberOutcome::Unknown);
+                MemberReport {
+                    pid: p.member.pid,
+                    ppid: p.member.ppid,
+                    role: p.member.role.clone(),
+                    from: p.from.clone(),
+                    to: match outcome {
+                        MemberOutcome::Committed => Some(self.spec.update.to.get_ref().clone()),
+                        MemberOutcome::Exited => None,
+                        _ => p.from.clone(),
+                    },
+                    outcome,
+                    modules: p.modules.clone(),
+                    pause_ms: p.report.as_ref().map_or(0.0, |r| r.timings.pause_ms),
+                    problem: p.problem.clone(),
+                }
+            })
+            .collect();
+        report
+    }
+
+    /// Decision files of updates long over: a member that was hung that
+    /// long has been killed by its supervisor, or has read it.
+    fn forget_old_decisions(&self) {
+        let Some(dir) = self.decision.parent() else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(600));
+            let is_decision = entry.file_name().to_str().is_some_and(|n| n.starts_with("decision-"));
+            if old && is_decision {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! A program with worker processes is updated whole, or not at all: every
+//! member prepares and stages, all freeze, all merge, then all are let go;
+//! a failure in any member undoes every member's merge.
+//!
+//! The program here forks its workers itself, as gunicorn's master does.
+//! Each worker answers expressions on its own TCP port (written to
+//! `ports/<pid>`), so the test asks every process directly what it runs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{wait_until, Hosted, Sandbox, PROBE_LOOP};
+
+/// `app.py`'s first version; `work()` says which version runs.
+const APP_V1: &str = "import os\nSTATE = {'hits': 0}\n\ndef work():\n    STATE['hits'] += 1\n    return 'v1'\n\ndef busy():\n    return False\n";
+const APP_V2: &str = "import os\nSTATE = {'hits': 0}\n\ndef work():\n    STATE['hits'] += 1\n    return 'v2'\n\ndef busy():\n    return False\n";
+
+/// The master: imports `app` (as with gunicorn --preload) unless told not
+/// to, forks `WORKERS` workers that serve expressions over TCP, and
+/// answers expressions itself on stdin. `spawn()` forks one more worker.
+const MASTER: &str = r#"import os, sys, socket, threading
+PRELOAD = os.environ.get("PRELOAD", "1") == "1"
+if PRELOAD:
+    import app
+
+def serve_worker():
+    import app  # a worker without preload imports the app after the fork
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    tmp = f"ports/.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.rename(tmp, f"ports/{os.getpid()}")
+    def handle(conn):
+        with conn, conn.makefile("rw") as f:
+            for line in f:
+                try:
+                    result = repr(eval(line, globals()))
+                except Exception as e:
+                    result = f"raised {type(e).__name__}: {e}"
+                f.write(result + "\n")
+                f.flush()
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+children = []
+
+def spawn():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            serve_worker()
+        finally:
+            os._exit(0)
+    children.append(pid)
+    return pid
+
+os.makedirs("ports", exist_ok=True)
+for _ in range(int(os.environ.get("WORKERS", "2"))):
+    spawn()
+"#;
+
+/// The spec that reloads `app` in place.
+const SPEC: &str = "[update]\nname = \"app-v2\"\nto = \"2\"\n\n[[reload]]\nmodule = \"app\"\n\n[safe_point]\ntimeout_ms = 20000\n";
+
+struct Tree {
+    master: Hosted,
+}
+
+impl Tree {
+    fn start(sandbox: &Sandbox, workers: usize, preload: bool) -> Tree {
+        sandbox.write("app.py", APP_V1);
+        sandbox.write("master.py", &format!("{MASTER}{PROBE_LOOP}"));
+        let master = common::probe_with_env(
+            sandbox,
+            &["--version", "1", "master.py"],
+            vec![
+                ("WORKERS", workers.to_string()),
+                ("PRELOAD", if preload { "1" } else { "0" }.to_string()),
+            ],
+        );
+        let tree = Tree { master };
+        tree.wait_for_workers(sandbox, workers);
+        tree
+    }
+
+    /// Waits until `n` workers serve and are members of the tree.
+    fn wait_for_workers(&self, sandbox: &Sandbox, n: usize) {
+        let socket = self.master.socket();
+        wait_until(
+            Duration::from_secs(60),
+            || worker_ports(sandbox).len() >= n && members(&socket).len() > n,
+            || format!("{n} workers never came up: {:?}", common::status(&socket)),
+        );
+    }
+}
+
+/// pid → port of every worker that has written its port file.
+fn worker_ports(sandbox: &Sandbox) -> Vec<(u32, u16)> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(sandbox.path().join("ports")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let (Ok(pid), Ok(port)) = (name.parse(), std::fs::read_to_string(e.path())) {
+                if let Ok(port) = port.trim().parse() {
+                    out.push((pid, port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asks a worker to evaluate `line`.
+fn ask_worker(port: u16, line: &str) -> String {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("worker answers");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    writeln!(writer, "{line}").unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    answer.trim_end().to_string()
+}
+
+/// What every worker's `app.work()` returns, by pid.
+fn versions(sandbox: &Sandbox) -> Vec<(u32, String)> {
+    worker_ports(sandbox)
+        .into_iter()
+        .map(|(pid, port)| (pid, ask_worker(port, "app.work()")))
+        .collect()
+}
+
+/// The members the root's `status --json` lists (the root's `members`).
+fn members(socket: &Path) -> Vec<serde_json::Value> {
+    common::status(socket)["members"].as_array().cloned().unwrap_or_default()
+}
+
+fn apply(sandbox: &Sandbox, tree: &Tree, spec: &str) -> (i32, serde_json::Value) {
+    let path = sandbox.write("up.toml", spec);
+    sandbox.apply_json(&tree.master, &path)
+}
+
+fn member_outcomes(report: &serde_json::Value) -> Vec<(u64, String)> {
+    report["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members in {report:#}"))
+        .iter()
+        .map(|m| (m["pid"].as_u64().unwrap(), m["outcome"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn every_worker_and_the_master_take_the_update_together() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 3, true);
+    assert!(versions(&sandbox).iter().all(|(_, v)| v == "'v1'"));
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    // Live state in every process survives.
+    for (_, port) in worker_ports(&sandbox) {
+        ask_worker(port, "app.work()");
+    }
+
+    sandbox.write("app.py", APP_V2);
+    let (code, report) = apply(&sandbox, &tree, SPEC);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    let outcomes = member_outcomes(&report);
+    assert_eq!(outcomes.len(), 4, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
+    assert!(report["skew_ms"].as_f64().is_some(), "{report:#}");
+
+    assert_eq!(tree.master.ask("app.work()"), "'v2'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+    for (pid, port) in worker_ports(&sandbox) {
+        // 1 before the update, 1 by `versions`, 1 more now: kept.
+        assert_eq!(ask_worker(port, "app.STATE['hits']"), "3", "worker {pid}");
+    }
+    // `status` shows every member at the new version.
+    for m in members(&tree.master.socket()) {
+        assert_eq!(m["version"], "2", "{m:#}");
+    }
+
+    // A worker forked after the update is born new.
+    let newborn = tree.master.ask("spawn()");
+    tree.wait_for_workers(&sandbox, 4);
+    let port = worker_ports(&sandbox)
+        .into_iter()
+        .find(|(pid, _)| pid.to_string() == newborn)
+        .expect("the new worker's port")
+        .1;
+    assert_eq!(ask_worker(port, "app.work()"), "'v2'");
+}
+
+#[test]
+fn workers_that_import_the_app_themselves_are_updated_and_the_master_is_unaffected() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, false);
+    assert_eq!(tree.master.ask("'app' in sys.modules"), "False");
+    sandbox.write("app.py", APP_V2);
+    let (code, report) = apply(&sandbox, &tree, SPEC);
+    assert_eq!(code, 0, "{report:#}");
+    let outcomes = member_outcomes(&report);
+    let root = tree.master.pid() as u64;
+    assert!(
+        outcomes.contains(&(root, "unaffected".to_string())),
+        "{report:#}"
+    );
+    assert_eq!(outcomes.iter().filter(|(_, o)| o == "committed").count(), 2, "{report:#}");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+    // The master did not import the app for the update.
+    assert_eq!(tree.master.ask("'app' in sys.modules"), "False");
+    assert_eq!(tree.master.ask("__import__('pyreload').version()"), "'2'");
+}
+
+#[test]
+fn a_check_that_fails_in_one_worker_undoes_every_member() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 3, true);
+    let (victim, _) = worker_ports(&sandbox)[1];
+    sandbox.write("app.py", APP_V2);
+    let spec = format!("{SPEC}\n[check]\nafter = \"__import__('os').getpid() != {victim}\"\n");
+    let (code, report) = apply(&sandbox, &tree, &spec);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "rolled_back", "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("pid {victim}")), "{message}");
+    assert!(member_outcomes(&report).iter().all(|(_, o)| o == "rolled_back"), "{report:#}");
+    // Nobody runs v2, in any process.
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
+    assert_eq!(tree.master.ask("__import__('pyreload').version()"), "'1'");
+}
+
+#[test]
+fn a_worker_whose_condition_stays_false_refuses_for_the_whole_tree() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, true);
+    let (stuck, _) = worker_ports(&sandbox)[0];
+    sandbox.write("app.py", APP_V2);
+    let spec = SPEC.replace("timeout_ms = 20000", &format!("timeout_ms = 1500\ncondition = \"__import__('os').getpid() != {stuck}\""));
+    let (code, report) = apply(&sandbox, &tree, &spec);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "refused", "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("pid {stuck}")), "{message}");
+    assert!(message.contains("condition"), "{message}");
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
+}
+
+#[test]
+fn a_module_no_member_loads_is_refused_naming_the_members_asked() {
+    let sandbox = Sandbox::new();
+    let tree = Tree::start(&sandbox, 1, true);
+    let spec = SPEC.replace("module = \"app\"", "module = \"nothere\"");
+    let (code, report) = apply(&sandbox, &tree, &spec);
+    assert_eq!(code, 1, "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains("`nothere` is not loaded in any process"), "{message}");
+    let help = report["problem"]["help"].as_str().unwrap();
+    assert!(help.contains(&tree.master.pid().to_string()), "{help}");
+}
+
+#[test]
+fn a_source_spec_is_refused_when_a_member_could_import_the_old_file() {
+    let sandbox = Sandbox::new();
+    let tree = Tree::start(&sandbox, 1, false);
+    sandbox.write("new/app.py", APP_V2);
+    let spec = SPEC.replace("module = \"app\"", "module = \"app\"\nsource = \"new/app.py\"");
+    let (code, report) = apply(&sandbox, &tree, &spec);
+    assert_eq!(code, 1, "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains("would import the old file"), "{message}");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
+}
