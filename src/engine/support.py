@@ -498,6 +498,28 @@ def _cannot_unload(module):
     )
 
 
+def _invalidate_caches():
+    """What importlib.invalidate_caches() does, without importing
+    importlib.metadata into the program: CPython 3.13's
+    PathFinder.invalidate_caches imports it (and with it inspect, ast,
+    json, zipfile, ...) to clear its caches, which only matter once the
+    program has it."""
+    external = sys.modules["_frozen_importlib_external"]
+    for finder in list(sys.meta_path):
+        if finder is external.PathFinder:
+            for name, entry in list(sys.path_importer_cache.items()):
+                if entry is None or not external._path_isabs(name):
+                    del sys.path_importer_cache[name]
+                elif hasattr(entry, "invalidate_caches"):
+                    entry.invalidate_caches()
+            external._NamespacePath._epoch += 1
+            metadata = sys.modules.get("importlib.metadata")
+            if metadata is not None:
+                metadata.MetadataPathFinder.invalidate_caches()
+        elif hasattr(finder, "invalidate_caches"):
+            finder.invalidate_caches()
+
+
 class UpdateImports:
     """The modules an update imports that the program had not: transformer
     modules, submodules a condition or check names, new dependencies of the
@@ -527,7 +549,7 @@ class UpdateImports:
 
     def begin(self):
         """Starts recording the imports this thread makes."""
-        importlib.invalidate_caches()  # see files created within the second
+        _invalidate_caches()  # see files created within the second
         self._names = []
         self._lines = set(linecache.cache)
         self._recorder = _Recorder(self, threading.get_ident())
