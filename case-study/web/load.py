@@ -11,6 +11,13 @@ closes the connection after a response (gunicorn's sync workers send
 the next request: that is counted in `reconnects`, not as a failure. A
 connection error, a timeout or a non-200 answer is a failure.
 
+With --fresh-clients M, the first M clients instead send
+`Connection: close` and open a new connection for every request, as
+one-shot clients do. On a keep-alive server (gthread, uvicorn) a
+connection stays with the worker that accepted it, so persistent clients
+alone may never reach some workers; fresh ones are accepted again and
+again, by every worker in turn.
+
 For every response it records when the request was sent and answered
 (time.monotonic()), the status, the `version` and `pid` fields of the body
 (the code version and worker process that answered) and the worker's hit
@@ -36,7 +43,8 @@ End of stdin is `stop`. The clients also stop by themselves after
 first; the summary is printed then (and stdin is no longer read).
 
 The summary (one JSON object, the last line of stdout) has: requests,
-responses, failures (count) and failure_samples, reconnects, connections,
+responses, failures (count) and failure_samples, reconnects (closes by
+the server on persistent clients), connections, fresh_clients,
 by_version, by_pid, by_status, marks (each with its version, t, responses
 after it and stale ones), stale (total), stale_samples, lost_state and
 duration_s. --records FILE also writes every response as a JSON line.
@@ -65,6 +73,7 @@ class Tally:
         self.failure_samples = []
         self.reconnects = 0
         self.connections = 0
+        self.fresh_clients = 0
         self.by_version = {}
         self.by_pid = {}
         self.by_status = {}
@@ -142,6 +151,7 @@ class Tally:
                 "failure_samples": self.failure_samples,
                 "reconnects": self.reconnects,
                 "connections": self.connections,
+                "fresh_clients": self.fresh_clients,
                 "by_version": self.by_version,
                 "by_pid": self.by_pid,
                 "by_status": self.by_status,
@@ -155,6 +165,8 @@ class Tally:
 
 def client_loop(n, args, tally, stop, budget):
     name = f"c{n}"
+    fresh = n < args.fresh_clients
+    headers = {"Connection": "close"} if fresh else {}
     conn = None
     deadline = tally.started + args.duration
     while not stop.is_set() and time.monotonic() < deadline:
@@ -169,7 +181,7 @@ def client_loop(n, args, tally, stop, budget):
                 tally.connections += 1
         sent = time.monotonic()
         try:
-            conn.request("GET", f"{args.path}?client={name}")
+            conn.request("GET", f"{args.path}?client={name}", headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
             done = time.monotonic()
@@ -187,11 +199,12 @@ def client_loop(n, args, tally, stop, budget):
             tally.failure(name, sent, f"HTTP {resp.status}: {raw[:200]!r}")
         else:
             tally.response(name, sent, done, resp.status, body)
-        if closing:
+        if closing or fresh:
             conn.close()
             conn = None
-            with tally.lock:
-                tally.reconnects += 1
+            if not fresh:
+                with tally.lock:
+                    tally.reconnects += 1
     if conn is not None:
         conn.close()
 
@@ -205,6 +218,8 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--fresh-clients", type=int, default=0,
+                        help="how many of the clients use a new connection per request")
     parser.add_argument("--duration", type=float, default=60.0,
                         help="stop after this many seconds (default 60)")
     parser.add_argument("--max-requests", type=int, default=10_000_000,
@@ -218,6 +233,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     tally = Tally()
+    tally.fresh_clients = min(args.fresh_clients, args.clients)
     stop = threading.Event()
     budget = [args.max_requests]
     threads = [threading.Thread(target=client_loop, args=(n, args, tally, stop, budget),

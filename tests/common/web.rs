@@ -537,15 +537,40 @@ pub struct LoadDriver {
     stderr_path: PathBuf,
 }
 
+/// How many clients, and for how long at most.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub clients: usize,
+    /// How many of them use a new connection per request (load.py
+    /// `--fresh-clients`). The others keep theirs open as long as the server
+    /// does. On a keep-alive server only fresh clients are sure to reach
+    /// every worker: a connection stays with the worker that accepted it.
+    pub fresh_clients: usize,
+    /// The clients stop by themselves after this (a test stops them first).
+    pub limit: Duration,
+}
+
+impl Load {
+    /// `clients` clients, a quarter of them fresh, for at most 15 minutes.
+    pub fn mixed(clients: usize) -> Load {
+        Load {
+            clients,
+            fresh_clients: clients / 4,
+            limit: Duration::from_secs(900),
+        }
+    }
+}
+
 impl LoadDriver {
-    /// `clients` clients on 127.0.0.1:port, for at most `limit`; returned
-    /// once they are started.
-    pub fn start(sandbox: &Sandbox, port: u16, clients: usize, limit: Duration) -> LoadDriver {
+    /// Starts the clients on 127.0.0.1:port; returned once they are started.
+    pub fn start(sandbox: &Sandbox, port: u16, load: &Load) -> LoadDriver {
         let stderr_path = sandbox.path().join(format!("load-{}.stderr", super::unique()));
+        let clients = load.clients;
         let mut child = Command::new(BUILD_PYTHON)
             .arg(repo().join("case-study/web/load.py"))
             .args(["--port", &port.to_string(), "--clients", &clients.to_string()])
-            .args(["--duration", &limit.as_secs().to_string(), "--wait-timeout", "120"])
+            .args(["--fresh-clients", &load.fresh_clients.to_string()])
+            .args(["--duration", &load.limit.as_secs().to_string(), "--wait-timeout", "120"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())

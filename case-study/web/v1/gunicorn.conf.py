@@ -12,6 +12,10 @@ errorlog = "-"
 # ~/.gunicorn), which two servers on one machine would share.
 control_socket_disable = True
 loglevel = "info"
+# gthread workers keep idle connections open this long (gunicorn's default
+# is 2 s). A client that reuses connections (a proxy, or load.py) then
+# rarely races the server closing one under it.
+keepalive = 10
 
 
 def post_worker_init(worker):
