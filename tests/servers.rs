@@ -152,6 +152,13 @@ fn primes_below(limit: u64) -> u64 {
         .count() as u64
 }
 
+/// The pool's worker pids, as the pool knows them (`pids`).
+fn pool_pids(p: &mut Hosted) -> BTreeSet<u32> {
+    let answer = ask_json(p, "pids");
+    let pids = answer["workers"].as_array().unwrap_or_else(|| panic!("{answer}"));
+    pids.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
 /// `census`: one answer from each of the pool's workers, by pid.
 fn census(p: &mut Hosted) -> std::collections::BTreeMap<u32, serde_json::Value> {
     let answer = ask_json(p, "census");
@@ -184,12 +191,7 @@ fn check_map(p: &mut Hosted, workers: &BTreeSet<u32>, version: &str) {
 fn a_multiprocessing_fork_pool_computes_under_pyreload() {
     let sandbox = Sandbox::new();
     let (mut p, _) = start_pool(&sandbox);
-    let pids: BTreeSet<u32> = ask_json(&mut p, "pids")["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let pids = pool_pids(&mut p);
     assert_eq!(pids.len(), 4);
     // Forked by the hosted interpreter: children of the pyreload process.
     assert_eq!(web::children(p.pid()).intersection(&pids).count(), 4, "{pids:?}");
@@ -201,6 +203,40 @@ fn a_multiprocessing_fork_pool_computes_under_pyreload() {
     assert_eq!(status["name"], "crunch", "{status:#}");
     drop(p.stdin.take());
     assert!(p.wait(Duration::from_secs(120)).success(), "{}", p.logs());
+}
+
+/// The worked specs resolve against the running programs (`pyreload
+/// check`, which changes nothing): the web one in a `--preload` master, the
+/// only process that has `notes.logic` loaded before #15, and the pool one
+/// in the pool's parent.
+#[test]
+fn the_worked_web_and_pool_specs_check_against_the_running_programs() {
+    let sandbox = Sandbox::new();
+    let server = WebServer::gunicorn(&sandbox, &Gunicorn::new(2, WorkerClass::Sync, true));
+    server.swap_logic("v2");
+    let socket = server.socket();
+    for (spec, code) in [("web-v1-to-v2.toml", 0), ("web-v2-to-v1.toml", 1)] {
+        let spec = repo().join("specs").join(spec);
+        let out = sandbox.run(&["check", "--socket", socket.to_str().unwrap(), spec.to_str().unwrap()]);
+        // v2-to-v1 is for a program at 2.0: refused on `from`, as it must be.
+        assert_eq!(out.status.code(), Some(code), "{}", sandbox.transcript());
+    }
+    let (mut p, dir) = start_pool(&sandbox);
+    std::fs::copy(
+        repo().join("case-study/pool/v2/crunch/work.py"),
+        dir.join("crunch/work.py"),
+    )
+    .unwrap();
+    let spec = repo().join("specs/pool-v1-to-v2.toml");
+    let out = sandbox.run(&[
+        "check",
+        "--socket",
+        p.socket().to_str().unwrap(),
+        spec.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", sandbox.transcript());
+    let pids = pool_pids(&mut p);
+    check_map(&mut p, &pids, "1.0");
 }
 
 // ------------------------------------------- acceptance of #15 (ignored)
