@@ -267,9 +267,14 @@ fn update(sandbox: &Sandbox, server: &WebServer, from: &str, churn: bool) -> &'s
     assert_eq!(tree::outcome(&report), COMMITTED, "{report:#}");
     let members = tree::report_members(&report);
     for m in &members {
-        assert_eq!(m.outcome, COMMITTED, "{m:?} in {report:#}");
+        // With churn, a worker may retire (--max-requests) while the update
+        // runs: it is listed, gone, and not committed. Every live one is.
+        let retired = churn && !std::path::Path::new(&format!("/proc/{}", m.pid)).exists();
+        if !retired {
+            assert_eq!(m.outcome, COMMITTED, "{m:?} in {report:#}");
+            assert!(m.pause_ms >= 0.0, "{m:?}");
+        }
         assert_eq!((m.from.as_str(), m.to.as_str()), (from, to), "{m:?}");
-        assert!(m.pause_ms >= 0.0, "{m:?}");
     }
     let pids: BTreeSet<u32> = members.iter().map(|m| m.pid).collect();
     assert!(
@@ -438,9 +443,11 @@ fn a_spec_one_worker_refuses_changes_no_member() {
     assert_ne!(tree::outcome(&report), COMMITTED, "{report:#}");
     let members = tree::report_members(&report);
     let listed: BTreeSet<u32> = members.iter().map(|m| m.pid).collect();
-    assert!(
-        listed.contains(&refuser) && listed.contains(&server.pid()),
-        "{report:#}"
+    let mut tree_pids = workers.clone();
+    tree_pids.insert(server.pid());
+    assert_eq!(
+        listed, tree_pids,
+        "every member is listed, the refuser ({refuser}) too: {report:#}"
     );
     assert!(
         members.iter().all(|m| m.outcome != COMMITTED),
