@@ -15,6 +15,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod pypi;
+pub mod tree;
+pub mod web;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pyreload");
 
 /// The interpreter pyreload was built for (PYO3_PYTHON): what a test
