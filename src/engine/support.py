@@ -50,27 +50,34 @@ class _PrivateImports:
             sys.meta_path.remove(self)
         except ValueError:
             pass
+        seen = set(self.seen)
         # Names a package binds in sys.modules itself, to a module the
         # program already had (3.10's `importlib` adds `importlib._bootstrap`,
-        # its alias of `_frozen_importlib`): no finder saw them.
+        # its alias of `_frozen_importlib`; 3.13's `collections/abc.py` makes
+        # `collections.abc` the program's `_collections_abc`): no finder
+        # saw them. The import also made them attributes of their package.
         for name in set(sys.modules) - self.before:
             if name != "threading" and id(sys.modules.get(name)) in self.before_ids:
-                sys.modules.pop(name, None)
-        seen = set(self.seen)
+                self._detach(name, sys.modules.pop(name), seen)
         for name in reversed(self.seen):
             module = sys.modules.get(name)
             if module is None or name == "threading":
                 continue
             del sys.modules[name]
-            package, _, child = name.rpartition(".")
-            # A package imported privately keeps its submodules: its own
-            # code uses them as attributes (`re` calls `_compiler.compile`).
-            if package in seen:
-                continue
-            parent = sys.modules.get(package)
-            if parent is not None and vars(parent).get(child) is module:
-                delattr(parent, child)
-                _DETACHED[(id(parent), child)] = (parent, child, module)
+            self._detach(name, module, seen)
+
+    @staticmethod
+    def _detach(name, module, seen):
+        """Takes `module` off its package, if the package is the program's."""
+        package, _, child = name.rpartition(".")
+        # A package imported privately keeps its submodules: its own
+        # code uses them as attributes (`re` calls `_compiler.compile`).
+        if package in seen:
+            return
+        parent = sys.modules.get(package)
+        if parent is not None and vars(parent).get(child) is module:
+            delattr(parent, child)
+            _DETACHED[(id(parent), child)] = (parent, child, module)
 
 
 # Private submodules of the program's own packages, taken off them again:
