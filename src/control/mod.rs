@@ -4,5 +4,5 @@
 
 pub mod client;
 pub mod protocol;
-pub mod runtime_dir;
+pub use crate::process::runtime_dir;
 pub mod server;

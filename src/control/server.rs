@@ -2,7 +2,12 @@
 //! connections and serves requests one connection per thread.
 //!
 //! The accept loop blocks in the kernel without the GIL, so an idle program
-//! pays nothing for being updatable.
+//! pays nothing for being updatable. What a request does is not decided
+//! here: the server checks the peer and the protocol version, then hands
+//! the request to a [`Handler`] (the host's, which calls the engine), so
+//! this layer depends on no layer above it. The root and every forked
+//! member of a program's tree run this same server, each on its own socket
+//! and for its own process.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -18,9 +23,10 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use super::protocol::{read_frame, write_frame, FrameError, Request, Response, PROTOCOL_VERSION};
 use super::runtime_dir;
 use crate::diagnostic::Problem;
-use crate::engine;
-use crate::engine::progress::ClientGone;
-use crate::host::state::HostState;
+use crate::process::fds::Tracked;
+use crate::process::state;
+use crate::process::tree::Identity;
+use crate::process::ClientGone;
 
 /// A client has this long to send its whole request once connected;
 /// `PYRELOAD_REQUEST_TIMEOUT_MS` overrides it (tests use a short one).
@@ -28,15 +34,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many connections are served at once; more are closed.
 const MAX_CONNECTIONS: usize = 16;
 
-/// A bound control socket that is removed again when dropped unused.
+/// What a process does with a request its control server received (the
+/// protocol version already checked). The host implements it by calling
+/// the engine for this process (`host::service`); a tree coordinator
+/// will wrap it.
+pub trait Handler: Send + Sync {
+    /// Serves one request for this process. `client_gone` tells whether
+    /// the client stopped waiting (an update uses it to cancel itself).
+    fn respond(&self, request: Request, client_gone: ClientGone<'_>) -> Response;
+}
+
+/// A bound control socket, registered as one of this process's control
+/// fds (closed in a forked child, see [`crate::process::fds`]).
 pub struct Listener {
-    inner: UnixListener,
+    inner: Tracked<UnixListener>,
     path: PathBuf,
 }
 
 impl Listener {
-    /// Binds `<runtime dir>/<pid>.sock`, removing sockets left by programs
-    /// that no longer exist.
+    /// Binds `<runtime dir>/<pid>.sock` for the root of a program,
+    /// removing sockets (and member directories) left by programs that no
+    /// longer exist.
     pub fn bind() -> Result<Listener> {
         let dir = runtime_dir::ensure()?;
         for (pid, path) in runtime_dir::sockets(&dir) {
@@ -44,11 +62,44 @@ impl Listener {
                 let _ = std::fs::remove_file(path);
             }
         }
+        crate::process::tree::prune_dead_trees(&dir);
         let path = runtime_dir::socket_for_pid(&dir, std::process::id());
         let _ = std::fs::remove_file(&path);
         let inner = UnixListener::bind(&path).with_context(|| format!("could not bind {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("could not restrict {}", path.display()))?;
+        Ok(Listener {
+            inner: Tracked::new(inner),
+            path,
+        })
+    }
+
+    /// Binds a forked member's `<runtime>/tree-<rootpid>/<pid>.sock`
+    /// (directory 0700, socket 0600), for the fork hook: a few syscalls,
+    /// no lock, no environment read.
+    ///
+    /// The socket is bound and listening under a temporary name first, then
+    /// renamed into place, so a root listing the tree never sees the path
+    /// before it accepts (it would take that for a member that exec'd, and
+    /// remove it).
+    pub fn bind_member(identity: &Identity) -> Result<Listener> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = identity.tree_dir();
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("could not create {}", dir.display())),
+        }
+        let path = identity.socket_path();
+        let temporary = dir.join(format!(".{}.binding", identity.pid));
+        let _ = std::fs::remove_file(&temporary);
+        let inner =
+            UnixListener::bind(&temporary).with_context(|| format!("could not bind {}", temporary.display()))?;
+        let inner = Tracked::new(inner);
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("could not restrict {}", temporary.display()))?;
+        std::fs::rename(&temporary, &path)
+            .with_context(|| format!("could not move {} to {}", temporary.display(), path.display()))?;
         Ok(Listener { inner, path })
     }
 
@@ -57,26 +108,44 @@ impl Listener {
     }
 }
 
-/// Starts the control thread. It lives until the process exits.
-pub fn spawn(listener: Listener, state: Arc<HostState>) {
-    crate::host::spawn_service_thread("pyreload-control", move || serve(listener, state));
-}
+/// How long a client has to send its request, read once when the root
+/// starts (never in a fork hook: reading the environment takes a lock).
+static REQUEST_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn serve(listener: Listener, state: Arc<HostState>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    let request_timeout = std::env::var("PYRELOAD_REQUEST_TIMEOUT_MS")
+/// Reads `PYRELOAD_REQUEST_TIMEOUT_MS`. Call once at startup.
+pub fn configure() {
+    let ms = std::env::var("PYRELOAD_REQUEST_TIMEOUT_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(REQUEST_TIMEOUT);
-    for stream in listener.inner.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        if let Err(reason) = check_peer(&stream) {
-            eprintln!("pyreload: refused a control connection: {reason}");
+        .unwrap_or(REQUEST_TIMEOUT.as_millis() as u64);
+    REQUEST_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+fn request_timeout() -> Duration {
+    match REQUEST_TIMEOUT_MS.load(Ordering::Relaxed) {
+        0 => REQUEST_TIMEOUT,
+        ms => Duration::from_millis(ms),
+    }
+}
+
+/// Starts the control thread, with every signal blocked. It lives until
+/// the process exits.
+pub fn spawn(listener: Listener, handler: Arc<dyn Handler>) -> io::Result<()> {
+    crate::process::try_spawn_service_thread("pyreload-control", move || serve(listener, handler)).map(drop)
+}
+
+fn serve(listener: Listener, handler: Arc<dyn Handler>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let request_timeout = request_timeout();
+    for stream in listener.inner.socket.incoming() {
+        let Ok(stream) = stream else { continue };
+        let mut stream = Tracked::new(stream);
+        if let Err(reason) = check_peer(&stream.socket) {
+            crate::process::log(format!("pyreload: refused a control connection: {reason}"));
             // Say why, without reading anything from a peer we do not trust.
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = stream.socket.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = write_frame(
-                &mut stream,
+                &mut stream.socket,
                 &Response::Error(
                     Problem::new(format!("refused: {reason}"))
                         .with_help("only the user running the program may control it"),
@@ -86,21 +155,21 @@ fn serve(listener: Listener, state: Arc<HostState>) {
         }
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = stream.socket.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = write_frame(
-                &mut stream,
+                &mut stream.socket,
                 &Response::Error(Problem::new("too many control connections; try again")),
             );
             continue;
         }
-        let state = state.clone();
+        let handler = handler.clone();
         let active = active.clone();
         let spawned = std::thread::Builder::new().name("pyreload-conn".into()).spawn(move || {
-            handle(stream, &state, request_timeout);
+            handle(stream, handler.as_ref(), request_timeout);
             active.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {
-            eprintln!("pyreload: could not start a thread for a control connection");
+            crate::process::log("pyreload: could not start a thread for a control connection");
         }
     }
 }
@@ -119,16 +188,18 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     Ok(())
 }
 
-fn handle(mut stream: UnixStream, state: &HostState, request_timeout: Duration) {
-    let request = read_frame::<Request>(&mut Deadlined::new(&stream, request_timeout));
-    let _ = stream.set_read_timeout(None);
+fn handle(stream: Tracked<UnixStream>, handler: &dyn Handler, request_timeout: Duration) {
+    let mut stream = stream;
+    let request = read_frame::<Request>(&mut Deadlined::new(&stream.socket, request_timeout));
+    let _ = stream.socket.set_read_timeout(None);
     // Held until the answer is written: the exit hook waits for it.
     let mut _owed = None;
     let response = match request {
         Ok(request) => {
-            _owed = Some(state.owe_answer());
-            let gone = || peer_gone(&stream);
-            respond(request, state, &gone)
+            _owed = Some(state::current().owe_answer());
+            let socket = &stream.socket;
+            let gone = || peer_gone(socket);
+            respond(request, handler, &gone)
         }
         Err(FrameError::Closed) => return,
         Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return,
@@ -140,8 +211,8 @@ fn handle(mut stream: UnixStream, state: &HostState, request_timeout: Duration) 
         }
         Err(e) => Response::Error(Problem::new(format!("bad request: {e}"))),
     };
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let _ = write_frame(&mut stream, &response);
+    let _ = stream.socket.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = write_frame(&mut stream.socket, &response);
 }
 
 /// Whether the client is gone: its process ended or it closed the
@@ -187,15 +258,8 @@ impl io::Read for Deadlined<'_> {
     }
 }
 
-fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> Response {
-    let protocol = match &request {
-        Request::Status { protocol }
-        | Request::Collect { protocol }
-        | Request::Apply { protocol, .. }
-        | Request::Sources { protocol, .. }
-        | Request::Loaded { protocol }
-        | Request::Rollback { protocol, .. } => *protocol,
-    };
+fn respond(request: Request, handler: &dyn Handler, client_gone: ClientGone<'_>) -> Response {
+    let protocol = request.protocol();
     if protocol != PROTOCOL_VERSION {
         return Response::Error(
             Problem::new(format!(
@@ -204,55 +268,5 @@ fn respond(request: Request, state: &HostState, client_gone: ClientGone<'_>) -> 
             .with_help("use the same pyreload binary for `run` and for `apply`"),
         );
     }
-    match request {
-        Request::Status { .. } => Response::Status(state.info()),
-        Request::Collect { .. } => match engine::collect_garbage(state) {
-            Ok(()) => Response::Status(state.info()),
-            Err(problem) => Response::Error(problem),
-        },
-        Request::Apply {
-            spec_path,
-            spec_text,
-            dry_run,
-            ..
-        } => reported(
-            engine::apply(state, &spec_path, &spec_text, dry_run, Some(client_gone)),
-            dry_run,
-        ),
-        Request::Sources {
-            spec_path, spec_text, ..
-        } => match engine::sources(state, &spec_path, &spec_text) {
-            Ok(modules) => Response::Sources { modules },
-            Err(problem) => Response::Error(problem),
-        },
-        Request::Loaded { .. } => match engine::running::loaded(state) {
-            Ok(program) => Response::Loaded(program),
-            Err(problem) => Response::Error(problem),
-        },
-        Request::Rollback {
-            dry_run, timeout_ms, ..
-        } => reported(
-            engine::rollback::rollback(
-                state,
-                dry_run,
-                std::time::Duration::from_millis(timeout_ms),
-                Some(client_gone),
-            ),
-            dry_run,
-        ),
-    }
-}
-
-/// Answers with the report, logging an update that changed (or tried to
-/// change) the program on its stderr.
-fn reported(result: Result<crate::report::Report, Problem>, dry_run: bool) -> Response {
-    match result {
-        Ok(report) => {
-            if !dry_run {
-                eprintln!("pyreload: {}", report.one_line());
-            }
-            Response::Report(Box::new(report))
-        }
-        Err(problem) => Response::Error(problem),
-    }
+    handler.respond(request, client_gone)
 }

@@ -35,22 +35,38 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 
-use crate::control::protocol::{ModuleSources, Phase};
 use crate::diagnostic::Problem;
-use crate::host::state::{GateError, HostState, Running, UpdateSource};
-use crate::host::update_point::POINTS;
 use crate::plan::Plan;
+use crate::process::state::{GateError, ProcessState, Running, UpdateSource};
+use crate::process::update_point::points;
+use crate::process::wire::{ModuleSources, Phase};
 use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
 use crate::spec::{self, SpecSource};
 use journal::Journal;
 use progress::{ClientGone, Progress};
+use rollback::CommittedStack;
 use support::Support;
 use watchdog::Deadline;
 use world::StoppedWorld;
 
+/// What `status` shows about this process: its state, and the objects of
+/// earlier versions the engine tracks.
+pub fn status(state: &ProcessState) -> crate::process::wire::ProgramInfo {
+    state.info(retained::summary())
+}
+
+/// In a freshly forked child (GIL held, one thread): renews the engine's
+/// per-process data that must be copied rather than made afresh. The
+/// world's gate, the switch-interval lock and the watchdog renew
+/// themselves on first use ([`crate::process::per_process`]); the
+/// committed stack moved with the process state.
+pub fn after_fork_in_child(py: Python<'_>) {
+    retained::after_fork_in_child(py);
+}
+
 /// For `pyreload run --reload`: the loaded modules whose files these are,
 /// in reload order.
-pub fn modules_for_files(state: &HostState, files: &[std::path::PathBuf]) -> Result<Vec<String>, Problem> {
+pub fn modules_for_files(state: &ProcessState, files: &[std::path::PathBuf]) -> Result<Vec<String>, Problem> {
     let _gate = state.begin_update().map_err(|e| Problem::new(e.to_string()))?;
     Python::attach(|py| {
         let support = Support::load(py).map_err(|e| Problem::new(e.to_string()))?;
@@ -64,7 +80,7 @@ pub fn modules_for_files(state: &HostState, files: &[std::path::PathBuf]) -> Res
 /// For `pyreload status --collect`: a full garbage collection, so that the
 /// objects of earlier versions still listed afterwards are really kept
 /// alive by something.
-pub fn collect_garbage(state: &HostState) -> Result<(), Problem> {
+pub fn collect_garbage(state: &ProcessState) -> Result<(), Problem> {
     let _gate = state
         .begin_update()
         .map_err(|e| Problem::new(format!("cannot collect garbage now: {e}")))?;
@@ -73,7 +89,7 @@ pub fn collect_garbage(state: &HostState) -> Result<(), Problem> {
 
 /// For `pyreload diff`: the running and the new source of every module the
 /// spec updates. Resolves the spec as an apply would, and changes nothing.
-pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Vec<ModuleSources>, Problem> {
+pub fn sources(state: &ProcessState, spec_path: &str, spec_text: &str) -> Result<Vec<ModuleSources>, Problem> {
     let source = SpecSource {
         path: spec_path.to_string(),
         text: spec_text.to_string(),
@@ -115,7 +131,7 @@ pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Ve
 /// `client_gone` tells whether whoever asked has stopped waiting: until the
 /// commit starts, the update is then cancelled (see [`progress`]).
 pub fn apply(
-    state: &HostState,
+    state: &ProcessState,
     spec_path: &str,
     spec_text: &str,
     dry_run: bool,
@@ -151,7 +167,7 @@ pub fn apply(
 
 fn run(
     py: Python<'_>,
-    state: &HostState,
+    state: &ProcessState,
     progress: &Progress<'_>,
     source: &SpecSource,
     spec: &spec::Spec,
@@ -215,7 +231,7 @@ fn run(
 
     progress.enter(Phase::Wait);
     let mut pacer = safepoint::Pacer::new(Instant::now() + plan.timeout);
-    let _point = plan.update_point.as_deref().map(|name| POINTS.request(name));
+    let _point = plan.update_point.as_deref().map(|name| points().request(name));
     let t = Instant::now();
     let waited = {
         // A condition that never returns is cut off soon after the wait's
@@ -289,7 +305,7 @@ fn run(
         };
         report.safe_point_checks += 1;
         report.stopped_threads = world.threads;
-        let blockers = match safepoint::check(py, &support, &plan, &POINTS.waiting()) {
+        let blockers = match safepoint::check(py, &support, &plan, &points().waiting()) {
             Ok(b) => b,
             Err(problem) => {
                 drop(world);
@@ -359,14 +375,14 @@ fn wait(
         if let Some(problem) = progress.abandoned() {
             return Err(Stop::Abandoned(problem));
         }
-        if plan.update_point.is_some() && POINTS.waiting().is_empty() {
+        if plan.update_point.is_some() && points().waiting().is_empty() {
             let until = pacer.deadline().min(Instant::now() + ARRIVAL_SLICE);
-            if !py.detach(|| POINTS.wait_for_arrival(until)) && Instant::now() < pacer.deadline() {
+            if !py.detach(|| points().wait_for_arrival(until)) && Instant::now() < pacer.deadline() {
                 continue;
             }
         }
         *checks += 1;
-        let blockers = safepoint::check(py, support, plan, &POINTS.waiting()).map_err(Stop::Refused)?;
+        let blockers = safepoint::check(py, support, plan, &points().waiting()).map_err(Stop::Refused)?;
         if blockers.clear() {
             return Ok(());
         }
@@ -416,7 +432,7 @@ struct Done {
 fn commit(
     py: Python<'_>,
     support: &Support<'_>,
-    state: &HostState,
+    state: &ProcessState,
     plan: &Plan,
     staged: &stage::Staged,
     samples: &[Option<Py<pyo3::types::PyList>>],
@@ -530,7 +546,7 @@ fn track_garbage(py: Python<'_>, plan: &Plan, staged: &stage::Staged, merged: &m
 /// come off and converted data can be rolled back.
 fn finish_lazy(
     py: Python<'_>,
-    state: &HostState,
+    state: &ProcessState,
     plan: &Plan,
     lazies: Vec<transform::PendingLazy>,
     report: &mut Report,

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use crate::process::per_process::PerProcess;
+
 pyo3::create_exception!(
     pyreload,
     UpdateTimeout,
@@ -51,19 +53,37 @@ struct Shared {
     generation: u64,
 }
 
-static SHARED: Mutex<Shared> = Mutex::new(Shared {
-    armed: None,
-    generation: 0,
+/// The watchdog of one process. Per process ([`PerProcess`]): a child
+/// forked from the program has no watchdog thread, whatever its parent's
+/// `thread` flag says, and must not wait on locks that thread held.
+struct Watchdog {
+    shared: Mutex<Shared>,
+    changed: Condvar,
+    /// Held by the watchdog from deciding to interrupt until it has let go
+    /// of the GIL again. Disarming waits for it, so the watchdog never
+    /// attaches to an interpreter after the update (and its hold on the
+    /// exit) has ended.
+    firing: Mutex<()>,
+    /// Set once the watchdog thread runs in this process.
+    thread: OnceLock<()>,
+}
+
+static WATCHDOG: PerProcess<Watchdog> = PerProcess::new(|| Watchdog {
+    shared: Mutex::new(Shared {
+        armed: None,
+        generation: 0,
+    }),
+    changed: Condvar::new(),
+    firing: Mutex::new(()),
+    thread: OnceLock::new(),
 });
-static CHANGED: Condvar = Condvar::new();
-/// Held by the watchdog from deciding to interrupt until it has let go of
-/// the GIL again. Disarming waits for it, so the watchdog never attaches to
-/// an interpreter after the update (and its hold on the exit) has ended.
-static FIRING: Mutex<()> = Mutex::new(());
-static THREAD: OnceLock<()> = OnceLock::new();
+
+fn wd() -> &'static Watchdog {
+    WATCHDOG.get()
+}
 
 fn shared() -> MutexGuard<'static, Shared> {
-    SHARED.lock().unwrap_or_else(|p| p.into_inner())
+    wd().shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An armed deadline for the calling thread's Python code. Dropping it
@@ -77,7 +97,8 @@ pub struct Deadline<'py> {
 impl<'py> Deadline<'py> {
     /// Arms a deadline for the calling thread, which must be attached.
     pub fn arm(py: Python<'py>, deadline: Instant) -> Deadline<'py> {
-        THREAD.get_or_init(|| crate::host::spawn_service_thread("pyreload-watchdog", watch));
+        wd().thread
+            .get_or_init(|| crate::process::spawn_service_thread("pyreload-watchdog", watch));
         // SAFETY: a plain C call that returns the calling thread's id.
         let thread = unsafe { ffi::PyThread_get_thread_ident() };
         let mut s = shared();
@@ -89,7 +110,7 @@ impl<'py> Deadline<'py> {
             generation,
             fired: 0,
         });
-        CHANGED.notify_all();
+        wd().changed.notify_all();
         Deadline { py, generation }
     }
 
@@ -108,12 +129,12 @@ impl Drop for Deadline<'_> {
         // it have it, and wait until it is done. Otherwise keep the GIL: in
         // the stopped world no other thread may take it.
         let _firing = loop {
-            match FIRING.try_lock() {
+            match wd().firing.try_lock() {
                 Ok(guard) => break guard,
                 Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => self
                     .py
-                    .detach(|| drop(FIRING.lock().unwrap_or_else(|p| p.into_inner()))),
+                    .detach(|| drop(wd().firing.lock().unwrap_or_else(|p| p.into_inner()))),
             }
         };
         let mut s = shared();
@@ -124,7 +145,7 @@ impl Drop for Deadline<'_> {
                 unsafe { ffi::PyThreadState_SetAsyncExc(a.thread as c_long, std::ptr::null_mut()) };
             }
         }
-        CHANGED.notify_all();
+        wd().changed.notify_all();
     }
 }
 
@@ -135,11 +156,12 @@ fn watch() {
     loop {
         let due = s.armed.as_ref().map(|a| (a.generation, a.deadline));
         match due {
-            None => s = CHANGED.wait(s).unwrap_or_else(|p| p.into_inner()),
+            None => s = wd().changed.wait(s).unwrap_or_else(|p| p.into_inner()),
             Some((generation, deadline)) => {
                 let now = Instant::now();
                 if now < deadline {
-                    s = CHANGED
+                    s = wd()
+                        .changed
                         .wait_timeout(s, deadline - now)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
@@ -149,7 +171,7 @@ fn watch() {
                 // thread disarms with the GIL held.
                 drop(s);
                 {
-                    let _firing = FIRING.lock().unwrap_or_else(|p| p.into_inner());
+                    let _firing = wd().firing.lock().unwrap_or_else(|p| p.into_inner());
                     // Disarming holds FIRING, so if the deadline is still
                     // armed now, the update cannot end until we are done.
                     let armed = shared().armed.as_ref().is_some_and(|a| a.generation == generation);
