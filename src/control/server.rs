@@ -10,6 +10,7 @@
 //! and for its own process.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -128,17 +129,135 @@ fn request_timeout() -> Duration {
     }
 }
 
-/// Starts the control thread, with every signal blocked. It lives until
-/// the process exits.
-pub fn spawn(listener: Listener, handler: Arc<dyn Handler>) -> io::Result<()> {
-    crate::process::try_spawn_service_thread("pyreload-control", move || serve(listener, handler)).map(drop)
+/// This process's control thread while it runs: what [`pause_for_fork`]
+/// needs to stop it and [`resume_after_fork`] to start it again.
+#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+struct ControlThread {
+    handle: std::thread::JoinHandle<Listener>,
+    server: Server,
 }
 
-fn serve(listener: Listener, handler: Arc<dyn Handler>) {
-    let active = Arc::new(AtomicUsize::new(0));
+/// What a control thread serves with, kept across a pause.
+#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+struct Server {
+    handler: Arc<dyn Handler>,
+    /// Connections being served now.
+    active: Arc<AtomicUsize>,
+    /// A byte written here ends the accept loop.
+    wake: Tracked<std::os::fd::OwnedFd>,
+    woken: Tracked<std::os::fd::OwnedFd>,
+}
+
+/// Per process, and only touched with the GIL held (at startup, in the
+/// fork hooks, in a member's fork hook), so never contended.
+static CONTROL: crate::process::per_process::PerProcess<std::sync::Mutex<Option<ControlThread>>> =
+    crate::process::per_process::PerProcess::new(|| std::sync::Mutex::new(None));
+/// A control thread stopped by [`pause_for_fork`], to restart.
+#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+static PAUSED: crate::process::per_process::PerProcess<std::sync::Mutex<Option<(Listener, Server)>>> =
+    crate::process::per_process::PerProcess::new(|| std::sync::Mutex::new(None));
+
+/// Starts the control thread, with every signal blocked. It lives until
+/// the process exits (or is paused around a fork, see [`pause_for_fork`]).
+pub fn spawn(listener: Listener, handler: Arc<dyn Handler>) -> io::Result<()> {
+    let (woken, wake) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let server = Server {
+        handler,
+        active: Arc::new(AtomicUsize::new(0)),
+        wake: Tracked::new(wake),
+        woken: Tracked::new(woken),
+    };
+    start(listener, server)
+}
+
+fn start(listener: Listener, server: Server) -> io::Result<()> {
+    let (handler, active) = (server.handler.clone(), server.active.clone());
+    let woken = server.woken.socket.as_raw_fd();
+    let handle = crate::process::try_spawn_service_thread_returning("pyreload-control", move || {
+        serve(&listener, handler, active, woken);
+        listener
+    })?;
+    if let Ok(mut slot) = CONTROL.get().try_lock() {
+        *slot = Some(ControlThread { handle, server });
+    }
+    Ok(())
+}
+
+/// In the `before` fork hook (GIL held), on CPython 3.12 and later: stops
+/// this process's control thread if it is idle (no connection being
+/// served), so that `os.fork()` in the program sees the threads `python`
+/// would have and warns as `python` would. Connections that arrive
+/// meanwhile wait in the listen backlog. A thread serving a connection is
+/// left running (the fork then warns).
+#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+pub fn pause_for_fork() {
+    let Ok(mut slot) = CONTROL.get().try_lock() else { return };
+    match slot.as_ref() {
+        Some(c) if c.server.active.load(Ordering::SeqCst) == 0 => {}
+        _ => return,
+    }
+    let Some(ControlThread { handle, server }) = slot.take() else {
+        return;
+    };
+    // SAFETY: writes one byte from a valid buffer to our own pipe.
+    let _ = unsafe { nix::libc::write(server.wake.socket.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    match handle.join() {
+        Ok(listener) => {
+            if let Ok(mut paused) = PAUSED.get().try_lock() {
+                *paused = Some((listener, server));
+            }
+        }
+        Err(_) => crate::process::log("pyreload: the control thread panicked; the program can no longer be updated"),
+    }
+}
+
+/// In the `after_in_parent` fork hook: starts the control thread that
+/// [`pause_for_fork`] stopped, on the same socket.
+#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+pub fn resume_after_fork() {
+    let Some((listener, server)) = PAUSED.get().try_lock().ok().and_then(|mut p| p.take()) else {
+        return;
+    };
+    if let Err(e) = start(listener, server) {
+        crate::process::log(format!(
+            "pyreload: could not restart the control thread after a fork (the program can no longer be updated): {e}"
+        ));
+    }
+}
+
+/// The accept loop, until a byte arrives on `woken`.
+fn serve(listener: &Listener, handler: Arc<dyn Handler>, active: Arc<AtomicUsize>, woken: std::os::fd::RawFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, BorrowedFd};
     let request_timeout = request_timeout();
-    for stream in listener.inner.socket.incoming() {
-        let Ok(stream) = stream else { continue };
+    loop {
+        // SAFETY: the pipe's read end outlives this loop (the Server that
+        // owns it is kept until the thread is joined).
+        let woken_fd = unsafe { BorrowedFd::borrow_raw(woken) };
+        let mut fds = [
+            PollFd::new(listener.inner.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(woken_fd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                crate::process::log(format!("pyreload: the control thread stopped: poll failed: {e}"));
+                return;
+            }
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            let mut byte = [0u8; 1];
+            // SAFETY: reads one byte into a valid buffer from our own pipe.
+            let _ = unsafe { nix::libc::read(woken, byte.as_mut_ptr().cast(), 1) };
+            return;
+        }
+        if !fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            continue;
+        }
+        let Ok((stream, _)) = listener.inner.socket.accept() else {
+            continue;
+        };
         let mut stream = Tracked::new(stream);
         if let Err(reason) = check_peer(&stream.socket) {
             crate::process::log(format!("pyreload: refused a control connection: {reason}"));

@@ -64,6 +64,14 @@ pub fn after_fork_in_child(py: Python<'_>) {
     retained::after_fork_in_child(py);
 }
 
+/// Before a fork, in the parent (GIL held): ends the engine's idle helper
+/// thread (the watchdog), which the next update starts again. See
+/// `host::fork::before`.
+#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+pub fn pause_for_fork() {
+    watchdog::pause_for_fork();
+}
+
 /// For `pyreload run --reload`: the loaded modules whose files these are,
 /// in reload order.
 pub fn modules_for_files(state: &ProcessState, files: &[std::path::PathBuf]) -> Result<Vec<String>, Problem> {

@@ -21,7 +21,7 @@
 //! surface later, in the rollback or in the program.
 
 use std::os::raw::{c_long, c_ulong};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::ffi;
@@ -51,6 +51,8 @@ struct Armed {
 struct Shared {
     armed: Option<Armed>,
     generation: u64,
+    /// Asks an idle watchdog thread to end (see [`pause_for_fork`]).
+    stop: bool,
 }
 
 /// The watchdog of one process. Per process ([`PerProcess`]): a child
@@ -64,19 +66,43 @@ struct Watchdog {
     /// attaches to an interpreter after the update (and its hold on the
     /// exit) has ended.
     firing: Mutex<()>,
-    /// Set once the watchdog thread runs in this process.
-    thread: OnceLock<()>,
+    /// The watchdog thread, while it runs in this process. Only touched
+    /// with the GIL held (arming, and the fork hooks).
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 static WATCHDOG: PerProcess<Watchdog> = PerProcess::new(|| Watchdog {
     shared: Mutex::new(Shared {
         armed: None,
         generation: 0,
+        stop: false,
     }),
     changed: Condvar::new(),
     firing: Mutex::new(()),
-    thread: OnceLock::new(),
+    thread: Mutex::new(None),
 });
+
+/// Before a fork (the `before` hook, GIL held), on CPython 3.12 and later:
+/// ends the watchdog thread if it is idle, so that `os.fork()` in the
+/// program does not warn that the process is multi-threaded when `python`
+/// would not. The next deadline starts it again. An armed watchdog (an
+/// update running its own code, which forked) is left alone.
+#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+pub fn pause_for_fork() {
+    let Ok(mut thread) = wd().thread.try_lock() else { return };
+    let Some(handle) = thread.take() else { return };
+    match wd().shared.try_lock() {
+        Ok(mut s) if s.armed.is_none() => {
+            s.stop = true;
+            wd().changed.notify_all();
+        }
+        _ => {
+            *thread = Some(handle);
+            return;
+        }
+    }
+    let _ = handle.join();
+}
 
 fn wd() -> &'static Watchdog {
     WATCHDOG.get()
@@ -97,8 +123,15 @@ pub struct Deadline<'py> {
 impl<'py> Deadline<'py> {
     /// Arms a deadline for the calling thread, which must be attached.
     pub fn arm(py: Python<'py>, deadline: Instant) -> Deadline<'py> {
-        wd().thread
-            .get_or_init(|| crate::process::spawn_service_thread("pyreload-watchdog", watch));
+        {
+            let mut thread = wd().thread.lock().unwrap_or_else(|p| p.into_inner());
+            if thread.is_none() {
+                *thread = Some(
+                    crate::process::try_spawn_service_thread("pyreload-watchdog", watch)
+                        .unwrap_or_else(|e| panic!("could not start pyreload-watchdog: {e}")),
+                );
+            }
+        }
         // SAFETY: a plain C call that returns the calling thread's id.
         let thread = unsafe { ffi::PyThread_get_thread_ident() };
         let mut s = shared();
@@ -155,6 +188,10 @@ fn watch() {
     let mut s = shared();
     loop {
         let due = s.armed.as_ref().map(|a| (a.generation, a.deadline));
+        if due.is_none() && s.stop {
+            s.stop = false;
+            return;
+        }
         match due {
             None => s = wd().changed.wait(s).unwrap_or_else(|p| p.into_inner()),
             Some((generation, deadline)) => {

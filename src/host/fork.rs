@@ -53,3 +53,20 @@ pub fn after_in_child(py: Python<'_>) {
         ));
     }
 }
+
+/// The `before` fork hook, registered on CPython 3.12 and later (GIL
+/// held, in the parent): stops pyreload's idle threads, so that the
+/// fork's "this process is multi-threaded" `DeprecationWarning` is given
+/// exactly when `python` would give it. [`after_in_parent`] restarts the
+/// control thread; the watchdog restarts with the next update.
+#[cfg(Py_3_12)]
+pub fn before() {
+    engine::pause_for_fork();
+    server::pause_for_fork();
+}
+
+/// The `after_in_parent` fork hook (3.12 and later): see [`before`].
+#[cfg(Py_3_12)]
+pub fn after_in_parent() {
+    server::resume_after_fork();
+}

@@ -118,6 +118,13 @@ fn register_hooks(py: Python<'_>) -> PyResult<()> {
     py.import("atexit")?.call_method1("register", (hook,))?;
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("after_in_child", module.getattr("_after_fork_in_child")?)?;
+    // From 3.12 `os.fork()` warns when the process has other threads; the
+    // idle ones of pyreload's are stopped around the fork (`fork::before`).
+    #[cfg(Py_3_12)]
+    {
+        kwargs.set_item("before", module.getattr("_before_fork")?)?;
+        kwargs.set_item("after_in_parent", module.getattr("_after_fork_in_parent")?)?;
+    }
     py.import("os")?.call_method("register_at_fork", (), Some(&kwargs))?;
     // The program did not import `pyreload`; keep `sys.modules` as `python`
     // would have it.

@@ -72,4 +72,18 @@ pub mod pyreload {
     fn _after_fork_in_child(py: Python<'_>) {
         crate::host::fork::after_in_child(py);
     }
+
+    /// Registered with `os.register_at_fork(before=...)` on 3.12+.
+    #[cfg(Py_3_12)]
+    #[pyfunction]
+    fn _before_fork() {
+        crate::host::fork::before();
+    }
+
+    /// Registered with `os.register_at_fork(after_in_parent=...)` on 3.12+.
+    #[cfg(Py_3_12)]
+    #[pyfunction]
+    fn _after_fork_in_parent() {
+        crate::host::fork::after_in_parent();
+    }
 }

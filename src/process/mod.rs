@@ -58,6 +58,15 @@ pub fn try_spawn_service_thread(
     name: &str,
     f: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    try_spawn_service_thread_returning(name, f)
+}
+
+/// [`try_spawn_service_thread`] for a thread that hands a value back when
+/// joined (the control thread returns its listener when paused).
+pub fn try_spawn_service_thread_returning<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
     use nix::sys::signal::{SigSet, SigmaskHow};
     let previous = SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK);
     let spawned = std::thread::Builder::new().name(name.to_string()).spawn(f);
