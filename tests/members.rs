@@ -119,7 +119,7 @@ fn member_pids(status: &Value) -> Vec<u64> {
     pids
 }
 
-fn member<'a>(status: &'a Value, pid: u32) -> &'a Value {
+fn member(status: &Value, pid: u32) -> &Value {
     status["members"]
         .as_array()
         .unwrap()

@@ -45,7 +45,7 @@ pub fn after_in_child(py: Python<'_>) {
         ));
     }
     let started = Listener::bind_member(&child.identity)
-        .and_then(|listener| server::spawn(listener, super::service::Service::new()).map_err(Into::into));
+        .and_then(|listener| server::spawn(listener, super::service::Service::handler()).map_err(Into::into));
     if let Err(e) = started {
         crate::process::log(format!(
             "pyreload: pid {}: could not become a member of the program's tree (it cannot be updated): {e:#}",

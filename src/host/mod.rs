@@ -78,7 +78,7 @@ pub fn run(options: RunOptions) -> Result<i32> {
     if reload {
         autoreload::spawn(state, program_dir)?;
     }
-    control::server::spawn(listener, service::Service::new()).context("could not start the control thread")?;
+    control::server::spawn(listener, service::Service::handler()).context("could not start the control thread")?;
     Ok(embed::run_main())
 }
 

@@ -21,7 +21,8 @@ use crate::process::ClientGone;
 pub struct Service;
 
 impl Service {
-    pub fn new() -> Arc<dyn Handler> {
+    /// The handler, as the control server takes it.
+    pub fn handler() -> Arc<dyn Handler> {
         Arc::new(Service)
     }
 }
