@@ -69,6 +69,9 @@ impl Listener {
         let inner = UnixListener::bind(&path).with_context(|| format!("could not bind {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("could not restrict {}", path.display()))?;
+        // The accept loop polls first; non-blocking, an accept whose
+        // connection went away meanwhile returns instead of waiting.
+        inner.set_nonblocking(true)?;
         Ok(Listener {
             inner: Tracked::new(inner),
             path,
@@ -96,6 +99,7 @@ impl Listener {
         let _ = std::fs::remove_file(&temporary);
         let inner =
             UnixListener::bind(&temporary).with_context(|| format!("could not bind {}", temporary.display()))?;
+        inner.set_nonblocking(true)?;
         let inner = Tracked::new(inner);
         std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("could not restrict {}", temporary.display()))?;
