@@ -135,18 +135,22 @@ fn request_timeout() -> Duration {
 
 /// This process's control thread while it runs: what [`pause_for_fork`]
 /// needs to stop it and [`resume_after_fork`] to start it again.
-#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
 struct ControlThread {
     handle: std::thread::JoinHandle<Listener>,
     server: Server,
 }
 
 /// What a control thread serves with, kept across a pause.
-#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
 struct Server {
     handler: Arc<dyn Handler>,
     /// Connections being served now.
     active: Arc<AtomicUsize>,
+    /// The connection threads started and not yet joined. Only the control
+    /// thread and [`pause_for_fork`] (once the control thread is stopped)
+    /// touch it.
+    connections: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
     /// A byte written here ends the accept loop.
     wake: Tracked<std::os::fd::OwnedFd>,
     woken: Tracked<std::os::fd::OwnedFd>,
@@ -157,7 +161,7 @@ struct Server {
 static CONTROL: crate::process::per_process::PerProcess<std::sync::Mutex<Option<ControlThread>>> =
     crate::process::per_process::PerProcess::new(|| std::sync::Mutex::new(None));
 /// A control thread stopped by [`pause_for_fork`], to restart.
-#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
 static PAUSED: crate::process::per_process::PerProcess<std::sync::Mutex<Option<(Listener, Server)>>> =
     crate::process::per_process::PerProcess::new(|| std::sync::Mutex::new(None));
 
@@ -168,6 +172,7 @@ pub fn spawn(listener: Listener, handler: Arc<dyn Handler>) -> io::Result<()> {
     let server = Server {
         handler,
         active: Arc::new(AtomicUsize::new(0)),
+        connections: Arc::new(std::sync::Mutex::new(Vec::new())),
         wake: Tracked::new(wake),
         woken: Tracked::new(woken),
     };
@@ -175,10 +180,14 @@ pub fn spawn(listener: Listener, handler: Arc<dyn Handler>) -> io::Result<()> {
 }
 
 fn start(listener: Listener, server: Server) -> io::Result<()> {
-    let (handler, active) = (server.handler.clone(), server.active.clone());
+    let (handler, active, connections) = (
+        server.handler.clone(),
+        server.active.clone(),
+        server.connections.clone(),
+    );
     let woken = server.woken.socket.as_raw_fd();
     let handle = crate::process::try_spawn_service_thread_returning("pyreload-control", move || {
-        serve(&listener, handler, active, woken);
+        serve(&listener, handler, active, connections, woken);
         listener
     })?;
     if let Ok(mut slot) = CONTROL.get().try_lock() {
@@ -187,13 +196,13 @@ fn start(listener: Listener, server: Server) -> io::Result<()> {
     Ok(())
 }
 
-/// In the `before` fork hook (GIL held), on CPython 3.12 and later: stops
+/// In the `before` fork hook (GIL held), on CPython 3.12 (see `host::fork::before` for 3.13): stops
 /// this process's control thread if it is idle (no connection being
 /// served), so that `os.fork()` in the program sees the threads `python`
 /// would have and warns as `python` would. Connections that arrive
 /// meanwhile wait in the listen backlog. A thread serving a connection is
 /// left running (the fork then warns).
-#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
 pub fn pause_for_fork() {
     let Ok(mut slot) = CONTROL.get().try_lock() else { return };
     match slot.as_ref() {
@@ -207,6 +216,16 @@ pub fn pause_for_fork() {
     let _ = unsafe { nix::libc::write(server.wake.socket.as_raw_fd(), b"x".as_ptr().cast(), 1) };
     match handle.join() {
         Ok(listener) => {
+            // Connection threads that have answered may still be ending;
+            // the fork counts them until they are gone. If one is still
+            // serving (accepted just before the stop), it is left alone.
+            if server.active.load(Ordering::SeqCst) == 0 {
+                if let Ok(mut connections) = server.connections.try_lock() {
+                    for c in connections.drain(..) {
+                        let _ = c.join();
+                    }
+                }
+            }
             if let Ok(mut paused) = PAUSED.get().try_lock() {
                 *paused = Some((listener, server));
             }
@@ -217,7 +236,7 @@ pub fn pause_for_fork() {
 
 /// In the `after_in_parent` fork hook: starts the control thread that
 /// [`pause_for_fork`] stopped, on the same socket.
-#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
 pub fn resume_after_fork() {
     let Some((listener, server)) = PAUSED.get().try_lock().ok().and_then(|mut p| p.take()) else {
         return;
@@ -230,7 +249,13 @@ pub fn resume_after_fork() {
 }
 
 /// The accept loop, until a byte arrives on `woken`.
-fn serve(listener: &Listener, handler: Arc<dyn Handler>, active: Arc<AtomicUsize>, woken: std::os::fd::RawFd) {
+fn serve(
+    listener: &Listener,
+    handler: Arc<dyn Handler>,
+    active: Arc<AtomicUsize>,
+    connections: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    woken: std::os::fd::RawFd,
+) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::{AsFd, BorrowedFd};
     let request_timeout = request_timeout();
@@ -291,8 +316,13 @@ fn serve(listener: &Listener, handler: Arc<dyn Handler>, active: Arc<AtomicUsize
             handle(stream, handler.as_ref(), request_timeout);
             active.fetch_sub(1, Ordering::SeqCst);
         });
-        if spawned.is_err() {
-            crate::process::log("pyreload: could not start a thread for a control connection");
+        match spawned {
+            Ok(thread) => {
+                let mut connections = connections.lock().unwrap_or_else(|p| p.into_inner());
+                connections.retain(|c| !c.is_finished());
+                connections.push(thread);
+            }
+            Err(_) => crate::process::log("pyreload: could not start a thread for a control connection"),
         }
     }
 }

@@ -67,7 +67,7 @@ pub fn after_fork_in_child(py: Python<'_>) {
 /// Before a fork, in the parent (GIL held): ends the engine's idle helper
 /// thread (the watchdog), which the next update starts again. See
 /// `host::fork::before`.
-#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
 pub fn pause_for_fork() {
     watchdog::pause_for_fork();
 }

@@ -82,12 +82,12 @@ static WATCHDOG: PerProcess<Watchdog> = PerProcess::new(|| Watchdog {
     thread: Mutex::new(None),
 });
 
-/// Before a fork (the `before` hook, GIL held), on CPython 3.12 and later:
+/// Before a fork (the `before` hook, GIL held), on CPython 3.12 (see `host::fork::before` for 3.13):
 /// ends the watchdog thread if it is idle, so that `os.fork()` in the
 /// program does not warn that the process is multi-threaded when `python`
 /// would not. The next deadline starts it again. An armed watchdog (an
 /// update running its own code, which forked) is left alone.
-#[cfg_attr(not(Py_3_12), allow(dead_code))] // used by the 3.12+ fork hooks
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
 pub fn pause_for_fork() {
     let Ok(mut thread) = wd().thread.try_lock() else { return };
     let Some(handle) = thread.take() else { return };

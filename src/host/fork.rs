@@ -54,19 +54,28 @@ pub fn after_in_child(py: Python<'_>) {
     }
 }
 
-/// The `before` fork hook, registered on CPython 3.12 and later (GIL
-/// held, in the parent): stops pyreload's idle threads, so that the
-/// fork's "this process is multi-threaded" `DeprecationWarning` is given
-/// exactly when `python` would give it. [`after_in_parent`] restarts the
-/// control thread; the watchdog restarts with the next update.
-#[cfg(Py_3_12)]
+/// The `before` fork hook, registered on CPython 3.12 (GIL held, in the
+/// parent): stops pyreload's idle threads, so that the fork's "this
+/// process is multi-threaded" `DeprecationWarning` is given exactly when
+/// `python` would give it. [`after_in_parent`] restarts the control
+/// thread; the watchdog restarts with the next update.
+///
+/// Not on 3.13: there `os.fork()` counts the threads (and warns) after
+/// the `after_in_parent` hooks have run, so the restarted control thread
+/// is counted. Restarting it any later needs a trigger that runs after
+/// `os.fork()` returns, and none is reliable (a pending call runs only
+/// when the main thread next runs bytecode, which may be never while it
+/// waits for its workers). So 3.13 gives the warning where `python` would
+/// not (a fork in `__main__`, or with warnings enabled), and pays nothing
+/// for trying.
+#[cfg(all(Py_3_12, not(Py_3_13)))]
 pub fn before() {
     engine::pause_for_fork();
     server::pause_for_fork();
 }
 
-/// The `after_in_parent` fork hook (3.12 and later): see [`before`].
-#[cfg(Py_3_12)]
+/// The `after_in_parent` fork hook (3.12): see [`before`].
+#[cfg(all(Py_3_12, not(Py_3_13)))]
 pub fn after_in_parent() {
     server::resume_after_fork();
 }

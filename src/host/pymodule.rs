@@ -74,14 +74,14 @@ pub mod pyreload {
     }
 
     /// Registered with `os.register_at_fork(before=...)` on 3.12+.
-    #[cfg(Py_3_12)]
+    #[cfg(all(Py_3_12, not(Py_3_13)))]
     #[pyfunction]
     fn _before_fork() {
         crate::host::fork::before();
     }
 
     /// Registered with `os.register_at_fork(after_in_parent=...)` on 3.12+.
-    #[cfg(Py_3_12)]
+    #[cfg(all(Py_3_12, not(Py_3_13)))]
     #[pyfunction]
     fn _after_fork_in_parent() {
         crate::host::fork::after_in_parent();
