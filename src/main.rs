@@ -9,6 +9,7 @@ mod engine;
 mod fuzz;
 mod host;
 mod plan;
+mod process;
 mod report;
 mod spec;
 mod tree;

@@ -145,7 +145,7 @@ pub fn print_response(response: Response, json: bool, known: Option<(&str, &str)
             eprint!("{}", problem.render(known));
             EXIT_REFUSED
         }
-        Response::Status(_) | Response::Sources { .. } | Response::Loaded(_) => {
+        Response::Status(_) | Response::Sources { .. } | Response::Loaded(_) | Response::Member(_) => {
             error("the program answered with something other than a report");
             EXIT_REFUSED
         }

@@ -139,8 +139,33 @@ fn to_text(info: &ProgramInfo) -> String {
     let _ = writeln!(out, "  version: {}", info.version.as_deref().unwrap_or("(none)"));
     let _ = writeln!(out, "  uptime:  {:.1} s", info.uptime_s);
     let _ = writeln!(out, "  socket:  {}", info.socket);
+    if info.root_pid != 0 && info.root_pid != info.pid {
+        let _ = writeln!(
+            out,
+            "  member:  of the program tree of pid {} (forked from pid {})",
+            info.root_pid, info.ppid
+        );
+    }
+    if !info.members.is_empty() {
+        let _ = writeln!(out, "  members: {} forked process(es) in its tree:", info.members.len());
+        for m in &info.members {
+            let state = match (&m.unreachable, &m.in_progress) {
+                (Some(why), _) => format!("  (did not answer: {why})"),
+                (None, Some(p)) => format!("  updating `{}` ({})", p.update, p.phase.name()),
+                (None, None) => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "    pid {:>7}  ppid {:>7}  version {:<10}  {}{state}",
+                m.pid,
+                m.ppid,
+                m.version.as_deref().unwrap_or("(none)"),
+                m.role
+            );
+        }
+    }
     if let Some(p) = &info.in_progress {
-        let now = crate::host::state::unix_seconds(std::time::SystemTime::now());
+        let now = crate::process::state::unix_seconds(std::time::SystemTime::now());
         let _ = writeln!(
             out,
             "  updating: `{}`, in {} for {:.1} s ({:.1} s in all)",

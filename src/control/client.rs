@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::protocol::{read_frame, write_frame, ProgramInfo, Request, Response, PROTOCOL_VERSION};
+use super::protocol::{read_frame, write_frame, MemberInfo, ProgramInfo, Request, Response, PROTOCOL_VERSION};
 use super::runtime_dir;
 use crate::diagnostic::Problem;
 
@@ -169,7 +169,7 @@ fn probe(socket: &Path) -> io::Result<Target> {
             info,
         }),
         Response::Error(problem) => Err(io::Error::other(problem.message)),
-        Response::Report(_) | Response::Sources { .. } | Response::Loaded(_) => {
+        Response::Report(_) | Response::Sources { .. } | Response::Loaded(_) | Response::Member(_) => {
             Err(io::Error::other("unexpected answer to a status request"))
         }
     }
@@ -179,13 +179,16 @@ fn probe(socket: &Path) -> io::Result<Target> {
 /// `None` waits as long as the host takes (an apply may wait for a safe
 /// point, bounded by the spec's own timeout).
 pub fn exchange(socket: &Path, request: &Request, timeout: Option<Duration>) -> io::Result<Response> {
-    let mut stream = UnixStream::connect(socket)?;
+    // Registered: a hosted program that asks its members (the root's
+    // `status`) and forks meanwhile must not leave this open in the child.
+    let mut stream = crate::process::fds::Tracked::new(UnixStream::connect(socket)?);
+    let stream = &mut stream.socket;
     stream.set_read_timeout(timeout)?;
     // A program that refuses the connection (another user's, or too busy)
     // answers at once and closes, perhaps before our request is written:
     // its answer still says more than the broken pipe.
-    let written = write_frame(&mut stream, request);
-    let answer = read_frame(&mut stream);
+    let written = write_frame(&mut *stream, request);
+    let answer = read_frame(&mut *stream);
     if let (Err(e), Err(_)) = (&written, &answer) {
         return Err(io::Error::new(e.kind(), e.to_string()));
     }
@@ -197,4 +200,61 @@ pub fn exchange(socket: &Path, request: &Request, timeout: Option<Duration>) -> 
         ),
         other => io::Error::other(other.to_string()),
     })
+}
+
+/// How long the root waits for each member's answer to `status`.
+pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many members the root asks at once.
+const MEMBER_FAN_OUT: usize = 16;
+
+/// Asks every live member of the tree in `tree_dir` (other than `except`,
+/// the asker) what it is, [`MEMBER_FAN_OUT`] at a time, each bounded by
+/// `timeout`. A member that does not answer is listed with why
+/// (`unreachable`), from what `/proc` says about it. Stale entries are
+/// pruned first ([`crate::process::tree::members`]).
+pub fn member_status(tree_dir: &Path, except: u32, timeout: Duration) -> Vec<MemberInfo> {
+    let members = crate::process::tree::members(tree_dir, except);
+    let mut out = Vec::with_capacity(members.len());
+    for batch in members.chunks(MEMBER_FAN_OUT) {
+        std::thread::scope(|scope| {
+            let asked: Vec<_> = batch
+                .iter()
+                .map(|m| scope.spawn(move || ask_member(m, timeout)))
+                .collect();
+            for (m, answer) in batch.iter().zip(asked) {
+                out.push(
+                    answer
+                        .join()
+                        .unwrap_or_else(|_| unreachable_member(m, "the query panicked".into())),
+                );
+            }
+        });
+    }
+    out
+}
+
+fn ask_member(member: &crate::process::tree::Member, timeout: Duration) -> MemberInfo {
+    let request = Request::MemberStatus {
+        protocol: PROTOCOL_VERSION,
+    };
+    match exchange(&member.socket, &request, Some(timeout)) {
+        Ok(Response::Member(info)) => info,
+        Ok(Response::Error(problem)) => unreachable_member(member, problem.message),
+        Ok(_) => unreachable_member(member, "it answered with something other than its status".into()),
+        Err(e) => unreachable_member(member, e.to_string()),
+    }
+}
+
+fn unreachable_member(member: &crate::process::tree::Member, why: String) -> MemberInfo {
+    MemberInfo {
+        pid: member.pid,
+        ppid: member.ppid,
+        root_pid: 0,
+        role: crate::process::tree::role(member.pid),
+        version: None,
+        socket: member.socket.display().to_string(),
+        start_ticks: member.start_ticks,
+        in_progress: None,
+        unreachable: Some(why),
+    }
 }

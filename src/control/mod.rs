@@ -3,7 +3,6 @@
 //! carrying length-prefixed JSON messages.
 
 pub mod client;
-pub mod member_wire;
 pub mod protocol;
-pub mod runtime_dir;
+pub use crate::process::runtime_dir;
 pub mod server;

@@ -12,6 +12,11 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::diagnostic::Problem;
 use crate::report::Report;
 
+// The status facts are defined in the bottom layer, which stores them
+// (see `process::wire`); these are the ones the requests and responses
+// name.
+pub use crate::process::wire::{FileState, LoadedProgram, MemberInfo, ModuleSources, ProgramInfo};
+
 /// Bumped when a message changes shape; a client and host that disagree
 /// say so instead of misreading each other.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -53,6 +58,10 @@ pub enum Request {
     /// Run a full garbage collection, then answer as `Status`: what
     /// `retained` lists then is really kept alive.
     Collect { protocol: u32 },
+    /// What one member of a process tree says about itself, for the
+    /// root's `status`: answered with [`Response::Member`], and never
+    /// fanned out further (unlike `Status` in the root).
+    MemberStatus { protocol: u32 },
     /// From a tree's coordinator: take part in a tree-wide update. The
     /// connection then carries the conversation of
     /// [`super::member_wire`]; `decision` is the file that decides a
@@ -65,6 +74,22 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The protocol version the client speaks.
+    pub fn protocol(&self) -> u32 {
+        match self {
+            Request::Status { protocol }
+            | Request::Collect { protocol }
+            | Request::MemberStatus { protocol }
+            | Request::Apply { protocol, .. }
+            | Request::Sources { protocol, .. }
+            | Request::Loaded { protocol }
+            | Request::Rollback { protocol, .. }
+            | Request::Member { protocol, .. } => *protocol,
+        }
+    }
+}
+
 /// The host's answer to a [`Request`].
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -75,165 +100,10 @@ pub enum Response {
         modules: Vec<ModuleSources>,
     },
     Loaded(LoadedProgram),
+    Member(MemberInfo),
     /// The request could not be served at all (busy, malformed, wrong
     /// protocol version). Update failures are reports, not errors.
     Error(Problem),
-}
-
-/// What `pyreload status` shows about a program.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProgramInfo {
-    pub name: String,
-    pub pid: u32,
-    pub version: Option<String>,
-    /// Seconds since the Unix epoch.
-    pub started_at: f64,
-    pub uptime_s: f64,
-    pub socket: String,
-    pub history: Vec<HistoryEntry>,
-    /// Committed updates `pyreload rollback` would undo, newest first.
-    #[serde(default)]
-    pub rollback: Vec<RollbackInfo>,
-    /// The update (or rollback) running now, if any.
-    #[serde(default)]
-    pub in_progress: Option<InProgress>,
-    /// Objects of earlier versions that are still alive (see
-    /// `engine::retained`).
-    #[serde(default)]
-    pub retained: Retained,
-}
-
-/// An update the host is working on, and how far it has got.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InProgress {
-    pub update: String,
-    pub phase: Phase,
-    /// Seconds since the Unix epoch.
-    pub started_at: f64,
-    /// When the current phase began, in seconds since the Unix epoch.
-    pub phase_started_at: f64,
-}
-
-/// The phases of an update, in order. Before `commit` an update can still
-/// be cancelled with nothing changed; from `commit` on it runs to its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Reading and compiling sources, resolving names.
-    Prepare,
-    /// Waiting for the safe point.
-    Wait,
-    /// Running the new module bodies into staging modules.
-    Stage,
-    /// In the stopped world: merge, transforms, `[check] after`, or the
-    /// undo of a rollback.
-    Commit,
-    /// After the pause: a lazy migration converting the rest.
-    Sweep,
-}
-
-impl Phase {
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Prepare => "prepare",
-            Phase::Wait => "wait",
-            Phase::Stage => "stage",
-            Phase::Commit => "commit",
-            Phase::Sweep => "sweep",
-        }
-    }
-}
-
-/// How many objects from earlier versions are still alive: staging modules
-/// and the new versions of classes, whose contents the commit merged into
-/// the live ones. Each should be freed by the garbage collector soon after
-/// its update; one that lives on is kept by a reference from somewhere.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Retained {
-    pub modules: usize,
-    pub classes: usize,
-    /// How many were tracked since the program started.
-    pub tracked: usize,
-    /// `update: kind name` of each still alive, oldest first (at most 20).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub alive: Vec<String>,
-}
-
-/// A module's source as it runs now and as the spec would load it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModuleSources {
-    pub module: String,
-    /// (path, text); None for a module new in this update, or one whose
-    /// running source is not known (then `unknown` says why).
-    pub running: Option<(String, String)>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unknown: Option<String>,
-    pub new_path: String,
-    pub new_text: String,
-}
-
-/// The program's loaded modules, for drafting a spec from what changed on
-/// disk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoadedProgram {
-    /// The program's `sys.path`, absolute.
-    pub sys_path: Vec<String>,
-    pub modules: Vec<LoadedModule>,
-}
-
-/// A loaded module with a source file, or a package.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoadedModule {
-    pub name: String,
-    /// Its source file, absolute, if it has one.
-    pub path: Option<String>,
-    /// Where its submodules are found, if it is a package.
-    pub search: Option<Vec<String>>,
-    pub state: FileState,
-}
-
-/// A module's file on disk against the source the module runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum FileState {
-    /// The file holds what runs (or the module has no file).
-    Same,
-    /// The file changed since it was loaded; `running` is what runs.
-    Changed { running: String },
-    /// The file is gone.
-    Gone,
-    /// A frozen module: the interpreter runs code built into it, not its
-    /// file.
-    Frozen,
-    /// What runs is not known.
-    Unknown { why: String },
-}
-
-/// One committed update on the rollback stack.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RollbackInfo {
-    pub name: String,
-    pub from: Option<String>,
-    pub to: String,
-    /// Why it cannot be rolled back, if it cannot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blocked: Option<String>,
-}
-
-/// One update attempt, as remembered by the host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub name: String,
-    pub from: Option<String>,
-    pub to: String,
-    /// Seconds since the Unix epoch.
-    pub at: f64,
-    pub outcome: crate::report::Outcome,
-    pub pause_ms: f64,
-    pub total_ms: f64,
-    /// Time in each phase.
-    #[serde(default)]
-    pub timings: crate::report::Timings,
 }
 
 /// Why a frame could not be read.

@@ -25,9 +25,9 @@ use std::time::Duration;
 use pyo3::prelude::*;
 
 use super::support::Support;
-use crate::control::protocol::Phase;
 use crate::diagnostic::Problem;
 use crate::plan::Plan;
+use crate::process::wire::Phase;
 
 /// The environment variable that selects a fault.
 pub const ENV_VAR: &str = "PYRELOAD_FAULT";

@@ -13,8 +13,7 @@
 //! (see [`decide`]): a merge is kept only if the coordinator had decided
 //! to commit.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -22,9 +21,9 @@ use pyo3::prelude::*;
 use super::progress::{ClientGone, Progress};
 use super::session::{Freeze, Session};
 use super::Stop;
-use crate::control::member_wire::{monotonic_ns, MemberReply, Step};
+use crate::process::member_wire::{monotonic_ns, Invitation, Link, MemberReply, Step};
 use crate::diagnostic::Problem;
-use crate::host::state::{GateError, HostState};
+use crate::process::state::{GateError, ProcessState};
 use crate::report::{Outcome, Report};
 use crate::spec::{self, SpecSource};
 
@@ -38,26 +37,10 @@ pub const FROZEN_LEASE: Duration = Duration::from_secs(2);
 /// the same deadline.
 const STAGED_GRACE: Duration = Duration::from_secs(5);
 
-/// A member's connection to its coordinator.
-pub trait Link: Send {
-    fn send(&mut self, reply: &MemberReply) -> io::Result<()>;
-    /// The next step, or an error once `timeout` has passed or the
-    /// coordinator is gone.
-    fn recv(&mut self, timeout: Duration) -> io::Result<Step>;
-}
-
-/// What the coordinator asks of a member, from its `Member` request.
-pub struct Invitation {
-    pub spec_path: String,
-    pub spec_text: String,
-    /// Where the decision is recorded (see [`decide`]).
-    pub decision: PathBuf,
-}
-
 /// Serves one member conversation to its end. `coordinator_gone` tells,
 /// while the member waits for its safe point, whether the coordinator has
 /// hung up.
-pub fn serve(state: &HostState, invitation: Invitation, link: &mut dyn Link, coordinator_gone: ClientGone<'_>) {
+pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, coordinator_gone: ClientGone<'_>) {
     let source = SpecSource {
         path: invitation.spec_path.clone(),
         text: invitation.spec_text.clone(),
@@ -118,7 +101,7 @@ pub fn serve(state: &HostState, invitation: Invitation, link: &mut dyn Link, coo
 #[allow(clippy::too_many_arguments)]
 fn converse(
     py: Python<'_>,
-    state: &HostState,
+    state: &ProcessState,
     progress: &Progress<'_>,
     source: &SpecSource,
     spec: &spec::Spec,

@@ -289,7 +289,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                 .problem(py, "could not re-point references to replaced objects", &e)
         })?;
         if self.truncated {
-            eprintln!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies");
+            crate::process::log(format!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies"));
         }
         let replaced_classes = classes.into_iter().map(|pair| pair.new.unbind()).collect();
         Ok(Merged {

@@ -37,11 +37,11 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 
-use crate::control::protocol::ModuleSources;
 use crate::diagnostic::Problem;
-use crate::host::state::{GateError, HostState, Running, UpdateSource};
-use crate::host::update_point::POINTS;
 use crate::plan::Plan;
+use crate::process::state::{GateError, ProcessState, Running, UpdateSource};
+use crate::process::update_point::points;
+use crate::process::wire::ModuleSources;
 use crate::report::{Outcome, Report};
 use crate::spec::{self, SpecSource};
 use journal::Journal;
@@ -49,9 +49,32 @@ use progress::{ClientGone, Progress};
 use support::Support;
 use watchdog::Deadline;
 
+/// What `status` shows about this process: its state, and the objects of
+/// earlier versions the engine tracks.
+pub fn status(state: &ProcessState) -> crate::process::wire::ProgramInfo {
+    state.info(retained::summary())
+}
+
+/// In a freshly forked child (GIL held, one thread): renews the engine's
+/// per-process data that must be copied rather than made afresh. The
+/// world's gate, the switch-interval lock and the watchdog renew
+/// themselves on first use ([`crate::process::per_process`]); the
+/// committed stack moved with the process state.
+pub fn after_fork_in_child(py: Python<'_>) {
+    retained::after_fork_in_child(py);
+}
+
+/// Before a fork, in the parent (GIL held): ends the engine's idle helper
+/// thread (the watchdog), which the next update starts again. See
+/// `host::fork::before`.
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
+pub fn pause_for_fork() {
+    watchdog::pause_for_fork();
+}
+
 /// For `pyreload run --reload`: the loaded modules whose files these are,
 /// in reload order.
-pub fn modules_for_files(state: &HostState, files: &[std::path::PathBuf]) -> Result<Vec<String>, Problem> {
+pub fn modules_for_files(state: &ProcessState, files: &[std::path::PathBuf]) -> Result<Vec<String>, Problem> {
     let _gate = state.begin_update().map_err(|e| Problem::new(e.to_string()))?;
     Python::attach(|py| {
         let support = Support::load(py).map_err(|e| Problem::new(e.to_string()))?;
@@ -65,7 +88,7 @@ pub fn modules_for_files(state: &HostState, files: &[std::path::PathBuf]) -> Res
 /// For `pyreload status --collect`: a full garbage collection, so that the
 /// objects of earlier versions still listed afterwards are really kept
 /// alive by something.
-pub fn collect_garbage(state: &HostState) -> Result<(), Problem> {
+pub fn collect_garbage(state: &ProcessState) -> Result<(), Problem> {
     let _gate = state
         .begin_update()
         .map_err(|e| Problem::new(format!("cannot collect garbage now: {e}")))?;
@@ -74,7 +97,7 @@ pub fn collect_garbage(state: &HostState) -> Result<(), Problem> {
 
 /// For `pyreload diff`: the running and the new source of every module the
 /// spec updates. Resolves the spec as an apply would, and changes nothing.
-pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Vec<ModuleSources>, Problem> {
+pub fn sources(state: &ProcessState, spec_path: &str, spec_text: &str) -> Result<Vec<ModuleSources>, Problem> {
     let source = SpecSource {
         path: spec_path.to_string(),
         text: spec_text.to_string(),
@@ -116,7 +139,7 @@ pub fn sources(state: &HostState, spec_path: &str, spec_text: &str) -> Result<Ve
 /// `client_gone` tells whether whoever asked has stopped waiting: until the
 /// commit starts, the update is then cancelled (see [`progress`]).
 pub fn apply(
-    state: &HostState,
+    state: &ProcessState,
     spec_path: &str,
     spec_text: &str,
     dry_run: bool,
@@ -174,14 +197,14 @@ pub(crate) fn wait(
         if let Some(problem) = progress.abandoned() {
             return Err(Stop::Abandoned(problem));
         }
-        if plan.update_point.is_some() && POINTS.waiting().is_empty() {
+        if plan.update_point.is_some() && points().waiting().is_empty() {
             let until = pacer.deadline().min(Instant::now() + ARRIVAL_SLICE);
-            if !py.detach(|| POINTS.wait_for_arrival(until)) && Instant::now() < pacer.deadline() {
+            if !py.detach(|| points().wait_for_arrival(until)) && Instant::now() < pacer.deadline() {
                 continue;
             }
         }
         *checks += 1;
-        let blockers = safepoint::check(py, support, plan, &POINTS.waiting()).map_err(Stop::Refused)?;
+        let blockers = safepoint::check(py, support, plan, &points().waiting()).map_err(Stop::Refused)?;
         if blockers.clear() {
             return Ok(());
         }
@@ -331,7 +354,7 @@ pub(crate) fn track_garbage(py: Python<'_>, plan: &Plan, staged: &stage::Staged,
 /// come off and converted data can be rolled back.
 pub(crate) fn finish_lazy(
     py: Python<'_>,
-    state: &HostState,
+    state: &ProcessState,
     plan: &Plan,
     lazies: Vec<transform::PendingLazy>,
     report: &mut Report,

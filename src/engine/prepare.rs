@@ -17,14 +17,14 @@ use toml::Spanned;
 use super::imports;
 use super::support::Support;
 use crate::diagnostic::{Location, Problem};
-use crate::host::state::HostState;
 use crate::plan::{Expression, Imports, ModulePlan, Plan, TransformPlan, TransformTarget};
+use crate::process::state::ProcessState;
 use crate::spec::{did_you_mean, Spec, SpecSource};
 
 pub fn prepare(
     py: Python<'_>,
     support: &Support<'_>,
-    state: &HostState,
+    state: &ProcessState,
     source: &SpecSource,
     spec: &Spec,
 ) -> Result<Plan, Problem> {
@@ -42,7 +42,7 @@ pub fn prepare(
 fn resolve(
     py: Python<'_>,
     support: &Support<'_>,
-    state: &HostState,
+    state: &ProcessState,
     source: &SpecSource,
     spec: &Spec,
     imports: &Imports,
@@ -463,7 +463,7 @@ fn inactive_set<'py>(
     Ok(set)
 }
 
-fn check_program(state: &HostState, source: &SpecSource, spec: &Spec) -> Result<(), Problem> {
+fn check_program(state: &ProcessState, source: &SpecSource, spec: &Spec) -> Result<(), Problem> {
     if let Some(program) = &spec.update.program {
         if program.get_ref() != &state.name {
             return Err(source
@@ -482,7 +482,7 @@ fn check_program(state: &HostState, source: &SpecSource, spec: &Spec) -> Result<
     Ok(())
 }
 
-fn check_version(state: &HostState, source: &SpecSource, spec: &Spec) -> Result<(), Problem> {
+fn check_version(state: &ProcessState, source: &SpecSource, spec: &Spec) -> Result<(), Problem> {
     let current = state.version();
     let to = spec.update.to.get_ref();
     if current.as_deref() == Some(to.as_str()) && spec.update.from.as_ref().map(|f| f.get_ref()) != Some(to) {

@@ -8,16 +8,15 @@
 //! safe-point check while it waits. From the commit on, an update runs to
 //! its end: committed, or rolled back.
 
-use crate::control::protocol::Phase;
 use crate::diagnostic::Problem;
-use crate::host::state::HostState;
+use crate::process::state::ProcessState;
+use crate::process::wire::Phase;
 
-/// Tells whether the client that asked for an update has gone away.
-pub type ClientGone<'a> = &'a (dyn Fn() -> bool + Sync);
+pub use crate::process::ClientGone;
 
 /// One update's progress, visible in `status` until dropped.
 pub struct Progress<'a> {
-    state: &'a HostState,
+    state: &'a ProcessState,
     update: String,
     client_gone: Option<ClientGone<'a>>,
 }
@@ -25,7 +24,7 @@ pub struct Progress<'a> {
 impl<'a> Progress<'a> {
     /// Starts showing `update` as in progress, in `prepare`. `client_gone`
     /// is None when nobody waits for the answer (`run --reload`).
-    pub fn begin(state: &'a HostState, update: &str, client_gone: Option<ClientGone<'a>>) -> Progress<'a> {
+    pub fn begin(state: &'a ProcessState, update: &str, client_gone: Option<ClientGone<'a>>) -> Progress<'a> {
         state.set_in_progress(update, Phase::Prepare);
         super::fault::hold(Phase::Prepare);
         Progress {

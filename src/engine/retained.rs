@@ -20,7 +20,9 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyWeakrefReference};
 
-use crate::control::protocol::Retained;
+use crate::process::per_process::PerProcess;
+
+use crate::process::wire::Retained;
 
 /// What kind of object was tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,14 +44,51 @@ struct Tracked {
     alive: BTreeMap<u64, Entry>,
 }
 
-static TRACKED: Mutex<Tracked> = Mutex::new(Tracked {
-    next: 0,
-    total: 0,
-    alive: BTreeMap::new(),
+/// Per process: `summary` locks it without the GIL (for `status`), so a
+/// child forked meanwhile must not inherit that lock. [`after_fork_in_child`]
+/// copies the entries when it can.
+static TRACKED: PerProcess<Mutex<Tracked>> = PerProcess::new(|| {
+    Mutex::new(Tracked {
+        next: 0,
+        total: 0,
+        alive: BTreeMap::new(),
+    })
 });
 
 fn tracked() -> MutexGuard<'static, Tracked> {
-    TRACKED.lock().unwrap_or_else(|p| p.into_inner())
+    TRACKED.get().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In a freshly forked child (GIL held, one thread): this process's own
+/// tracking, with the parent's entries if their lock was free at the fork
+/// (otherwise the child starts counting from zero). The weak references'
+/// callbacks find the child's table, since they look it up when they run.
+pub fn after_fork_in_child(py: Python<'_>) {
+    TRACKED.renew_with(|inherited| {
+        let copied = inherited.and_then(|m| m.try_lock().ok()).map(|t| Tracked {
+            next: t.next,
+            total: t.total,
+            alive: t
+                .alive
+                .iter()
+                .map(|(id, e)| {
+                    (
+                        *id,
+                        Entry {
+                            kind: e.kind,
+                            label: e.label.clone(),
+                            _reference: e._reference.clone_ref(py),
+                        },
+                    )
+                })
+                .collect(),
+        });
+        Mutex::new(copied.unwrap_or(Tracked {
+            next: 0,
+            total: 0,
+            alive: BTreeMap::new(),
+        }))
+    });
 }
 
 /// Starts watching `obj`, which `update` made garbage.

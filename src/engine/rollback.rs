@@ -8,6 +8,7 @@
 //! changes nothing, and replays the code journal backwards. Updates roll
 //! back newest first, one per call.
 
+use std::any::Any;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -19,10 +20,10 @@ use super::support::Support;
 use super::watchdog::Deadline;
 use super::world::StoppedWorld;
 use super::{safepoint, transform};
-use crate::control::protocol::{Phase, RollbackInfo};
 use crate::diagnostic::Problem;
-use crate::host::state::{GateError, HostState};
 use crate::plan::{Plan, TransformPlan};
+use crate::process::state::{CommittedUpdate, GateError, ProcessState};
+use crate::process::wire::{Phase, RollbackInfo};
 use crate::report::{Outcome, Report, SafePointSummary};
 
 /// What the host keeps of a committed update, to be able to undo it.
@@ -37,7 +38,7 @@ pub struct Committed {
     /// Why this update cannot be rolled back, if it cannot.
     pub blocked: Option<String>,
     /// The running sources the update replaced, to put back.
-    pub previous_sources: Vec<(String, Option<crate::host::state::UpdateSource>)>,
+    pub previous_sources: Vec<(String, Option<crate::process::state::UpdateSource>)>,
     /// The spec's `commit_timeout_ms`, which bounds the reverse transformers.
     pub commit_timeout: Duration,
     /// Copies in other modules of the globals the update transformed:
@@ -53,7 +54,7 @@ impl Committed {
         from: Option<String>,
         plan: &Plan,
         journal: Journal,
-        previous_sources: Vec<(String, Option<crate::host::state::UpdateSource>)>,
+        previous_sources: Vec<(String, Option<crate::process::state::UpdateSource>)>,
     ) -> Committed {
         let missing: Vec<&str> = plan
             .transforms
@@ -110,8 +111,14 @@ impl Committed {
             commit_timeout: plan.commit_timeout,
         }
     }
+}
 
-    pub fn info(&self) -> RollbackInfo {
+impl CommittedUpdate for Committed {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> RollbackInfo {
         RollbackInfo {
             name: self.name.clone(),
             from: self.from.clone(),
@@ -119,12 +126,57 @@ impl Committed {
             blocked: self.blocked.clone(),
         }
     }
+
+    fn block(&mut self, why: String) {
+        self.blocked = Some(why);
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// The process state's stack of committed updates, as the engine's own
+/// [`Committed`] type (the state keeps them type-erased, see
+/// [`CommittedUpdate`]). Every entry on it was pushed by the engine, so
+/// the downcasts cannot fail.
+pub trait CommittedStack {
+    /// Keeps a committed update (call with the GIL held).
+    fn push_committed(&self, committed: Committed);
+    fn pop_committed(&self) -> Option<Committed>;
+    fn with_last_committed<R>(&self, f: impl FnOnce(&Committed) -> R) -> Option<R>;
+}
+
+impl CommittedStack for ProcessState {
+    fn push_committed(&self, committed: Committed) {
+        self.push_committed_update(Box::new(committed));
+    }
+
+    fn pop_committed(&self) -> Option<Committed> {
+        let any = self.pop_committed_update()?.into_any();
+        Some(
+            *any.downcast::<Committed>()
+                .expect("the committed stack holds the engine's updates"),
+        )
+    }
+
+    fn with_last_committed<R>(&self, f: impl FnOnce(&Committed) -> R) -> Option<R> {
+        self.with_last_committed_update(|c| {
+            f(c.as_any()
+                .downcast_ref::<Committed>()
+                .expect("the committed stack holds the engine's updates"))
+        })
+    }
 }
 
 /// Undoes the last committed update (or, with `dry_run`, says whether it
 /// could).
 pub fn rollback(
-    state: &HostState,
+    state: &ProcessState,
     dry_run: bool,
     timeout: Duration,
     client_gone: Option<ClientGone<'_>>,
@@ -144,7 +196,7 @@ pub fn rollback(
         ));
     }
     let mut report = Report::begin(
-        format!("{}{name}", crate::host::state::ROLLBACK_PREFIX),
+        format!("{}{name}", crate::process::state::ROLLBACK_PREFIX),
         state.name.clone(),
         state.pid,
         state.version(),
@@ -162,7 +214,7 @@ pub fn rollback(
 
 fn run(
     py: Python<'_>,
-    state: &HostState,
+    state: &ProcessState,
     progress: &Progress<'_>,
     dry_run: bool,
     timeout: Duration,
@@ -220,7 +272,7 @@ fn run(
 /// Inside the stopped world: reverse the data, then the code. The reverse
 /// transformers are the user's code, and run under the update's
 /// `commit_timeout_ms` (see [`super::watchdog`]).
-fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, commit_timeout: Duration, report: &mut Report) {
+fn undo(py: Python<'_>, support: &Support<'_>, state: &ProcessState, commit_timeout: Duration, report: &mut Report) {
     let t = Instant::now();
     // The copies of transformed globals that follow them now follow the
     // reversed value, not the object they held before the update.
@@ -286,7 +338,7 @@ fn undo(py: Python<'_>, support: &Support<'_>, state: &HostState, commit_timeout
 
 /// The safe point of a rollback: every function whose code it restores must
 /// be inactive.
-fn safe_point_plan(py: Python<'_>, support: &Support<'_>, state: &HostState, timeout: Duration) -> PyResult<Plan> {
+fn safe_point_plan(py: Python<'_>, support: &Support<'_>, state: &ProcessState, timeout: Duration) -> PyResult<Plan> {
     let builtins = py.import("builtins")?;
     let ids = PySet::empty(py)?;
     let generators = PyList::empty(py);

@@ -13,9 +13,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::control::protocol::{FileState, LoadedModule, LoadedProgram};
 use crate::diagnostic::Problem;
-use crate::host::state::{HostState, Running};
+use crate::process::state::{ProcessState, Running};
+use crate::process::wire::{FileState, LoadedModule, LoadedProgram};
 
 const SOURCE: &str = include_str!("running.py");
 
@@ -23,7 +23,7 @@ const SOURCE: &str = include_str!("running.py");
 const FROZEN: &str = "it is frozen: the interpreter runs code built into it, not its file";
 
 /// What `module` runs (its source file is `file`), for `pyreload diff`.
-pub fn of(state: &HostState, name: &str, module: &Bound<'_, PyAny>, file: Option<&str>) -> Running {
+pub fn of(state: &ProcessState, name: &str, module: &Bound<'_, PyAny>, file: Option<&str>) -> Running {
     let origin = module.getattr("__spec__").and_then(|s| s.getattr("origin"));
     if origin.is_ok_and(|o| o.extract::<String>().is_ok_and(|o| o == "frozen")) {
         return Running::Unknown { why: FROZEN.into() };
@@ -37,7 +37,7 @@ static NAMESPACE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 type Found = (String, Option<String>, Option<String>, Option<Vec<String>>, bool);
 
 /// The program's loaded modules, each compared with its file.
-pub fn loaded(state: &HostState) -> Result<LoadedProgram, Problem> {
+pub fn loaded(state: &ProcessState) -> Result<LoadedProgram, Problem> {
     let _gate = state
         .begin_update()
         .map_err(|e| Problem::new(format!("cannot read the program's modules now: {e}")))?;
@@ -72,7 +72,7 @@ pub fn loaded(state: &HostState) -> Result<LoadedProgram, Problem> {
     Ok(LoadedProgram { sys_path, modules })
 }
 
-fn compare(state: &HostState, module: &str, path: &str, absolute: &str) -> FileState {
+fn compare(state: &ProcessState, module: &str, path: &str, absolute: &str) -> FileState {
     match state.running_source(module, Some(path)) {
         Running::Unknown { why } => FileState::Unknown { why },
         // An update that loaded the module from another file (`source =

@@ -32,11 +32,12 @@ use super::safepoint::{self, Blockers, Pacer};
 use super::support::Support;
 use super::watchdog::Deadline;
 use super::world::StoppedWorld;
+use super::rollback::CommittedStack;
 use super::{commit_limit, interrupted, ms, prepare, rollback, stage, transform, Done, Stop};
-use crate::control::protocol::Phase;
+use crate::process::wire::Phase;
 use crate::diagnostic::Problem;
-use crate::host::state::HostState;
-use crate::host::update_point::{PointRequest, POINTS};
+use crate::process::state::ProcessState;
+use crate::process::update_point::{points, PointRequest};
 use crate::plan::Plan;
 use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
 use crate::spec::{self, SpecSource};
@@ -75,7 +76,7 @@ impl<'py> Session<'py> {
     /// before anything runs.
     pub fn prepare(
         py: Python<'py>,
-        state: &HostState,
+        state: &ProcessState,
         source: &SpecSource,
         spec: &spec::Spec,
         report: &mut Report,
@@ -120,7 +121,7 @@ impl<'py> Session<'py> {
         progress.enter(Phase::Wait);
         self.pacer = Pacer::new(Instant::now() + self.plan.timeout);
         if self.point.is_none() {
-            self.point = self.plan.update_point.as_deref().map(|name| POINTS.request(name));
+            self.point = self.plan.update_point.as_deref().map(|name| points().request(name));
         }
         let t = Instant::now();
         let waited = {
@@ -197,7 +198,7 @@ impl<'py> Session<'py> {
         let world = world.map_err(|e| self.support.problem(py, "could not stop the program's threads", &e))?;
         report.safe_point_checks += 1;
         report.stopped_threads = world.threads;
-        let blockers = safepoint::check(py, &self.support, &self.plan, &POINTS.waiting()).map_err(|problem| {
+        let blockers = safepoint::check(py, &self.support, &self.plan, &points().waiting()).map_err(|problem| {
             interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout))
         });
         match blockers {
@@ -256,7 +257,7 @@ impl<'py> Session<'py> {
 
     /// Records the new version as the one that runs (sources for `diff`,
     /// the version for `status`). The merge is final from here.
-    pub fn publish(&self, state: &HostState, done: &mut Done) {
+    pub fn publish(&self, state: &ProcessState, done: &mut Done) {
         let loaded = self
             .plan
             .modules
@@ -264,7 +265,7 @@ impl<'py> Session<'py> {
             .map(|m| {
                 (
                     m.name.clone(),
-                    Some(crate::host::state::UpdateSource::now(m.source.clone(), m.text.clone())),
+                    Some(crate::process::state::UpdateSource::now(m.source.clone(), m.text.clone())),
                 )
             })
             .collect();
@@ -284,7 +285,7 @@ impl<'py> Session<'py> {
     /// With the world running again: keeps the update for `pyreload
     /// rollback`, watches what it made garbage, and finishes lazy
     /// migrations.
-    pub fn finish(&self, state: &HostState, progress: &Progress<'_>, done: Done, report: &mut Report) {
+    pub fn finish(&self, state: &ProcessState, progress: &Progress<'_>, done: Done, report: &mut Report) {
         let py = self.py;
         let staged = self.staged.as_ref().expect("staged before the merge");
         let Done {
@@ -311,7 +312,7 @@ impl<'py> Session<'py> {
 /// a program without members.
 pub fn run_alone(
     py: Python<'_>,
-    state: &HostState,
+    state: &ProcessState,
     progress: &Progress<'_>,
     source: &SpecSource,
     spec: &spec::Spec,

@@ -22,11 +22,13 @@
 
 use std::os::raw::{c_long, c_ulong};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+
+use crate::process::per_process::PerProcess;
 
 pyo3::create_exception!(
     pyreload,
@@ -50,21 +52,65 @@ struct Armed {
 struct Shared {
     armed: Option<Armed>,
     generation: u64,
+    /// Asks an idle watchdog thread to end (see [`pause_for_fork`]).
+    stop: bool,
 }
 
-static SHARED: Mutex<Shared> = Mutex::new(Shared {
-    armed: None,
-    generation: 0,
+/// The watchdog of one process. Per process ([`PerProcess`]): a child
+/// forked from the program has no watchdog thread, whatever its parent's
+/// `thread` flag says, and must not wait on locks that thread held.
+struct Watchdog {
+    shared: Mutex<Shared>,
+    changed: Condvar,
+    /// Held by the watchdog from deciding to interrupt until it has let go
+    /// of the GIL again. Disarming waits for it, so the watchdog never
+    /// attaches to an interpreter after the update (and its hold on the
+    /// exit) has ended.
+    firing: Mutex<()>,
+    /// The watchdog thread, while it runs in this process. Only touched
+    /// with the GIL held (arming, and the fork hooks).
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+static WATCHDOG: PerProcess<Watchdog> = PerProcess::new(|| Watchdog {
+    shared: Mutex::new(Shared {
+        armed: None,
+        generation: 0,
+        stop: false,
+    }),
+    changed: Condvar::new(),
+    firing: Mutex::new(()),
+    thread: Mutex::new(None),
 });
-static CHANGED: Condvar = Condvar::new();
-/// Held by the watchdog from deciding to interrupt until it has let go of
-/// the GIL again. Disarming waits for it, so the watchdog never attaches to
-/// an interpreter after the update (and its hold on the exit) has ended.
-static FIRING: Mutex<()> = Mutex::new(());
-static THREAD: OnceLock<()> = OnceLock::new();
+
+/// Before a fork (the `before` hook, GIL held), on CPython 3.12 (see `host::fork::before` for 3.13):
+/// ends the watchdog thread if it is idle, so that `os.fork()` in the
+/// program does not warn that the process is multi-threaded when `python`
+/// would not. The next deadline starts it again. An armed watchdog (an
+/// update running its own code, which forked) is left alone.
+#[cfg_attr(not(all(Py_3_12, not(Py_3_13))), allow(dead_code))] // used by the 3.12 fork hooks
+pub fn pause_for_fork() {
+    let Ok(mut thread) = wd().thread.try_lock() else { return };
+    let Some(handle) = thread.take() else { return };
+    match wd().shared.try_lock() {
+        Ok(mut s) if s.armed.is_none() => {
+            s.stop = true;
+            wd().changed.notify_all();
+        }
+        _ => {
+            *thread = Some(handle);
+            return;
+        }
+    }
+    let _ = handle.join();
+}
+
+fn wd() -> &'static Watchdog {
+    WATCHDOG.get()
+}
 
 fn shared() -> MutexGuard<'static, Shared> {
-    SHARED.lock().unwrap_or_else(|p| p.into_inner())
+    wd().shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An armed deadline for the calling thread's Python code. Dropping it
@@ -78,7 +124,15 @@ pub struct Deadline<'py> {
 impl<'py> Deadline<'py> {
     /// Arms a deadline for the calling thread, which must be attached.
     pub fn arm(py: Python<'py>, deadline: Instant) -> Deadline<'py> {
-        THREAD.get_or_init(|| crate::host::spawn_service_thread("pyreload-watchdog", watch));
+        {
+            let mut thread = wd().thread.lock().unwrap_or_else(|p| p.into_inner());
+            if thread.is_none() {
+                *thread = Some(
+                    crate::process::try_spawn_service_thread("pyreload-watchdog", watch)
+                        .unwrap_or_else(|e| panic!("could not start pyreload-watchdog: {e}")),
+                );
+            }
+        }
         // SAFETY: a plain C call that returns the calling thread's id.
         let thread = unsafe { ffi::PyThread_get_thread_ident() };
         let mut s = shared();
@@ -90,7 +144,7 @@ impl<'py> Deadline<'py> {
             generation,
             fired: 0,
         });
-        CHANGED.notify_all();
+        wd().changed.notify_all();
         Deadline { py, generation }
     }
 
@@ -109,12 +163,12 @@ impl Drop for Deadline<'_> {
         // it have it, and wait until it is done. Otherwise keep the GIL: in
         // the stopped world no other thread may take it.
         let _firing = loop {
-            match FIRING.try_lock() {
+            match wd().firing.try_lock() {
                 Ok(guard) => break guard,
                 Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => self
                     .py
-                    .detach(|| drop(FIRING.lock().unwrap_or_else(|p| p.into_inner()))),
+                    .detach(|| drop(wd().firing.lock().unwrap_or_else(|p| p.into_inner()))),
             }
         };
         let mut s = shared();
@@ -125,7 +179,7 @@ impl Drop for Deadline<'_> {
                 unsafe { ffi::PyThreadState_SetAsyncExc(a.thread as c_long, std::ptr::null_mut()) };
             }
         }
-        CHANGED.notify_all();
+        wd().changed.notify_all();
     }
 }
 
@@ -135,12 +189,17 @@ fn watch() {
     let mut s = shared();
     loop {
         let due = s.armed.as_ref().map(|a| (a.generation, a.deadline));
+        if due.is_none() && s.stop {
+            s.stop = false;
+            return;
+        }
         match due {
-            None => s = CHANGED.wait(s).unwrap_or_else(|p| p.into_inner()),
+            None => s = wd().changed.wait(s).unwrap_or_else(|p| p.into_inner()),
             Some((generation, deadline)) => {
                 let now = Instant::now();
                 if now < deadline {
-                    s = CHANGED
+                    s = wd()
+                        .changed
                         .wait_timeout(s, deadline - now)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
@@ -150,7 +209,7 @@ fn watch() {
                 // thread disarms with the GIL held.
                 drop(s);
                 {
-                    let _firing = FIRING.lock().unwrap_or_else(|p| p.into_inner());
+                    let _firing = wd().firing.lock().unwrap_or_else(|p| p.into_inner());
                     // Disarming holds FIRING, so if the deadline is still
                     // armed now, the update cannot end until we are done.
                     let armed = shared().armed.as_ref().is_some_and(|a| a.generation == generation);

@@ -32,6 +32,8 @@ use std::sync::{Condvar, Mutex};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use crate::process::per_process::PerProcess;
+
 #[cfg(not(Py_3_10))]
 compile_error!("pyreload supports CPython 3.10 and later; build with such a python3 (PYO3_PYTHON)");
 
@@ -50,20 +52,22 @@ struct Gate {
     opened: Condvar,
 }
 
-static GATE: Gate = Gate {
+/// Per process: a program thread parks on it without the GIL, so a child
+/// forked while one was parked (or passing) must get its own.
+static GATE: PerProcess<Gate> = PerProcess::new(|| Gate {
     closed: Mutex::new(false),
     opened: Condvar::new(),
-};
+});
 
 fn gate_closed() -> std::sync::MutexGuard<'static, bool> {
-    GATE.closed.lock().unwrap_or_else(|p| p.into_inner())
+    GATE.get().closed.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where a hooked thread waits, without the GIL, until the window ends.
 fn wait_for_open_gate() {
     let mut closed = gate_closed();
     while *closed {
-        closed = GATE.opened.wait(closed).unwrap_or_else(|p| p.into_inner());
+        closed = GATE.get().opened.wait(closed).unwrap_or_else(|p| p.into_inner());
     }
 }
 
@@ -75,7 +79,7 @@ fn wait_for_open_gate() {
 fn check_runtime_version() -> PyResult<()> {
     // SAFETY: Py_GetVersion returns a static NUL-terminated string.
     let running = unsafe { std::ffi::CStr::from_ptr(ffi::Py_GetVersion()) }.to_string_lossy();
-    let built = crate::host::python::BUILD_PYTHON_VERSION;
+    let built = crate::process::BUILD_PYTHON_VERSION;
     let matches = running
         .strip_prefix(built)
         .is_some_and(|rest| rest.starts_with(|c: char| !c.is_ascii_digit()));
@@ -137,13 +141,16 @@ struct Switch {
     hurried: bool,
 }
 
-static SWITCH: Mutex<Switch> = Mutex::new(Switch {
-    in_window: false,
-    hurried: false,
+/// Per process: the watchdog takes it without the GIL.
+static SWITCH: PerProcess<Mutex<Switch>> = PerProcess::new(|| {
+    Mutex::new(Switch {
+        in_window: false,
+        hurried: false,
+    })
 });
 
 fn switch() -> std::sync::MutexGuard<'static, Switch> {
-    SWITCH.lock().unwrap_or_else(|p| p.into_inner())
+    SWITCH.get().lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// For the watchdog, without the GIL: if the world is stopped, shortens
@@ -216,7 +223,7 @@ impl Drop for StoppedWorld<'_> {
             hooks.remove(self.py);
         }
         *gate_closed() = false;
-        GATE.opened.notify_all();
+        GATE.get().opened.notify_all();
         let mut s = switch();
         let _ = self.sys.call_method1("setswitchinterval", (&self.switch_interval,));
         s.in_window = false;

@@ -9,35 +9,35 @@
 //! kernel, so a program that changes no file pays nothing.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 
-use super::state::HostState;
 use crate::engine;
+use crate::process::state::ProcessState;
 
-/// Starts the watcher thread for `root`.
-pub fn spawn(state: Arc<HostState>, root: PathBuf) -> Result<()> {
+/// Starts the watcher thread for `root`. It runs in the root only: a forked
+/// member has no such thread.
+pub fn spawn(state: &'static ProcessState, root: PathBuf) -> Result<()> {
     let (watcher, batches) = crate::watch::watch(&root, true, |p| p.extension().is_some_and(|e| e == "py"))?;
-    super::spawn_service_thread("pyreload-reload", move || {
+    crate::process::spawn_service_thread("pyreload-reload", move || {
         let _watcher = watcher;
         for batch in batches {
-            reload(&state, &batch);
+            reload(state, &batch);
         }
     });
     Ok(())
 }
 
-fn reload(state: &HostState, files: &[PathBuf]) {
+fn reload(state: &ProcessState, files: &[PathBuf]) {
     let modules = match engine::modules_for_files(state, files) {
         Ok(modules) if modules.is_empty() => return,
         Ok(modules) => modules,
-        Err(problem) => return eprintln!("pyreload: could not reload changed files: {problem}"),
+        Err(problem) => return crate::process::log(format!("pyreload: could not reload changed files: {problem}")),
     };
     let spec = auto_spec(state.version(), &modules);
     match engine::apply(state, &spec_path(files), &spec, false, None) {
-        Ok(report) => eprintln!("pyreload: {}", report.one_line()),
-        Err(problem) => eprintln!("pyreload: could not reload {}: {problem}", modules.join(", ")),
+        Ok(report) => crate::process::log(format!("pyreload: {}", report.one_line())),
+        Err(problem) => crate::process::log(format!("pyreload: could not reload {}: {problem}", modules.join(", "))),
     }
 }
 

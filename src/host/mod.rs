@@ -7,22 +7,22 @@
 
 pub mod autoreload;
 pub mod embed;
-pub mod loaded;
+pub mod fork;
 pub mod pymodule;
 pub mod python;
-pub mod state;
-pub mod update_point;
+pub mod service;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use pyo3::prelude::*;
 
 use crate::control;
+use crate::process::loaded;
+use crate::process::state::{self, ProcessState};
+use crate::process::tree::Identity;
 use embed::{Invocation, Target};
-use state::HostState;
 
 /// Everything `pyreload run` needs to start a program.
 pub struct RunOptions {
@@ -52,14 +52,17 @@ pub fn run(options: RunOptions) -> Result<i32> {
     let reload = options.reload;
     let name = options.name.clone().unwrap_or_else(|| default_name(&options.target));
 
+    // Before any thread of ours exists, so every fork is counted.
+    crate::process::per_process::install_fork_counter();
+    control::server::configure();
     let listener = control::server::Listener::bind().context("could not open the control socket")?;
-    let state = Arc::new(HostState::new(
+    let runtime_dir = listener.path().parent().map(Path::to_path_buf).unwrap_or_default();
+    let state = state::install(ProcessState::new(
         name,
         options.version.clone(),
-        listener.path().to_path_buf(),
+        Identity::root(runtime_dir),
         options.rollback_depth,
     ));
-    pymodule::install(state.clone());
     pyo3::append_to_inittab!(pyreload_module);
     // Before the interpreter starts, so every module's source is seen.
     loaded::install();
@@ -69,55 +72,37 @@ pub fn run(options: RunOptions) -> Result<i32> {
         target: options.target,
         args: options.args,
     });
-    Python::attach(register_exit_hook).context("could not register the exit hook")?;
+    Python::attach(register_hooks).context("could not register the exit and fork hooks")?;
 
-    remove_at_exit(listener.path().to_path_buf());
+    remove_at_exit();
     if reload {
-        autoreload::spawn(state.clone(), program_dir)?;
+        autoreload::spawn(state, program_dir)?;
     }
-    control::server::spawn(listener, state);
+    control::server::spawn(listener, service::Service::handler()).context("could not start the control thread")?;
     Ok(embed::run_main())
 }
-
-/// Starts one of pyreload's own threads in the host.
-///
-/// Signals such as SIGINT must reach the interpreter's main thread, which
-/// turns them into `KeyboardInterrupt` and whose blocking calls they
-/// interrupt, never one of ours. So the thread is created with every signal
-/// blocked (a thread inherits its creator's mask; blocking inside the new
-/// thread would leave a window before it first runs), and the threads it
-/// spawns inherit that.
-pub fn spawn_service_thread(name: &str, f: impl FnOnce() + Send + 'static) {
-    use nix::sys::signal::{SigSet, SigmaskHow};
-    let previous = SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK);
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(f)
-        .unwrap_or_else(|e| panic!("could not start {name}: {e}"));
-    if let Ok(previous) = previous {
-        let _ = previous.thread_set_mask();
-    }
-}
-
-static SOCKET_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Removes the control socket when the process exits normally. `sys.exit()`
 /// ends the process from inside `Py_RunMain` through C `exit()`, so the
 /// cleanup must be a C `atexit` handler rather than code after the call. A
 /// program killed by a signal leaves the socket behind; clients and the next
 /// `pyreload run` recognise it as stale and remove it.
-fn remove_at_exit(path: PathBuf) {
+///
+/// Forked members run the same handler: each removes its own member
+/// socket (the state it reads is its own, see [`fork`]), and the root
+/// also removes the tree's directory if no member is left in it.
+fn remove_at_exit() {
     extern "C" fn remove_socket() {
-        if let Some(path) = SOCKET_PATH.get() {
-            state::remove_own_socket(path);
+        let Some(state) = state::try_current() else { return };
+        state::remove_own_socket(&state.socket_path);
+        if state.identity.is_root() && state.pid == std::process::id() {
+            crate::process::tree::remove_tree(&state.identity.tree_dir());
         }
     }
-    if SOCKET_PATH.set(path).is_ok() {
-        // SAFETY: `remove_socket` is a plain `extern "C" fn()` that touches
-        // only a static set before registration.
-        unsafe {
-            nix::libc::atexit(remove_socket);
-        }
+    // SAFETY: `remove_socket` is a plain `extern "C" fn()` that reads the
+    // process state, installed before registration and never freed.
+    unsafe {
+        nix::libc::atexit(remove_socket);
     }
 }
 
@@ -125,10 +110,23 @@ fn remove_at_exit(path: PathBuf) {
 /// `pyreload`.
 use pymodule::pyreload as pyreload_module;
 
-fn register_exit_hook(py: Python<'_>) -> PyResult<()> {
+/// Registers the `atexit` hook and the fork hook (both cannot be removed,
+/// so once, here, from Rust).
+fn register_hooks(py: Python<'_>) -> PyResult<()> {
     let module = py.import("pyreload")?;
     let hook = module.getattr("_host_exiting")?;
     py.import("atexit")?.call_method1("register", (hook,))?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("after_in_child", module.getattr("_after_fork_in_child")?)?;
+    // From 3.12 `os.fork()` warns when the process has other threads; on
+    // 3.12 the idle ones of pyreload's are stopped around the fork
+    // (`fork::before` says why not on 3.13).
+    #[cfg(all(Py_3_12, not(Py_3_13)))]
+    {
+        kwargs.set_item("before", module.getattr("_before_fork")?)?;
+        kwargs.set_item("after_in_parent", module.getattr("_after_fork_in_parent")?)?;
+    }
+    py.import("os")?.call_method("register_at_fork", (), Some(&kwargs))?;
     // The program did not import `pyreload`; keep `sys.modules` as `python`
     // would have it.
     py.import("sys")?.getattr("modules")?.del_item("pyreload")?;

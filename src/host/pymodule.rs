@@ -4,23 +4,13 @@
 //! before the interpreter starts, so it needs no file on `sys.path` and a
 //! program that never imports it pays nothing.
 
-use std::sync::{Arc, OnceLock};
-
 use pyo3::prelude::*;
 
-use super::state::HostState;
+use crate::process::state::{self, ProcessState};
 
-static HOST: OnceLock<Arc<HostState>> = OnceLock::new();
-
-/// Makes the host's state visible to the module. Called once, before the
-/// interpreter starts.
-pub fn install(state: Arc<HostState>) {
-    let _ = HOST.set(state);
-}
-
-fn host() -> PyResult<&'static Arc<HostState>> {
-    HOST.get()
-        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("pyreload host is not running"))
+/// This process's state: the root's, or in a forked member its own.
+fn host() -> PyResult<&'static ProcessState> {
+    state::try_current().ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("pyreload host is not running"))
 }
 
 #[pymodule]
@@ -47,13 +37,13 @@ pub mod pyreload {
     /// returns False at once: the cost is one atomic load.
     #[pyfunction]
     fn update_point(py: Python<'_>, name: &str) -> bool {
-        use crate::host::update_point::POINTS;
-        if !POINTS.pending() {
+        let points = crate::process::update_point::points();
+        if !points.pending() {
             return false;
         }
         // SAFETY: a plain C call that only reads the calling thread's id.
         let thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64;
-        py.detach(|| POINTS.arrive(name, thread))
+        py.detach(|| points.arrive(name, thread))
     }
 
     /// The program's name, as `pyreload status` shows it.
@@ -71,8 +61,29 @@ pub mod pyreload {
         py.detach(|| {
             host.mark_exiting(std::time::Duration::from_secs(2));
             // No update can start any more; stop advertising the socket.
-            crate::host::state::remove_own_socket(&host.socket_path);
+            crate::process::state::remove_own_socket(&host.socket_path);
         });
         Ok(())
+    }
+
+    /// Registered with `os.register_at_fork(after_in_child=...)`: makes
+    /// the child a member of the program's tree (see `host::fork`).
+    #[pyfunction]
+    fn _after_fork_in_child(py: Python<'_>) {
+        crate::host::fork::after_in_child(py);
+    }
+
+    /// Registered with `os.register_at_fork(before=...)` on 3.12+.
+    #[cfg(all(Py_3_12, not(Py_3_13)))]
+    #[pyfunction]
+    fn _before_fork() {
+        crate::host::fork::before();
+    }
+
+    /// Registered with `os.register_at_fork(after_in_parent=...)` on 3.12+.
+    #[cfg(all(Py_3_12, not(Py_3_13)))]
+    #[pyfunction]
+    fn _after_fork_in_parent() {
+        crate::host::fork::after_in_parent();
     }
 }

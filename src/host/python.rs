@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 /// The interpreter pyreload was built against.
 pub const BUILD_PYTHON: &str = env!("PYRELOAD_BUILD_PYTHON");
 /// Its `major.minor` version.
-pub const BUILD_PYTHON_VERSION: &str = env!("PYRELOAD_BUILD_PYTHON_VERSION");
+pub use crate::process::BUILD_PYTHON_VERSION;
 /// The directory of its libpython, where the rpath points.
 const BUILD_LIBDIR: &str = env!("PYRELOAD_BUILD_LIBDIR");
 

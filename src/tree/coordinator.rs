@@ -14,12 +14,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::members::{self, Member};
-use crate::control::member_wire::{MemberReply, Step};
+use crate::process::member_wire::{MemberReply, Step};
 use crate::control::protocol::{read_frame, write_frame, Request, PROTOCOL_VERSION};
 use crate::diagnostic::Problem;
 use crate::engine::member::{decide, Decision};
 use crate::engine::progress::ClientGone;
-use crate::host::state::HostState;
+use crate::process::state::ProcessState;
 use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
 use crate::spec::{self, SpecSource};
 
@@ -43,16 +43,16 @@ static BUSY: Mutex<()> = Mutex::new(());
 /// to this process alone when it has none (or is itself a member, asked
 /// directly). `check` (`dry_run`) looks at this process only.
 pub fn apply(
-    state: &HostState,
+    state: &ProcessState,
     spec_path: &str,
     spec_text: &str,
     dry_run: bool,
     client_gone: Option<ClientGone<'_>>,
 ) -> Result<Report, Problem> {
-    let others = if dry_run || !is_root(state) {
+    let others = if dry_run || !state.identity.is_root() {
         Vec::new()
     } else {
-        members::list(&state.socket_path, state.pid)
+        members::others(state)
     };
     if others.is_empty() {
         return crate::engine::apply(state, spec_path, spec_text, dry_run, client_gone);
@@ -68,12 +68,7 @@ pub fn apply(
     })?;
     let started = Instant::now();
     let mut tree = Tree::new(state, spec_path, spec_text, &spec, client_gone);
-    let root = Member {
-        pid: state.pid,
-        ppid: nix::unistd::getppid().as_raw() as u32,
-        socket: state.socket_path.clone(),
-        role: members::role_of(state.pid),
-    };
+    let root = members::this(state);
     let mut report = tree.run(root, others);
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     // The root records its own part when it has one; a root with no part
@@ -90,17 +85,6 @@ pub fn apply(
     }
     tree.forget_old_decisions();
     Ok(report)
-}
-
-/// The root is the process that `pyreload run` started: its socket is
-/// `<pid>.sock` beside the trees, not inside one.
-fn is_root(state: &HostState) -> bool {
-    state
-        .socket_path
-        .parent()
-        .and_then(|d| d.file_name())
-        .and_then(|n| n.to_str())
-        .is_none_or(|n| !n.starts_with("tree-"))
 }
 
 /// Where a member stands in the conversation.
@@ -136,7 +120,7 @@ enum Heard {
 }
 
 struct Tree<'a> {
-    state: &'a HostState,
+    state: &'a ProcessState,
     spec_path: &'a str,
     spec_text: &'a str,
     spec: &'a spec::Spec,
@@ -151,7 +135,7 @@ struct Tree<'a> {
 
 impl<'a> Tree<'a> {
     fn new(
-        state: &'a HostState,
+        state: &'a ProcessState,
         spec_path: &'a str,
         spec_text: &'a str,
         spec: &'a spec::Spec,
@@ -161,9 +145,9 @@ impl<'a> Tree<'a> {
         let update_id = format!(
             "{}-{}",
             state.pid,
-            crate::control::member_wire::monotonic_ns()
+            crate::process::member_wire::monotonic_ns()
         );
-        let dir = members::tree_dir(&state.socket_path, state.pid);
+        let dir = state.identity.tree_dir();
         let _ = std::fs::create_dir_all(&dir);
         let decision = dir.join(format!("decision-{update_id}"));
         Tree {
@@ -327,7 +311,7 @@ impl<'a> Tree<'a> {
     /// A member that went silent: exited (not a failure) or broken.
     fn lost(&mut self, i: usize, why: String) -> bool {
         let pid = self.peers[i].member.pid;
-        if members::ppid_of(pid).is_none() {
+        if !members::alive(pid) {
             self.finish(i, MemberOutcome::Exited, None, None);
             false
         } else {
@@ -599,7 +583,7 @@ impl<'a> Tree<'a> {
 
     /// Live members not yet asked (their sockets appeared since).
     fn newcomers(&self) -> Vec<Member> {
-        members::list(&self.state.socket_path, self.state.pid)
+        members::others(self.state)
             .into_iter()
             .filter(|m| !self.peers.iter().any(|p| p.member.pid == m.pid))
             .collect()

@@ -117,7 +117,7 @@ impl<'py> Hooks<'py> {
             if head.interp != interp || head.cframe.is_null() {
                 return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
                     "this CPython's thread state does not have the {} layout pyreload was built for; refusing to stop the world",
-                    crate::host::python::BUILD_PYTHON_VERSION
+                    crate::process::BUILD_PYTHON_VERSION
                 )));
             }
         }

@@ -1,6 +1,5 @@
 //! The conversation between a tree's coordinator (in the root) and one of
-//! its members, on a control connection opened with
-//! [`super::protocol::Request::Member`].
+//! its members, on a control connection opened with a `member` request.
 //!
 //! The coordinator sends [`Step`]s; the member answers each with one
 //! [`MemberReply`] (and, while it waits for its safe point, any number of
@@ -20,6 +19,10 @@
 //! A member never waits for its coordinator forever: before the freeze its
 //! wait is bounded by the spec's `timeout_ms`, and once frozen by a lease,
 //! after which it decides through the decision file (see `crate::tree`).
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -85,4 +88,20 @@ pub enum MemberReply {
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC exists on Linux");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// What the coordinator asks of a member, from its `member` request.
+pub struct Invitation {
+    pub spec_path: String,
+    pub spec_text: String,
+    /// Where the decision is recorded (`engine::member::decide`).
+    pub decision: PathBuf,
+}
+
+/// A member's connection to its coordinator, as the engine drives it.
+pub trait Link: Send {
+    fn send(&mut self, reply: &MemberReply) -> io::Result<()>;
+    /// The next step, or an error once `timeout` has passed or the
+    /// coordinator is gone.
+    fn recv(&mut self, timeout: Duration) -> io::Result<Step>;
 }

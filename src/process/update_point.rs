@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::per_process::PerProcess;
+
 /// The update points of this process.
 pub struct UpdatePoints {
     pending: AtomicBool,
@@ -24,19 +26,32 @@ struct State {
     generation: u64,
 }
 
-/// The process-wide update points.
-pub static POINTS: UpdatePoints = UpdatePoints {
-    pending: AtomicBool::new(false),
-    state: Mutex::new(State {
-        wanted: None,
-        waiting: Vec::new(),
-        generation: 0,
-    }),
-    arrived: Condvar::new(),
-    released: Condvar::new(),
-};
+/// This process's update points. Per process: a child forked while its
+/// parent waited for a point must not see that request (its threads would
+/// wait for an update that is not coming), nor the lock a parent thread
+/// held in `arrive`, which is taken without the GIL.
+static POINTS: PerProcess<UpdatePoints> = PerProcess::new(UpdatePoints::new);
+
+/// This process's update points.
+#[inline]
+pub fn points() -> &'static UpdatePoints {
+    POINTS.get()
+}
 
 impl UpdatePoints {
+    fn new() -> Self {
+        UpdatePoints {
+            pending: AtomicBool::new(false),
+            state: Mutex::new(State {
+                wanted: None,
+                waiting: Vec::new(),
+                generation: 0,
+            }),
+            arrived: Condvar::new(),
+            released: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

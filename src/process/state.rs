@@ -1,13 +1,68 @@
-//! What the host knows about the program it runs, shared between the
-//! interpreter (through the `pyreload` module), the control thread and the
-//! update engine.
+//! What one process of the hosted program knows about itself, shared
+//! between the interpreter (through the `pyreload` module), the control
+//! thread and the update engine.
+//!
+//! There is one [`ProcessState`] per process, reached with [`current`].
+//! The root's is installed at startup ([`install`]). In a forked child the
+//! fork hook builds a new one from what it can copy without waiting
+//! ([`ProcessState::forked_from`]) and installs it with [`replace`]; the
+//! parent's stays allocated and untouched, since its locks may be held by
+//! threads that do not exist in the child.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::control::protocol::{HistoryEntry, InProgress, Phase, ProgramInfo};
-use crate::engine::rollback::Committed;
+use super::tree::Identity;
+use super::wire::{HistoryEntry, InProgress, MemberInfo, Phase, ProgramInfo, Retained, RollbackInfo};
+
+static CURRENT: AtomicPtr<ProcessState> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Makes `state` this process's state. Called once, before the
+/// interpreter starts.
+pub fn install(state: ProcessState) -> &'static ProcessState {
+    replace(state)
+}
+
+/// Makes `state` this process's state from now on, leaking the one before
+/// (never dropped: a thread may still be inside it in the parent, and in
+/// a child its locks may be held forever). For the fork hook.
+pub fn replace(state: ProcessState) -> &'static ProcessState {
+    let state: &'static ProcessState = Box::leak(Box::new(state));
+    CURRENT.store(state as *const _ as *mut _, Ordering::Release);
+    state
+}
+
+/// This process's state, or None before [`install`] (never in a hosted
+/// program: the host installs it before Python starts). One atomic load.
+pub fn try_current() -> Option<&'static ProcessState> {
+    // SAFETY: the pointer is null or was leaked by `replace`, never freed.
+    unsafe { CURRENT.load(Ordering::Acquire).as_ref() }
+}
+
+/// This process's state.
+///
+/// # Panics
+/// Before [`install`]; only code that runs inside a hosted program calls it.
+pub fn current() -> &'static ProcessState {
+    try_current().expect("pyreload's process state is installed before the interpreter starts")
+}
+
+/// A committed update that `pyreload rollback` can undo: the engine's
+/// `engine::rollback::Committed`, kept here without this layer knowing its
+/// type. It holds Python objects, so it is only made, used and dropped with
+/// the GIL held, and they stay valid in a forked child, which keeps the
+/// stack (a later tree-wide rollback can undo there too).
+pub trait CommittedUpdate: Any + Send {
+    fn name(&self) -> &str;
+    /// What `status` shows about it.
+    fn info(&self) -> RollbackInfo;
+    /// Marks it as impossible to roll back, and why.
+    fn block(&mut self, why: String);
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
 
 /// Whether Python may still be entered from the control thread.
 ///
@@ -22,10 +77,11 @@ pub enum Lifecycle {
     Exiting,
 }
 
-/// State of one hosted program.
-pub struct HostState {
+/// State of one process of the hosted program.
+pub struct ProcessState {
     pub name: String,
     pub pid: u32,
+    pub identity: Identity,
     pub started_at: SystemTime,
     pub socket_path: std::path::PathBuf,
     version: Mutex<Option<String>>,
@@ -36,7 +92,7 @@ pub struct HostState {
     sources: Mutex<std::collections::HashMap<String, UpdateSource>>,
     /// Committed updates that `pyreload rollback` can undo, newest last,
     /// at most `rollback_depth` of them.
-    committed: Mutex<Vec<Committed>>,
+    committed: Mutex<Vec<Box<dyn CommittedUpdate>>>,
     rollback_depth: usize,
     /// Committed updates let go beyond the rollback depth.
     let_go: AtomicUsize,
@@ -103,13 +159,15 @@ pub enum GateError {
     Exiting,
 }
 
-impl HostState {
-    pub fn new(name: String, version: Option<String>, socket_path: std::path::PathBuf, rollback_depth: usize) -> Self {
-        HostState {
+impl ProcessState {
+    /// The root's state: the process `pyreload run` started.
+    pub fn new(name: String, version: Option<String>, identity: Identity, rollback_depth: usize) -> Self {
+        ProcessState {
             name,
-            pid: std::process::id(),
+            pid: identity.pid,
             started_at: SystemTime::now(),
-            socket_path,
+            socket_path: identity.socket_path(),
+            identity,
             version: Mutex::new(version),
             history: Mutex::new(Vec::new()),
             committed: Mutex::new(Vec::new()),
@@ -122,6 +180,54 @@ impl HostState {
             unanswered: Mutex::new(0),
             answered: Condvar::new(),
         }
+    }
+
+    /// The state of a child forked from the process whose state is
+    /// `parent`, built in the child's fork hook (one thread, GIL held).
+    ///
+    /// It keeps the name, version, history, update sources, rollback
+    /// depth and committed stack, each taken with `try_lock`: a lock another
+    /// thread held at the fork stays locked for good, and then the child
+    /// starts without that part (said on stderr by the caller, from the
+    /// returned list). Everything about an update in progress (the gate,
+    /// the phase, owed answers) starts afresh: that update, and its thread,
+    /// stayed in the parent.
+    pub fn forked_from(parent: &ProcessState, identity: Identity) -> (ProcessState, Vec<&'static str>) {
+        let mut lost = Vec::new();
+        let mut take = |what: &'static str, ok: bool| {
+            if !ok {
+                lost.push(what);
+            }
+        };
+        let version = parent.version.try_lock().ok().map(|v| v.clone());
+        take("version", version.is_some());
+        let history = parent.history.try_lock().ok().map(|h| h.clone());
+        take("history", history.is_some());
+        let sources = parent.sources.try_lock().ok().map(|s| s.clone());
+        take("update sources", sources.is_some());
+        // Moved, not copied: the parent's memory here is the child's own
+        // copy, and the parent's state is never used again in the child.
+        let committed = parent.committed.try_lock().ok().map(|mut c| std::mem::take(&mut *c));
+        take("rollback stack", committed.is_some());
+        let state = ProcessState {
+            name: parent.name.clone(),
+            pid: identity.pid,
+            socket_path: identity.socket_path(),
+            identity,
+            started_at: SystemTime::now(),
+            version: Mutex::new(version.flatten()),
+            history: Mutex::new(history.unwrap_or_default()),
+            sources: Mutex::new(sources.unwrap_or_default()),
+            committed: Mutex::new(committed.unwrap_or_default()),
+            rollback_depth: parent.rollback_depth,
+            let_go: AtomicUsize::new(parent.let_go.load(Ordering::SeqCst)),
+            lifecycle: Mutex::new(Lifecycle::Running),
+            exit_requested: AtomicBool::new(false),
+            in_progress: Mutex::new(None),
+            unanswered: Mutex::new(0),
+            answered: Condvar::new(),
+        };
+        (state, lost)
     }
 
     /// The version the program runs now, if it was started with one or has
@@ -155,16 +261,17 @@ impl HostState {
     /// Keeps a committed update for `pyreload rollback`, letting go of the
     /// oldest beyond the rollback depth (call with the GIL held: what it
     /// lets go of are Python objects).
-    pub fn push_committed(&self, committed: Committed) {
+    pub fn push_committed_update(&self, committed: Box<dyn CommittedUpdate>) {
         let mut stack = lock(&self.committed);
         stack.push(committed);
         while stack.len() > self.rollback_depth {
             let oldest = stack.remove(0);
             self.let_go.fetch_add(1, Ordering::SeqCst);
-            eprintln!(
+            super::log(format!(
                 "pyreload: `{}` can no longer be rolled back (--rollback-depth {} keeps the newest)",
-                oldest.name, self.rollback_depth
-            );
+                oldest.name(),
+                self.rollback_depth
+            ));
         }
     }
 
@@ -222,7 +329,7 @@ impl HostState {
     /// Marks the last committed update as impossible to roll back.
     pub fn block_last_committed(&self, why: String) {
         if let Some(last) = lock(&self.committed).last_mut() {
-            last.blocked = Some(why);
+            last.block(why);
         }
     }
 
@@ -255,15 +362,20 @@ impl HostState {
         }
     }
 
-    pub fn pop_committed(&self) -> Option<Committed> {
+    /// Takes the newest committed update off the stack (GIL held).
+    pub fn pop_committed_update(&self) -> Option<Box<dyn CommittedUpdate>> {
         lock(&self.committed).pop()
     }
 
-    pub fn with_last_committed<R>(&self, f: impl FnOnce(&Committed) -> R) -> Option<R> {
-        lock(&self.committed).last().map(f)
+    /// Runs `f` on the newest committed update, if there is one.
+    pub fn with_last_committed_update<R>(&self, f: impl FnOnce(&dyn CommittedUpdate) -> R) -> Option<R> {
+        lock(&self.committed).last().map(|c| f(c.as_ref()))
     }
 
-    pub fn info(&self) -> ProgramInfo {
+    /// What `status` shows about this process. `retained` comes from the
+    /// engine, which tracks those objects; the tree's other members are
+    /// added by whoever asks them (only the root does).
+    pub fn info(&self, retained: Retained) -> ProgramInfo {
         ProgramInfo {
             name: self.name.clone(),
             pid: self.pid,
@@ -272,10 +384,35 @@ impl HostState {
             uptime_s: self.started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
             socket: self.socket_path.display().to_string(),
             history: lock(&self.history).clone(),
-            rollback: lock(&self.committed).iter().rev().map(Committed::info).collect(),
-            in_progress: lock(&self.in_progress).clone(),
-            retained: crate::engine::retained::summary(),
+            rollback: lock(&self.committed).iter().rev().map(|c| c.info()).collect(),
+            in_progress: self.in_progress(),
+            retained,
+            root_pid: self.identity.root_pid,
+            ppid: self.identity.ppid,
+            role: super::tree::role(self.pid),
+            members: Vec::new(),
         }
+    }
+
+    /// What this process says about itself as a member of its tree (the
+    /// answer to `MemberStatus`).
+    pub fn member_info(&self) -> MemberInfo {
+        MemberInfo {
+            pid: self.pid,
+            ppid: self.identity.ppid,
+            root_pid: self.identity.root_pid,
+            role: super::tree::role(self.pid),
+            version: self.version(),
+            socket: self.socket_path.display().to_string(),
+            start_ticks: super::tree::proc_stat(self.pid).map(|s| s.start_ticks).unwrap_or(0),
+            in_progress: self.in_progress(),
+            unreachable: None,
+        }
+    }
+
+    /// The update running now, if any.
+    pub fn in_progress(&self) -> Option<InProgress> {
+        lock(&self.in_progress).clone()
     }
 
     /// Records that `update` has begun, in `phase`.
@@ -361,9 +498,9 @@ impl HostState {
     }
 }
 
-/// An answer a client is owed; see [`HostState::owe_answer`].
+/// An answer a client is owed; see [`ProcessState::owe_answer`].
 pub struct AnswerOwed<'a> {
-    state: &'a HostState,
+    state: &'a ProcessState,
 }
 
 impl Drop for AnswerOwed<'_> {
