@@ -28,6 +28,7 @@ if PRELOAD:
     import app
 
 def serve_worker():
+    global app
     import app  # a worker without preload imports the app after the fork
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -96,7 +97,7 @@ impl Tree {
         let socket = self.master.socket();
         wait_until(
             Duration::from_secs(60),
-            || worker_ports(sandbox).len() >= n && members(&socket).len() > n,
+            || worker_ports(sandbox).len() >= n && members(&socket).len() >= n,
             || format!("{n} workers never came up: {:?}", common::status(&socket)),
         );
     }
