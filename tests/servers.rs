@@ -331,6 +331,7 @@ fn twenty_updates_under_load(sandbox: &Sandbox, server: &WebServer, churn: bool)
     load.wait(20 * workers, workers);
     let mut version = "1.0";
     for i in 0..20 {
+        load.close();
         version = update(sandbox, server, version, churn);
         load.mark(version);
         let seen = load.wait(25 * workers, workers);

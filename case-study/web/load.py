@@ -31,6 +31,9 @@ stdout, so a script (or a test) knows when it took effect:
                      VERSION; answers {"mark": VERSION, "t": T}. Responses
                      to requests sent after T with another version are
                      `stale` in the summary.
+    close            an update starts: requests sent from now on are not
+                     judged against the last mark (the next mark judges
+                     them); answers {"closed": T}.
     wait N [P]       waits until N responses (and, with P, P distinct
                      worker pids) to requests sent after the last mark have
                      arrived; answers {"waited": true, ...}, or
@@ -97,8 +100,8 @@ class Tally:
                 if key in self.last_hits and hits <= self.last_hits[key]:
                     self.lost_state += 1
                 self.last_hits[key] = hits
-            if self.marks and sent > self.marks[-1]["t"]:
-                mark = self.marks[-1]
+            mark = self.marks[-1] if self.marks else None
+            if mark and sent > mark["t"] and (mark["until"] is None or sent < mark["until"]):
                 mark["responses"] += 1
                 mark["pids"].add(pid)
                 if version != mark["version"]:
@@ -123,8 +126,15 @@ class Tally:
     def mark(self, version):
         with self.lock:
             t = time.monotonic()
-            self.marks.append({"version": version, "t": t, "responses": 0, "stale": 0,
-                               "pids": set()})
+            self.marks.append({"version": version, "t": t, "until": None, "responses": 0,
+                               "stale": 0, "pids": set()})
+            return t
+
+    def close(self):
+        with self.lock:
+            t = time.monotonic()
+            if self.marks and self.marks[-1]["until"] is None:
+                self.marks[-1]["until"] = t
             return t
 
     def wait(self, responses, pids, timeout):
@@ -260,6 +270,8 @@ def main(argv=None):
                 continue
             if words[0] == "mark" and len(words) == 2:
                 say({"mark": words[1], "t": tally.mark(words[1])})
+            elif words[0] == "close" and len(words) == 1:
+                say({"closed": tally.close()})
             elif words[0] == "wait" and len(words) in (2, 3):
                 pids = int(words[2]) if len(words) == 3 else 0
                 say(tally.wait(int(words[1]), pids, args.wait_timeout))

@@ -520,8 +520,11 @@ def _invalidate_caches():
                 elif hasattr(entry, "invalidate_caches"):
                     entry.invalidate_caches()
             external._NamespacePath._epoch += 1
+            # Only 3.13's PathFinder clears importlib.metadata's caches
+            # (before, its invalidate_caches is not even callable on the
+            # class).
             metadata = sys.modules.get("importlib.metadata")
-            if metadata is not None:
+            if metadata is not None and sys.version_info >= (3, 13):
                 metadata.MetadataPathFinder.invalidate_caches()
         elif hasattr(finder, "invalidate_caches"):
             finder.invalidate_caches()

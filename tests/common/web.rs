@@ -622,6 +622,13 @@ impl LoadDriver {
         answer
     }
 
+    /// An update starts: requests sent from now on are judged by the next
+    /// mark, not the last (while it runs, either version may answer).
+    pub fn close(&mut self) {
+        let answer = self.command("close");
+        assert!(answer["closed"].is_number(), "{answer}");
+    }
+
     /// Waits until `responses` answers from at least `pids` distinct
     /// workers arrived for requests sent after the last mark (or since
     /// the start). Panics with the summary so far if they do not.
