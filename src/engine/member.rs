@@ -82,11 +82,18 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
         restrict(&mut spec, &loaded);
         let modules: Vec<String> = spec.reload.iter().map(|r| r.module.get_ref().clone()).collect();
         if modules.is_empty() {
+            // No part in the update, but a version like the tree's: the
+            // coordinator's last word says whether the tree moved on.
             report.outcome = Outcome::Checked;
-            let _ = link.send(&MemberReply::Prepared {
+            let sent = link.send(&MemberReply::Prepared {
                 modules,
                 version: state.version(),
             });
+            let lasts = Duration::from_millis(spec.safe_point.timeout_ms() + spec.safe_point.commit_timeout_ms())
+                + STAGED_GRACE * 2;
+            if sent.is_ok() && matches!(py.detach(|| link.recv(lasts)), Ok(Step::Release)) {
+                state.set_version(Some(spec.update.to.get_ref().clone()));
+            }
             return;
         }
         converse(py, state, &progress, &source, &spec, &invitation.decision, link, &mut report, modules);

@@ -78,9 +78,6 @@ pub fn apply(
         .iter()
         .any(|m| m.pid == state.pid && m.outcome != MemberOutcome::Unaffected);
     if !root_took_part {
-        if report.outcome == Outcome::Committed {
-            state.set_version(Some(report.to.clone()));
-        }
         state.record_attempt(&report);
     }
     tree.forget_old_decisions();
@@ -174,6 +171,13 @@ impl<'a> Tree<'a> {
             self.freeze_and_commit(wait_deadline);
         }
         self.abort_the_rest();
+        let moved_on = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
+        for i in 0..self.peers.len() {
+            if self.peers[i].outcome == Some(MemberOutcome::Unaffected) {
+                self.send(i, if moved_on { Step::Release } else { Step::Abort });
+                self.peers[i].writer = None;
+            }
+        }
         self.report()
     }
 
@@ -332,9 +336,9 @@ impl<'a> Tree<'a> {
                     let peer = &mut self.peers[i];
                     peer.from = version.clone();
                     if modules.is_empty() {
+                        // Told at the end whether the tree moved on.
                         peer.stand = Stand::Done;
                         peer.outcome = Some(MemberOutcome::Unaffected);
-                        peer.writer = None;
                     } else {
                         peer.modules = modules.clone();
                         peer.stand = Stand::Prepared;
@@ -840,6 +844,9 @@ impl<'a> Tree<'a> {
                     from: p.from.clone(),
                     to: match outcome {
                         MemberOutcome::Committed => Some(self.spec.update.to.get_ref().clone()),
+                        // A member that loads none of the modules follows
+                        // the tree's version.
+                        MemberOutcome::Unaffected if committed => Some(self.spec.update.to.get_ref().clone()),
                         MemberOutcome::Exited => None,
                         _ => p.from.clone(),
                     },

@@ -33,6 +33,9 @@ pub struct MemberOutcome {
 /// The outcome a member reports when the update took effect there (the
 /// report's own `outcome` word).
 pub const COMMITTED: &str = "committed";
+/// A member that loads none of the spec's modules (a master without
+/// `--preload`): nothing to update there, and it follows the tree's version.
+pub const UNAFFECTED: &str = "unaffected";
 
 fn text(v: &Value) -> String {
     v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
