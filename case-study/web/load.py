@@ -31,9 +31,10 @@ stdout, so a script (or a test) knows when it took effect:
                      VERSION; answers {"mark": VERSION, "t": T}. Responses
                      to requests sent after T with another version are
                      `stale` in the summary.
-    close            an update starts: requests sent from now on are not
-                     judged against the last mark (the next mark judges
-                     them); answers {"closed": T}.
+    close            an update starts: responses that arrive from now on
+                     are not judged against the last mark (the next mark
+                     judges the requests sent after it); answers
+                     {"closed": T}.
     wait N [P]       waits until N responses (and, with P, P distinct
                      worker pids) to requests sent after the last mark have
                      arrived; answers {"waited": true, ...}, or
@@ -101,7 +102,9 @@ class Tally:
                     self.lost_state += 1
                 self.last_hits[key] = hits
             mark = self.marks[-1] if self.marks else None
-            if mark and sent > mark["t"] and (mark["until"] is None or sent < mark["until"]):
+            # Judged: sent after the mark, answered before the next update
+            # began (a request still queued then may be served by it).
+            if mark and sent > mark["t"] and (mark["until"] is None or done < mark["until"]):
                 mark["responses"] += 1
                 mark["pids"].add(pid)
                 if version != mark["version"]:

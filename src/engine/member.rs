@@ -62,7 +62,10 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
                     "another update is in progress in member pid {}; nothing was changed",
                     state.pid
                 )),
-                GateError::Exiting => Problem::new(format!("member pid {} is exiting", state.pid)),
+                GateError::Exiting => {
+                    let _ = link.send(&MemberReply::Exiting);
+                    return;
+                }
             };
             let _ = link.send(&MemberReply::Error { problem });
             return;
@@ -248,6 +251,11 @@ fn session_blockers(session: &Session<'_>, blockers: &super::safepoint::Blockers
 }
 
 fn aborted(link: &mut dyn Link, report: &mut Report, problem: Problem) {
+    if crate::process::state::current().exit_requested() {
+        report.cancel(problem);
+        let _ = link.send(&MemberReply::Exiting);
+        return;
+    }
     report.cancel(problem);
     let _ = link.send(&MemberReply::Aborted {
         report: Box::new(report.clone()),

@@ -80,7 +80,10 @@ pub enum MemberReply {
     Refused { report: Box<Report> },
     /// Gave up before the commit, on the coordinator's word or its own.
     Aborted { report: Box<Report> },
-    /// The request could not be served (busy, exiting, bad step).
+    /// The member began to exit (a worker retired by its supervisor):
+    /// it takes no part, and that is no failure of the update.
+    Exiting,
+    /// The request could not be served (busy, bad step).
     Error { problem: Problem },
 }
 

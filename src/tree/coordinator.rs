@@ -315,7 +315,9 @@ impl<'a> Tree<'a> {
     /// A member that went silent: exited (not a failure) or broken.
     fn lost(&mut self, i: usize, why: String) -> bool {
         let pid = self.peers[i].member.pid;
-        if !members::alive(pid) {
+        // Gone from /proc, or its socket gone (an exiting member removes
+        // it first; an exec'd one no longer listens).
+        if !members::alive(pid) || !self.peers[i].member.socket.exists() {
             self.finish(i, MemberOutcome::Exited, None, None);
             false
         } else {
@@ -344,6 +346,7 @@ impl<'a> Tree<'a> {
                         peer.stand = Stand::Prepared;
                     }
                 }
+                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
                 Some(Heard::Reply(MemberReply::Refused { report })) => {
                     let report = (**report).clone();
                     self.blame(i, report.problem.clone());
@@ -463,6 +466,7 @@ impl<'a> Tree<'a> {
         for &i in who {
             match heard.get(&i) {
                 Some(Heard::Reply(MemberReply::Staged)) => self.peers[i].stand = Stand::Staged,
+                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
                 Some(Heard::Reply(
                     MemberReply::Refused { report } | MemberReply::Aborted { report } | MemberReply::RolledBack { report },
                 )) => {
@@ -532,6 +536,7 @@ impl<'a> Tree<'a> {
             for &i in &who {
                 match heard.get(&i) {
                     Some(Heard::Reply(MemberReply::Frozen)) => self.peers[i].stand = Stand::Frozen,
+                    Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
                     Some(Heard::Reply(MemberReply::Blocked { why })) => {
                         self.peers[i].waiting_for = why.clone();
                         blocked.push(i);
@@ -754,6 +759,7 @@ impl<'a> Tree<'a> {
                     self.peers[i].from = version.clone();
                     self.finish(i, MemberOutcome::Cancelled, None, None);
                 }
+                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
                 Some(Heard::Gone(why)) => {
                     let why = why.clone();
                     if self.lost(i, why) {

@@ -36,6 +36,9 @@ pub const COMMITTED: &str = "committed";
 /// A member that loads none of the spec's modules (a master without
 /// `--preload`): nothing to update there, and it follows the tree's version.
 pub const UNAFFECTED: &str = "unaffected";
+/// A member that exited while the update ran (a worker retired by
+/// `--max-requests`): no failure.
+pub const EXITED: &str = "exited";
 
 fn text(v: &Value) -> String {
     v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
