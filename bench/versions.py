@@ -94,8 +94,10 @@ def measure(version, args, work):
     row = {"version": full, "python": python, "pyreload": pyreload, "load_start": loadavg()}
     t = time.time()
     print(f"== CPython {full}: heap pause", file=sys.stderr, flush=True)
-    pauses, _ = pyreload_pauses(pyreload, args.objects, args.heap_rounds, work / f"heap-{minor}")
+    pauses, commits = pyreload_pauses(pyreload, args.objects, args.heap_rounds, work / f"heap-{minor}")
     row["pause_p99_ms"], row["pause_p50_ms"], row["heap_rounds"] = pct(pauses, 99), pct(pauses, 50), len(pauses)
+    slowest = max(range(len(pauses)), key=pauses.__getitem__)
+    row["slowest_commit_ms"], row["commit_p50_ms"] = commits[slowest], pct(commits, 50)
     row["pause_first_ms"], row["pause_rest_max_ms"] = pauses[0], max(pauses[1:], default=float("nan"))
     print(f"== CPython {full}: eager and lazy migration", file=sys.stderr, flush=True)
     (work / f"migrate-{minor}").mkdir()
@@ -214,10 +216,23 @@ def explain(rows):
             text += (f" On {r['version']} the code-only p99 ({r['pause_p99_ms']:.2f} ms) is near the slowest of "
                      f"{r['heap_rounds']} updates, {slowest} ({max(r['pause_first_ms'], r['pause_rest_max_ms']):.2f} ms);"
                      f" the p50 is {r['pause_p50_ms']:.2f} ms.")
-        if r["lazy_pause_ms"] >= 1:
+            if "slowest_commit_ms" in r:
+                slow = max(r["pause_first_ms"], r["pause_rest_max_ms"])
+                text += (f" The merge took {r['slowest_commit_ms']:.2f} ms of the slowest update's pause (p50 of "
+                         f"all: {r['commit_p50_ms']:.2f} ms)" + (
+                             "; the rest went to stopping the world, the safe-point check and resuming, which "
+                             "wait on the other threads and the scheduler." if r["slowest_commit_ms"] < slow / 2
+                             else ": the update's own work was slow."))
+        if r["lazy_pause_ms"] >= 1 and r["pause_first_ms"] >= 1:
             text += (f" On {r['version']} the lazy pause ({r['lazy_pause_ms']:.2f} ms) is a single update, the first "
                      f"in a fresh program, so it pays what a first update pays (first update of the code-only "
                      f"run: {r['pause_first_ms']:.2f} ms).")
+        elif r["lazy_pause_ms"] >= 1:
+            text += (f" On {r['version']} the lazy pause ({r['lazy_pause_ms']:.2f} ms) is a single update, in a fresh "
+                     f"program whose first update is not slower than the rest (code-only: {r['pause_first_ms']:.2f} "
+                     f"ms). Most of a lazy pause is the commit's own work, installing the hooks on the class and "
+                     f"converting a sample of 32 instances, so the goal holds with a small margin on every version, "
+                     f"and one slower sample misses it.")
     if not pauses_met:
         text += " The load average during each version's run is in the last row of the table."
     if old and new:
