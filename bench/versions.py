@@ -220,8 +220,8 @@ def explain(rows):
                 slow = max(r["pause_first_ms"], r["pause_rest_max_ms"])
                 text += (f" The merge took {r['slowest_commit_ms']:.2f} ms of the slowest update's pause (p50 of "
                          f"all: {r['commit_p50_ms']:.2f} ms)" + (
-                             "; the rest went to stopping the world, the safe-point check and resuming, which "
-                             "wait on the other threads and the scheduler." if r["slowest_commit_ms"] < slow / 2
+                             "; the rest was outside the merge: stopping and resuming the world, the safe-point "
+                             "check, the commit's bookkeeping." if r["slowest_commit_ms"] < slow / 2
                              else ": the update's own work was slow."))
         if r["lazy_pause_ms"] >= 1 and r["pause_first_ms"] >= 1:
             text += (f" On {r['version']} the lazy pause ({r['lazy_pause_ms']:.2f} ms) is a single update, the first "
