@@ -9,8 +9,7 @@
 //! - **Today**: each server runs under pyreload and serves 16 concurrent
 //!   clients with no failure; `pyreload status` sees it; a worker killed
 //!   with SIGKILL is replaced and the replacement serves. The pool computes.
-//! - **Acceptance of process-tree updates (#15)**, acceptance (#15)
-//!   feature lands: 20 updates back and forth under load with every worker
+//! - **Acceptance of process-tree updates (#15)**: 20 updates back and forth under load with every worker
 //!   on the new version once `apply` returns; a spec that one worker refuses
 //!   changes no member; a replacement worker is born new; pool workers run
 //!   the new function. They read the tree fields of the JSON through

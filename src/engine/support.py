@@ -495,32 +495,6 @@ class _Recorder:
         pass
 
 
-def _invalidate_caches():
-    """`importlib.invalidate_caches()`, without importing into the program.
-
-    From 3.13 the path finder's `invalidate_caches` ends by importing
-    `importlib.metadata` (88 modules with its dependencies, about 0.2 s) to
-    clear that package's caches. A program that has not loaded it has no
-    such caches, and must not find it loaded by an update. So then the
-    path finder's other steps are taken here: each path entry finder's
-    cache (the directory listings) and the namespace packages' paths."""
-    if sys.version_info < (3, 13) or "importlib.metadata" in sys.modules:
-        importlib.invalidate_caches()
-        return
-    _external = sys.modules["_frozen_importlib_external"]  # importlib._bootstrap_external
-    for finder in list(sys.meta_path):
-        if finder is not _machinery.PathFinder:
-            if hasattr(finder, "invalidate_caches"):
-                finder.invalidate_caches()
-            continue
-        for name, entry in list(sys.path_importer_cache.items()):
-            if entry is None or not _external._path_isabs(name):
-                sys.path_importer_cache.pop(name, None)
-            elif hasattr(entry, "invalidate_caches"):
-                entry.invalidate_caches()
-        _external._NamespacePath._epoch += 1
-
-
 def _cannot_unload(module):
     """Built-in and extension (C) modules: CPython never unloads them, and
     some refuse to initialise twice, so they stay once imported."""
