@@ -266,7 +266,8 @@ pub enum MemberOutcome {
 }
 
 impl MemberOutcome {
-    fn verb(self) -> &'static str {
+    /// How the report says it.
+    pub fn verb(self) -> &'static str {
         match self {
             MemberOutcome::Committed => "applied",
             MemberOutcome::Unaffected => "unaffected (loads none of the spec's modules)",

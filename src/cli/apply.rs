@@ -67,7 +67,7 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
         Ok(spec) => spec,
         Err(code) => return code,
     };
-    let response = match request_update(&source, &parsed, target, dry_run) {
+    let response = match request_update(&source, &parsed, target, dry_run, !json) {
         Ok(response) => response,
         Err(code) => return code,
     };
@@ -75,12 +75,15 @@ fn send(path: &PathBuf, target: &TargetArgs, json: bool, dry_run: bool) -> i32 {
 }
 
 /// Finds the program and sends it the spec; the error is the exit status,
-/// after the reason has been printed.
+/// after the reason has been printed. With `show_progress`, a program with
+/// worker processes shows on stderr how far the update has got while it
+/// runs (see [`super::progress`]).
 pub fn request_update(
     source: &SpecSource,
     parsed: &spec::Spec,
     target: &TargetArgs,
     dry_run: bool,
+    show_progress: bool,
 ) -> Result<Response, i32> {
     let program = parsed.update.program.as_ref();
     let found = super::find_program(
@@ -97,6 +100,8 @@ pub fn request_update(
     // The host bounds its own wait by the spec's timeout; allow for that
     // plus a generous margin before deciding the program is stuck.
     let timeout = Duration::from_millis(parsed.safe_point.timeout_ms()) + Duration::from_secs(120);
+    let _shown = (show_progress && !dry_run && !found.info.members.is_empty())
+        .then(|| super::progress::show(found.socket.clone()));
     exchange(&found.socket, &request, Some(timeout)).map_err(|e| {
         lost_contact(&found, &e);
         EXIT_REFUSED
@@ -145,7 +150,11 @@ pub fn print_response(response: Response, json: bool, known: Option<(&str, &str)
             eprint!("{}", problem.render(known));
             EXIT_REFUSED
         }
-        Response::Status(_) | Response::Sources { .. } | Response::Loaded(_) | Response::Member(_) => {
+        Response::Status(_)
+        | Response::Sources { .. }
+        | Response::Loaded(_)
+        | Response::Member(_)
+        | Response::Progress { .. } => {
             error("the program answered with something other than a report");
             EXIT_REFUSED
         }

@@ -8,6 +8,7 @@
 mod apply;
 mod diff;
 mod new;
+mod progress;
 mod rollback;
 mod run;
 mod schema;

@@ -111,7 +111,7 @@ fn apply_one(path: &Path, target: &super::TargetArgs) -> (String, serde_json::Va
             );
         }
     };
-    match request_update(&source, &spec, target, false) {
+    match request_update(&source, &spec, target, false, false) {
         Ok(Response::Report(report)) => (
             report.one_line(),
             serde_json::to_value(&report).expect("reports serialize"),

@@ -169,9 +169,11 @@ fn probe(socket: &Path) -> io::Result<Target> {
             info,
         }),
         Response::Error(problem) => Err(io::Error::other(problem.message)),
-        Response::Report(_) | Response::Sources { .. } | Response::Loaded(_) | Response::Member(_) => {
-            Err(io::Error::other("unexpected answer to a status request"))
-        }
+        Response::Report(_)
+        | Response::Sources { .. }
+        | Response::Loaded(_)
+        | Response::Member(_)
+        | Response::Progress { .. } => Err(io::Error::other("unexpected answer to a status request")),
     }
 }
 

@@ -62,6 +62,9 @@ pub enum Request {
     /// root's `status`: answered with [`Response::Member`], and never
     /// fanned out further (unlike `Status` in the root).
     MemberStatus { protocol: u32 },
+    /// How far the tree-wide update running now has got (cheap: asks no
+    /// member), for the progress `pyreload apply` shows.
+    Progress { protocol: u32 },
     /// From a tree's coordinator: take part in a tree-wide update. The
     /// connection then carries the conversation of
     /// [`super::member_wire`]; `decision` is the file that decides a
@@ -81,6 +84,7 @@ impl Request {
             Request::Status { protocol }
             | Request::Collect { protocol }
             | Request::MemberStatus { protocol }
+            | Request::Progress { protocol }
             | Request::Apply { protocol, .. }
             | Request::Sources { protocol, .. }
             | Request::Loaded { protocol }
@@ -101,6 +105,10 @@ pub enum Response {
     },
     Loaded(LoadedProgram),
     Member(MemberInfo),
+    /// The answer to `Progress`: None when no tree-wide update runs.
+    Progress {
+        progress: Option<crate::process::wire::TreeProgress>,
+    },
     /// The request could not be served at all (busy, malformed, wrong
     /// protocol version). Update failures are reports, not errors.
     Error(Problem),

@@ -205,6 +205,7 @@ pub(crate) fn wait(
         }
         *checks += 1;
         let blockers = safepoint::check(py, support, plan, &points().waiting()).map_err(Stop::Refused)?;
+        progress.blocked(describe_blockers_now(&blockers, plan));
         if blockers.clear() {
             return Ok(());
         }

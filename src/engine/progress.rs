@@ -14,11 +14,18 @@ use crate::process::wire::Phase;
 
 pub use crate::process::ClientGone;
 
+/// Where a [`Progress`] tells what holds the safe point back.
+pub type Tell<'a> = Box<dyn Fn(&[String]) + Send + Sync + 'a>;
+
 /// One update's progress, visible in `status` until dropped.
 pub struct Progress<'a> {
     state: &'a ProcessState,
     update: String,
     client_gone: Option<ClientGone<'a>>,
+    /// Told what holds the safe point back, each time that changes (a tree
+    /// member tells its coordinator).
+    on_blocked: Option<Tell<'a>>,
+    last_blocked: std::sync::Mutex<Vec<String>>,
 }
 
 impl<'a> Progress<'a> {
@@ -31,6 +38,25 @@ impl<'a> Progress<'a> {
             state,
             update: update.to_string(),
             client_gone,
+            on_blocked: None,
+            last_blocked: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Has `on_blocked` told what holds the safe point back, each time
+    /// that changes.
+    pub fn telling(mut self, on_blocked: Tell<'a>) -> Self {
+        self.on_blocked = Some(on_blocked);
+        self
+    }
+
+    /// What held the safe point back at the last check.
+    pub fn blocked(&self, why: Vec<String>) {
+        let Some(tell) = &self.on_blocked else { return };
+        let mut last = self.last_blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != why {
+            tell(&why);
+            *last = why;
         }
     }
 

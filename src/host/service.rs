@@ -14,8 +14,8 @@ use crate::control::protocol::{Request, Response};
 use crate::control::server::Handler;
 use crate::diagnostic::Problem;
 use crate::engine;
-use crate::process::state::{self, ProcessState};
 use crate::process::member_wire::{Invitation, Link};
+use crate::process::state::{self, ProcessState};
 use crate::process::ClientGone;
 
 /// The host's handler: every request is for this process.
@@ -34,6 +34,9 @@ impl Handler for Service {
         match request {
             Request::Status { .. } => Response::Status(status(state)),
             Request::MemberStatus { .. } => Response::Member(state.member_info()),
+            Request::Progress { .. } => Response::Progress {
+                progress: crate::tree::progress(),
+            },
             Request::Collect { .. } => match engine::collect_garbage(state) {
                 Ok(()) => Response::Status(status(state)),
                 Err(problem) => Response::Error(problem),

@@ -56,17 +56,26 @@ pub enum Step {
 pub enum MemberReply {
     /// Resolved: the spec's modules this member has loaded (empty for a
     /// member that loads none, which takes no further part).
-    Prepared { modules: Vec<String>, version: Option<String> },
+    Prepared {
+        modules: Vec<String>,
+        version: Option<String>,
+    },
     /// Still waiting for its safe point, and why.
-    Waiting { why: Vec<String> },
+    Waiting {
+        why: Vec<String>,
+    },
     Staged,
     Frozen,
     /// The safe point did not hold with the world stopped.
-    Blocked { why: Vec<String> },
+    Blocked {
+        why: Vec<String>,
+    },
     Thawed,
     Merged,
     /// The member's own commit failed and was undone (its report says why).
-    RolledBack { report: Box<Report> },
+    RolledBack {
+        report: Box<Report>,
+    },
     /// The member runs the new version.
     Released {
         report: Box<Report>,
@@ -75,16 +84,24 @@ pub enum MemberReply {
         released_at_ns: u64,
     },
     /// The member's merge was undone; it runs the old version.
-    Undone { report: Box<Report> },
+    Undone {
+        report: Box<Report>,
+    },
     /// Refused before anything changed (its report says why).
-    Refused { report: Box<Report> },
+    Refused {
+        report: Box<Report>,
+    },
     /// Gave up before the commit, on the coordinator's word or its own.
-    Aborted { report: Box<Report> },
+    Aborted {
+        report: Box<Report>,
+    },
     /// The member began to exit (a worker retired by its supervisor):
     /// it takes no part, and that is no failure of the update.
     Exiting,
     /// The request could not be served (busy, bad step).
-    Error { problem: Problem },
+    Error {
+        problem: Problem,
+    },
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
@@ -107,4 +124,8 @@ pub trait Link: Send {
     /// The next step, or an error once `timeout` has passed or the
     /// coordinator is gone.
     fn recv(&mut self, timeout: Duration) -> io::Result<Step>;
+    /// Something that sends notes ([`MemberReply::Waiting`]) while the
+    /// member is busy: called from the member's own thread, between its
+    /// other sends.
+    fn notifier(&self) -> Box<dyn Fn(&MemberReply) + Send + Sync>;
 }

@@ -68,6 +68,28 @@ pub struct MemberInfo {
     pub unreachable: Option<String>,
 }
 
+/// A tree-wide update as its coordinator sees it now, for the progress
+/// `pyreload apply` shows while it waits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TreeProgress {
+    pub update: String,
+    /// The round: prepare, stage, freeze, commit, release.
+    pub round: String,
+    pub members: Vec<MemberProgress>,
+}
+
+/// One member in a [`TreeProgress`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberProgress {
+    pub pid: u32,
+    pub role: String,
+    /// Where it stands: invited, prepared, staged, frozen, merged, done.
+    pub stand: String,
+    /// What holds its safe point back, if it said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+}
+
 /// An update the host is working on, and how far it has got.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InProgress {

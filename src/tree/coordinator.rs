@@ -14,12 +14,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::members::{self, Member};
-use crate::process::member_wire::{MemberReply, Step};
 use crate::control::protocol::{read_frame, write_frame, Request, PROTOCOL_VERSION};
 use crate::diagnostic::Problem;
 use crate::engine::member::{decide, Decision};
 use crate::engine::progress::ClientGone;
+use crate::process::fds::Tracked;
+use crate::process::member_wire::{MemberReply, Step};
 use crate::process::state::ProcessState;
+use crate::process::wire::{MemberProgress, TreeProgress};
 use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
 use crate::spec::{self, SpecSource};
 
@@ -38,6 +40,14 @@ const MAX_RETRY: Duration = Duration::from_millis(20);
 /// One tree-wide update at a time per tree; members refuse a second one
 /// anyway, but this says so before any is asked.
 static BUSY: Mutex<()> = Mutex::new(());
+
+/// The update running now, as `Request::Progress` answers it.
+static PROGRESS: Mutex<Option<TreeProgress>> = Mutex::new(None);
+
+/// How far the tree-wide update running now has got.
+pub fn progress() -> Option<TreeProgress> {
+    PROGRESS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
 
 /// Applies the spec to the program's whole tree when it has members, or
 /// to this process alone when it has none (or is itself a member, asked
@@ -98,7 +108,8 @@ enum Stand {
 
 struct Peer {
     member: Member,
-    writer: Option<UnixStream>,
+    /// Registered, so a worker forked meanwhile does not keep it open.
+    writer: Option<Tracked<UnixStream>>,
     stand: Stand,
     modules: Vec<String>,
     from: Option<String>,
@@ -139,11 +150,7 @@ impl<'a> Tree<'a> {
         client_gone: Option<ClientGone<'a>>,
     ) -> Tree<'a> {
         let (tx, rx) = channel();
-        let update_id = format!(
-            "{}-{}",
-            state.pid,
-            crate::process::member_wire::monotonic_ns()
-        );
+        let update_id = format!("{}-{}", state.pid, crate::process::member_wire::monotonic_ns());
         let dir = state.identity.tree_dir();
         let _ = std::fs::create_dir_all(&dir);
         let decision = dir.join(format!("decision-{update_id}"));
@@ -161,16 +168,45 @@ impl<'a> Tree<'a> {
         }
     }
 
+    /// Publishes where every member stands, for `Request::Progress`.
+    fn show(&self, round: &str) {
+        let members = self
+            .peers
+            .iter()
+            .map(|p| MemberProgress {
+                pid: p.member.pid,
+                role: p.member.role.clone(),
+                stand: match p.stand {
+                    Stand::Invited => "preparing".into(),
+                    Stand::Prepared => "waiting for its safe point".into(),
+                    Stand::Staged => "staged".into(),
+                    Stand::Frozen => "frozen".into(),
+                    Stand::Merged => "merged".into(),
+                    Stand::Done => p.outcome.map_or("done", MemberOutcome::verb).into(),
+                },
+                waiting_for: p.waiting_for.clone(),
+            })
+            .collect();
+        *PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = Some(TreeProgress {
+            update: self.spec.update.name.get_ref().clone(),
+            round: round.into(),
+            members,
+        });
+    }
+
     fn run(&mut self, root: Member, others: Vec<Member>) -> Report {
         self.invite(root);
         for m in others {
             self.invite(m);
         }
         let wait_deadline = Instant::now() + self.wait_timeout() + STAGE_GRACE;
+        self.show("prepare");
         if self.prepare_round() && self.stage_round(wait_deadline) {
+            self.show("freeze");
             self.freeze_and_commit(wait_deadline);
         }
         self.abort_the_rest();
+        *PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let moved_on = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
         for i in 0..self.peers.len() {
             if self.peers[i].outcome == Some(MemberOutcome::Unaffected) {
@@ -210,20 +246,21 @@ impl<'a> Tree<'a> {
             spec_text: self.spec_text.to_string(),
             decision: self.decision.display().to_string(),
         };
-        let opened = UnixStream::connect(&peer.member.socket).and_then(|mut stream| {
-            stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-            write_frame(&mut stream, &request)?;
-            let reader = stream.try_clone()?;
+        let opened = UnixStream::connect(&peer.member.socket).and_then(|stream| {
+            let stream = Tracked::new(stream);
+            stream.socket.set_write_timeout(Some(Duration::from_secs(5)))?;
+            write_frame(&mut &stream.socket, &request)?;
+            let reader = Tracked::new(stream.socket.try_clone()?);
             Ok((stream, reader))
         });
         match opened {
-            Ok((writer, mut reader)) => {
+            Ok((writer, reader)) => {
                 peer.writer = Some(writer);
                 let tx = self.tx.clone();
                 let spawned = std::thread::Builder::new()
                     .name("pyreload-tree".into())
                     .spawn(move || loop {
-                        match read_frame::<MemberReply>(&mut reader) {
+                        match read_frame::<MemberReply>(&mut &reader.socket) {
                             Ok(reply) => {
                                 if tx.send((index, Heard::Reply(reply))).is_err() {
                                     return;
@@ -237,7 +274,9 @@ impl<'a> Tree<'a> {
                     });
                 if let Err(e) = spawned {
                     peer.writer = None;
-                    let _ = self.tx.send((index, Heard::Gone(format!("could not start a reader: {e}"))));
+                    let _ = self
+                        .tx
+                        .send((index, Heard::Gone(format!("could not start a reader: {e}"))));
                 }
             }
             Err(e) => {
@@ -250,12 +289,14 @@ impl<'a> Tree<'a> {
 
     /// The members that still take part.
     fn at(&self, stand: Stand) -> Vec<usize> {
-        (0..self.peers.len()).filter(|&i| self.peers[i].stand == stand).collect()
+        (0..self.peers.len())
+            .filter(|&i| self.peers[i].stand == stand)
+            .collect()
     }
 
     fn send(&mut self, i: usize, step: Step) {
         let sent = match self.peers[i].writer.as_mut() {
-            Some(w) => write_frame(w, &step).is_ok(),
+            Some(w) => write_frame(&mut &w.socket, &step).is_ok(),
             None => false,
         };
         if !sent {
@@ -283,7 +324,10 @@ impl<'a> Tree<'a> {
             }
             let slice = (deadline - now).min(Duration::from_millis(50));
             match self.rx.recv_timeout(slice) {
-                Ok((i, Heard::Reply(MemberReply::Waiting { why }))) => self.peers[i].waiting_for = why,
+                Ok((i, Heard::Reply(MemberReply::Waiting { why }))) => {
+                    self.peers[i].waiting_for = why;
+                    self.show("stage");
+                }
                 Ok((i, answer)) if who.contains(&i) && !heard.contains_key(&i) => {
                     heard.insert(i, answer);
                 }
@@ -457,6 +501,7 @@ impl<'a> Tree<'a> {
         for &i in &who {
             self.send(i, Step::Continue);
         }
+        self.show("stage");
         self.hear_staged(&who, deadline);
         self.problem.is_none() && !self.at(Stand::Staged).is_empty()
     }
@@ -465,10 +510,15 @@ impl<'a> Tree<'a> {
         let heard = self.collect(who, deadline, true);
         for &i in who {
             match heard.get(&i) {
-                Some(Heard::Reply(MemberReply::Staged)) => self.peers[i].stand = Stand::Staged,
+                Some(Heard::Reply(MemberReply::Staged)) => {
+                    self.peers[i].stand = Stand::Staged;
+                    self.peers[i].waiting_for.clear();
+                }
                 Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
                 Some(Heard::Reply(
-                    MemberReply::Refused { report } | MemberReply::Aborted { report } | MemberReply::RolledBack { report },
+                    MemberReply::Refused { report }
+                    | MemberReply::Aborted { report }
+                    | MemberReply::RolledBack { report },
                 )) => {
                     let report = (**report).clone();
                     self.blame(i, report.problem.clone());
@@ -608,7 +658,10 @@ impl<'a> Tree<'a> {
         if !self.prepare_round() {
             return false;
         }
-        let who: Vec<usize> = joined.into_iter().filter(|&i| self.peers[i].stand == Stand::Prepared).collect();
+        let who: Vec<usize> = joined
+            .into_iter()
+            .filter(|&i| self.peers[i].stand == Stand::Prepared)
+            .collect();
         for &i in &who {
             self.send(i, Step::Continue);
         }
@@ -712,7 +765,11 @@ impl<'a> Tree<'a> {
                 _ => {
                     let problem = Problem::new(format!(
                         "did not answer in time; it applies the recorded decision ({}) by itself",
-                        if decision == Decision::Commit { "commit" } else { "abort" }
+                        if decision == Decision::Commit {
+                            "commit"
+                        } else {
+                            "abort"
+                        }
                     ));
                     self.finish(i, MemberOutcome::Unknown, None, Some(problem));
                 }
@@ -746,7 +803,9 @@ impl<'a> Tree<'a> {
         for &i in &who {
             match heard.get(&i) {
                 Some(Heard::Reply(
-                    MemberReply::Aborted { report } | MemberReply::Refused { report } | MemberReply::RolledBack { report },
+                    MemberReply::Aborted { report }
+                    | MemberReply::Refused { report }
+                    | MemberReply::RolledBack { report },
                 )) => {
                     let report = (**report).clone();
                     let outcome = match report.outcome {
@@ -780,17 +839,14 @@ impl<'a> Tree<'a> {
             self.spec.update.name.get_ref().clone(),
             self.state.name.clone(),
             self.state.pid,
-            self.peers.first().and_then(|p| p.from.clone()).or_else(|| self.state.version()),
+            self.peers
+                .first()
+                .and_then(|p| p.from.clone())
+                .or_else(|| self.state.version()),
             self.spec.update.to.get_ref().clone(),
         );
-        let committed = self
-            .peers
-            .iter()
-            .any(|p| p.outcome == Some(MemberOutcome::Committed));
-        let rolled_back = self
-            .peers
-            .iter()
-            .any(|p| p.outcome == Some(MemberOutcome::RolledBack));
+        let committed = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
+        let rolled_back = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::RolledBack));
         report.outcome = match (&self.problem, committed, rolled_back) {
             (None, true, _) => Outcome::Committed,
             (Some(_), _, true) => Outcome::RolledBack,
