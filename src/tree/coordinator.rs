@@ -36,6 +36,9 @@ const STAGE_GRACE: Duration = Duration::from_secs(3);
 /// first; it doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(1);
 const MAX_RETRY: Duration = Duration::from_millis(20);
+/// How long a child forked just before its parent froze has to bind its
+/// control socket (its fork hook does a few system calls).
+const BORN_WAIT: Duration = Duration::from_millis(500);
 
 /// One tree-wide update at a time per tree; members refuse a second one
 /// anyway, but this says so before any is asked.
@@ -64,8 +67,24 @@ pub fn apply(
     } else {
         members::others(state)
     };
-    if others.is_empty() {
+    // A root that has had members (its tree directory exists) stays a
+    // tree even with none right now, as gunicorn's master is while it
+    // replaces every worker: a worker it forks before it freezes runs the
+    // old version, and only the tree's freeze looks for such children.
+    let forks = !dry_run && state.identity.is_root() && state.identity.tree_dir().exists();
+    if others.is_empty() && !forks {
         return crate::engine::apply(state, spec_path, spec_text, dry_run, client_gone);
+    }
+    // Workers being born now (a supervisor replacing them) are asked too.
+    let mut others = others;
+    if forks {
+        let mut waited = false;
+        for child in members::being_born(state, state.pid) {
+            waited |= wait_for_birth(state, state.pid, child).unwrap_or(false);
+        }
+        if waited {
+            others = members::others(state);
+        }
     }
     let source = SpecSource {
         path: spec_path.to_string(),
@@ -92,6 +111,30 @@ pub fn apply(
     }
     tree.forget_old_decisions();
     Ok(report)
+}
+
+/// Waits up to [`BORN_WAIT`] for a child being born to bind its control
+/// socket: true once it has, false if it exited or exec'd meanwhile.
+fn wait_for_birth(state: &ProcessState, parent: u32, child: u32) -> Result<bool, Problem> {
+    let socket = crate::process::tree::member_socket_path(&state.identity.tree_dir(), child);
+    let until = Instant::now() + BORN_WAIT;
+    loop {
+        if socket.exists() {
+            return Ok(true);
+        }
+        if !members::alive(child) || !members::runs_this_program(child) || members::threads(child) > 1 {
+            return Ok(false);
+        }
+        if Instant::now() >= until {
+            return Err(Problem::new(format!(
+                "pid {child}, forked by member pid {parent}, has no control socket after {} ms, so it cannot be \
+                 updated and would keep the old version; nothing was changed",
+                BORN_WAIT.as_millis()
+            ))
+            .with_help("its stderr says why it could not become a member; apply again once it has"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// Where a member stands in the conversation.
@@ -612,7 +655,14 @@ impl<'a> Tree<'a> {
             }
             let newcomers = self.newcomers();
             if self.problem.is_none() && blocked.is_empty() && newcomers.is_empty() {
-                return self.commit();
+                // A child forked just before its parent froze may not have
+                // bound its socket yet: it runs the old version and must
+                // take part. Wait for it, then go round again with it.
+                match self.children_being_born() {
+                    Ok(true) => {}
+                    Ok(false) => return self.commit(),
+                    Err(problem) => self.problem = Some(problem),
+                }
             }
             self.thaw();
             if self.problem.is_some() {
@@ -638,6 +688,29 @@ impl<'a> Tree<'a> {
                 retry = (retry * 2).min(MAX_RETRY);
             }
         }
+    }
+
+    /// Whether a frozen member has a child that is about to become a
+    /// member (forked, not exec'd, its socket not bound yet); waits up to
+    /// [`BORN_WAIT`] for each such child's socket. A child still without
+    /// one then is an error: it would keep the old version unseen.
+    fn children_being_born(&self) -> Result<bool, Problem> {
+        let known: Vec<u32> = self.peers.iter().map(|p| p.member.pid).collect();
+        let frozen: Vec<u32> = self
+            .at(Stand::Frozen)
+            .iter()
+            .map(|&i| self.peers[i].member.pid)
+            .collect();
+        let mut found = false;
+        for parent in frozen {
+            for child in members::being_born(self.state, parent) {
+                if known.contains(&child) {
+                    continue;
+                }
+                found |= wait_for_birth(self.state, parent, child)?;
+            }
+        }
+        Ok(found)
     }
 
     /// Live members not yet asked (their sockets appeared since).
@@ -847,6 +920,18 @@ impl<'a> Tree<'a> {
         );
         let committed = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
         let rolled_back = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::RolledBack));
+        if self.problem.is_none() && !committed && !rolled_back {
+            let exited = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Exited));
+            self.problem = Some(if exited {
+                Problem::new(
+                    "every member that loads the spec's modules exited during the update (a worker retired by its \
+                     supervisor); nothing was changed",
+                )
+                .with_help("apply again: the workers that replace them are members")
+            } else {
+                Problem::new("no member of the program's tree took part in the update; nothing was changed")
+            });
+        }
         report.outcome = match (&self.problem, committed, rolled_back) {
             (None, true, _) => Outcome::Committed,
             (Some(_), _, true) => Outcome::RolledBack,
