@@ -180,6 +180,37 @@ also include what hosting costs anyway (the binary, the control socket and threa
 {import_record}"""
 
 
+TREE_SECTION = """## A process tree: gunicorn with 1, 4 and 8 workers
+
+`python3 bench/tree.py --pyreload target/release/pyreload --venv bench/.venv`. The notes service of
+case-study/web under `pyreload run`, served by gunicorn's gthread workers (`--threads 4`): one
+worker without `--preload` (the smallest tree: the master loads no app module and is unaffected),
+then 1, 4 and 8 workers with `--preload` (the master is a member too), and for reference the same
+app in one process that does not fork (werkzeug's threaded server, bench/tree_single.py). 16
+keep-alive clients (case-study/web/load.py); 30 in-place updates per row, v1 <-> v2. Before each
+update the driver stops judging (`close`); the moment `pyreload apply` returns it `mark`s the new
+version, so `stale` counts answers by the old version to requests sent after apply returned. The
+last row is the largest tree again with no clients. **skew** is the report's `skew_ms`, the spread
+of the members' release instants.
+
+{tree}"""
+
+
+def tree_goal_rows(tree):
+    """Issue #15's two goals, from bench/tree.py's JSON."""
+    loaded = [r for r in tree["rows"] if r["workers"] and r["clients"]]
+    big = max((r for r in loaded if r["preload"]), key=lambda r: r["workers"])
+    skew = pct(big["skew_ms"], 99)
+    stale = sum(r["stale"] for r in loaded)
+    counts = "/".join(str(r["workers"]) for r in loaded if r["preload"])
+    return [
+        (f"tree update, gunicorn --preload, {big['workers']} workers, {tree['clients']} clients: skew p99", "< 5 ms",
+         f"{skew:.2f} ms", skew < 5),
+        (f"tree update, gunicorn {counts} workers, {tree['updates']} updates each: old-version answers after "
+         f"`apply` returned", "0", str(stale), stale == 0),
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
@@ -205,6 +236,8 @@ def main():
     point_cost = run([pyreload, "run", "bench/update_point_cost.py"],
                      env=dict(os.environ, PYRELOAD_RUNTIME_DIR=str(work / "run-point")))
     import_record = run([sys.executable, "bench/import_record.py", "--pyreload", pyreload])
+    tree = run([sys.executable, "bench/tree.py", "--pyreload", pyreload, "--venv", args.venv,
+                "--json", str(work / "tree.json")])
     checks = check_latency(pyreload, work)
     soaked = soak(SOAK_UPDATES)
     per_version = None
@@ -248,6 +281,7 @@ def main():
          f"{soaked['retained']['modules'] + soaked['retained']['classes']} of {soaked['retained']['tracked']}",
          soaked['retained']['modules'] + soaked['retained']['classes'] == 0),
     ]
+    goals += tree_goal_rows(json.loads((work / "tree.json").read_text()))
     versions_text = ""
     if per_version:
         goals += version_goal_rows(per_version["rows"])
@@ -395,6 +429,8 @@ cleanup, as the test checks.
 {point_cost}
 
 {IMPORT_RECORD_SECTION.format(import_record=import_record)}
+
+{TREE_SECTION.format(tree=tree)}
 
 ## The no-mixed-versions test
 
