@@ -414,6 +414,42 @@ impl<'a> Tree<'a> {
         }
     }
 
+    /// A member's answer before the commit that is not the one hoped for:
+    /// it exited (no failure), refused or gave up (the update stops, and
+    /// this member is named), or said something out of turn.
+    fn refused_before_commit(&mut self, i: usize, heard: &Heard, hoped: &str) {
+        match heard {
+            Heard::Reply(MemberReply::Exiting) => self.finish(i, MemberOutcome::Exited, None, None),
+            Heard::Reply(
+                MemberReply::Refused { report } | MemberReply::Aborted { report } | MemberReply::RolledBack { report },
+            ) => {
+                let report = (**report).clone();
+                self.blame(i, report.problem.clone());
+                let outcome = if report.outcome == Outcome::Cancelled {
+                    MemberOutcome::Cancelled
+                } else {
+                    MemberOutcome::Refused
+                };
+                self.finish(i, outcome, Some(report), None);
+            }
+            Heard::Reply(MemberReply::Error { problem }) => {
+                self.blame(i, Some(problem.clone()));
+                self.finish(i, MemberOutcome::Refused, None, Some(problem.clone()));
+            }
+            Heard::Gone(why) => {
+                if self.lost(i, why.clone()) {
+                    let problem = self.peers[i].problem.clone();
+                    self.blame(i, problem);
+                }
+            }
+            Heard::Reply(other) => {
+                let problem = Problem::new(format!("member said {other:?} when it should have {hoped}"));
+                self.blame(i, Some(problem.clone()));
+                self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+            }
+        }
+    }
+
     /// Every member resolves its part. Refused everywhere if one refuses,
     /// or if a module of the spec is loaded by no member.
     fn prepare_round(&mut self) -> bool {
@@ -433,28 +469,7 @@ impl<'a> Tree<'a> {
                         peer.stand = Stand::Prepared;
                     }
                 }
-                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
-                Some(Heard::Reply(MemberReply::Refused { report })) => {
-                    let report = (**report).clone();
-                    self.blame(i, report.problem.clone());
-                    self.finish(i, MemberOutcome::Refused, Some(report), None);
-                }
-                Some(Heard::Reply(MemberReply::Error { problem })) => {
-                    self.blame(i, Some(problem.clone()));
-                    self.finish(i, MemberOutcome::Refused, None, Some(problem.clone()));
-                }
-                Some(Heard::Gone(why)) => {
-                    let why = why.clone();
-                    if self.lost(i, why) {
-                        let problem = self.peers[i].problem.clone();
-                        self.blame(i, problem);
-                    }
-                }
-                Some(Heard::Reply(other)) => {
-                    let problem = Problem::new(format!("member said {other:?} when it should have prepared"));
-                    self.blame(i, Some(problem.clone()));
-                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
-                }
+                Some(other) => self.refused_before_commit(i, other, "prepared"),
                 None => {
                     let problem = Problem::new("did not prepare in time");
                     self.blame(i, Some(problem.clone()));
@@ -557,37 +572,7 @@ impl<'a> Tree<'a> {
                     self.peers[i].stand = Stand::Staged;
                     self.peers[i].waiting_for.clear();
                 }
-                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
-                Some(Heard::Reply(
-                    MemberReply::Refused { report }
-                    | MemberReply::Aborted { report }
-                    | MemberReply::RolledBack { report },
-                )) => {
-                    let report = (**report).clone();
-                    self.blame(i, report.problem.clone());
-                    let outcome = if report.outcome == Outcome::Cancelled {
-                        MemberOutcome::Cancelled
-                    } else {
-                        MemberOutcome::Refused
-                    };
-                    self.finish(i, outcome, Some(report), None);
-                }
-                Some(Heard::Reply(MemberReply::Error { problem })) => {
-                    self.blame(i, Some(problem.clone()));
-                    self.finish(i, MemberOutcome::Refused, None, Some(problem.clone()));
-                }
-                Some(Heard::Gone(why)) => {
-                    let why = why.clone();
-                    if self.lost(i, why) {
-                        let problem = self.peers[i].problem.clone();
-                        self.blame(i, problem);
-                    }
-                }
-                Some(Heard::Reply(other)) => {
-                    let problem = Problem::new(format!("member said {other:?} when it should have staged"));
-                    self.blame(i, Some(problem.clone()));
-                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
-                }
+                Some(other) => self.refused_before_commit(i, other, "staged"),
                 None if self.problem.is_some() => {}
                 None => {
                     let waiting = &self.peers[i].waiting_for;
