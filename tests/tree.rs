@@ -360,3 +360,22 @@ fn while_a_worker_waits_apply_shows_the_round_and_what_it_waits_for() {
         assert_eq!(v, "'v2'", "worker {pid}");
     }
 }
+
+#[test]
+fn rollback_of_a_tree_is_refused_rather_than_undoing_the_master_alone() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, true);
+    sandbox.write("app.py", APP_V2);
+    let (code, report) = apply(&sandbox, &tree, SPEC);
+    assert_eq!(code, 0, "{report:#}");
+    let out = sandbox.run(&["rollback", "--socket", tree.master.socket().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", sandbox.transcript());
+    let err = common::stderr(&out);
+    assert!(err.contains("has worker processes"), "{err}");
+    assert!(err.contains("apply the reverse spec"), "{err}");
+    // Nothing was undone anywhere.
+    assert_eq!(tree.master.ask("app.work()"), "'v2'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+}

@@ -52,6 +52,11 @@ pub fn progress() -> Option<TreeProgress> {
     PROGRESS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// Whether this process is the root of a tree with live members now.
+pub fn has_members(state: &ProcessState) -> bool {
+    state.identity.is_root() && !members::others(state).is_empty()
+}
+
 /// Applies the spec to the program's whole tree when it has members, or
 /// to this process alone when it has none (or is itself a member, asked
 /// directly). `check` (`dry_run`) looks at this process only.

@@ -24,4 +24,4 @@
 pub mod coordinator;
 pub mod members;
 
-pub use coordinator::{apply, progress};
+pub use coordinator::{apply, has_members, progress};
