@@ -25,9 +25,9 @@ use super::protocol::{read_frame, write_frame, FrameError, Request, Response, PR
 use super::runtime_dir;
 use crate::diagnostic::Problem;
 use crate::process::fds::Tracked;
+use crate::process::member_wire::{Invitation, Link, MemberReply, Step};
 use crate::process::state;
 use crate::process::tree::Identity;
-use crate::process::member_wire::{Invitation, Link, MemberReply, Step};
 use crate::process::ClientGone;
 
 /// A client has this long to send its whole request once connected;
@@ -360,11 +360,15 @@ fn handle(stream: Tracked<UnixStream>, handler: &dyn Handler, request_timeout: D
             decision,
         }) if protocol == PROTOCOL_VERSION => {
             let _owed = state::current().owe_answer();
-            return serve_member(stream, handler, Invitation {
-                spec_path,
-                spec_text,
-                decision: PathBuf::from(decision),
-            });
+            return serve_member(
+                stream,
+                handler,
+                Invitation {
+                    spec_path,
+                    spec_text,
+                    decision: PathBuf::from(decision),
+                },
+            );
         }
         Ok(request) => {
             _owed = Some(state::current().owe_answer());
@@ -464,7 +468,11 @@ impl Link for StreamLink {
     }
 
     fn recv(&mut self, timeout: Duration) -> io::Result<Step> {
-        read_frame(&mut Deadlined::new(&self.stream.socket, timeout.max(Duration::from_millis(1)))).map_err(|e| match e {
+        read_frame(&mut Deadlined::new(
+            &self.stream.socket,
+            timeout.max(Duration::from_millis(1)),
+        ))
+        .map_err(|e| match e {
             FrameError::Io(e) => e,
             other => io::Error::other(other.to_string()),
         })

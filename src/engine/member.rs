@@ -21,8 +21,8 @@ use pyo3::prelude::*;
 use super::progress::{ClientGone, Progress};
 use super::session::{Freeze, Session};
 use super::Stop;
-use crate::process::member_wire::{monotonic_ns, Invitation, Link, MemberReply, Step};
 use crate::diagnostic::Problem;
+use crate::process::member_wire::{monotonic_ns, Invitation, Link, MemberReply, Step};
 use crate::process::state::{GateError, ProcessState};
 use crate::report::{Outcome, Report};
 use crate::spec::{self, SpecSource};
@@ -89,7 +89,17 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
             });
             return;
         }
-        converse(py, state, &progress, &source, &spec, &invitation.decision, link, &mut report, modules);
+        converse(
+            py,
+            state,
+            &progress,
+            &source,
+            &spec,
+            &invitation.decision,
+            link,
+            &mut report,
+            modules,
+        );
     });
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     if report.outcome != Outcome::Checked {
@@ -132,7 +142,13 @@ fn converse(
     let wait_for = session.plan.timeout + STAGED_GRACE;
     match py.detach(|| link.recv(wait_for)) {
         Ok(Step::Continue) => {}
-        Ok(Step::Abort) => return aborted(link, report, Problem::new("the tree's update was abandoned before the wait")),
+        Ok(Step::Abort) => {
+            return aborted(
+                link,
+                report,
+                Problem::new("the tree's update was abandoned before the wait"),
+            )
+        }
         Ok(other) => return unexpected(link, other),
         Err(_) => return report.cancel(coordinator_gone()),
     }
@@ -181,7 +197,11 @@ fn converse(
             }
             Ok(Step::Abort) => {
                 session.release(frozen, report);
-                return aborted(link, report, Problem::new("the tree's update was abandoned while frozen"));
+                return aborted(
+                    link,
+                    report,
+                    Problem::new("the tree's update was abandoned while frozen"),
+                );
             }
             Ok(other) => {
                 session.release(frozen, report);
@@ -227,7 +247,9 @@ fn converse(
         } else {
             session.undo(done, report);
             session.release(frozen, report);
-            report.problem = Some(Problem::new("another member of the tree failed; this member's merge was undone"));
+            report.problem = Some(Problem::new(
+                "another member of the tree failed; this member's merge was undone",
+            ));
             let _ = link.send(&MemberReply::Undone {
                 report: Box::new(report.clone()),
             });
@@ -249,7 +271,9 @@ fn aborted(link: &mut dyn Link, report: &mut Report, problem: Problem) {
 
 fn unexpected(link: &mut dyn Link, step: Step) {
     let _ = link.send(&MemberReply::Error {
-        problem: Problem::new(format!("unexpected step `{step:?}` in a member conversation; nothing was changed")),
+        problem: Problem::new(format!(
+            "unexpected step `{step:?}` in a member conversation; nothing was changed"
+        )),
     });
 }
 
@@ -272,8 +296,13 @@ fn module_loaded(py: Python<'_>, name: &str) -> bool {
 pub fn restrict(spec: &mut spec::Spec, loaded: &dyn Fn(&str) -> bool) {
     let has_any = spec.reload.iter().any(|r| !r.new && loaded(r.module.get_ref()));
     let only_new = spec.reload.iter().all(|r| r.new);
-    spec.reload
-        .retain(|r| if r.new { has_any || only_new } else { loaded(r.module.get_ref()) });
+    spec.reload.retain(|r| {
+        if r.new {
+            has_any || only_new
+        } else {
+            loaded(r.module.get_ref())
+        }
+    });
     if spec.reload.is_empty() {
         spec.safe_point.inactive.clear();
         spec.safe_point.allow_active.clear();
@@ -285,8 +314,7 @@ pub fn restrict(spec: &mut spec::Spec, loaded: &dyn Fn(&str) -> bool) {
     }
     let kept: Vec<String> = spec.reload.iter().map(|r| r.module.get_ref().clone()).collect();
     let about_kept = |path: &str| {
-        kept.iter().any(|m| path == m || path.starts_with(&format!("{m}.")))
-            || prefixes(path).any(|p| loaded(p))
+        kept.iter().any(|m| path == m || path.starts_with(&format!("{m}."))) || prefixes(path).any(|p| loaded(p))
     };
     spec.safe_point.inactive.retain(|n| about_kept(n.get_ref()));
     spec.safe_point.allow_active.retain(|n| about_kept(n.get_ref()));
@@ -295,7 +323,10 @@ pub fn restrict(spec: &mut spec::Spec, loaded: &dyn Fn(&str) -> bool) {
 
 /// `a.b.c` → `a.b`, `a`.
 fn prefixes(path: &str) -> impl Iterator<Item = &str> {
-    path.char_indices().filter(|(_, c)| *c == '.').map(|(i, _)| &path[..i]).rev()
+    path.char_indices()
+        .filter(|(_, c)| *c == '.')
+        .map(|(i, _)| &path[..i])
+        .rev()
 }
 
 /// What the tree decided about a merged update.

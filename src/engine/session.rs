@@ -28,17 +28,17 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use super::progress::Progress;
+use super::rollback::CommittedStack;
 use super::safepoint::{self, Blockers, Pacer};
 use super::support::Support;
 use super::watchdog::Deadline;
 use super::world::StoppedWorld;
-use super::rollback::CommittedStack;
 use super::{commit_limit, interrupted, ms, prepare, rollback, stage, transform, Done, Stop};
-use crate::process::wire::Phase;
 use crate::diagnostic::Problem;
+use crate::plan::Plan;
 use crate::process::state::ProcessState;
 use crate::process::update_point::{points, PointRequest};
-use crate::plan::Plan;
+use crate::process::wire::Phase;
 use crate::report::{ModuleReport, Outcome, Report, SafePointSummary};
 use crate::spec::{self, SpecSource};
 
@@ -81,8 +81,7 @@ impl<'py> Session<'py> {
         spec: &spec::Spec,
         report: &mut Report,
     ) -> Result<Session<'py>, Problem> {
-        let support =
-            Support::load(py).map_err(|e| Problem::new(format!("could not load pyreload's helpers: {e}")))?;
+        let support = Support::load(py).map_err(|e| Problem::new(format!("could not load pyreload's helpers: {e}")))?;
         let t = Instant::now();
         let plan = prepare::prepare(py, &support, state, source, spec);
         report.timings.prepare_ms = ms(t);
@@ -141,7 +140,10 @@ impl<'py> Session<'py> {
                 Stop::Refused(problem) => Stop::Refused(interrupted(
                     problem,
                     &deadline,
-                    &format!("the safe-point wait's timeout_ms ({} ms)", self.plan.timeout.as_millis()),
+                    &format!(
+                        "the safe-point wait's timeout_ms ({} ms)",
+                        self.plan.timeout.as_millis()
+                    ),
                 )),
                 abandoned => abandoned,
             })
@@ -198,9 +200,8 @@ impl<'py> Session<'py> {
         let world = world.map_err(|e| self.support.problem(py, "could not stop the program's threads", &e))?;
         report.safe_point_checks += 1;
         report.stopped_threads = world.threads;
-        let blockers = safepoint::check(py, &self.support, &self.plan, &points().waiting()).map_err(|problem| {
-            interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout))
-        });
+        let blockers = safepoint::check(py, &self.support, &self.plan, &points().waiting())
+            .map_err(|problem| interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout)));
         match blockers {
             Ok(b) if b.clear() => Ok(Freeze::Frozen(Frozen {
                 world,
@@ -239,7 +240,15 @@ impl<'py> Session<'py> {
     pub fn merge(&self, frozen: &mut Frozen<'py>, report: &mut Report) -> Option<Done> {
         let staged = self.staged.as_ref().expect("staged before the merge");
         let deadline = frozen.deadline.take().expect("one merge per freeze");
-        super::commit(self.py, &self.support, &self.plan, staged, &self.samples, deadline, report)
+        super::commit(
+            self.py,
+            &self.support,
+            &self.plan,
+            staged,
+            &self.samples,
+            deadline,
+            report,
+        )
     }
 
     /// Inside the stopped world: undoes a merge that went through here,
@@ -265,7 +274,10 @@ impl<'py> Session<'py> {
             .map(|m| {
                 (
                     m.name.clone(),
-                    Some(crate::process::state::UpdateSource::now(m.source.clone(), m.text.clone())),
+                    Some(crate::process::state::UpdateSource::now(
+                        m.source.clone(),
+                        m.text.clone(),
+                    )),
                 )
             })
             .collect();
@@ -387,4 +399,3 @@ impl Session<'_> {
         report.outcome = Outcome::Checked;
     }
 }
-

@@ -14,8 +14,8 @@ use crate::control::protocol::{Request, Response};
 use crate::control::server::Handler;
 use crate::diagnostic::Problem;
 use crate::engine;
-use crate::process::state::{self, ProcessState};
 use crate::process::member_wire::{Invitation, Link};
+use crate::process::state::{self, ProcessState};
 use crate::process::ClientGone;
 
 /// The host's handler: every request is for this process.

@@ -56,17 +56,26 @@ pub enum Step {
 pub enum MemberReply {
     /// Resolved: the spec's modules this member has loaded (empty for a
     /// member that loads none, which takes no further part).
-    Prepared { modules: Vec<String>, version: Option<String> },
+    Prepared {
+        modules: Vec<String>,
+        version: Option<String>,
+    },
     /// Still waiting for its safe point, and why.
-    Waiting { why: Vec<String> },
+    Waiting {
+        why: Vec<String>,
+    },
     Staged,
     Frozen,
     /// The safe point did not hold with the world stopped.
-    Blocked { why: Vec<String> },
+    Blocked {
+        why: Vec<String>,
+    },
     Thawed,
     Merged,
     /// The member's own commit failed and was undone (its report says why).
-    RolledBack { report: Box<Report> },
+    RolledBack {
+        report: Box<Report>,
+    },
     /// The member runs the new version.
     Released {
         report: Box<Report>,
@@ -75,13 +84,21 @@ pub enum MemberReply {
         released_at_ns: u64,
     },
     /// The member's merge was undone; it runs the old version.
-    Undone { report: Box<Report> },
+    Undone {
+        report: Box<Report>,
+    },
     /// Refused before anything changed (its report says why).
-    Refused { report: Box<Report> },
+    Refused {
+        report: Box<Report>,
+    },
     /// Gave up before the commit, on the coordinator's word or its own.
-    Aborted { report: Box<Report> },
+    Aborted {
+        report: Box<Report>,
+    },
     /// The request could not be served (busy, exiting, bad step).
-    Error { problem: Problem },
+    Error {
+        problem: Problem,
+    },
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.

@@ -14,11 +14,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::members::{self, Member};
-use crate::process::member_wire::{MemberReply, Step};
 use crate::control::protocol::{read_frame, write_frame, Request, PROTOCOL_VERSION};
 use crate::diagnostic::Problem;
 use crate::engine::member::{decide, Decision};
 use crate::engine::progress::ClientGone;
+use crate::process::member_wire::{MemberReply, Step};
 use crate::process::state::ProcessState;
 use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
 use crate::spec::{self, SpecSource};
@@ -142,11 +142,7 @@ impl<'a> Tree<'a> {
         client_gone: Option<ClientGone<'a>>,
     ) -> Tree<'a> {
         let (tx, rx) = channel();
-        let update_id = format!(
-            "{}-{}",
-            state.pid,
-            crate::process::member_wire::monotonic_ns()
-        );
+        let update_id = format!("{}-{}", state.pid, crate::process::member_wire::monotonic_ns());
         let dir = state.identity.tree_dir();
         let _ = std::fs::create_dir_all(&dir);
         let decision = dir.join(format!("decision-{update_id}"));
@@ -233,7 +229,9 @@ impl<'a> Tree<'a> {
                     });
                 if let Err(e) = spawned {
                     peer.writer = None;
-                    let _ = self.tx.send((index, Heard::Gone(format!("could not start a reader: {e}"))));
+                    let _ = self
+                        .tx
+                        .send((index, Heard::Gone(format!("could not start a reader: {e}"))));
                 }
             }
             Err(e) => {
@@ -246,7 +244,9 @@ impl<'a> Tree<'a> {
 
     /// The members that still take part.
     fn at(&self, stand: Stand) -> Vec<usize> {
-        (0..self.peers.len()).filter(|&i| self.peers[i].stand == stand).collect()
+        (0..self.peers.len())
+            .filter(|&i| self.peers[i].stand == stand)
+            .collect()
     }
 
     fn send(&mut self, i: usize, step: Step) {
@@ -460,7 +460,9 @@ impl<'a> Tree<'a> {
             match heard.get(&i) {
                 Some(Heard::Reply(MemberReply::Staged)) => self.peers[i].stand = Stand::Staged,
                 Some(Heard::Reply(
-                    MemberReply::Refused { report } | MemberReply::Aborted { report } | MemberReply::RolledBack { report },
+                    MemberReply::Refused { report }
+                    | MemberReply::Aborted { report }
+                    | MemberReply::RolledBack { report },
                 )) => {
                     let report = (**report).clone();
                     self.blame(i, report.problem.clone());
@@ -599,7 +601,10 @@ impl<'a> Tree<'a> {
         if !self.prepare_round() {
             return false;
         }
-        let who: Vec<usize> = joined.into_iter().filter(|&i| self.peers[i].stand == Stand::Prepared).collect();
+        let who: Vec<usize> = joined
+            .into_iter()
+            .filter(|&i| self.peers[i].stand == Stand::Prepared)
+            .collect();
         for &i in &who {
             self.send(i, Step::Continue);
         }
@@ -703,7 +708,11 @@ impl<'a> Tree<'a> {
                 _ => {
                     let problem = Problem::new(format!(
                         "did not answer in time; it applies the recorded decision ({}) by itself",
-                        if decision == Decision::Commit { "commit" } else { "abort" }
+                        if decision == Decision::Commit {
+                            "commit"
+                        } else {
+                            "abort"
+                        }
                     ));
                     self.finish(i, MemberOutcome::Unknown, None, Some(problem));
                 }
@@ -737,7 +746,9 @@ impl<'a> Tree<'a> {
         for &i in &who {
             match heard.get(&i) {
                 Some(Heard::Reply(
-                    MemberReply::Aborted { report } | MemberReply::Refused { report } | MemberReply::RolledBack { report },
+                    MemberReply::Aborted { report }
+                    | MemberReply::Refused { report }
+                    | MemberReply::RolledBack { report },
                 )) => {
                     let report = (**report).clone();
                     let outcome = match report.outcome {
@@ -770,17 +781,14 @@ impl<'a> Tree<'a> {
             self.spec.update.name.get_ref().clone(),
             self.state.name.clone(),
             self.state.pid,
-            self.peers.first().and_then(|p| p.from.clone()).or_else(|| self.state.version()),
+            self.peers
+                .first()
+                .and_then(|p| p.from.clone())
+                .or_else(|| self.state.version()),
             self.spec.update.to.get_ref().clone(),
         );
-        let committed = self
-            .peers
-            .iter()
-            .any(|p| p.outcome == Some(MemberOutcome::Committed));
-        let rolled_back = self
-            .peers
-            .iter()
-            .any(|p| p.outcome == Some(MemberOutcome::RolledBack));
+        let committed = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
+        let rolled_back = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::RolledBack));
         report.outcome = match (&self.problem, committed, rolled_back) {
             (None, true, _) => Outcome::Committed,
             (Some(_), _, true) => Outcome::RolledBack,
