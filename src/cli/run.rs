@@ -33,6 +33,14 @@ pub struct RunArgs {
     /// program updated for months does not grow without bound
     #[arg(long, value_name = "N", default_value_t = 16)]
     rollback_depth: usize,
+    /// Leave sys.executable the real python. By default it is a stand-in
+    /// for python (in the runtime directory) that makes the program's
+    /// multiprocessing spawn and forkserver workers (`uvicorn --workers`,
+    /// billiard) members of its tree, so `apply` updates them too; any
+    /// other command it runs as python itself. With this flag those
+    /// workers are plain python processes that no update reaches
+    #[arg(long)]
+    no_spawn_members: bool,
     /// Run a library module as a script, as `python -m MODULE`
     #[arg(short = 'm', value_name = "MODULE")]
     module: Option<String>,
@@ -63,6 +71,7 @@ pub fn run(args: RunArgs) -> i32 {
         rollback_depth: args.rollback_depth,
         target,
         args: program_args,
+        spawn_members: !args.no_spawn_members,
     }) {
         Ok(status) => status,
         Err(e) => {
