@@ -14,7 +14,8 @@ use common::tree::{self, COMMITTED};
 use common::{make_venv, stdout, wait_until, Hosted, Launch, Sandbox, BUILD_PYTHON};
 use serde_json::Value;
 
-/// `start()` starts a spawn child (`kid.serve`) and returns its pid once
+/// `start()` starts a spawn child (`kid.serve`; `start(method="forkserver")`
+/// through multiprocessing's forkserver) and returns its pid once
 /// it answers; `ask(pid, what)` asks it `"value"` (its `work.VALUE`),
 /// `"exe"` (`sys.executable`), `"prefix"`, `"ppid"` or `"spawn"` (it starts a child of
 /// its own and answers that one's pid); `stop(pid)` ends it.
@@ -51,8 +52,8 @@ import kid, work
 
 CHILDREN = {}
 
-def start(children=CHILDREN):
-    ctx = multiprocessing.get_context("spawn")
+def start(children=CHILDREN, method="spawn"):
+    ctx = multiprocessing.get_context(method)
     mine, theirs = ctx.Pipe()
     p = ctx.Process(target=kid.serve, args=(theirs,))
     p.start()
@@ -296,4 +297,44 @@ fn the_stand_in_goes_when_the_root_exits() {
     let status = p.wait(Duration::from_secs(30));
     assert!(status.success(), "{}", p.logs());
     assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
+#[test]
+fn the_forkserver_and_its_children_are_members() {
+    let sandbox = Sandbox::new();
+    let mut p = start(&sandbox, &[], vec![]);
+    let root = p.pid();
+    let dir = tree_dir(&sandbox, root);
+    let child: u32 = p
+        .ask("start(method='forkserver')")
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", p.logs()));
+    let server: u32 = p.ask(&format!("ask({child}, 'ppid')")).parse().unwrap();
+    assert_ne!(server, root, "the child was not forked by the forkserver");
+    let status = status_json(&sandbox, &p.socket());
+    let members = tree::status_members(&status);
+    let pairs: Vec<(u32, u32)> = members.iter().map(|m| (m.pid, m.ppid)).collect();
+    assert!(
+        pairs.contains(&(server, root)),
+        "the forkserver is no member: {status:#}"
+    );
+    assert!(pairs.contains(&(child, server)), "its child is no member: {status:#}");
+    let fs = members.iter().find(|m| m.pid == server).unwrap();
+    assert!(fs.role.contains("multiprocessing.forkserver"), "{fs:?}");
+
+    sandbox.write("work.py", "VALUE = 2\n");
+    let spec = sandbox.write("v2.toml", SPEC);
+    let (code, report) = sandbox.apply_json(&p, &spec);
+    assert_eq!(code, 0, "{report:#}\n{}", p.logs());
+    assert_eq!(p.ask(&format!("ask({child}, 'value')")), "2", "{}", p.logs());
+
+    assert_eq!(p.ask(&format!("stop({child})")), "0");
+    drop(p.stdin.take());
+    assert!(p.wait(Duration::from_secs(30)).success(), "{}", p.logs());
+    // The forkserver exits once the root has: it removes the tree then.
+    wait_until(
+        Duration::from_secs(10),
+        || !dir.exists(),
+        || format!("{} is left behind", dir.display()),
+    );
 }

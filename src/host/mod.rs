@@ -112,15 +112,19 @@ pub fn run(options: RunOptions) -> Result<i32> {
 /// program killed by a signal leaves the socket behind; clients and the next
 /// `pyreload run` recognise it as stale and remove it.
 ///
-/// Forked members run the same handler: each removes its own member
-/// socket (the state it reads is its own, see [`fork`]), and the root
-/// also removes the tree's directory if no member is left in it.
+/// Members run the same handler: each removes its own member socket (the
+/// state it reads is its own, see [`fork`]). The root removes the tree's
+/// directory if no member is left in it; a member that outlived the root
+/// (multiprocessing's forkserver ends when the root has exited) does that
+/// in its place.
 pub(crate) fn remove_at_exit() {
     extern "C" fn remove_socket() {
         let Some(state) = state::try_current() else { return };
         state::remove_own_socket(&state.socket_path);
-        if state.identity.is_root() && state.pid == std::process::id() {
-            crate::process::tree::remove_tree(&state.identity.tree_dir());
+        let identity = &state.identity;
+        let last = identity.is_root() || !crate::process::runtime_dir::process_alive(identity.root_pid);
+        if last && state.pid == std::process::id() {
+            crate::process::tree::remove_tree(&identity.tree_dir());
         }
     }
     // SAFETY: `remove_socket` is a plain `extern "C" fn()` that reads the
