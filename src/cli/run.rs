@@ -15,7 +15,9 @@ use crate::host::{self, embed::Target, RunOptions};
     pyreload run --name kvserver --version 1.0 -m kvserver --port 7000\n\n\
     The program runs as under `python3` (or the active virtualenv's python): same sys.argv, \
     sys.path, site-packages, stdin/stdout/stderr, signals and exit status. It listens for \
-    `pyreload apply` on a private control socket and costs nothing between updates.")]
+    `pyreload apply` on a private control socket and costs nothing between updates. \
+    sys.executable is pyreload's stand-in for python, so that spawned workers can be updated \
+    too (see --no-spawn-members).")]
 pub struct RunArgs {
     /// Name shown by `pyreload status` and matched against a spec's
     /// `[update] program` [default: the script's or module's name]
