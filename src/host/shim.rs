@@ -66,6 +66,11 @@ struct Impersonation {
 pub fn install(identity: &Identity, python: &Path, name: &str, rollback_depth: usize) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let exe = std::env::current_exe().context("could not find the pyreload binary (/proc/self/exe)")?;
+    // Replaced or removed since it started (`/proc/self/exe` then ends in
+    // " (deleted)"): a symlink to it would not run.
+    if !exe.exists() {
+        anyhow::bail!("the pyreload binary {} is no longer there", exe.display());
+    }
     let dir = identity.tree_dir();
     let bin = dir.join("bin");
     for d in [&dir, &bin] {
