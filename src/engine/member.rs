@@ -313,9 +313,8 @@ pub fn restrict(spec: &mut spec::Spec, loaded: &dyn Fn(&str) -> bool) {
         return;
     }
     let kept: Vec<String> = spec.reload.iter().map(|r| r.module.get_ref().clone()).collect();
-    let about_kept = |path: &str| {
-        kept.iter().any(|m| path == m || path.starts_with(&format!("{m}."))) || prefixes(path).any(|p| loaded(p))
-    };
+    let about_kept =
+        |path: &str| kept.iter().any(|m| path == m || path.starts_with(&format!("{m}."))) || prefixes(path).any(loaded);
     spec.safe_point.inactive.retain(|n| about_kept(n.get_ref()));
     spec.safe_point.allow_active.retain(|n| about_kept(n.get_ref()));
     spec.transform.retain(|t| about_kept(t.target().get_ref()));
