@@ -50,7 +50,7 @@ impl Invocation {
     fn argv(&self) -> Vec<CString> {
         let (target, args) = match &self.command {
             Command::Run { target, args } => (target, args),
-            Command::Verbatim(argv) => return argv.iter().map(|a| c_string(a)).collect(),
+            Command::Verbatim(argv) => return argv.iter().map(c_string).collect(),
         };
         let mut argv = vec![self.program_name.clone()];
         match target {
@@ -72,7 +72,7 @@ impl Invocation {
             }
         }
         argv.extend(args.iter().cloned());
-        argv.iter().map(|a| c_string(a)).collect()
+        argv.iter().map(c_string).collect()
     }
 }
 
