@@ -338,3 +338,23 @@ fn the_forkserver_and_its_children_are_members() {
         || format!("{} is left behind", dir.display()),
     );
 }
+
+/// pyreload started as `python…` outside a tree says what it is, and runs
+/// nothing.
+#[test]
+fn the_binary_named_python_outside_a_tree_refuses() {
+    let sandbox = Sandbox::new();
+    let fake = sandbox.path().join("python3");
+    std::os::unix::fs::symlink(common::BIN, &fake).unwrap();
+    let out = std::process::Command::new(&fake)
+        .args(["-c", "print(1)"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(stdout(&out), "");
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("is started as python") && err.contains("shim.json"),
+        "{err}"
+    );
+}
