@@ -16,5 +16,9 @@ mod tree;
 mod watch;
 
 fn main() {
+    // Started as `<tree dir>/bin/python3.X`: a child of a hosted program.
+    if let Some(status) = host::shim::main_if_python() {
+        std::process::exit(status);
+    }
     std::process::exit(cli::main());
 }

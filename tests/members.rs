@@ -324,7 +324,12 @@ fn a_member_socket_older_than_its_pids_process_is_pruned() {
     let dir = tree_dir(&sandbox, root);
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        // The root made it (it holds the python stand-in, tests/spawn.rs).
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&dir)
+            .unwrap();
     }
     let socket = dir.join(format!("{}.sock", other.id()));
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();

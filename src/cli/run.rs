@@ -15,7 +15,9 @@ use crate::host::{self, embed::Target, RunOptions};
     pyreload run --name kvserver --version 1.0 -m kvserver --port 7000\n\n\
     The program runs as under `python3` (or the active virtualenv's python): same sys.argv, \
     sys.path, site-packages, stdin/stdout/stderr, signals and exit status. It listens for \
-    `pyreload apply` on a private control socket and costs nothing between updates.")]
+    `pyreload apply` on a private control socket and costs nothing between updates. \
+    sys.executable is pyreload's stand-in for python, so that spawned workers can be updated \
+    too (see --no-spawn-members).")]
 pub struct RunArgs {
     /// Name shown by `pyreload status` and matched against a spec's
     /// `[update] program` [default: the script's or module's name]
@@ -33,6 +35,14 @@ pub struct RunArgs {
     /// program updated for months does not grow without bound
     #[arg(long, value_name = "N", default_value_t = 16)]
     rollback_depth: usize,
+    /// Leave sys.executable the real python. By default it is a stand-in
+    /// for python (in the runtime directory) that makes the program's
+    /// multiprocessing spawn and forkserver workers (`uvicorn --workers`,
+    /// billiard) members of its tree, so `apply` updates them too; any
+    /// other command it runs as python itself. With this flag those
+    /// workers are plain python processes that no update reaches
+    #[arg(long)]
+    no_spawn_members: bool,
     /// Run a library module as a script, as `python -m MODULE`
     #[arg(short = 'm', value_name = "MODULE")]
     module: Option<String>,
@@ -63,6 +73,7 @@ pub fn run(args: RunArgs) -> i32 {
         rollback_depth: args.rollback_depth,
         target,
         args: program_args,
+        spawn_members: !args.no_spawn_members,
     }) {
         Ok(status) => status,
         Err(e) => {

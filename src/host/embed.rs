@@ -29,16 +29,31 @@ pub struct Invocation {
     /// Absolute path of the `python` executable whose `sys.prefix`,
     /// `sys.path` and site-packages the embedded interpreter must reproduce.
     pub program_name: OsString,
-    pub target: Target,
-    pub args: Vec<OsString>,
+    pub command: Command,
+}
+
+/// The command line CPython parses.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// `pyreload run`'s: `python TARGET ARGS...`, built from what pyreload
+    /// parsed.
+    Run { target: Target, args: Vec<OsString> },
+    /// A whole argv, `argv[0]` included, exactly as this process was given
+    /// it: a process started as python through the tree's stand-in
+    /// (`host::shim`), whose flags and `-c` CPython must read itself.
+    Verbatim(Vec<OsString>),
 }
 
 impl Invocation {
     /// The argv CPython would have seen if the user had typed the command
     /// themselves.
     fn argv(&self) -> Vec<CString> {
+        let (target, args) = match &self.command {
+            Command::Run { target, args } => (target, args),
+            Command::Verbatim(argv) => return argv.iter().map(c_string).collect(),
+        };
         let mut argv = vec![self.program_name.clone()];
-        match &self.target {
+        match target {
             Target::Script(path) => {
                 // A script whose name starts with '-' would be read as an
                 // option by CPython's parser; `python ./-x.py` is what a user
@@ -56,11 +71,13 @@ impl Invocation {
                 argv.push(name.into());
             }
         }
-        argv.extend(self.args.iter().cloned());
-        argv.into_iter()
-            .map(|a| CString::new(a.as_bytes()).expect("argv from the OS has no NUL bytes"))
-            .collect()
+        argv.extend(args.iter().cloned());
+        argv.iter().map(c_string).collect()
     }
+}
+
+fn c_string(arg: &OsString) -> CString {
+    CString::new(arg.as_bytes()).expect("argv from the OS has no NUL bytes")
 }
 
 /// Initialises the interpreter from `invocation`. On return the calling

@@ -11,6 +11,7 @@ pub mod fork;
 pub mod pymodule;
 pub mod python;
 pub mod service;
+pub mod shim;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use crate::control;
 use crate::process::loaded;
 use crate::process::state::{self, ProcessState};
 use crate::process::tree::Identity;
-use embed::{Invocation, Target};
+use embed::{Command, Invocation, Target};
 
 /// Everything `pyreload run` needs to start a program.
 pub struct RunOptions {
@@ -34,6 +35,9 @@ pub struct RunOptions {
     pub rollback_depth: usize,
     pub target: Target,
     pub args: Vec<OsString>,
+    /// Whether `sys.executable` is the tree's stand-in for python, so that
+    /// spawn and forkserver children join the tree ([`shim`]).
+    pub spawn_members: bool,
 }
 
 /// Runs the program to completion and returns its exit status.
@@ -63,16 +67,36 @@ pub fn run(options: RunOptions) -> Result<i32> {
         Identity::root(runtime_dir),
         options.rollback_depth,
     ));
+    let shim = if options.spawn_members {
+        shim::install(&state.identity, &python, &state.name, options.rollback_depth)
+            .map_err(|e| {
+                crate::process::log(format!(
+                    "pyreload: children started with sys.executable will not be members of the program's tree \
+                     (they cannot be updated): {e:#}"
+                ))
+            })
+            .ok()
+    } else {
+        None
+    };
     pyo3::append_to_inittab!(pyreload_module);
     // Before the interpreter starts, so every module's source is seen.
     loaded::install();
 
     embed::initialize(&Invocation {
         program_name: python.into_os_string(),
-        target: options.target,
-        args: options.args,
+        command: Command::Run {
+            target: options.target,
+            args: options.args,
+        },
     });
-    Python::attach(register_hooks).context("could not register the exit and fork hooks")?;
+    Python::attach(|py| {
+        if let Some(shim) = &shim {
+            shim::set_executable(py, shim)?;
+        }
+        register_hooks(py)
+    })
+    .context("could not register the exit and fork hooks")?;
 
     remove_at_exit();
     if reload {
@@ -88,15 +112,19 @@ pub fn run(options: RunOptions) -> Result<i32> {
 /// program killed by a signal leaves the socket behind; clients and the next
 /// `pyreload run` recognise it as stale and remove it.
 ///
-/// Forked members run the same handler: each removes its own member
-/// socket (the state it reads is its own, see [`fork`]), and the root
-/// also removes the tree's directory if no member is left in it.
-fn remove_at_exit() {
+/// Members run the same handler: each removes its own member socket (the
+/// state it reads is its own, see [`fork`]). The root removes the tree's
+/// directory if no member is left in it; a member that outlived the root
+/// (multiprocessing's forkserver ends when the root has exited) does that
+/// in its place.
+pub(crate) fn remove_at_exit() {
     extern "C" fn remove_socket() {
         let Some(state) = state::try_current() else { return };
         state::remove_own_socket(&state.socket_path);
-        if state.identity.is_root() && state.pid == std::process::id() {
-            crate::process::tree::remove_tree(&state.identity.tree_dir());
+        let identity = &state.identity;
+        let last = identity.is_root() || !crate::process::runtime_dir::process_alive(identity.root_pid);
+        if last && state.pid == std::process::id() {
+            crate::process::tree::remove_tree(&identity.tree_dir());
         }
     }
     // SAFETY: `remove_socket` is a plain `extern "C" fn()` that reads the
@@ -112,7 +140,7 @@ use pymodule::pyreload as pyreload_module;
 
 /// Registers the `atexit` hook and the fork hook (both cannot be removed,
 /// so once, here, from Rust).
-fn register_hooks(py: Python<'_>) -> PyResult<()> {
+pub(crate) fn register_hooks(py: Python<'_>) -> PyResult<()> {
     let module = py.import("pyreload")?;
     let hook = module.getattr("_host_exiting")?;
     py.import("atexit")?.call_method1("register", (hook,))?;

@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! <runtime>/<rootpid>.sock              the root; what `status`/`apply` discover as a program
-//! <runtime>/tree-<rootpid>/             0700, made by the first member
+//! <runtime>/tree-<rootpid>/             0700, made by the root (or the first member)
 //! <runtime>/tree-<rootpid>/<pid>.sock   0600, one per member
+//! <runtime>/tree-<rootpid>/bin/python*  the stand-in for python in sys.executable
+//! <runtime>/tree-<rootpid>/shim.json    what it stands in for (`host::shim`)
 //! ```
 //!
 //! Members are found by listing the directory; a fork sends no message.
@@ -54,6 +56,18 @@ impl Identity {
             ppid: parent.pid,
             root_pid: parent.root_pid,
             runtime_dir: parent.runtime_dir.clone(),
+        }
+    }
+
+    /// This process, started with `exec` (multiprocessing's spawn) by a
+    /// process of the tree whose root is `root_pid`: its parent is
+    /// whoever started it.
+    pub fn spawned(runtime_dir: PathBuf, root_pid: u32) -> Identity {
+        Identity {
+            pid: std::process::id(),
+            ppid: nix::unistd::getppid().as_raw() as u32,
+            root_pid,
+            runtime_dir,
         }
     }
 
@@ -229,26 +243,30 @@ pub fn prune_dead_trees(runtime_dir: &Path) {
     }
 }
 
-/// Removes a tree directory's stale sockets and the directory if it is
-/// then empty. A root calls it as it exits; live members keep theirs.
+/// Removes a tree directory's stale sockets, and then, if no member is
+/// left in it, the rest (the python stand-in) and the directory. A root
+/// calls it as it exits; live members keep theirs, and the stand-in their
+/// own children are started with.
 pub fn remove_tree(dir: &Path) {
+    let mut alive = false;
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.filter_map(|e| e.ok()) {
             let path = entry.path();
-            let pid = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".sock"))
-                .and_then(|n| n.parse::<u32>().ok());
-            match pid {
-                Some(pid) if super::runtime_dir::process_alive(pid) => {}
-                _ => {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            match name.strip_suffix(".sock").map(str::parse::<u32>) {
+                Some(Ok(pid)) if super::runtime_dir::process_alive(pid) => alive = true,
+                Some(_) => {
                     let _ = fs::remove_file(&path);
                 }
+                None => {}
             }
         }
     }
-    let _ = fs::remove_dir(dir);
+    if !alive {
+        let _ = fs::remove_dir_all(dir);
+    }
 }
 
 #[cfg(test)]
