@@ -239,7 +239,10 @@ fn a_child_forked_while_its_parent_waits_for_an_update_can_be_updated_itself() {
     let sandbox = Sandbox::new();
     let mut p = start(&sandbox);
     let root = p.pid();
-    let waiting = spec(&sandbox, "waits", "2", Some("gate.is_open()"));
+    // The root's gate holds the update back; a member forked meanwhile joins
+    // the update when the root freezes, and its own condition holds.
+    let condition = format!("gate.is_open() or __import__('os').getpid() != {root}");
+    let waiting = spec(&sandbox, "waits", "2", Some(&condition));
     let apply = sandbox.spawn_apply_json(&p.socket(), &waiting);
     wait_until(
         Duration::from_secs(60),
