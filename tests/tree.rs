@@ -379,3 +379,19 @@ fn rollback_of_a_tree_is_refused_rather_than_undoing_the_master_alone() {
         assert_eq!(v, "'v2'", "worker {pid}");
     }
 }
+
+#[test]
+fn a_program_that_never_forked_is_updated_alone() {
+    let sandbox = Sandbox::new();
+    sandbox.write("app.py", APP_V1);
+    sandbox.write("solo.py", &format!("import sys, app\n{PROBE_LOOP}"));
+    let mut p = common::probe(&sandbox, &["--version", "1", "solo.py"]);
+    sandbox.write("app.py", APP_V2);
+    let path = sandbox.write("up.toml", SPEC);
+    let (code, report) = sandbox.apply_json(&p, &path);
+    assert_eq!(code, 0, "{report:#}");
+    // No tree round trips: no member list, no skew.
+    assert!(report.get("members").is_none(), "{report:#}");
+    assert!(report.get("skew_ms").is_none(), "{report:#}");
+    assert_eq!(p.ask("app.work()"), "'v2'");
+}

@@ -110,6 +110,13 @@ impl Listener {
             .with_context(|| format!("could not restrict {}", temporary.display()))?;
         std::fs::rename(&temporary, &path)
             .with_context(|| format!("could not move {} to {}", temporary.display(), path.display()))?;
+        // Says, for good, that this program has members: its root then
+        // updates as a tree even at a moment with none (see
+        // `process::tree::has_had_members`). One `stat` after the first.
+        let marker = crate::process::tree::members_marker(&dir);
+        if !marker.exists() {
+            let _ = std::fs::File::create(&marker);
+        }
         Ok(Listener { inner, path })
     }
 

@@ -101,6 +101,18 @@ pub fn member_socket_path(tree_dir: &Path, pid: u32) -> PathBuf {
     tree_dir.join(format!("{pid}.sock"))
 }
 
+/// The file a tree's first member creates (see [`has_had_members`]).
+pub fn members_marker(tree_dir: &Path) -> PathBuf {
+    tree_dir.join("had-members")
+}
+
+/// Whether any process ever became a member of the tree in `tree_dir`:
+/// such a program (gunicorn's master replacing all its workers) can have
+/// none at one moment and fork one the next.
+pub fn has_had_members(tree_dir: &Path) -> bool {
+    members_marker(tree_dir).exists()
+}
+
 /// The root pid named by a `tree-<pid>` directory entry.
 pub fn tree_root_of(name: &str) -> Option<u32> {
     name.strip_prefix("tree-")?.parse().ok()

@@ -72,11 +72,12 @@ pub fn apply(
     } else {
         members::others(state)
     };
-    // A root that has had members (its tree directory exists) stays a
+    // A root that has had members stays a
     // tree even with none right now, as gunicorn's master is while it
     // replaces every worker: a worker it forks before it freezes runs the
     // old version, and only the tree's freeze looks for such children.
-    let forks = !dry_run && state.identity.is_root() && state.identity.tree_dir().exists();
+    let forks =
+        !dry_run && state.identity.is_root() && crate::process::tree::has_had_members(&state.identity.tree_dir());
     if others.is_empty() && !forks {
         return crate::engine::apply(state, spec_path, spec_text, dry_run, client_gone);
     }
