@@ -12,6 +12,11 @@
 //! | check     | stopped: `[check] after`                     | rolled back |
 //!
 //! A lazy migration finishes after the pause, with the program running.
+//!
+//! The phases are the steps of a [`session::Session`]: a process alone runs
+//! them in a row ([`apply`]); a member of a process tree runs them as its
+//! root's coordinator says ([`member`]), so that every member is stopped
+//! before any merges and none runs again before all have merged.
 
 pub mod copies;
 pub mod eager;
