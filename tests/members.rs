@@ -215,15 +215,7 @@ fn an_update_sent_to_a_member_changes_only_that_member() {
     );
     let spec = spec(&sandbox, "member-only", "2", None);
     let socket = member_socket(&sandbox, root, child);
-    let out = sandbox.run(&[
-        "apply",
-        "--json",
-        "--socket",
-        socket.to_str().unwrap(),
-        spec.to_str().unwrap(),
-    ]);
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}):\n{}", sandbox.transcript()));
+    let (_, report) = common::web::apply_json_at(&sandbox, &socket, &spec);
     assert_eq!(report["outcome"], "committed", "{report:#}");
     assert_eq!(report["pid"], child, "{report:#}");
 
@@ -264,15 +256,7 @@ fn a_child_forked_while_its_parent_waits_for_an_update_can_be_updated_itself() {
         "VALUE = 3\nOPEN = [True]\n\ndef is_open():\n    return OPEN[0]\n",
     );
     let spec = spec(&sandbox, "in-child", "3", None);
-    let out = sandbox.run(&[
-        "apply",
-        "--json",
-        "--socket",
-        socket.to_str().unwrap(),
-        spec.to_str().unwrap(),
-    ]);
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}):\n{}", sandbox.transcript()));
+    let (_, report) = common::web::apply_json_at(&sandbox, &socket, &spec);
     assert_eq!(report["outcome"], "committed", "{report:#}");
 
     assert_eq!(p.ask("gate.OPEN.__setitem__(0, True)"), "None");
