@@ -47,9 +47,15 @@ static BUSY: Mutex<()> = Mutex::new(());
 /// The update running now, as `Request::Progress` answers it.
 static PROGRESS: Mutex<Option<TreeProgress>> = Mutex::new(None);
 
-/// How far the tree-wide update running now has got.
+/// How far the tree-wide update running now has got. Never waits: in a
+/// forked member the lock may have been copied held by its parent's
+/// coordinator, and a member has no tree-wide update of its own.
 pub fn progress() -> Option<TreeProgress> {
-    PROGRESS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    match PROGRESS.try_lock() {
+        Ok(p) => p.clone(),
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().clone(),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// Whether this process is the root of a tree with live members now.
