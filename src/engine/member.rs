@@ -72,13 +72,7 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
         }
     };
     let started = Instant::now();
-    let mut report = Report::begin(
-        spec.update.name.get_ref().clone(),
-        state.name.clone(),
-        state.pid,
-        state.version(),
-        spec.update.to.get_ref().clone(),
-    );
+    let mut report = super::report_for(state, &spec);
     let notify = link.notifier();
     let progress = Progress::begin(state, &report.update, Some(coordinator_gone))
         .telling(Box::new(move |why| notify(&MemberReply::Waiting { why: why.to_vec() })));

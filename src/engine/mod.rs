@@ -161,13 +161,7 @@ pub fn apply(
             .with_help("wait for it to finish and try again; `pyreload status` shows the history"),
         GateError::Exiting => Problem::new("the program is exiting; nothing was changed"),
     })?;
-    let mut report = Report::begin(
-        spec.update.name.get_ref().clone(),
-        state.name.clone(),
-        state.pid,
-        state.version(),
-        spec.update.to.get_ref().clone(),
-    );
+    let mut report = report_for(state, &spec);
     let progress = Progress::begin(state, &report.update, client_gone);
     Python::attach(|py| session::run_alone(py, state, &progress, &source, &spec, dry_run, &mut report));
     report.timings.total_ms = ms(started);
@@ -176,6 +170,17 @@ pub fn apply(
     }
     drop(progress);
     Ok(report)
+}
+
+/// The report of `spec` in this process, before it has done anything.
+pub(crate) fn report_for(state: &ProcessState, spec: &spec::Spec) -> Report {
+    Report::begin(
+        spec.update.name.get_ref().clone(),
+        state.name.clone(),
+        state.pid,
+        state.version(),
+        spec.update.to.get_ref().clone(),
+    )
 }
 
 /// Why a wait ended without its safe point.

@@ -626,36 +626,22 @@ impl<'a> Tree<'a> {
             for &i in &who {
                 match heard.get(&i) {
                     Some(Heard::Reply(MemberReply::Frozen)) => self.peers[i].stand = Stand::Frozen,
-                    Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
                     Some(Heard::Reply(MemberReply::Blocked { why })) => {
                         self.peers[i].waiting_for = why.clone();
                         blocked.push(i);
                     }
-                    Some(Heard::Gone(why)) => {
-                        let why = why.clone();
-                        if self.lost(i, why) {
-                            let problem = self.peers[i].problem.clone();
-                            self.blame(i, problem);
-                        }
-                    }
-                    Some(Heard::Reply(MemberReply::Refused { report })) => {
-                        let report = (**report).clone();
-                        self.blame(i, report.problem.clone());
-                        self.finish(i, MemberOutcome::Refused, Some(report), None);
-                    }
-                    _ => {
+                    Some(other) => self.refused_before_commit(i, other, "frozen"),
+                    None => {
                         let problem = Problem::new("did not answer the freeze in time");
                         self.blame(i, Some(problem.clone()));
                         self.finish(i, MemberOutcome::Unknown, None, Some(problem));
                     }
                 }
             }
-            let newcomers = self.newcomers();
-            if self.problem.is_none() && blocked.is_empty() && newcomers.is_empty() {
-                // A child forked just before its parent froze may not have
-                // bound its socket yet: it runs the old version and must
-                // take part. Wait for it, then go round again with it.
-                match self.children_being_born() {
+            if self.problem.is_none() && blocked.is_empty() {
+                // A child forked just before its parent froze runs the old
+                // version and must take part: go round again with it.
+                match self.children_left_out() {
                     Ok(true) => {}
                     Ok(false) => return self.commit(),
                     Err(problem) => self.problem = Some(problem),
@@ -687,24 +673,27 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// Whether a frozen member has a child that is about to become a
-    /// member (forked, not exec'd, its socket not bound yet); waits up to
-    /// [`BORN_WAIT`] for each such child's socket. A child still without
-    /// one then is an error: it would keep the old version unseen.
-    fn children_being_born(&self) -> Result<bool, Problem> {
+    /// Whether a frozen member has a child that takes no part yet: a
+    /// member forked since the members were listed, or one being born (its
+    /// socket not bound yet), which is waited for up to [`BORN_WAIT`]. A
+    /// child still without a socket then is an error: it would keep the old
+    /// version unseen. Reads only `/proc` and the tree directory: every
+    /// member is stopped meanwhile.
+    fn children_left_out(&self) -> Result<bool, Problem> {
         let known: Vec<u32> = self.peers.iter().map(|p| p.member.pid).collect();
-        let frozen: Vec<u32> = self
-            .at(Stand::Frozen)
-            .iter()
-            .map(|&i| self.peers[i].member.pid)
-            .collect();
+        let tree_dir = self.state.identity.tree_dir();
         let mut found = false;
-        for parent in frozen {
-            for child in members::being_born(self.state, parent) {
-                if known.contains(&child) {
+        for parent in self.at(Stand::Frozen).iter().map(|&i| self.peers[i].member.pid) {
+            for child in members::children(parent) {
+                if known.contains(&child) || !members::alive(child) || !members::runs_this_program(child) {
                     continue;
                 }
-                found |= wait_for_birth(self.state, parent, child)?;
+                if crate::process::tree::member_socket_path(&tree_dir, child).exists() {
+                    found = true;
+                } else if members::threads(child) == 1 {
+                    found |= wait_for_birth(self.state, parent, child)?;
+                }
+                // Otherwise it has been a member and is exiting.
             }
         }
         Ok(found)
@@ -749,14 +738,8 @@ impl<'a> Tree<'a> {
         for &i in &who {
             match heard.get(&i) {
                 Some(Heard::Reply(MemberReply::Thawed)) => self.peers[i].stand = Stand::Staged,
-                Some(Heard::Gone(why)) => {
-                    let why = why.clone();
-                    if self.lost(i, why) {
-                        let problem = self.peers[i].problem.clone();
-                        self.blame(i, problem);
-                    }
-                }
-                _ => {
+                Some(other) => self.refused_before_commit(i, other, "thawed"),
+                None => {
                     let problem = Problem::new("did not answer the thaw in time");
                     self.blame(i, Some(problem.clone()));
                     self.finish(i, MemberOutcome::Unknown, None, Some(problem));
