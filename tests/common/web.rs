@@ -468,7 +468,21 @@ pub fn children(pid: u32) -> BTreeSet<u32> {
             found.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
         }
     }
+    // An exited worker the master has not reaped yet (gunicorn takes up to
+    // a few hundred ms) is listed too: it is no worker any more.
+    found.retain(|&p| !zombie(p));
     found
+}
+
+/// Whether `pid` has exited and waits to be reaped.
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
 }
 
 /// A process's command line, arguments joined by spaces ("" once it is gone).
