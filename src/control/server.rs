@@ -24,6 +24,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use super::protocol::{read_frame, write_frame, FrameError, Request, Response, PROTOCOL_VERSION};
 use super::runtime_dir;
 use crate::diagnostic::Problem;
+use crate::process::bell::Ear;
 use crate::process::fds::Tracked;
 use crate::process::member_wire::{Invitation, Link, MemberReply, Step};
 use crate::process::state;
@@ -481,6 +482,43 @@ impl Link for StreamLink {
                 let _ = write_frame(&mut &s.socket, reply);
             }
         })
+    }
+
+    fn recv_or_ring(&mut self, timeout: Duration, ear: &Ear) -> io::Result<Option<Step>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let mut fds = [
+                PollFd::new(self.stream.socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(ear.fd(), PollFlags::POLLIN),
+            ];
+            let ms =
+                PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().unwrap_or(PollFlags::empty());
+            // A message first: the connection also tells a coordinator gone.
+            if !ready(&fds[0]).is_empty() {
+                return self.recv(left).map(Some);
+            }
+            let bell = ready(&fds[1]);
+            if bell.contains(PollFlags::POLLIN) {
+                return Ok(None);
+            }
+            if !bell.is_empty() {
+                // Hung up without ringing: its coordinator is gone.
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+        }
     }
 
     fn recv(&mut self, timeout: Duration) -> io::Result<Step> {

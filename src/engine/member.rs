@@ -7,11 +7,16 @@
 //! spec's modules answers with no modules and takes no further part. The
 //! coordinator refuses an update whose module no member loads.
 //!
-//! Between messages the member waits without the GIL. Once frozen, it
-//! waits at most [`FROZEN_LEASE`] for the next one; a coordinator that is
-//! silent longer is taken for gone, and the decision file says what to do
-//! (see [`decide`]): a merge is kept only if the coordinator had decided
-//! to commit.
+//! Once every member is staged, each commits as a program alone does, at
+//! its own safe point and with its own pause, and then waits to hear
+//! whether its commit stands (`Keep`) or must be rolled back because
+//! another member's failed (`Revert`).
+//!
+//! Between messages the member waits without the GIL. A staged member
+//! waits for the commit at most until its safe-point deadline; a
+//! coordinator silent longer is taken for gone, and the decision file says
+//! what to do (see [`decide`]): it commits only if the coordinator had
+//! decided to.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,22 +24,18 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::progress::{ClientGone, Progress};
-use super::session::{Freeze, Session};
+use super::session::Session;
 use super::Stop;
 use crate::diagnostic::Problem;
+use crate::process::bell::{self, Ear};
 use crate::process::member_wire::{monotonic_ns, Invitation, Link, MemberReply, Step};
 use crate::process::state::{GateError, ProcessState};
 use crate::report::{Outcome, Report};
 use crate::spec::{self, SpecSource};
 
-/// How long a frozen member waits for its coordinator's next message.
-/// Far below the supervisors' own limits (gunicorn kills a worker silent
-/// for `--timeout`, 30 s by default), far above a commit's round trips.
-pub const FROZEN_LEASE: Duration = Duration::from_secs(2);
-
 /// How long after its safe-point deadline a staged member still waits for
-/// the coordinator to freeze it: the coordinator's own wait is bounded by
-/// the same deadline.
+/// the coordinator's commit: the coordinator's own wait is bounded by the
+/// same deadline.
 const STAGED_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves one member conversation to its end. `coordinator_gone` tells,
@@ -90,7 +91,7 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
             });
             let lasts = Duration::from_millis(spec.safe_point.timeout_ms() + spec.safe_point.commit_timeout_ms())
                 + STAGED_GRACE * 2;
-            if sent.is_ok() && matches!(py.detach(|| link.recv(lasts)), Ok(Step::Release)) {
+            if sent.is_ok() && matches!(py.detach(|| link.recv(lasts)), Ok(Step::Keep)) {
                 state.set_version(Some(spec.update.to.get_ref().clone()));
             }
             return;
@@ -132,9 +133,21 @@ fn converse(
             report: Box::new(report.clone()),
         });
     };
+    let forks_at_invitation = crate::process::tree::forks();
     let mut session = match Session::prepare(py, state, source, spec, report) {
         Ok(session) => session,
         Err(problem) => return refuse(link, report, problem),
+    };
+    // The coordinator made the bell before it invited anyone.
+    let ear = match Ear::open(&bell::path_for(decision, bell::COMMIT)) {
+        Ok(ear) => ear,
+        Err(e) => {
+            let problem = Problem::new(format!(
+                "could not open the tree's bell in member pid {}: {e}",
+                state.pid
+            ));
+            return refuse(link, report, problem);
+        }
     };
     if link
         .send(&MemberReply::Prepared {
@@ -169,99 +182,97 @@ fn converse(
     if link.send(&MemberReply::Staged).is_err() {
         return report.cancel(coordinator_gone());
     }
-    loop {
-        let wait_for = session.deadline().saturating_duration_since(Instant::now()) + STAGED_GRACE;
-        match py.detach(|| link.recv(wait_for)) {
-            Ok(Step::Freeze) => {}
-            Ok(Step::Abort) => return aborted(link, report, Problem::new("another member of the tree refused")),
-            Ok(other) => return unexpected(link, other),
-            Err(_) => return report.cancel(coordinator_gone()),
-        }
-        let mut frozen = match session.freeze(progress, report) {
-            Ok(Freeze::Frozen(frozen)) => frozen,
-            Ok(Freeze::Blocked(blockers)) => {
-                let why = session_blockers(&session, &blockers);
-                if link.send(&MemberReply::Blocked { why }).is_err() {
-                    return report.cancel(coordinator_gone());
-                }
-                continue;
-            }
-            Err(problem) => return refuse(link, report, problem),
-        };
-        if link.send(&MemberReply::Frozen).is_err() {
-            session.release(frozen, report);
-            return report.cancel(coordinator_gone());
-        }
-        match py.detach(|| link.recv(FROZEN_LEASE)) {
-            Ok(Step::Commit) => {}
-            Ok(Step::Thaw) => {
-                session.release(frozen, report);
-                if link.send(&MemberReply::Thawed).is_err() {
-                    return report.cancel(coordinator_gone());
-                }
-                continue;
-            }
-            Ok(Step::Abort) => {
-                session.release(frozen, report);
-                return aborted(
-                    link,
-                    report,
-                    Problem::new("the tree's update was abandoned while frozen"),
-                );
-            }
-            Ok(other) => {
-                session.release(frozen, report);
-                return unexpected(link, other);
-            }
-            Err(_) => {
-                session.release(frozen, report);
+    let wait_for = session.deadline().saturating_duration_since(Instant::now()) + STAGED_GRACE;
+    let handoff = super::world::QuickHandoff::begin(py).ok();
+    let step = py.detach(|| link.recv_or_ring(wait_for, &ear));
+    drop(handoff);
+    match step {
+        Ok(None | Some(Step::Commit)) => {}
+        Ok(Some(Step::Abort)) => return aborted(link, report, Problem::new("another member of the tree refused")),
+        Ok(Some(other)) => return unexpected(link, other),
+        // Silent for longer than it could take: whatever the coordinator
+        // decided is in the decision file, and if it decided nothing,
+        // this abort is the decision.
+        Err(_) => {
+            if decide(decision, Decision::Abort) != Decision::Commit {
                 return report.cancel(coordinator_gone());
             }
         }
-        let Some(mut done) = session.merge(&mut frozen, report) else {
-            // Rolled back here already: nobody saw the new version.
-            session.release(frozen, report);
+    }
+    // The commit, as a program alone makes it: its own safe point, its own
+    // pause. A refusal now has the members that committed rolled back.
+    // The decision is "commit" now: a coordinator that hangs up meanwhile
+    // changes nothing.
+    let waiting = |session: &Session<'_>, blockers: &super::safepoint::Blockers| {
+        let why = session_blockers(session, blockers);
+        // A note: a coordinator that cannot hear it changes nothing.
+        let _ = link.send(&MemberReply::Waiting { why });
+        Ok(())
+    };
+    let committed = session.commit(state, progress, report, waiting);
+    let released_at_ns = monotonic_ns();
+    let done = match committed {
+        Ok(Some(done)) => done,
+        // Rolled back here already: nobody saw the new version.
+        Ok(None) => {
             let _ = link.send(&MemberReply::RolledBack {
                 report: Box::new(report.clone()),
             });
             return;
-        };
-        // The other members may still be merging: each within the spec's
-        // `commit_timeout_ms`, as this one was.
-        let lease = session.plan.commit_timeout + FROZEN_LEASE;
-        let step = if link.send(&MemberReply::Merged).is_ok() {
-            py.detach(|| link.recv(lease)).ok()
-        } else {
-            None
-        };
-        let commit = match step {
-            Some(Step::Release) => true,
-            Some(Step::Undo) => false,
-            // The coordinator is gone or confused: whatever it decided is
-            // in the decision file; if it decided nothing, nothing commits.
-            _ => decide(decision, Decision::Abort) == Decision::Commit,
-        };
-        if commit {
-            session.publish(state, &mut done);
-            session.release(frozen, report);
-            let released_at_ns = monotonic_ns();
-            session.finish(state, progress, done, report);
-            let _ = link.send(&MemberReply::Released {
-                report: Box::new(report.clone()),
-                released_at_ns,
-            });
-        } else {
-            session.undo(done, report);
-            session.release(frozen, report);
-            report.problem = Some(Problem::new(
-                "another member of the tree failed; this member's merge was undone",
-            ));
-            let _ = link.send(&MemberReply::Undone {
-                report: Box::new(report.clone()),
-            });
         }
+        Err(Stop::Refused(problem) | Stop::Abandoned(problem)) => return refuse(link, report, problem),
+    };
+    session.finish(state, progress, done, report);
+    let forked = crate::process::tree::forks() != forks_at_invitation;
+    let sent = link.send(&MemberReply::Released {
+        report: Box::new(report.clone()),
+        released_at_ns,
+        forked,
+    });
+    // The others commit within the same bounds as this one did.
+    let lease = session.plan.timeout + session.plan.commit_timeout + STAGED_GRACE;
+    if sent.is_err() || !matches!(py.detach(|| link.recv(lease)), Ok(Step::Revert)) {
+        // Kept: every member committed, or the coordinator is gone and
+        // cannot tell otherwise.
         return;
     }
+    revert(py, state, link, report, session.plan.timeout);
+}
+
+/// Rolls this member's commit back because another member failed its
+/// own, as `pyreload rollback` would (at its own safe point), and says so.
+fn revert(py: Python<'_>, state: &ProcessState, link: &mut dyn Link, report: &mut Report, timeout: Duration) {
+    state.record_attempt(report);
+    let undone = py.detach(|| super::rollback::rollback_in_update(state, false, timeout, None));
+    let (rollback_ms, problem) = match undone {
+        Ok(r) if r.outcome == Outcome::Committed => (r.timings.pause_ms, None),
+        Ok(r) => (
+            r.timings.pause_ms,
+            Some(
+                r.problem
+                    .unwrap_or_else(|| Problem::new("the rollback did not complete")),
+            ),
+        ),
+        Err(problem) => (0.0, Some(problem)),
+    };
+    report.timings.rollback_ms = rollback_ms;
+    match problem {
+        None => {
+            report.outcome = Outcome::RolledBack;
+            report.problem = Some(Problem::new(
+                "another member of the tree failed its commit; this member's commit was rolled back",
+            ));
+        }
+        Some(problem) => {
+            report.problem = Some(Problem::new(format!(
+                "another member of the tree failed its commit, and rolling this member back failed too: {}",
+                problem.message
+            )));
+        }
+    }
+    let _ = link.send(&MemberReply::Undone {
+        report: Box::new(report.clone()),
+    });
 }
 
 fn session_blockers(session: &Session<'_>, blockers: &super::safepoint::Blockers) -> Vec<String> {

@@ -181,12 +181,23 @@ pub fn rollback(
     timeout: Duration,
     client_gone: Option<ClientGone<'_>>,
 ) -> Result<Report, Problem> {
-    let started = Instant::now();
     let _gate = state.begin_update().map_err(|e| match e {
         GateError::Busy => Problem::new("an update is in progress in this program; nothing was rolled back")
             .with_help("wait for it to finish and try again"),
         GateError::Exiting => Problem::new("the program is exiting; nothing was rolled back"),
     })?;
+    rollback_in_update(state, dry_run, timeout, client_gone)
+}
+
+/// [`rollback`], by a caller that holds the update gate already: a tree
+/// member undoing its commit because another member's failed.
+pub fn rollback_in_update(
+    state: &ProcessState,
+    dry_run: bool,
+    timeout: Duration,
+    client_gone: Option<ClientGone<'_>>,
+) -> Result<Report, Problem> {
+    let started = Instant::now();
     let (name, to, blocked) = state
         .with_last_committed(|c| (c.name.clone(), c.from.clone(), c.blocked.clone()))
         .ok_or_else(|| Problem::new(state.nothing_to_roll_back()))?;

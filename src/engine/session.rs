@@ -1,26 +1,21 @@
 //! One update in one process, as steps a driver calls in order.
 //!
-//! A single process drives the steps itself ([`super::apply`]). A process
-//! tree drives them from its root, one member at a time per step, so that
-//! every member is frozen before any merges and none is let go until all
-//! have merged (see `crate::tree`). The steps, and what the program sees
-//! after each:
+//! A single process drives the steps itself ([`run_alone`]). A process tree
+//! drives them from its root (see `crate::tree`): every member prepares and
+//! stages, and only once all have staged does each commit, on its own, as
+//! a single process does. The steps, and what the program sees after each:
 //!
-//! | step                 | the program                         | a failure       |
-//! |----------------------|-------------------------------------|-----------------|
-//! | [`Session::prepare`] | runs the old version                | refused         |
-//! | [`Session::wait`]    | runs; checks between sleeps         | refused         |
-//! | [`Session::stage`]   | runs the old version, consistently  | refused         |
-//! | [`Session::freeze`]  | stopped, or let go if blocked       | refused / retry |
-//! | [`Session::merge`]   | stopped; merged, checked            | rolled back     |
-//! | [`Session::undo`]    | stopped; the merge undone           | (rolled back)   |
-//! | [`Session::publish`] | stopped; the new version recorded   | -               |
-//! | [`Session::release`] | runs the new version                | -               |
-//! | [`Session::finish`]  | runs; lazy sweeps, bookkeeping      | warnings        |
+//! | step                 | the program                                   | a failure   |
+//! |----------------------|-----------------------------------------------|-------------|
+//! | [`Session::prepare`] | runs the old version                          | refused     |
+//! | [`Session::wait`]    | runs; checks between sleeps                   | refused     |
+//! | [`Session::stage`]   | runs the old version, consistently            | refused     |
+//! | [`Session::commit`]  | stopped at the safe point, merged, let go     | rolled back |
+//! | [`Session::finish`]  | runs the new version; lazy sweeps, bookkeeping | warnings    |
 //!
-//! Nothing between `freeze` and `release` blocks on anything but the
-//! driver: a tree member waits for its root's next message with the GIL
-//! released, and its other threads stay parked at the world's gate.
+//! Inside `commit`, the world is stopped only for the merge and its
+//! checks, and waits on nothing but this process: a blocked safe point
+//! lets the world go at once and tries again.
 
 use std::time::Instant;
 
@@ -56,14 +51,14 @@ pub struct Session<'py> {
 }
 
 /// Every other thread stopped, with the safe point holding.
-pub struct Frozen<'py> {
+struct Frozen<'py> {
     world: StoppedWorld<'py>,
     deadline: Option<Deadline<'py>>,
     stopped_at: Instant,
 }
 
 /// What a [`Session::freeze`] found.
-pub enum Freeze<'py> {
+enum Freeze<'py> {
     Frozen(Frozen<'py>),
     /// The safe point did not hold with the world stopped; the world runs
     /// again.
@@ -190,7 +185,7 @@ impl<'py> Session<'py> {
 
     /// Stops every other thread and decides the safe point again: staging
     /// let the program run. `Blocked` lets the world go at once.
-    pub fn freeze(&mut self, progress: &Progress<'_>, report: &mut Report) -> Result<Freeze<'py>, Problem> {
+    fn freeze(&mut self, progress: &Progress<'_>, report: &mut Report) -> Result<Freeze<'py>, Problem> {
         let py = self.py;
         progress.enter(Phase::Commit);
         let stopped_at = Instant::now();
@@ -220,7 +215,7 @@ impl<'py> Session<'py> {
 
     /// After a blocked freeze: waits for the next attempt. False once the
     /// spec's `timeout_ms` has passed.
-    pub fn next_attempt(&mut self) -> bool {
+    fn next_attempt(&mut self) -> bool {
         self.pacer.next(self.py)
     }
 
@@ -230,14 +225,14 @@ impl<'py> Session<'py> {
     }
 
     /// The refusal once the safe point never held.
-    pub fn timed_out_problem(&self, blockers: &Blockers) -> Problem {
+    fn timed_out_problem(&self, blockers: &Blockers) -> Problem {
         safepoint::timed_out(&self.plan, blockers)
     }
 
     /// Inside the stopped world: merge, transform, follow copies and check.
     /// On any failure everything is rolled back here and `None` returned,
     /// with the report saying why.
-    pub fn merge(&self, frozen: &mut Frozen<'py>, report: &mut Report) -> Option<Done> {
+    fn merge(&self, frozen: &mut Frozen<'py>, report: &mut Report) -> Option<Done> {
         let staged = self.staged.as_ref().expect("staged before the merge");
         let deadline = frozen.deadline.take().expect("one merge per freeze");
         super::commit(
@@ -251,22 +246,9 @@ impl<'py> Session<'py> {
         )
     }
 
-    /// Inside the stopped world: undoes a merge that went through here,
-    /// because another member of the tree failed. Nobody has seen the new
-    /// version yet.
-    pub fn undo(&self, done: Done, report: &mut Report) {
-        let t = Instant::now();
-        let errors = done.journal.rollback(self.py, &self.support);
-        report.timings.rollback_ms = ms(t);
-        for e in errors {
-            report.warnings.push(format!("rollback could not restore a value: {e}"));
-        }
-        report.outcome = Outcome::RolledBack;
-    }
-
     /// Records the new version as the one that runs (sources for `diff`,
     /// the version for `status`). The merge is final from here.
-    pub fn publish(&self, state: &ProcessState, done: &mut Done) {
+    fn publish(&self, state: &ProcessState, done: &mut Done) {
         let loaded = self
             .plan
             .modules
@@ -286,12 +268,44 @@ impl<'py> Session<'py> {
     }
 
     /// Lets every other thread go again.
-    pub fn release(&self, frozen: Frozen<'py>, report: &mut Report) {
+    fn release(&self, frozen: Frozen<'py>, report: &mut Report) {
         let t = Instant::now();
         drop(frozen.deadline);
         drop(frozen.world);
         report.timings.resume_ms = ms(t);
         report.timings.pause_ms = ms(frozen.stopped_at);
+    }
+
+    /// The commit: freezes at the safe point (trying again until the spec's
+    /// `timeout_ms`), merges, and lets the world go, whether the merge held
+    /// (`Some`) or was rolled back (`None`, the report says why). `blocked`
+    /// hears what blocked each attempt, and may give up.
+    pub fn commit(
+        &mut self,
+        state: &ProcessState,
+        progress: &Progress<'_>,
+        report: &mut Report,
+        mut blocked: impl FnMut(&Session<'py>, &Blockers) -> Result<(), Stop>,
+    ) -> Result<Option<Done>, Stop> {
+        loop {
+            let mut frozen = match self.freeze(progress, report) {
+                Ok(Freeze::Frozen(frozen)) => frozen,
+                Ok(Freeze::Blocked(blockers)) => {
+                    blocked(self, &blockers)?;
+                    if !self.next_attempt() {
+                        return Err(Stop::Refused(self.timed_out_problem(&blockers)));
+                    }
+                    continue;
+                }
+                Err(problem) => return Err(Stop::Refused(problem)),
+            };
+            let done = self.merge(&mut frozen, report).map(|mut done| {
+                self.publish(state, &mut done);
+                done
+            });
+            self.release(frozen, report);
+            return Ok(done);
+        }
     }
 
     /// With the world running again: keeps the update for `pyreload
@@ -359,29 +373,15 @@ pub fn run_alone(
     if let Err(problem) = session.stage(progress, report) {
         return report.problem = Some(problem);
     }
-    loop {
-        if let Some(problem) = progress.abandoned() {
-            return report.cancel(problem);
-        }
-        let mut frozen = match session.freeze(progress, report) {
-            Ok(Freeze::Frozen(frozen)) => frozen,
-            Ok(Freeze::Blocked(blockers)) => {
-                if !session.next_attempt() {
-                    return report.problem = Some(session.timed_out_problem(&blockers));
-                }
-                continue;
-            }
-            Err(problem) => return report.problem = Some(problem),
-        };
-        let done = session.merge(&mut frozen, report).map(|mut done| {
-            session.publish(state, &mut done);
-            done
-        });
-        session.release(frozen, report);
-        if let Some(done) = done {
-            session.finish(state, progress, done, report);
-        }
-        return;
+    if let Some(problem) = progress.abandoned() {
+        return report.cancel(problem);
+    }
+    let keep_trying = |_: &Session<'_>, _: &Blockers| progress.abandoned().map_or(Ok(()), |p| Err(Stop::Abandoned(p)));
+    match session.commit(state, progress, report, keep_trying) {
+        Ok(Some(done)) => session.finish(state, progress, done, report),
+        Ok(None) => {}
+        Err(Stop::Refused(problem)) => report.problem = Some(problem),
+        Err(Stop::Abandoned(problem)) => report.cancel(problem),
     }
 }
 

@@ -173,6 +173,42 @@ pub fn unhurry_switch() {
     s.hurried = false;
 }
 
+/// The switch interval while a tree member waits for its commit, in
+/// seconds: the commit rings for every member at once, and each one's
+/// control thread then needs the GIL from whichever program thread holds
+/// it. At the default 5 ms, that wait alone spread the members' commits
+/// over several milliseconds on a busy machine.
+const AWAITING_COMMIT_SWITCH_INTERVAL_S: f64 = 0.0002;
+
+/// While this value lives, a thread that asks for the GIL gets it within
+/// [`AWAITING_COMMIT_SWITCH_INTERVAL_S`]; dropping it puts the program's
+/// own interval back. Held, with the GIL, from a member's `Staged` until
+/// the commit reaches it (usually milliseconds; at most the spec's
+/// `timeout_ms`), and dropped before anything else runs.
+pub struct QuickHandoff<'py> {
+    sys: Bound<'py, PyAny>,
+    before: Bound<'py, PyAny>,
+}
+
+impl<'py> QuickHandoff<'py> {
+    pub fn begin(py: Python<'py>) -> PyResult<QuickHandoff<'py>> {
+        let sys = py.import("sys")?.into_any();
+        let _s = switch();
+        let before = sys.call_method0("getswitchinterval")?;
+        if before.extract::<f64>()? > AWAITING_COMMIT_SWITCH_INTERVAL_S {
+            sys.call_method1("setswitchinterval", (AWAITING_COMMIT_SWITCH_INTERVAL_S,))?;
+        }
+        Ok(QuickHandoff { sys, before })
+    }
+}
+
+impl Drop for QuickHandoff<'_> {
+    fn drop(&mut self) {
+        let _s = switch();
+        let _ = self.sys.call_method1("setswitchinterval", (&self.before,));
+    }
+}
+
 /// While this value lives, no other thread executes bytecode. Dropping it
 /// removes the hooks and lets them go.
 pub struct StoppedWorld<'py> {

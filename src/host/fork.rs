@@ -74,8 +74,11 @@ pub fn before() {
     server::pause_for_fork();
 }
 
-/// The `after_in_parent` fork hook (3.12): see [`before`].
-#[cfg(all(Py_3_12, not(Py_3_13)))]
+/// The `after_in_parent` fork hook: counts the fork, for a tree's freeze
+/// ([`crate::process::tree::forks`]), and on 3.12 restarts what
+/// [`before`] stopped.
 pub fn after_in_parent() {
+    crate::process::tree::note_fork();
+    #[cfg(all(Py_3_12, not(Py_3_13)))]
     server::resume_after_fork();
 }

@@ -146,13 +146,13 @@ pub(crate) fn register_hooks(py: Python<'_>) -> PyResult<()> {
     py.import("atexit")?.call_method1("register", (hook,))?;
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("after_in_child", module.getattr("_after_fork_in_child")?)?;
+    kwargs.set_item("after_in_parent", module.getattr("_after_fork_in_parent")?)?;
     // From 3.12 `os.fork()` warns when the process has other threads; on
     // 3.12 the idle ones of pyreload's are stopped around the fork
     // (`fork::before` says why not on 3.13).
     #[cfg(all(Py_3_12, not(Py_3_13)))]
     {
         kwargs.set_item("before", module.getattr("_before_fork")?)?;
-        kwargs.set_item("after_in_parent", module.getattr("_after_fork_in_parent")?)?;
     }
     py.import("os")?.call_method("register_at_fork", (), Some(&kwargs))?;
     // The program did not import `pyreload`; keep `sys.modules` as `python`

@@ -80,8 +80,7 @@ pub mod pyreload {
         crate::host::fork::before();
     }
 
-    /// Registered with `os.register_at_fork(after_in_parent=...)` on 3.12+.
-    #[cfg(all(Py_3_12, not(Py_3_13)))]
+    /// Registered with `os.register_at_fork(after_in_parent=...)`.
     #[pyfunction]
     fn _after_fork_in_parent() {
         crate::host::fork::after_in_parent();

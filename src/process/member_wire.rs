@@ -8,17 +8,23 @@
 //! ```text
 //! Member{spec}  -> Prepared{modules} | Refused
 //! Continue      -> Waiting* then Staged | Refused | Cancelled
-//! Freeze        -> Frozen | Blocked{why}        (Blocked: the world runs again)
-//!   Thaw        -> Thawed                       (back to Staged; Freeze again later)
-//!   Commit      -> Merged | RolledBack          (the world stays stopped)
-//!     Release   -> Released{report}             (the new version runs)
-//!     Undo      -> Undone{report}               (the old version runs)
+//! Commit*       -> Waiting* then Released{report} | RolledBack | Refused
+//!   Keep        -> (nothing: the new version stays)
+//!   Revert      -> Undone{report}               (rolled back: the old version runs)
 //! Abort (any time before Commit) -> Aborted
 //! ```
 //!
-//! A member never waits for its coordinator forever: before the freeze its
-//! wait is bounded by the spec's `timeout_ms`, and once frozen by a lease,
-//! after which it decides through the decision file (see `crate::tree`).
+//! Every member commits on its own, at its own safe point, with its own
+//! pause, as a program without members does: the tree's two phases are
+//! "every member staged" and then "every member committed", and a member
+//! that fails its commit has the others' commits rolled back (`Revert`).
+//! `Commit*` goes to every staged member at once, as a ring of the
+//! update's bell ([`super::bell`]); a member that joined late is sent it.
+//!
+//! A member never waits for its coordinator forever: staged, its wait is
+//! bounded by the spec's `timeout_ms` and then it decides through the
+//! decision file (see `crate::engine::member::decide`); committed, it
+//! keeps its commit once its coordinator is gone.
 
 use std::io;
 use std::path::PathBuf;
@@ -26,6 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::bell::Ear;
 use crate::diagnostic::Problem;
 use crate::report::Report;
 
@@ -36,16 +43,12 @@ pub enum Step {
     /// Every member prepared and the update covers the tree: wait for the
     /// safe point and stage.
     Continue,
-    /// Stop every thread and decide the safe point again.
-    Freeze,
-    /// Another member was blocked: let the world go, stay staged.
-    Thaw,
-    /// Every member is frozen: merge, transform and check, stay stopped.
+    /// Every member staged: commit at the safe point, as a program alone.
     Commit,
-    /// Every member merged and the decision is "commit": let the world go.
-    Release,
-    /// Another member failed: undo the merge, then let the world go.
-    Undo,
+    /// Every member committed: the commit stands.
+    Keep,
+    /// Another member failed its commit: roll this one's back.
+    Revert,
     /// Give up before the commit; nothing changed.
     Abort,
 }
@@ -65,13 +68,6 @@ pub enum MemberReply {
         why: Vec<String>,
     },
     Staged,
-    Frozen,
-    /// The safe point did not hold with the world stopped.
-    Blocked {
-        why: Vec<String>,
-    },
-    Thawed,
-    Merged,
     /// The member's own commit failed and was undone (its report says why).
     RolledBack {
         report: Box<Report>,
@@ -82,8 +78,11 @@ pub enum MemberReply {
         /// `CLOCK_MONOTONIC` when it let its world go, in nanoseconds: the
         /// same clock in every process, so the tree's skew is the spread.
         released_at_ns: u64,
+        /// It forked since it was invited: a child of it may run the old
+        /// version without having been asked.
+        forked: bool,
     },
-    /// The member's merge was undone; it runs the old version.
+    /// The member's commit was rolled back; it runs the old version.
     Undone {
         report: Box<Report>,
     },
@@ -124,6 +123,9 @@ pub trait Link: Send {
     /// The next step, or an error once `timeout` has passed or the
     /// coordinator is gone.
     fn recv(&mut self, timeout: Duration) -> io::Result<Step>;
+    /// As [`Link::recv`], or `None` as soon as `ear`'s bell has rung: the
+    /// step every staged member takes at once (see [`super::bell`]).
+    fn recv_or_ring(&mut self, timeout: Duration, ear: &Ear) -> io::Result<Option<Step>>;
     /// Something that sends notes ([`MemberReply::Waiting`]) while the
     /// member is busy: called from the member's own thread, between its
     /// other sends.

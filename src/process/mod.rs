@@ -11,6 +11,7 @@
 //! |------------------|------------------------------------------------------------|--------------------------------|
 //! | [`state`]        | [`state::ProcessState`]: name, version, history, gate, ... | rebuilt from what can be copied without waiting; the parent's is leaked |
 //! | [`per_process`]  | [`per_process::PerProcess`]: a static that is fresh in each process | renewed on first use       |
+//! | [`bell`]         | the FIFOs that wake every stopped member at once          | closed                         |
 //! | [`fds`]          | the control sockets open now                               | closed                         |
 //! | [`tree`]         | identity, tree directory, member sockets, `/proc` reads    | the child becomes a member     |
 //! | [`update_point`] | `pyreload.update_point()` rendezvous                       | fresh (per-process)            |
@@ -24,6 +25,7 @@
 //! unless it is GIL-protected (the forking thread held the GIL); per-process
 //! values are built fresh, and the parent's are leaked, never dropped.
 
+pub mod bell;
 pub mod fds;
 pub mod loaded;
 pub mod member_wire;

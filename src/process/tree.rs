@@ -91,6 +91,23 @@ impl Identity {
     }
 }
 
+/// `os.fork()`s this process has made, counted by the `after_in_parent`
+/// hook. A child forked just before its parent froze runs the old version
+/// and must take part; the tree looks for such children (in `/proc`, which
+/// is slow while everyone is stopped) only in a member whose count moved
+/// since it was invited.
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one fork (in the parent).
+pub fn note_fork() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many forks this process has made.
+pub fn forks() -> u64 {
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The directory of the members of the tree whose root is `root_pid`.
 pub fn tree_dir(runtime_dir: &Path, root_pid: u32) -> PathBuf {
     runtime_dir.join(format!("tree-{root_pid}"))

@@ -18,6 +18,7 @@ use crate::control::protocol::{read_frame, write_frame, Request, PROTOCOL_VERSIO
 use crate::diagnostic::Problem;
 use crate::engine::member::{decide, Decision};
 use crate::engine::progress::ClientGone;
+use crate::process::bell::{self, Bell};
 use crate::process::fds::Tracked;
 use crate::process::member_wire::{MemberReply, Step};
 use crate::process::state::ProcessState;
@@ -25,19 +26,12 @@ use crate::process::wire::{MemberProgress, TreeProgress};
 use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
 use crate::spec::{self, SpecSource};
 
-/// How long a member has to answer a step taken with its world stopped
-/// (freeze, commit, release, undo). Well inside the member's own lease.
-const STOPPED_STEP: Duration = Duration::from_millis(1500);
 /// How long a member has to resolve the spec.
 const PREPARE_STEP: Duration = Duration::from_secs(60);
 /// Beyond the spec's `timeout_ms`, for the members' waits and stages.
 const STAGE_GRACE: Duration = Duration::from_secs(3);
-/// Between two freeze attempts the members are thawed for this long, at
-/// first; it doubles up to [`MAX_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_millis(1);
-const MAX_RETRY: Duration = Duration::from_millis(20);
-/// How long a child forked just before its parent froze has to bind its
-/// control socket (its fork hook does a few system calls).
+/// How long a child forked just before its parent committed has to bind
+/// its control socket (its fork hook does a few system calls).
 const BORN_WAIT: Duration = Duration::from_millis(500);
 
 /// One tree-wide update at a time per tree; members refuse a second one
@@ -88,11 +82,16 @@ pub fn apply(
         return crate::engine::apply(state, spec_path, spec_text, dry_run, client_gone);
     }
     // Workers being born now (a supervisor replacing them) are asked too.
+    // (And the children being born of every member: a member's freeze
+    // looks for children only when it forked since it was invited.)
     let mut others = others;
-    if forks {
+    if forks || !others.is_empty() {
         let mut waited = false;
-        for child in members::being_born(state, state.pid) {
-            waited |= wait_for_birth(state, state.pid, child).unwrap_or(false);
+        let parents: Vec<u32> = std::iter::once(state.pid).chain(others.iter().map(|m| m.pid)).collect();
+        for parent in parents {
+            for child in members::being_born(state, parent) {
+                waited |= wait_for_birth(state, parent, child).unwrap_or(false);
+            }
         }
         if waited {
             others = members::others(state);
@@ -155,8 +154,10 @@ enum Stand {
     Invited,
     Prepared,
     Staged,
-    Frozen,
-    Merged,
+    /// Told to commit; not heard from since.
+    Committing,
+    /// Committed; told whether it stands once every member has said.
+    Committed,
     /// Its part is over: `outcome` says how.
     Done,
 }
@@ -173,6 +174,8 @@ struct Peer {
     problem: Option<Problem>,
     released_at_ns: Option<u64>,
     waiting_for: Vec<String>,
+    /// It forked since it was invited (its `Released` said so).
+    forked: bool,
 }
 
 /// What a member said, or that it could not say anything.
@@ -194,6 +197,10 @@ struct Tree<'a> {
     rx: Receiver<(usize, Heard)>,
     /// The reason the whole update stops, once there is one.
     problem: Option<Problem>,
+    /// What tells every staged member to commit at once.
+    bell: Result<Bell, String>,
+    /// The round shown now.
+    round: &'static str,
 }
 
 impl<'a> Tree<'a> {
@@ -209,7 +216,11 @@ impl<'a> Tree<'a> {
         let dir = state.identity.tree_dir();
         let _ = std::fs::create_dir_all(&dir);
         let decision = dir.join(format!("decision-{update_id}"));
+        let bell = Bell::create(bell::path_for(&decision, bell::COMMIT))
+            .map_err(|e| format!("could not make the tree's bell in {}: {e}", dir.display()));
         Tree {
+            round: "prepare",
+            bell,
             state,
             spec_path,
             spec_text,
@@ -224,7 +235,8 @@ impl<'a> Tree<'a> {
     }
 
     /// Publishes where every member stands, for `Request::Progress`.
-    fn show(&self, round: &str) {
+    fn show(&mut self, round: &'static str) {
+        self.round = round;
         let members = self
             .peers
             .iter()
@@ -235,8 +247,8 @@ impl<'a> Tree<'a> {
                     Stand::Invited => "preparing".into(),
                     Stand::Prepared => "waiting for its safe point".into(),
                     Stand::Staged => "staged".into(),
-                    Stand::Frozen => "frozen".into(),
-                    Stand::Merged => "merged".into(),
+                    Stand::Committing => "committing".into(),
+                    Stand::Committed => "committed".into(),
                     Stand::Done => p.outcome.map_or("done", MemberOutcome::verb).into(),
                 },
                 waiting_for: p.waiting_for.clone(),
@@ -250,6 +262,10 @@ impl<'a> Tree<'a> {
     }
 
     fn run(&mut self, root: Member, others: Vec<Member>) -> Report {
+        if let Err(why) = &self.bell {
+            self.problem = Some(Problem::new(format!("{why}; nothing was changed")));
+            return self.report();
+        }
         self.invite(root);
         for m in others {
             self.invite(m);
@@ -257,15 +273,14 @@ impl<'a> Tree<'a> {
         let wait_deadline = Instant::now() + self.wait_timeout() + STAGE_GRACE;
         self.show("prepare");
         if self.prepare_round() && self.stage_round(wait_deadline) {
-            self.show("freeze");
-            self.freeze_and_commit(wait_deadline);
+            self.commit_round(wait_deadline);
         }
         self.abort_the_rest();
         *PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let moved_on = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
         for i in 0..self.peers.len() {
             if self.peers[i].outcome == Some(MemberOutcome::Unaffected) {
-                self.send(i, if moved_on { Step::Release } else { Step::Abort });
+                self.send(i, if moved_on { Step::Keep } else { Step::Abort });
                 self.peers[i].writer = None;
             }
         }
@@ -294,6 +309,7 @@ impl<'a> Tree<'a> {
             problem: None,
             released_at_ns: None,
             waiting_for: Vec::new(),
+            forked: false,
         };
         let request = Request::Member {
             protocol: PROTOCOL_VERSION,
@@ -360,6 +376,17 @@ impl<'a> Tree<'a> {
         }
     }
 
+    /// Gives `who` (every member staged) the commit at once with the
+    /// bell, or, should it fail, one message each.
+    fn ring(&mut self, who: &[usize]) {
+        let rung = self.bell.as_ref().is_ok_and(|b| b.ring().is_ok());
+        if !rung {
+            for &i in who {
+                self.send(i, Step::Commit);
+            }
+        }
+    }
+
     /// Waits until each of `who` has answered (or is gone), up to
     /// `deadline`. `Waiting` notes are kept for progress and do not count
     /// as answers. Returns the answers in member order; a member that did
@@ -381,7 +408,7 @@ impl<'a> Tree<'a> {
             match self.rx.recv_timeout(slice) {
                 Ok((i, Heard::Reply(MemberReply::Waiting { why }))) => {
                     self.peers[i].waiting_for = why;
-                    self.show("stage");
+                    self.show(self.round);
                 }
                 Ok((i, answer)) if who.contains(&i) && !heard.contains_key(&i) => {
                     heard.insert(i, answer);
@@ -604,99 +631,191 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// Freezes every staged member, and commits once all are frozen; a
-    /// blocked member thaws everyone for another try, until the deadline.
-    fn freeze_and_commit(&mut self, deadline: Instant) {
-        let mut retry = FIRST_RETRY;
-        loop {
-            // Members forked since the last listing (a respawned worker)
-            // take part, or they would run the old version.
-            if !self.join_newcomers(deadline) {
-                return;
+    /// Every member is staged: decide "commit", ring it, and hear every
+    /// member commit at its own safe point. Children forked meanwhile by a
+    /// member that had not committed yet run the old version: they join and
+    /// commit too. If any member fails its commit, the ones that committed
+    /// are rolled back.
+    fn commit_round(&mut self, deadline: Instant) {
+        // Members forked since the last listing (a respawned worker) take
+        // part, or they would run the old version.
+        if !self.join_newcomers(deadline) {
+            return;
+        }
+        let who = self.at(Stand::Staged);
+        if who.is_empty() {
+            return;
+        }
+        if decide(&self.decision, Decision::Commit) == Decision::Abort {
+            self.problem = Some(Problem::new(
+                "a member stopped waiting for the commit and decided to abort; nothing was changed",
+            ));
+            return;
+        }
+        self.show("commit");
+        self.ring(&who);
+        self.hear_commits(&who);
+        // At most a few more rounds for children born old: a supervisor
+        // that forks faster than members commit is bounded by the
+        // deadline.
+        while self.problem.is_none() {
+            let joined = match self.children_left_out() {
+                Ok(joined) => joined,
+                Err(problem) => {
+                    self.problem = Some(problem);
+                    break;
+                }
+            };
+            if joined.is_empty() || !self.join(&joined, deadline) {
+                break;
             }
-            let who = self.at(Stand::Staged);
-            if who.is_empty() {
-                return;
-            }
+            let who: Vec<usize> = joined
+                .into_iter()
+                .filter(|&i| self.peers[i].stand == Stand::Staged)
+                .collect();
             for &i in &who {
-                self.send(i, Step::Freeze);
+                self.send(i, Step::Commit);
             }
-            let heard = self.collect(&who, Instant::now() + STOPPED_STEP, false);
-            let mut blocked = Vec::new();
-            for &i in &who {
-                match heard.get(&i) {
-                    Some(Heard::Reply(MemberReply::Frozen)) => self.peers[i].stand = Stand::Frozen,
-                    Some(Heard::Reply(MemberReply::Blocked { why })) => {
-                        self.peers[i].waiting_for = why.clone();
-                        blocked.push(i);
+            self.hear_commits(&who);
+        }
+        let committed = self.at(Stand::Committed);
+        if self.problem.is_none() {
+            for &i in &committed {
+                self.send(i, Step::Keep);
+                self.finish_committed(i);
+            }
+        } else {
+            self.revert(&committed);
+        }
+    }
+
+    /// Waits for each of `who` to say how its commit went. A member waits
+    /// for its safe point first (bounded by the spec's `timeout_ms`), then
+    /// commits within `commit_timeout_ms`.
+    fn hear_commits(&mut self, who: &[usize]) {
+        for &i in who {
+            self.peers[i].stand = Stand::Committing;
+        }
+        let until = Instant::now() + self.wait_timeout() + self.commit_timeout() + STAGE_GRACE;
+        let heard = self.collect(who, until, false);
+        for &i in who {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Released {
+                    report,
+                    released_at_ns,
+                    forked,
+                })) => {
+                    let peer = &mut self.peers[i];
+                    peer.stand = Stand::Committed;
+                    peer.released_at_ns = Some(*released_at_ns);
+                    peer.forked = *forked;
+                    peer.report = Some((**report).clone());
+                }
+                Some(Heard::Reply(MemberReply::RolledBack { report })) => {
+                    let report = (**report).clone();
+                    self.blame_commit(i, report.problem.clone());
+                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
+                Some(Heard::Reply(MemberReply::Refused { report })) => {
+                    let report = (**report).clone();
+                    self.blame_commit(i, report.problem.clone());
+                    self.finish(i, MemberOutcome::Refused, Some(report), None);
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    if self.lost(i, why) {
+                        let problem = self.peers[i].problem.clone();
+                        self.blame_commit(i, problem);
                     }
-                    Some(other) => self.refused_before_commit(i, other, "frozen"),
-                    None => {
-                        let problem = Problem::new("did not answer the freeze in time");
-                        self.blame(i, Some(problem.clone()));
-                        self.finish(i, MemberOutcome::Unknown, None, Some(problem));
-                    }
                 }
-            }
-            if self.problem.is_none() && blocked.is_empty() {
-                // A child forked just before its parent froze runs the old
-                // version and must take part: go round again with it.
-                match self.children_left_out() {
-                    Ok(true) => {}
-                    Ok(false) => return self.commit(),
-                    Err(problem) => self.problem = Some(problem),
+                other => {
+                    let problem = match other {
+                        Some(Heard::Reply(reply)) => Problem::new(format!("answered the commit with {reply:?}")),
+                        _ => Problem::new("did not answer the commit in time"),
+                    };
+                    self.blame_commit(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
                 }
-            }
-            self.thaw();
-            if self.problem.is_some() {
-                return;
-            }
-            if !blocked.is_empty() {
-                if Instant::now() + retry >= deadline {
-                    let why: Vec<String> = blocked
-                        .iter()
-                        .map(|&i| {
-                            let p = &self.peers[i];
-                            format!("pid {} ({}): {}", p.member.pid, p.member.role, p.waiting_for.join("; "))
-                        })
-                        .collect();
-                    self.problem = Some(Problem::new(format!(
-                        "the safe point was not reached in every member within timeout_ms ({} ms); nothing was changed: {}",
-                        self.wait_timeout().as_millis(),
-                        why.join(" | ")
-                    )));
-                    return;
-                }
-                std::thread::sleep(retry);
-                retry = (retry * 2).min(MAX_RETRY);
             }
         }
     }
 
-    /// Whether a frozen member has a child that takes no part yet: a
-    /// member forked since the members were listed, or one being born (its
-    /// socket not bound yet), which is waited for up to [`BORN_WAIT`]. A
-    /// child still without a socket then is an error: it would keep the old
-    /// version unseen. Reads only `/proc` and the tree directory: every
-    /// member is stopped meanwhile.
-    fn children_left_out(&self) -> Result<bool, Problem> {
+    /// A committed member's part is over: its commit stands.
+    fn finish_committed(&mut self, i: usize) {
+        let report = self.peers[i].report.take();
+        self.finish(i, MemberOutcome::Committed, report, None);
+    }
+
+    /// Another member failed its commit: rolls back the ones that
+    /// committed, each at its own safe point, and hears how it went.
+    fn revert(&mut self, committed: &[usize]) {
+        for &i in committed {
+            self.send(i, Step::Revert);
+        }
+        let until = Instant::now() + self.wait_timeout() + self.commit_timeout() + STAGE_GRACE;
+        let heard = self.collect(committed, until, false);
+        for &i in committed {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Undone { report })) => {
+                    let report = (**report).clone();
+                    let outcome = if report.outcome == Outcome::RolledBack {
+                        MemberOutcome::RolledBack
+                    } else {
+                        // Its rollback failed: it still runs the new version.
+                        MemberOutcome::Committed
+                    };
+                    self.finish(i, outcome, Some(report), None);
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    self.lost(i, why);
+                }
+                _ => {
+                    let report = self.peers[i].report.take();
+                    let problem = Problem::new(
+                        "did not say whether it rolled its commit back in time; it may still run the new version",
+                    );
+                    self.finish(i, MemberOutcome::Unknown, report, Some(problem));
+                }
+            }
+        }
+    }
+
+    /// Children of the members that forked since they were invited, that
+    /// take no part yet: forked before their parent committed, they run
+    /// the old version. A child being born (its socket not bound yet) is
+    /// waited for up to [`BORN_WAIT`]; still without a socket then, it is
+    /// an error, as it would keep the old version unseen. Invites them and
+    /// returns their places.
+    fn children_left_out(&mut self) -> Result<Vec<usize>, Problem> {
         let known: Vec<u32> = self.peers.iter().map(|p| p.member.pid).collect();
         let tree_dir = self.state.identity.tree_dir();
-        let mut found = false;
-        for parent in self.at(Stand::Frozen).iter().map(|&i| self.peers[i].member.pid) {
+        let mut found = Vec::new();
+        let parents: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|p| p.forked && p.stand == Stand::Committed)
+            .map(|p| p.member.pid)
+            .collect();
+        for parent in parents {
             for child in members::children(parent) {
                 if known.contains(&child) || !members::alive(child) || !members::runs_this_program(child) {
                     continue;
                 }
-                if crate::process::tree::member_socket_path(&tree_dir, child).exists() {
-                    found = true;
-                } else if members::threads(child) == 1 {
-                    found |= wait_for_birth(self.state, parent, child)?;
-                }
+                let bound = crate::process::tree::member_socket_path(&tree_dir, child).exists()
+                    || (members::threads(child) == 1 && wait_for_birth(self.state, parent, child)?);
                 // Otherwise it has been a member and is exiting.
+                if bound {
+                    found.push(child);
+                }
             }
         }
-        Ok(found)
+        let newcomers: Vec<Member> = members::others(self.state)
+            .into_iter()
+            .filter(|m| found.contains(&m.pid))
+            .collect();
+        Ok(newcomers.into_iter().map(|m| self.invite(m)).collect())
     }
 
     /// Live members not yet asked (their sockets appeared since).
@@ -714,11 +833,17 @@ impl<'a> Tree<'a> {
             return true;
         }
         let joined: Vec<usize> = newcomers.into_iter().map(|m| self.invite(m)).collect();
+        self.join(&joined, deadline)
+    }
+
+    /// Prepares and stages members invited late.
+    fn join(&mut self, joined: &[usize], deadline: Instant) -> bool {
         if !self.prepare_round() {
             return false;
         }
         let who: Vec<usize> = joined
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|&i| self.peers[i].stand == Stand::Prepared)
             .collect();
         for &i in &who {
@@ -726,108 +851,6 @@ impl<'a> Tree<'a> {
         }
         self.hear_staged(&who, deadline);
         self.problem.is_none()
-    }
-
-    /// Lets every frozen member go, still staged.
-    fn thaw(&mut self) {
-        let who = self.at(Stand::Frozen);
-        for &i in &who {
-            self.send(i, Step::Thaw);
-        }
-        let heard = self.collect(&who, Instant::now() + STOPPED_STEP, false);
-        for &i in &who {
-            match heard.get(&i) {
-                Some(Heard::Reply(MemberReply::Thawed)) => self.peers[i].stand = Stand::Staged,
-                Some(other) => self.refused_before_commit(i, other, "thawed"),
-                None => {
-                    let problem = Problem::new("did not answer the thaw in time");
-                    self.blame(i, Some(problem.clone()));
-                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
-                }
-            }
-        }
-    }
-
-    /// Every member is frozen: merge everywhere, then release everywhere
-    /// or undo everywhere.
-    fn commit(&mut self) {
-        let who = self.at(Stand::Frozen);
-        for &i in &who {
-            self.send(i, Step::Commit);
-        }
-        // A merge runs the update's own code (transformers, `[check]
-        // after`), which `commit_timeout_ms` bounds in each member.
-        let heard = self.collect(&who, Instant::now() + self.commit_timeout() + STOPPED_STEP, false);
-        for &i in &who {
-            match heard.get(&i) {
-                Some(Heard::Reply(MemberReply::Merged)) => self.peers[i].stand = Stand::Merged,
-                Some(Heard::Reply(MemberReply::RolledBack { report })) => {
-                    let report = (**report).clone();
-                    self.blame_commit(i, report.problem.clone());
-                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
-                }
-                Some(Heard::Gone(why)) => {
-                    let why = why.clone();
-                    if self.lost(i, why) {
-                        let problem = self.peers[i].problem.clone();
-                        self.blame_commit(i, problem);
-                    }
-                }
-                _ => {
-                    let problem = Problem::new("did not answer the commit in time");
-                    self.blame_commit(i, Some(problem.clone()));
-                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
-                }
-            }
-        }
-        let merged = self.at(Stand::Merged);
-        let decision = if self.problem.is_none() {
-            decide(&self.decision, Decision::Commit)
-        } else {
-            decide(&self.decision, Decision::Abort)
-        };
-        if decision == Decision::Abort && self.problem.is_none() {
-            self.problem = Some(Problem::new(
-                "a member stopped waiting for the decision and decided to abort; every merge was undone",
-            ));
-        }
-        let step = match decision {
-            Decision::Commit => Step::Release,
-            Decision::Abort => Step::Undo,
-        };
-        for &i in &merged {
-            self.send(i, step);
-        }
-        // A release finishes lazy migrations before it answers.
-        let heard = self.collect(&merged, Instant::now() + self.commit_timeout() + STAGE_GRACE, false);
-        for &i in &merged {
-            match heard.get(&i) {
-                Some(Heard::Reply(MemberReply::Released { report, released_at_ns })) => {
-                    self.peers[i].released_at_ns = Some(*released_at_ns);
-                    let report = (**report).clone();
-                    self.finish(i, MemberOutcome::Committed, Some(report), None);
-                }
-                Some(Heard::Reply(MemberReply::Undone { report })) => {
-                    let report = (**report).clone();
-                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
-                }
-                Some(Heard::Gone(why)) => {
-                    let why = why.clone();
-                    self.lost(i, why);
-                }
-                _ => {
-                    let problem = Problem::new(format!(
-                        "did not answer in time; it applies the recorded decision ({}) by itself",
-                        if decision == Decision::Commit {
-                            "commit"
-                        } else {
-                            "abort"
-                        }
-                    ));
-                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
-                }
-            }
-        }
     }
 
     fn blame_commit(&mut self, i: usize, problem: Option<Problem>) {

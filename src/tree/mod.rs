@@ -6,20 +6,23 @@
 //! talks to every member, the root included, over the member protocol
 //! (`control::member_wire`), in rounds:
 //!
-//! | round    | every member                               | a failure anywhere          |
-//! |----------|--------------------------------------------|-----------------------------|
-//! | prepare  | resolves its part of the spec              | refused everywhere          |
-//! | stage    | waits for its safe point, stages           | refused everywhere          |
-//! | freeze   | stops its threads, safe point again        | blocked: all thawed, retry  |
-//! | commit   | merges and checks, still stopped           | undone everywhere           |
-//! | decide   | (the coordinator records "commit")         | a silent member: "abort"    |
-//! | release  | lets its threads go: the new version runs  | -                           |
+//! | round    | every member                                        | a failure anywhere              |
+//! |----------|-----------------------------------------------------|---------------------------------|
+//! | prepare  | resolves its part of the spec                       | refused everywhere              |
+//! | stage    | waits for its safe point, stages                    | refused everywhere              |
+//! | decide   | (the coordinator records "commit")                  | a member gave up: "abort"       |
+//! | commit   | commits at its own safe point, with its own pause   | the committed ones rolled back  |
+//! | keep     | (its commit stands)                                 | -                               |
 //!
-//! Nobody can observe the new version before the release round, so a
-//! failure in any member's commit undoes members that nobody has seen
-//! change. Members forked between rounds (a respawned worker) are found
-//! when the members are listed again before the freeze, and take part.
-//! A member that exits during the update is dropped, and not a failure.
+//! Each member's pause is its own, as short as a program's alone: no
+//! member waits, stopped, for another. The commit goes to every staged
+//! member at once (`process::bell`), so the commits land together; the
+//! report's `skew_ms` is the spread between the first and the last.
+//! Members forked between rounds (a respawned worker) are found when the
+//! members are listed again before the commit, and a child forked by a
+//! member before it committed is found after (the member says it forked)
+//! and commits too. A member that exits during the update is dropped, and
+//! not a failure.
 
 pub mod coordinator;
 pub mod members;
