@@ -263,6 +263,8 @@ pub enum MemberOutcome {
     Exited,
     /// Did not answer in time; see the problem.
     Unknown,
+    /// `check` only: resolved its part; nothing changed.
+    Checked,
 }
 
 impl MemberOutcome {
@@ -276,6 +278,7 @@ impl MemberOutcome {
             MemberOutcome::Cancelled => "cancelled",
             MemberOutcome::Exited => "exited during the update",
             MemberOutcome::Unknown => "did not answer",
+            MemberOutcome::Checked => "checked",
         }
     }
 }

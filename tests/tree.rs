@@ -1,6 +1,7 @@
 //! A program with worker processes is updated whole, or not at all: every
-//! member prepares and stages, all freeze, all merge, then all are let go;
-//! a failure in any member undoes every member's merge.
+//! member prepares and stages, then each commits at its own safe point; a
+//! failure in any member's commit rolls back those that committed. `check`
+//! and `rollback` reach every member too.
 //!
 //! The program here forks its workers itself, as gunicorn's master does.
 //! Each worker answers expressions on its own TCP port (written to
@@ -361,23 +362,107 @@ fn while_a_worker_waits_apply_shows_the_round_and_what_it_waits_for() {
     }
 }
 
+/// Runs `pyreload <args> --json --socket <master>` and returns its exit
+/// code and report.
+fn run_json(sandbox: &Sandbox, tree: &Tree, args: &[&str]) -> (i32, serde_json::Value) {
+    let socket = tree.master.socket();
+    let mut all = args.to_vec();
+    all.extend(["--json", "--socket", socket.to_str().unwrap()]);
+    let out = sandbox.run(&all);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{}", sandbox.transcript()));
+    (out.status.code().unwrap(), report)
+}
+
+/// Every process's `pyreload.version()`, the master first.
+fn tree_versions(sandbox: &Sandbox, tree: &mut Tree) -> Vec<String> {
+    let mut out = vec![tree.master.ask("__import__('pyreload').version()")];
+    for (_, port) in worker_ports(sandbox) {
+        out.push(ask_worker(port, "__import__('pyreload').version()"));
+    }
+    out
+}
+
 #[test]
-fn rollback_of_a_tree_is_refused_rather_than_undoing_the_master_alone() {
+fn rollback_of_a_tree_undoes_the_update_in_every_member() {
     let sandbox = Sandbox::new();
     let mut tree = Tree::start(&sandbox, 2, true);
+    tree.master.ask("app.STATE.update(hits=41)");
     sandbox.write("app.py", APP_V2);
     let (code, report) = apply(&sandbox, &tree, SPEC);
     assert_eq!(code, 0, "{report:#}");
-    let out = sandbox.run(&["rollback", "--socket", tree.master.socket().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", sandbox.transcript());
-    let err = common::stderr(&out);
-    assert!(err.contains("has worker processes"), "{err}");
-    assert!(err.contains("apply the reverse spec"), "{err}");
-    // Nothing was undone anywhere.
-    assert_eq!(tree.master.ask("app.work()"), "'v2'");
+    let (code, report) = run_json(&sandbox, &tree, &["rollback"]);
+    assert_eq!(code, 0, "{report:#}\n{}", sandbox.transcript());
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    assert_eq!(report["update"], "rollback of app-v2", "{report:#}");
+    let outcomes = member_outcomes(&report);
+    assert_eq!(outcomes.len(), 3, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
+    // Every process runs v1 again, with its data.
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    assert_eq!(tree.master.ask("app.STATE['hits']"), "42");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
+    assert_eq!(tree_versions(&sandbox, &mut tree), ["'1'", "'1'", "'1'"]);
+    // Nothing is left to roll back tree-wide: refused, nothing changed.
+    let (code, report) = run_json(&sandbox, &tree, &["rollback"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+}
+
+#[test]
+fn a_tree_rollback_is_refused_when_a_worker_born_since_has_nothing_to_undo() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, false);
+    sandbox.write("app.py", APP_V2);
+    let (code, report) = apply(&sandbox, &tree, SPEC);
+    assert_eq!(code, 0, "{report:#}");
+    // A worker forked now imports the new file from disk: no journal.
+    let newborn: u32 = tree.master.ask("spawn()").parse().unwrap();
+    tree.wait_for_workers(&sandbox, 3);
+    let (code, report) = run_json(&sandbox, &tree, &["rollback"]);
+    assert_eq!(code, 1, "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("pid {newborn}")), "{message}");
+    assert!(message.contains("started after the update"), "{message}");
+    // No member changed.
     for (pid, v) in versions(&sandbox) {
         assert_eq!(v, "'v2'", "worker {pid}");
     }
+    // `rollback --check` says the same, and changes nothing either.
+    let (code, report) = run_json(&sandbox, &tree, &["rollback", "--check"]);
+    assert_eq!(code, 1, "{report:#}");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+}
+
+#[test]
+fn check_asks_every_member_and_changes_none() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, false);
+    sandbox.write("app.py", APP_V2);
+    let path = sandbox.write("up.toml", SPEC);
+    // The master does not load `app`; its workers do, and are asked.
+    let (code, report) = run_json(&sandbox, &tree, &["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{report:#}\n{}", sandbox.transcript());
+    assert_eq!(report["outcome"], "checked", "{report:#}");
+    let outcomes = member_outcomes(&report);
+    let master = tree.master.pid();
+    for (pid, outcome) in &outcomes {
+        let want = if *pid == master as u64 { "unaffected" } else { "checked" };
+        assert_eq!(outcome, want, "pid {pid}: {report:#}");
+    }
+    assert_eq!(outcomes.len(), 3, "{report:#}");
+    assert!(
+        report["modules"].as_array().is_some_and(|m| !m.is_empty()),
+        "the workers' predictions are in the report: {report:#}"
+    );
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
+    assert_eq!(tree_versions(&sandbox, &mut tree), ["'1'", "'1'", "'1'"]);
 }
 
 #[test]

@@ -68,12 +68,15 @@ pub enum Request {
     /// From a tree's coordinator: take part in a tree-wide update. The
     /// connection then carries the conversation of
     /// [`super::member_wire`]; `decision` is the file that decides a
-    /// merge once the coordinator is silent.
+    /// merge once the coordinator is silent; `mode` what it is for (an
+    /// update by default).
     Member {
         protocol: u32,
         spec_path: String,
         spec_text: String,
         decision: String,
+        #[serde(default)]
+        mode: crate::process::member_wire::Mode,
     },
 }
 

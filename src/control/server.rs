@@ -366,12 +366,14 @@ fn handle(stream: Tracked<UnixStream>, handler: &dyn Handler, request_timeout: D
             spec_path,
             spec_text,
             decision,
+            mode,
         }) if protocol == PROTOCOL_VERSION => {
             let _owed = state::current().owe_answer();
             return serve_member(
                 stream,
                 handler,
                 Invitation {
+                    mode,
                     spec_path,
                     spec_text,
                     decision: PathBuf::from(decision),

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::progress::{ClientGone, Progress};
+use super::rollback::CommittedStack;
 use super::session::Session;
 use super::Stop;
 use crate::diagnostic::Problem;
 use crate::process::bell::{self, Ear};
-use crate::process::member_wire::{monotonic_ns, Invitation, Link, MemberReply, Step};
+use crate::process::member_wire::{monotonic_ns, Invitation, Link, MemberReply, Mode, RollbackOrder, Step};
 use crate::process::state::{GateError, ProcessState};
 use crate::report::{Outcome, Report};
 use crate::spec::{self, SpecSource};
@@ -42,6 +43,10 @@ const STAGED_GRACE: Duration = Duration::from_secs(5);
 /// while the member waits for its safe point, whether the coordinator has
 /// hung up.
 pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, coordinator_gone: ClientGone<'_>) {
+    let Some(_gate) = enter(state, link) else { return };
+    if let Mode::Rollback(order) = &invitation.mode {
+        return serve_rollback(state, order, &invitation.decision, link);
+    }
     let source = SpecSource {
         path: invitation.spec_path.clone(),
         text: invitation.spec_text.clone(),
@@ -52,23 +57,6 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
             let _ = link.send(&MemberReply::Error {
                 problem: problems.remove(0),
             });
-            return;
-        }
-    };
-    let _gate = match state.begin_update() {
-        Ok(gate) => gate,
-        Err(e) => {
-            let problem = match e {
-                GateError::Busy => Problem::new(format!(
-                    "another update is in progress in member pid {}; nothing was changed",
-                    state.pid
-                )),
-                GateError::Exiting => {
-                    let _ = link.send(&MemberReply::Exiting);
-                    return;
-                }
-            };
-            let _ = link.send(&MemberReply::Error { problem });
             return;
         }
     };
@@ -85,15 +73,21 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
             // No part in the update, but a version like the tree's: the
             // coordinator's last word says whether the tree moved on.
             report.outcome = Outcome::Checked;
-            let sent = link.send(&MemberReply::Prepared {
-                modules,
-                version: state.version(),
-            });
             let lasts = Duration::from_millis(spec.safe_point.timeout_ms() + spec.safe_point.commit_timeout_ms())
                 + STAGED_GRACE * 2;
-            if sent.is_ok() && matches!(py.detach(|| link.recv(lasts)), Ok(Step::Keep)) {
-                state.set_version(Some(spec.update.to.get_ref().clone()));
+            follow_the_tree(py, state, link, lasts, Some(spec.update.to.get_ref().clone()));
+            return;
+        }
+        if invitation.mode == Mode::Check {
+            report.outcome = Outcome::Checked;
+            match Session::prepare(py, state, &source, &spec, &mut report) {
+                Ok(session) => session.check_now(&mut report),
+                Err(problem) => report.problem = Some(problem),
             }
+            let _ = link.send(&MemberReply::Checked {
+                modules,
+                report: Box::new(report.clone()),
+            });
             return;
         }
         converse(
@@ -113,6 +107,145 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
         state.record_attempt(&report);
     }
     drop(progress);
+}
+
+/// Takes this process's update gate for the conversation, or says why not.
+fn enter<'s>(
+    state: &'s ProcessState,
+    link: &mut dyn Link,
+) -> Option<std::sync::MutexGuard<'s, crate::process::state::Lifecycle>> {
+    match state.begin_update() {
+        Ok(gate) => Some(gate),
+        Err(GateError::Exiting) => {
+            let _ = link.send(&MemberReply::Exiting);
+            None
+        }
+        Err(GateError::Busy) => {
+            let problem = Problem::new(format!(
+                "another update is in progress in member pid {}; nothing was changed",
+                state.pid
+            ));
+            let _ = link.send(&MemberReply::Error { problem });
+            None
+        }
+    }
+}
+
+/// A member with no part in the tree's update or rollback: answers with
+/// no modules, and takes `version` if the coordinator's last word says the
+/// tree moved on.
+fn follow_the_tree(
+    py: Python<'_>,
+    state: &ProcessState,
+    link: &mut dyn Link,
+    lasts: Duration,
+    version: Option<String>,
+) {
+    let sent = link.send(&MemberReply::Prepared {
+        modules: Vec::new(),
+        version: state.version(),
+    });
+    if sent.is_ok() && matches!(py.detach(|| link.recv(lasts)), Ok(Step::Keep)) {
+        state.set_version(version);
+    }
+}
+
+/// This member's part of a tree-wide rollback: the same rounds as an
+/// update. Prepared if it can undo the update (it took part and kept its
+/// journal), staged at once, and at the commit it rolls back as
+/// `pyreload rollback` does, at its own safe point. The rollback records
+/// itself in the history.
+fn serve_rollback(state: &ProcessState, order: &RollbackOrder, decision: &Path, link: &mut dyn Link) {
+    let timeout = Duration::from_millis(order.timeout_ms);
+    let lasts = timeout * 2 + STAGED_GRACE * 2;
+    let mut report = Report::begin(
+        format!("{}{}", crate::process::state::ROLLBACK_PREFIX, order.update),
+        state.name.clone(),
+        state.pid,
+        state.version(),
+        order.to.clone().unwrap_or_else(|| "(none)".into()),
+    );
+    let refuse = |link: &mut dyn Link, report: &mut Report, problem: Problem| {
+        report.problem = Some(problem);
+        let _ = link.send(&MemberReply::Refused {
+            report: Box::new(report.clone()),
+        });
+    };
+    let modules: Vec<String> = Python::attach(|py| {
+        let loaded: Vec<String> = order.modules.iter().filter(|m| module_loaded(py, m)).cloned().collect();
+        if loaded.is_empty() {
+            follow_the_tree(py, state, link, lasts, order.to.clone());
+        }
+        loaded
+    });
+    if modules.is_empty() {
+        return;
+    }
+    match state.with_last_committed(|c| (c.name.clone(), c.blocked.clone())) {
+        Some((name, None)) if name == order.update => {}
+        Some((name, Some(why))) if name == order.update => {
+            let problem = Problem::new(format!("cannot roll back `{name}` in member pid {}: {why}", state.pid));
+            return refuse(link, &mut report, problem);
+        }
+        _ => {
+            let problem = Problem::new(format!(
+                "member pid {} loads {} but keeps no record of `{}` to undo: it started after the update, on the                  new version (a worker forked since, importing the files on disk); nothing was changed",
+                state.pid,
+                modules.join(", "),
+                order.update
+            ))
+            .with_help(
+                "put the old files back and apply the reverse spec, which reaches every member; or restart the                  workers born since the update, then roll back",
+            );
+            return refuse(link, &mut report, problem);
+        }
+    }
+    let ear = match Ear::open(&bell::path_for(decision, bell::COMMIT)) {
+        Ok(ear) => ear,
+        Err(e) => {
+            let problem = Problem::new(format!(
+                "could not open the tree's bell in member pid {}: {e}",
+                state.pid
+            ));
+            return refuse(link, &mut report, problem);
+        }
+    };
+    let prepared = MemberReply::Prepared {
+        modules,
+        version: state.version(),
+    };
+    if link.send(&prepared).is_err() || !matches!(link.recv(lasts), Ok(Step::Continue)) {
+        return;
+    }
+    if link.send(&MemberReply::Staged).is_err() {
+        return;
+    }
+    match link.recv_or_ring(lasts, &ear) {
+        Ok(None | Some(Step::Commit)) => {}
+        Ok(Some(_)) => return,
+        Err(_) if decide(decision, Decision::Abort) != Decision::Commit => return,
+        Err(_) => {}
+    }
+    let undone = super::rollback::rollback_in_update(state, false, timeout, None);
+    let released_at_ns = monotonic_ns();
+    let reply = match undone {
+        Ok(r) if r.outcome == Outcome::Committed => MemberReply::Released {
+            report: Box::new(r),
+            released_at_ns,
+            forked: false,
+        },
+        Ok(r) => MemberReply::Refused { report: Box::new(r) },
+        Err(problem) => {
+            report.problem = Some(problem);
+            MemberReply::Refused {
+                report: Box::new(report),
+            }
+        }
+    };
+    if link.send(&reply).is_ok() {
+        // Keep (or Revert, which a rollback cannot honour: it is reported).
+        let _ = link.recv(lasts);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -63,20 +63,10 @@ impl Handler for Service {
             Request::Member { .. } => Response::Error(Problem::new(
                 "a member conversation is served on its own connection; nothing was changed",
             )),
-            Request::Rollback { .. } if crate::tree::has_members(state) => Response::Error(
-                Problem::new(
-                    "this program has worker processes, and `pyreload rollback` undoes one process's last update; \
-                     rolling back the master alone would leave its workers on the new version, so nothing was changed",
-                )
-                .with_help(
-                    "put the old files back and apply the reverse spec (as specs/web-v2-to-v1.toml does): it \
-                     reaches every worker, all or none",
-                ),
-            ),
             Request::Rollback {
                 dry_run, timeout_ms, ..
             } => reported(
-                engine::rollback::rollback(
+                crate::tree::rollback(
                     state,
                     dry_run,
                     std::time::Duration::from_millis(timeout_ms),

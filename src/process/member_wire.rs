@@ -53,6 +53,36 @@ pub enum Step {
     Abort,
 }
 
+/// What a member conversation is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Mode {
+    /// Apply the spec: the conversation above.
+    #[default]
+    Update,
+    /// `pyreload check`: resolve the spec, say what would block and what
+    /// would change, and answer `Checked`; nothing runs, nothing changes.
+    Check,
+    /// `pyreload rollback` of the whole tree: undo `update`, the tree's
+    /// last, in every member that took part in it, with the same rounds
+    /// as an update (prepare: can it be undone here; commit: undo it).
+    Rollback(RollbackOrder),
+}
+
+/// A tree-wide rollback, as the coordinator asks it of each member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackOrder {
+    /// The name of the update to undo.
+    pub update: String,
+    /// The modules it changed: a member that loads none of them had no
+    /// part in it, and only follows the tree's version.
+    pub modules: Vec<String>,
+    /// The version the tree returns to.
+    pub to: Option<String>,
+    /// How long each member waits for its rollback's safe point.
+    pub timeout_ms: u64,
+}
+
 /// A member's answer to a [`Step`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -68,6 +98,11 @@ pub enum MemberReply {
         why: Vec<String>,
     },
     Staged,
+    /// The answer of a `check` conversation, which ends with it.
+    Checked {
+        modules: Vec<String>,
+        report: Box<Report>,
+    },
     /// The member's own commit failed and was undone (its report says why).
     RolledBack {
         report: Box<Report>,
@@ -111,6 +146,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// What the coordinator asks of a member, from its `member` request.
 pub struct Invitation {
+    pub mode: Mode,
     pub spec_path: String,
     pub spec_text: String,
     /// Where the decision is recorded (`engine::member::decide`).

@@ -20,7 +20,7 @@ use crate::engine::member::{decide, Decision};
 use crate::engine::progress::ClientGone;
 use crate::process::bell::{self, Bell};
 use crate::process::fds::Tracked;
-use crate::process::member_wire::{MemberReply, Step};
+use crate::process::member_wire::{MemberReply, Mode, RollbackOrder, Step};
 use crate::process::state::ProcessState;
 use crate::process::wire::{MemberProgress, TreeProgress};
 use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
@@ -52,14 +52,9 @@ pub fn progress() -> Option<TreeProgress> {
     }
 }
 
-/// Whether this process is the root of a tree with live members now.
-pub fn has_members(state: &ProcessState) -> bool {
-    state.identity.is_root() && !members::others(state).is_empty()
-}
-
 /// Applies the spec to the program's whole tree when it has members, or
 /// to this process alone when it has none (or is itself a member, asked
-/// directly). `check` (`dry_run`) looks at this process only.
+/// directly). `check` (`dry_run`) asks every member too.
 pub fn apply(
     state: &ProcessState,
     spec_path: &str,
@@ -67,47 +62,124 @@ pub fn apply(
     dry_run: bool,
     client_gone: Option<ClientGone<'_>>,
 ) -> Result<Report, Problem> {
-    let others = if dry_run || !state.identity.is_root() {
-        Vec::new()
-    } else {
-        members::others(state)
-    };
-    // A root that has had members stays a
-    // tree even with none right now, as gunicorn's master is while it
-    // replaces every worker: a worker it forks before it freezes runs the
-    // old version, and only the tree's freeze looks for such children.
-    let forks =
-        !dry_run && state.identity.is_root() && crate::process::tree::has_had_members(&state.identity.tree_dir());
-    if others.is_empty() && !forks {
+    let Some(others) = tree_members(state, !dry_run) else {
         return crate::engine::apply(state, spec_path, spec_text, dry_run, client_gone);
-    }
-    // Workers being born now (a supervisor replacing them) are asked too.
-    // (And the children being born of every member: a member's freeze
-    // looks for children only when it forked since it was invited.)
-    let mut others = others;
-    if forks || !others.is_empty() {
-        let mut waited = false;
-        let parents: Vec<u32> = std::iter::once(state.pid).chain(others.iter().map(|m| m.pid)).collect();
-        for parent in parents {
-            for child in members::being_born(state, parent) {
-                waited |= wait_for_birth(state, parent, child).unwrap_or(false);
-            }
-        }
-        if waited {
-            others = members::others(state);
-        }
-    }
+    };
     let source = SpecSource {
         path: spec_path.to_string(),
         text: spec_text.to_string(),
     };
     let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
+    let job = Job {
+        mode: if dry_run { Mode::Check } else { Mode::Update },
+        spec_path,
+        spec_text,
+        spec: Some(&spec),
+        update: spec.update.name.get_ref().clone(),
+        to: spec.update.to.get_ref().clone(),
+        timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
+        commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
+    };
+    let report = run_job(state, job, others, client_gone)?;
+    if report.outcome == Outcome::Committed {
+        let modules = spec.reload.iter().map(|r| r.module.get_ref().clone()).collect();
+        push_tree_update(TreeUpdate {
+            name: report.update.clone(),
+            from: report.from.clone(),
+            modules,
+        });
+    }
+    Ok(report)
+}
+
+/// Undoes the tree's last update in every member that took part, all at
+/// their own safe points (or, with `dry_run`, asks each whether it could).
+/// A program without members rolls back alone.
+pub fn rollback(
+    state: &ProcessState,
+    dry_run: bool,
+    timeout: Duration,
+    client_gone: Option<ClientGone<'_>>,
+) -> Result<Report, Problem> {
+    let Some(others) = tree_members(state, !dry_run) else {
+        return crate::engine::rollback::rollback(state, dry_run, timeout, client_gone);
+    };
+    let Some(last) = last_tree_update() else {
+        return Err(Problem::new(
+            "this program has worker processes, and none of its updates was applied to its whole tree, so none can              be rolled back tree-wide; rolling back the master alone would leave its workers on the new version, so              nothing was changed",
+        )
+        .with_help(
+            "put the old files back and apply the reverse spec (as specs/web-v2-to-v1.toml does): it reaches every              worker, all or none",
+        ));
+    };
+    let job = Job {
+        mode: Mode::Rollback(RollbackOrder {
+            update: last.name.clone(),
+            modules: last.modules.clone(),
+            to: last.from.clone(),
+            timeout_ms: timeout.as_millis() as u64,
+        }),
+        spec_path: "",
+        spec_text: "",
+        spec: None,
+        update: format!("{}{}", crate::process::state::ROLLBACK_PREFIX, last.name),
+        to: last.from.clone().unwrap_or_else(|| "(none)".into()),
+        timeout,
+        commit_timeout: timeout,
+    };
+    let dry = Job {
+        mode: if dry_run { Mode::Check } else { job.mode.clone() },
+        ..job
+    };
+    let report = run_job(state, dry, others, client_gone)?;
+    if report.outcome == Outcome::Committed {
+        pop_tree_update();
+    }
+    Ok(report)
+}
+
+/// The other members when this process is the root of a tree, or `None`
+/// for a program that runs alone.
+fn tree_members(state: &ProcessState, changes: bool) -> Option<Vec<Member>> {
+    if !state.identity.is_root() {
+        return None;
+    }
+    let others = members::others(state);
+    // A root that has had members stays a tree even with none right now,
+    // as gunicorn's master is while it replaces every worker: a worker it
+    // forks before it commits runs the old version, and only the tree
+    // looks for such children.
+    let forks = changes && crate::process::tree::has_had_members(&state.identity.tree_dir());
+    if others.is_empty() && !forks {
+        return None;
+    }
+    // Workers being born now (a supervisor replacing them) are asked too,
+    // and the children being born of every member: a member looks for
+    // children after its commit only when it forked since it was invited.
+    let mut waited = false;
+    let parents: Vec<u32> = std::iter::once(state.pid).chain(others.iter().map(|m| m.pid)).collect();
+    for parent in parents {
+        for child in members::being_born(state, parent) {
+            waited |= wait_for_birth(state, parent, child).unwrap_or(false);
+        }
+    }
+    Some(if waited { members::others(state) } else { others })
+}
+
+/// Runs one job over the tree, one at a time.
+fn run_job(
+    state: &ProcessState,
+    job: Job<'_>,
+    others: Vec<Member>,
+    client_gone: Option<ClientGone<'_>>,
+) -> Result<Report, Problem> {
     let _busy = BUSY.try_lock().map_err(|_| {
         Problem::new("another update is in progress in this program's tree; nothing was changed")
             .with_help("wait for it to finish and try again; `pyreload status` shows the history")
     })?;
     let started = Instant::now();
-    let mut tree = Tree::new(state, spec_path, spec_text, &spec, client_gone);
+    let changes = job.mode != Mode::Check;
+    let mut tree = Tree::new(state, job, client_gone);
     let root = members::this(state);
     let mut report = tree.run(root, others);
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -117,11 +189,58 @@ pub fn apply(
         .members
         .iter()
         .any(|m| m.pid == state.pid && m.outcome != MemberOutcome::Unaffected);
-    if !root_took_part {
+    if changes && !root_took_part {
         state.record_attempt(&report);
     }
     tree.forget_old_decisions();
     Ok(report)
+}
+
+/// What a tree-wide rollback needs of an update applied to the tree.
+#[derive(Clone)]
+struct TreeUpdate {
+    name: String,
+    from: Option<String>,
+    modules: Vec<String>,
+}
+
+/// The tree's committed updates, newest last (the root's alone: no member
+/// coordinates a tree).
+static TREE_UPDATES: Mutex<Vec<TreeUpdate>> = Mutex::new(Vec::new());
+
+/// As many as a process keeps for `pyreload rollback` by default.
+const TREE_UPDATES_KEPT: usize = 16;
+
+fn push_tree_update(update: TreeUpdate) {
+    let mut updates = TREE_UPDATES.lock().unwrap_or_else(|p| p.into_inner());
+    updates.push(update);
+    if updates.len() > TREE_UPDATES_KEPT {
+        updates.remove(0);
+    }
+}
+
+fn last_tree_update() -> Option<TreeUpdate> {
+    TREE_UPDATES.lock().unwrap_or_else(|p| p.into_inner()).last().cloned()
+}
+
+fn pop_tree_update() {
+    TREE_UPDATES.lock().unwrap_or_else(|p| p.into_inner()).pop();
+}
+
+/// What the tree does, round by round: apply a spec, check one, or roll
+/// the last update back.
+struct Job<'a> {
+    mode: Mode,
+    spec_path: &'a str,
+    spec_text: &'a str,
+    /// The spec of an update or a check (a rollback has none).
+    spec: Option<&'a spec::Spec>,
+    /// The report's name and target version.
+    update: String,
+    to: String,
+    /// Each member's wait for its safe point, and its commit's bound.
+    timeout: Duration,
+    commit_timeout: Duration,
 }
 
 /// Waits up to [`BORN_WAIT`] for a child being born to bind its control
@@ -187,9 +306,7 @@ enum Heard {
 
 struct Tree<'a> {
     state: &'a ProcessState,
-    spec_path: &'a str,
-    spec_text: &'a str,
-    spec: &'a spec::Spec,
+    job: Job<'a>,
     client_gone: Option<ClientGone<'a>>,
     decision: std::path::PathBuf,
     peers: Vec<Peer>,
@@ -204,13 +321,7 @@ struct Tree<'a> {
 }
 
 impl<'a> Tree<'a> {
-    fn new(
-        state: &'a ProcessState,
-        spec_path: &'a str,
-        spec_text: &'a str,
-        spec: &'a spec::Spec,
-        client_gone: Option<ClientGone<'a>>,
-    ) -> Tree<'a> {
+    fn new(state: &'a ProcessState, job: Job<'a>, client_gone: Option<ClientGone<'a>>) -> Tree<'a> {
         let (tx, rx) = channel();
         let update_id = format!("{}-{}", state.pid, crate::process::member_wire::monotonic_ns());
         let dir = state.identity.tree_dir();
@@ -222,9 +333,7 @@ impl<'a> Tree<'a> {
             round: "prepare",
             bell,
             state,
-            spec_path,
-            spec_text,
-            spec,
+            job,
             client_gone,
             decision,
             peers: Vec::new(),
@@ -255,7 +364,7 @@ impl<'a> Tree<'a> {
             })
             .collect();
         *PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = Some(TreeProgress {
-            update: self.spec.update.name.get_ref().clone(),
+            update: self.job.update.clone(),
             round: round.into(),
             members,
         });
@@ -272,7 +381,7 @@ impl<'a> Tree<'a> {
         }
         let wait_deadline = Instant::now() + self.wait_timeout() + STAGE_GRACE;
         self.show("prepare");
-        if self.prepare_round() && self.stage_round(wait_deadline) {
+        if self.prepare_round() && self.job.mode != Mode::Check && self.stage_round(wait_deadline) {
             self.commit_round(wait_deadline);
         }
         self.abort_the_rest();
@@ -288,11 +397,11 @@ impl<'a> Tree<'a> {
     }
 
     fn wait_timeout(&self) -> Duration {
-        Duration::from_millis(self.spec.safe_point.timeout_ms())
+        self.job.timeout
     }
 
     fn commit_timeout(&self) -> Duration {
-        Duration::from_millis(self.spec.safe_point.commit_timeout_ms())
+        self.job.commit_timeout
     }
 
     /// Opens a conversation with one member.
@@ -313,9 +422,10 @@ impl<'a> Tree<'a> {
         };
         let request = Request::Member {
             protocol: PROTOCOL_VERSION,
-            spec_path: self.spec_path.to_string(),
-            spec_text: self.spec_text.to_string(),
+            spec_path: self.job.spec_path.to_string(),
+            spec_text: self.job.spec_text.to_string(),
             decision: self.decision.display().to_string(),
+            mode: self.job.mode.clone(),
         };
         let opened = UnixStream::connect(&peer.member.socket).and_then(|stream| {
             let stream = Tracked::new(stream);
@@ -508,6 +618,17 @@ impl<'a> Tree<'a> {
                         peer.stand = Stand::Prepared;
                     }
                 }
+                Some(Heard::Reply(MemberReply::Checked { modules, report })) => {
+                    let report = (**report).clone();
+                    self.peers[i].modules = modules.clone();
+                    self.peers[i].from = report.from.clone();
+                    if let Some(problem) = &report.problem {
+                        self.blame(i, Some(problem.clone()));
+                        self.finish(i, MemberOutcome::Refused, Some(report), None);
+                    } else {
+                        self.finish(i, MemberOutcome::Checked, Some(report), None);
+                    }
+                }
                 Some(other) => self.refused_before_commit(i, other, "prepared"),
                 None => {
                     let problem = Problem::new("did not prepare in time");
@@ -532,7 +653,8 @@ impl<'a> Tree<'a> {
             .iter()
             .map(|p| format!("{} ({})", p.member.pid, p.member.role))
             .collect();
-        for reload in &self.spec.reload {
+        let Some(spec) = self.job.spec else { return true };
+        for reload in &spec.reload {
             let module = reload.module.get_ref();
             let loading: Vec<u32> = self
                 .peers
@@ -679,7 +801,10 @@ impl<'a> Tree<'a> {
             self.hear_commits(&who);
         }
         let committed = self.at(Stand::Committed);
-        if self.problem.is_none() {
+        // A rollback cannot be undone in turn: the members that rolled back
+        // stay so, and the report names the one that did not.
+        let rollback = matches!(self.job.mode, Mode::Rollback(_));
+        if self.problem.is_none() || rollback {
             for &i in &committed {
                 self.send(i, Step::Keep);
                 self.finish_committed(i);
@@ -859,10 +984,18 @@ impl<'a> Tree<'a> {
         }
         let peer = &self.peers[i];
         let mut problem = problem.unwrap_or_else(|| Problem::new("failed"));
-        problem.message = format!(
-            "the commit failed in member pid {} ({}): {}; every member's merge was undone",
-            peer.member.pid, peer.member.role, problem.message
-        );
+        problem.message = if matches!(self.job.mode, Mode::Rollback(_)) {
+            format!(
+                "the rollback failed in member pid {} ({}): {}; the members that rolled back run {} again, and the \
+                 others still run the version they had (see the members below)",
+                peer.member.pid, peer.member.role, problem.message, self.job.to
+            )
+        } else {
+            format!(
+                "the commit failed in member pid {} ({}): {}; every member that had committed was rolled back",
+                peer.member.pid, peer.member.role, problem.message
+            )
+        };
         self.problem = Some(problem);
     }
 
@@ -912,18 +1045,19 @@ impl<'a> Tree<'a> {
     /// The tree's report: the members', summed up.
     fn report(&mut self) -> Report {
         let mut report = Report::begin(
-            self.spec.update.name.get_ref().clone(),
+            self.job.update.clone(),
             self.state.name.clone(),
             self.state.pid,
             self.peers
                 .first()
                 .and_then(|p| p.from.clone())
                 .or_else(|| self.state.version()),
-            self.spec.update.to.get_ref().clone(),
+            self.job.to.clone(),
         );
         let committed = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
         let rolled_back = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::RolledBack));
-        if self.problem.is_none() && !committed && !rolled_back {
+        let checked = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Checked));
+        if self.problem.is_none() && !committed && !rolled_back && !checked {
             let exited = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Exited));
             self.problem = Some(if exited {
                 Problem::new(
@@ -936,6 +1070,7 @@ impl<'a> Tree<'a> {
             });
         }
         report.outcome = match (&self.problem, committed, rolled_back) {
+            (None, _, _) if checked || self.job.mode == Mode::Check => Outcome::Checked,
             (None, true, _) => Outcome::Committed,
             (Some(_), _, true) => Outcome::RolledBack,
             (Some(p), _, _) if p.message.contains("went away") => Outcome::Cancelled,
@@ -993,10 +1128,10 @@ impl<'a> Tree<'a> {
                     role: p.member.role.clone(),
                     from: p.from.clone(),
                     to: match outcome {
-                        MemberOutcome::Committed => Some(self.spec.update.to.get_ref().clone()),
+                        MemberOutcome::Committed => Some(self.job.to.clone()),
                         // A member that loads none of the modules follows
                         // the tree's version.
-                        MemberOutcome::Unaffected if committed => Some(self.spec.update.to.get_ref().clone()),
+                        MemberOutcome::Unaffected if committed => Some(self.job.to.clone()),
                         MemberOutcome::Exited => None,
                         _ => p.from.clone(),
                     },

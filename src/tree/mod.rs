@@ -27,4 +27,4 @@
 pub mod coordinator;
 pub mod members;
 
-pub use coordinator::{apply, has_members, progress};
+pub use coordinator::{apply, progress, rollback};
