@@ -467,7 +467,7 @@ impl Report {
                     .filter(|m| m.outcome == MemberOutcome::Committed)
                     .count(),
                 self.skew_ms
-                    .map(|s| format!(", skew {s:.3} ms between the first and the last release"))
+                    .map(|s| format!(", skew {s:.3} ms between the first and the last commit"))
                     .unwrap_or_default()
             );
             for m in &self.members {

@@ -94,7 +94,7 @@ pub fn render(p: &TreeProgress) -> Vec<String> {
     let ready = p
         .members
         .iter()
-        .filter(|m| matches!(m.stand.as_str(), "staged" | "frozen" | "merged") || m.stand.starts_with("unaffected"))
+        .filter(|m| matches!(m.stand.as_str(), "staged" | "committed") || m.stand.starts_with("unaffected"))
         .count();
     let mut lines = vec![format!(
         "pyreload: `{}`: {}: {ready}/{} members ready",
