@@ -372,6 +372,9 @@ def table(rows, updates, clients):
               "| apply wall |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ph = r["phases"]
+        if not r["apply_wall_ms"]:  # no update committed (under churn)
+            lines.append(f"| {title(r)} | " + " | ".join(["-"] * 10) + " |")
+            continue
         lines.append(f"| {title(r)} | " + " | ".join(
             f"{pct(ph[k], 50):.2f}" for k in ("prepare_ms", "stage_ms", "stop_ms", "commit_ms", "check_ms",
                                               "resume_ms", "pause_ms", "total_ms"))

@@ -77,6 +77,9 @@ pub enum Request {
         decision: String,
         #[serde(default)]
         mode: crate::process::member_wire::Mode,
+        /// Found after its parent committed (see `Invitation::born_late`).
+        #[serde(default)]
+        born_late: bool,
     },
 }
 

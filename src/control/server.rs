@@ -367,6 +367,7 @@ fn handle(stream: Tracked<UnixStream>, handler: &dyn Handler, request_timeout: D
             spec_text,
             decision,
             mode,
+            born_late,
         }) if protocol == PROTOCOL_VERSION => {
             let _owed = state::current().owe_answer();
             return serve_member(
@@ -374,6 +375,7 @@ fn handle(stream: Tracked<UnixStream>, handler: &dyn Handler, request_timeout: D
                 handler,
                 Invitation {
                     mode,
+                    born_late,
                     spec_path,
                     spec_text,
                     decision: PathBuf::from(decision),

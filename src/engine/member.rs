@@ -68,7 +68,10 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
     Python::attach(|py| {
         let loaded = |name: &str| module_loaded(py, name);
         restrict(&mut spec, &loaded);
-        let modules: Vec<String> = spec.reload.iter().map(|r| r.module.get_ref().clone()).collect();
+        let mut modules: Vec<String> = spec.reload.iter().map(|r| r.module.get_ref().clone()).collect();
+        if invitation.born_late && state.version().as_deref() == Some(spec.update.to.get_ref().as_str()) {
+            modules.clear();
+        }
         if modules.is_empty() {
             // No part in the update, but a version like the tree's: the
             // coordinator's last word says whether the tree moved on.
@@ -356,7 +359,9 @@ fn converse(
         Err(Stop::Refused(problem) | Stop::Abandoned(problem)) => return refuse(link, report, problem),
     };
     session.finish(state, progress, done, report);
-    let forked = crate::process::tree::forks() != forks_at_invitation;
+    // Children forked before the commit run the old version; those
+    // forked after it are born new and need no part.
+    let forked = session.forks_at_commit != forks_at_invitation;
     let sent = link.send(&MemberReply::Released {
         report: Box::new(report.clone()),
         released_at_ns,
@@ -364,12 +369,26 @@ fn converse(
     });
     // The others commit within the same bounds as this one did.
     let lease = session.plan.timeout + session.plan.commit_timeout + STAGED_GRACE;
-    if sent.is_err() || !matches!(py.detach(|| link.recv(lease)), Ok(Step::Revert)) {
+    if sent.is_err() || !py.detach(|| told_to_revert(link, lease)) {
         // Kept: every member committed, or the coordinator is gone and
         // cannot tell otherwise.
         return;
     }
     revert(py, state, link, report, session.plan.timeout);
+}
+
+/// Whether the coordinator's last word after this member's commit is
+/// `Revert` (`Keep`, silence and a hang-up all keep it). A `Commit` sent
+/// before the bell was heard is passed over.
+fn told_to_revert(link: &mut dyn Link, lease: Duration) -> bool {
+    let until = Instant::now() + lease;
+    loop {
+        match link.recv(until.saturating_duration_since(Instant::now())) {
+            Ok(Step::Commit) => continue,
+            Ok(step) => return step == Step::Revert,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Rolls this member's commit back because another member failed its

@@ -48,6 +48,8 @@ pub struct Session<'py> {
     point: Option<PointRequest<'static>>,
     staged: Option<stage::Staged>,
     samples: Vec<Option<Py<PyList>>>,
+    /// How many forks this process had made when it committed.
+    pub forks_at_commit: u64,
 }
 
 /// Every other thread stopped, with the safe point holding.
@@ -104,6 +106,7 @@ impl<'py> Session<'py> {
             point: None,
             staged: None,
             samples: Vec::new(),
+            forks_at_commit: 0,
         })
     }
 
@@ -303,6 +306,9 @@ impl<'py> Session<'py> {
                 self.publish(state, &mut done);
                 done
             });
+            // Read while nothing else runs: a fork after this is of the new
+            // version.
+            self.forks_at_commit = crate::process::tree::forks();
             self.release(frozen, report);
             return Ok(done);
         }

@@ -147,6 +147,10 @@ pub fn monotonic_ns() -> u64 {
 /// What the coordinator asks of a member, from its `member` request.
 pub struct Invitation {
     pub mode: Mode,
+    /// A child the coordinator found after its parent committed. One that
+    /// runs the update's version already was forked after that commit,
+    /// from the new version: it takes no part.
+    pub born_late: bool,
     pub spec_path: String,
     pub spec_text: String,
     /// Where the decision is recorded (`engine::member::decide`).

@@ -406,6 +406,17 @@ impl<'a> Tree<'a> {
 
     /// Opens a conversation with one member.
     fn invite(&mut self, member: Member) -> usize {
+        self.invite_as(member, false)
+    }
+
+    /// Invites a child found after its parent committed: if it runs the
+    /// new version already, it was forked after that commit, and is born
+    /// new.
+    fn invite_late(&mut self, member: Member) -> usize {
+        self.invite_as(member, true)
+    }
+
+    fn invite_as(&mut self, member: Member, born_late: bool) -> usize {
         let index = self.peers.len();
         let mut peer = Peer {
             member,
@@ -426,6 +437,7 @@ impl<'a> Tree<'a> {
             spec_text: self.job.spec_text.to_string(),
             decision: self.decision.display().to_string(),
             mode: self.job.mode.clone(),
+            born_late,
         };
         let opened = UnixStream::connect(&peer.member.socket).and_then(|stream| {
             let stream = Tracked::new(stream);
@@ -795,8 +807,11 @@ impl<'a> Tree<'a> {
                 .into_iter()
                 .filter(|&i| self.peers[i].stand == Stand::Staged)
                 .collect();
-            for &i in &who {
-                self.send(i, Step::Commit);
+            // The bell has rung already, for good: they commit once staged.
+            if self.bell.is_err() {
+                for &i in &who {
+                    self.send(i, Step::Commit);
+                }
             }
             self.hear_commits(&who);
         }
@@ -940,7 +955,7 @@ impl<'a> Tree<'a> {
             .into_iter()
             .filter(|m| found.contains(&m.pid))
             .collect();
-        Ok(newcomers.into_iter().map(|m| self.invite(m)).collect())
+        Ok(newcomers.into_iter().map(|m| self.invite_late(m)).collect())
     }
 
     /// Live members not yet asked (their sockets appeared since).
