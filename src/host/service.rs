@@ -63,6 +63,14 @@ impl Handler for Service {
             Request::Member { .. } => Response::Error(Problem::new(
                 "a member conversation is served on its own connection; nothing was changed",
             )),
+            Request::Prepare {
+                spec_path,
+                spec_text,
+                lease_ms,
+                ..
+            } => prepare(state, &spec_path, &spec_text, lease_ms),
+            Request::Commit { id, .. } => answered(engine::prepared::commit_id(state, &id)),
+            Request::Abort { id, .. } => answered(engine::prepared::abort_id(state, &id)),
             Request::Rollback { .. } if crate::tree::has_members(state) => Response::Error(
                 Problem::new(
                     "this program has worker processes, and `pyreload rollback` undoes one process's last update; \
@@ -89,6 +97,42 @@ impl Handler for Service {
 
     fn serve_member(&self, invitation: Invitation, link: &mut dyn Link, coordinator_gone: ClientGone<'_>) {
         engine::member::serve(state::current(), invitation, link, coordinator_gone);
+    }
+}
+
+/// `pyreload prepare`: a program alone holds the update itself; one with
+/// worker processes is refused for now (its tree-wide prepare is not
+/// there yet), with nothing changed.
+fn prepare(state: &'static ProcessState, spec_path: &str, spec_text: &str, lease_ms: u64) -> Response {
+    if !state.identity.is_root()
+        || crate::tree::has_members(state)
+        || crate::process::tree::has_had_members(&state.identity.tree_dir())
+    {
+        return Response::Error(
+            Problem::new(
+                "`pyreload prepare` updates a program without worker processes for now; this one is part of a \
+                 process tree, and preparing one process alone would leave the others on the old version, so \
+                 nothing was changed",
+            )
+            .with_help("use `pyreload apply`, which updates the whole tree, all or none"),
+        );
+    }
+    match engine::prepared::prepare(state, spec_path, spec_text, std::time::Duration::from_millis(lease_ms)) {
+        Ok(engine::prepared::Prepared::Held(prepared, report)) => Response::Prepared { prepared, report },
+        Ok(engine::prepared::Prepared::Refused(report)) => {
+            crate::process::log(format!("pyreload: prepare: {}", report.one_line()));
+            Response::Report(report)
+        }
+        Err(problem) => Response::Error(problem),
+    }
+}
+
+/// The answer to `commit` or `abort`.
+fn answered(result: Result<engine::prepared::Answer, Problem>) -> Response {
+    match result {
+        Ok(engine::prepared::Answer::Report(report)) => Response::Report(report),
+        Ok(engine::prepared::Answer::Fate(fate)) => Response::Fate(fate),
+        Err(problem) => Response::Error(problem),
     }
 }
 
