@@ -59,7 +59,7 @@ use watchdog::Deadline;
 /// earlier versions the engine tracks.
 pub fn status(state: &ProcessState) -> crate::process::wire::ProgramInfo {
     let mut info = state.info(retained::summary());
-    info.prepared = prepared::info();
+    info.prepared = prepared::info().map(Box::new);
     info
 }
 

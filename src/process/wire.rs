@@ -45,7 +45,7 @@ pub struct ProgramInfo {
     /// An update `pyreload prepare` left prepared, waiting for `pyreload
     /// commit` or `abort` (or its lease to end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prepared: Option<PreparedInfo>,
+    pub prepared: Option<Box<PreparedInfo>>,
 }
 
 /// A prepared update (see `engine::prepared`): staged, holding the
