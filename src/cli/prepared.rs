@@ -49,12 +49,16 @@ pub struct PrepareArgs {
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     pyreload commit 4242-63f1a2b3c4d5e-1\n  \
-    pyreload commit --json 4242-63f1a2b3c4d5e-1\n\n\
+    pyreload commit --json 4242-63f1a2b3c4d5e-1\n  \
+    pyreload commit --at \"$(date -d '+2 seconds' +%s.%N)\" 4242-63f1a2b3c4d5e-1\n\n\
     Waits for the safe point again (the program ran on while the update was prepared) and \
     commits, with the same guarantees and the same report as `apply`: the whole update takes \
     effect, or it is refused or rolled back and the program runs the old version. Asked again, \
     it answers with the same report. An id that was aborted, whose lease ended, that belongs to \
-    another program, or from before the program restarted, is refused with the reason. \
+    another program, or from before the program restarted, is refused with the reason. With \
+    --at, the commit is sent at that moment (wall clock), not before: an orchestrator that gives \
+    every host the same moment has them switch within the agreement of their clocks, not the \
+    spread of its own connections. \
     Exit status: 0 committed, 1 refused, rolled back or gone, 2 bad id or no program.")]
 pub struct CommitArgs {
     /// The update's id, as `pyreload prepare` printed it
@@ -64,6 +68,9 @@ pub struct CommitArgs {
     /// (by default the id's pid names the program)
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Commit at this moment, in seconds since the Unix epoch (`date +%s.%N`), not before
+    #[arg(long, value_name = "UNIX_TIME")]
+    at: Option<f64>,
     /// Print the report as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -212,6 +219,21 @@ fn prepared_text(prepared: &PreparedInfo, report: &crate::report::Report, lease:
 }
 
 pub fn commit(args: CommitArgs) -> i32 {
+    if let Some(at) = args.at {
+        let now = crate::process::state::unix_seconds(std::time::SystemTime::now());
+        if !at.is_finite() || at - now > 3600.0 {
+            eprint!(
+                "{}",
+                Problem::new(format!("--at {at} is more than an hour away (it is {now:.3} now)"))
+                    .with_help("give a moment in seconds since the Unix epoch, e.g. `date -d '+2 seconds' +%s.%N`")
+                    .render(None)
+            );
+            return super::EXIT_USAGE;
+        }
+        if at > now {
+            std::thread::sleep(Duration::from_secs_f64(at - now));
+        }
+    }
     let request = Request::Commit {
         protocol: PROTOCOL_VERSION,
         id: args.id.clone(),
