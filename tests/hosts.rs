@@ -18,11 +18,26 @@ use std::time::Duration;
 
 use common::{ansible, eventually, repo, status, wait_until, ClientTally, Hosted, KvClient, KvServer, Launch, Sandbox};
 
-/// One playbook at a time: each runs three servers, their clients and
-/// Ansible's workers, on a 2-core machine.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+/// At most two playbooks at a time: each runs three servers, their
+/// clients and Ansible's workers, on a 2-core machine.
+fn serial() -> Permit {
+    let mut running = SLOTS.0.lock().unwrap_or_else(|p| p.into_inner());
+    while *running >= 2 {
+        running = SLOTS.1.wait(running).unwrap_or_else(|p| p.into_inner());
+    }
+    *running += 1;
+    Permit
+}
+
+static SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+struct Permit;
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        *SLOTS.0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        SLOTS.1.notify_one();
+    }
 }
 
 /// Clients on one host, each on its own connection, writing keys of its
@@ -66,7 +81,7 @@ impl Load {
                             }
                         }
                         rounds.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(2));
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                     tally
                 })

@@ -76,6 +76,11 @@ pub enum Request {
         spec_path: String,
         spec_text: String,
         decision: String,
+        /// For a prepared update (`pyreload prepare` on a tree): how long
+        /// the coordinator may hold the staged members before it freezes
+        /// them. 0 for `apply`.
+        #[serde(default)]
+        hold_ms: u64,
     },
     /// Do everything `Apply` does up to the commit and hold the update
     /// prepared for `lease_ms` (see `engine::prepared`).

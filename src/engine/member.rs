@@ -37,10 +37,18 @@ pub const FROZEN_LEASE: Duration = Duration::from_secs(2);
 /// the same deadline.
 const STAGED_GRACE: Duration = Duration::from_secs(5);
 
+std::thread_local! {
+    /// How much longer than usual this conversation's coordinator may
+    /// keep the member staged: the lease of a prepared update (see
+    /// `Invitation::hold`), zero for `apply`.
+    static STAGED_HOLD: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
 /// Serves one member conversation to its end. `coordinator_gone` tells,
 /// while the member waits for its safe point, whether the coordinator has
 /// hung up.
 pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, coordinator_gone: ClientGone<'_>) {
+    STAGED_HOLD.with(|h| h.set(invitation.hold));
     let source = SpecSource {
         path: invitation.spec_path.clone(),
         text: invitation.spec_text.clone(),
@@ -89,7 +97,8 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
                 version: state.version(),
             });
             let lasts = Duration::from_millis(spec.safe_point.timeout_ms() + spec.safe_point.commit_timeout_ms())
-                + STAGED_GRACE * 2;
+                + STAGED_GRACE * 2
+                + invitation.hold;
             if sent.is_ok() && matches!(py.detach(|| link.recv(lasts)), Ok(Step::Release)) {
                 state.set_version(Some(spec.update.to.get_ref().clone()));
             }
@@ -170,7 +179,8 @@ fn converse(
         return report.cancel(coordinator_gone());
     }
     loop {
-        let wait_for = session.deadline().saturating_duration_since(Instant::now()) + STAGED_GRACE;
+        let wait_for =
+            session.deadline().saturating_duration_since(Instant::now()) + STAGED_GRACE + STAGED_HOLD.with(|h| h.get());
         match py.detach(|| link.recv(wait_for)) {
             Ok(Step::Freeze) => {}
             Ok(Step::Abort) => return aborted(link, report, Problem::new("another member of the tree refused")),

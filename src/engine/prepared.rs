@@ -70,7 +70,8 @@ pub enum Answer {
     Fate(PreparedFate),
 }
 
-enum Command {
+/// What `commit` or `abort` asks of the held update, with where to answer.
+pub(crate) enum Command {
     Commit(Sender<Answer>),
     Abort(Sender<Answer>),
 }
@@ -164,17 +165,7 @@ pub fn prepare(
         path: spec_path.to_string(),
         text: spec_text.to_string(),
     };
-    let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
-    if lease.is_zero() || lease > MAX_LEASE {
-        return Err(Problem::new(format!(
-            "a lease of {} ms is out of range; nothing was changed",
-            lease.as_millis()
-        ))
-        .with_help("give a lease between 1 ms and 24 h, e.g. `--lease 60s`"));
-    }
-    if let Some(problem) = busy_problem() {
-        return Err(problem);
-    }
+    let spec = precheck(&source, lease)?;
     let (ready_tx, ready_rx) = channel();
     std::thread::Builder::new()
         .name("pyreload-prepared".into())
@@ -211,7 +202,6 @@ fn hold(
     let started = Instant::now();
     let mut report = report_for(state, &spec);
     let progress = Progress::begin(state, &report.update, None);
-    let (tx, rx) = channel();
     let mut held_for = Duration::ZERO;
     let ended = Python::attach(|py| {
         let Some(session) = staged(py, state, &progress, &source, &spec, &mut report) else {
@@ -222,32 +212,10 @@ fn hold(
         };
         let mut session = session;
         session.let_points_go();
-        let now = SystemTime::now();
-        let mut registry = registry();
-        registry.issued += 1;
-        let info = PreparedInfo {
-            id: format!("{}-{}-{}", state.pid, instance(state), registry.issued),
-            update: report.update.clone(),
-            spec: source.path.clone(),
-            prepared_at: unix_seconds(now),
-            expires_at: unix_seconds(now + lease),
-            lease_left_s: lease.as_secs_f64(),
-        };
-        registry.held = Some(Held {
-            info: info.clone(),
-            holding: Holding::Open,
-            tx,
-        });
-        drop(registry);
+        let (info, rx) = register(state, &report.update, &source.path, lease);
         report.outcome = Outcome::Checked;
         report.prepared_id = Some(info.id.clone());
         progress.enter(Phase::Prepared);
-        crate::process::log(format!(
-            "pyreload: prepared update `{}` ({}); it aborts by itself unless committed within {} ms",
-            info.update,
-            info.id,
-            lease.as_millis()
-        ));
         let _ = ready.send(Ok(Prepared::Held(info.clone(), Box::new(report.clone()))));
         let held_at = Instant::now();
         let command = py.detach(move || next_command(state, &rx, held_at + lease));
@@ -261,6 +229,48 @@ fn hold(
     drop(gate);
     let Some((fate, reply)) = ended else { return };
     state.record_attempt(&report);
+    conclude(fate, &report, reply);
+}
+
+/// Registers a prepared update under a new id, logs it, and returns
+/// where its commands arrive. The lease runs from now.
+pub(crate) fn register(
+    state: &ProcessState,
+    update: &str,
+    spec_path: &str,
+    lease: Duration,
+) -> (PreparedInfo, Receiver<Command>) {
+    let (tx, rx) = channel();
+    let now = SystemTime::now();
+    let mut registry = registry();
+    registry.issued += 1;
+    let info = PreparedInfo {
+        id: format!("{}-{}-{}", state.pid, instance(state), registry.issued),
+        update: update.to_string(),
+        spec: spec_path.to_string(),
+        prepared_at: unix_seconds(now),
+        expires_at: unix_seconds(now + lease),
+        lease_left_s: lease.as_secs_f64(),
+    };
+    registry.held = Some(Held {
+        info: info.clone(),
+        holding: Holding::Open,
+        tx,
+    });
+    drop(registry);
+    crate::process::log(format!(
+        "pyreload: prepared update `{}` ({}); it aborts by itself unless committed within {} ms",
+        info.update,
+        info.id,
+        lease.as_millis()
+    ));
+    (info, rx)
+}
+
+/// Once a held update is over (its report recorded, the update gate let
+/// go): logs its fate, keeps it for later commands, and answers the
+/// command that ended it.
+pub(crate) fn conclude(fate: PreparedFate, report: &Report, reply: Option<Sender<Answer>>) {
     crate::process::log(format!(
         "pyreload: prepared update `{}` ({}): {}",
         fate.update, fate.id, fate.why
@@ -280,6 +290,63 @@ fn hold(
     if let Some(reply) = reply {
         let _ = reply.send(answer);
     }
+}
+
+/// A fate, decided now.
+pub(crate) fn fate(info: &PreparedInfo, state: &str, why: String) -> PreparedFate {
+    PreparedFate {
+        id: info.id.clone(),
+        update: info.update.clone(),
+        state: state.into(),
+        at: unix_seconds(SystemTime::now()),
+        why,
+    }
+}
+
+/// The fate of a commit that was tried, from its report's outcome.
+pub(crate) fn committed_fate(info: &PreparedInfo, outcome: Outcome) -> PreparedFate {
+    match outcome {
+        Outcome::Committed => fate(info, "committed", "committed by `pyreload commit`".into()),
+        Outcome::RolledBack => fate(
+            info,
+            "rolled_back",
+            "`pyreload commit` failed in the commit and was rolled back; nothing changed".into(),
+        ),
+        _ => fate(
+            info,
+            "refused",
+            "`pyreload commit` was refused before the commit; nothing changed".into(),
+        ),
+    }
+}
+
+/// Why a held update ended without a commit.
+pub(crate) fn expired_why(lease: Duration) -> String {
+    format!(
+        "expired: nobody committed it within its lease of {}, so it was aborted by itself; nothing was changed",
+        describe(lease)
+    )
+}
+
+pub(crate) const EXITING_WHY: &str =
+    "the program began to exit while the update was prepared; it was aborted, nothing was changed";
+pub(crate) const ABORTED_WHY: &str = "aborted by `pyreload abort`; nothing was changed";
+
+/// Checks a prepare request before anything is held: the spec parses, the
+/// lease is in range, and no update is prepared already.
+pub(crate) fn precheck(source: &SpecSource, lease: Duration) -> Result<spec::Spec, Problem> {
+    let spec = spec::parse(source).map_err(|mut problems| problems.remove(0))?;
+    if lease.is_zero() || lease > MAX_LEASE {
+        return Err(Problem::new(format!(
+            "a lease of {} ms is out of range; nothing was changed",
+            lease.as_millis()
+        ))
+        .with_help("give a lease between 1 ms and 24 h, e.g. `--lease 60s`"));
+    }
+    if let Some(problem) = busy_problem() {
+        return Err(problem);
+    }
+    Ok(spec)
 }
 
 /// Prepare, wait and stage, as `apply` does them; None (with the report
@@ -331,7 +398,7 @@ fn staged<'py>(
 }
 
 /// Why the held update stops waiting.
-enum Next {
+pub(crate) enum Next {
     Told(Command),
     Expired,
     Exiting,
@@ -339,7 +406,7 @@ enum Next {
 
 /// Waits (GIL released) for a command, the end of the lease, or the
 /// program's exit.
-fn next_command(state: &ProcessState, rx: &Receiver<Command>, until: Instant) -> Next {
+pub(crate) fn next_command(state: &ProcessState, rx: &Receiver<Command>, until: Instant) -> Next {
     loop {
         let now = Instant::now();
         if state.exit_requested() {
@@ -381,48 +448,23 @@ fn finish(
     lease: Duration,
     report: &mut Report,
 ) -> (PreparedFate, Option<Sender<Answer>>) {
-    let fate = |state: &str, why: String| PreparedFate {
-        id: info.id.clone(),
-        update: info.update.clone(),
-        state: state.into(),
-        at: unix_seconds(SystemTime::now()),
-        why,
-    };
     let (done, reply) = match command {
         Next::Told(Command::Commit(reply)) => {
             commit(state, progress, &mut session, report);
-            let done = match report.outcome {
-                Outcome::Committed => fate("committed", "committed by `pyreload commit`".into()),
-                Outcome::RolledBack => fate(
-                    "rolled_back",
-                    "`pyreload commit` failed in the commit and was rolled back; nothing changed".into(),
-                ),
-                _ => fate(
-                    "refused",
-                    "`pyreload commit` was refused before the commit; nothing changed".into(),
-                ),
-            };
-            (done, Some(reply))
+            (committed_fate(info, report.outcome), Some(reply))
         }
         Next::Told(Command::Abort(reply)) => {
-            report.cancel(Problem::new("aborted by `pyreload abort`; nothing was changed"));
-            (
-                fate("aborted", "aborted by `pyreload abort`; nothing was changed".into()),
-                Some(reply),
-            )
+            report.cancel(Problem::new(ABORTED_WHY));
+            (fate(info, "aborted", ABORTED_WHY.into()), Some(reply))
         }
         Next::Expired => {
-            let why = format!(
-                "expired: nobody committed it within its lease of {}, so it was aborted by itself; nothing was changed",
-                describe(lease)
-            );
+            let why = expired_why(lease);
             report.cancel(Problem::new(why.clone()));
-            (fate("expired", why), None)
+            (fate(info, "expired", why), None)
         }
         Next::Exiting => {
-            let why = "the program began to exit while the update was prepared; it was aborted, nothing was changed";
-            report.cancel(Problem::new(why));
-            (fate("cancelled", why.into()), None)
+            report.cancel(Problem::new(EXITING_WHY));
+            (fate(info, "cancelled", EXITING_WHY.into()), None)
         }
     };
     report.prepared_id = Some(info.id.clone());

@@ -100,24 +100,31 @@ impl Handler for Service {
     }
 }
 
-/// `pyreload prepare`: a program alone holds the update itself; one with
-/// worker processes is refused for now (its tree-wide prepare is not
-/// there yet), with nothing changed.
+/// `pyreload prepare`: a program alone holds the update itself; the root
+/// of a tree holds it across every member. A member asked directly is
+/// refused: preparing it alone would leave the others on the old version.
 fn prepare(state: &'static ProcessState, spec_path: &str, spec_text: &str, lease_ms: u64) -> Response {
-    if !state.identity.is_root()
-        || crate::tree::has_members(state)
-        || crate::process::tree::has_had_members(&state.identity.tree_dir())
-    {
+    if !state.identity.is_root() {
         return Response::Error(
-            Problem::new(
-                "`pyreload prepare` updates a program without worker processes for now; this one is part of a \
-                 process tree, and preparing one process alone would leave the others on the old version, so \
-                 nothing was changed",
-            )
-            .with_help("use `pyreload apply`, which updates the whole tree, all or none"),
+            Problem::new(format!(
+                "pid {} is a worker process of the program whose root is pid {}; preparing it alone would leave the \
+                 others on the old version, so nothing was changed",
+                state.pid, state.identity.root_pid
+            ))
+            .with_help(format!(
+                "prepare the whole tree: `pyreload prepare --pid {} SPEC`",
+                state.identity.root_pid
+            )),
         );
     }
-    match engine::prepared::prepare(state, spec_path, spec_text, std::time::Duration::from_millis(lease_ms)) {
+    let lease = std::time::Duration::from_millis(lease_ms);
+    let tree = crate::tree::has_members(state) || crate::process::tree::has_had_members(&state.identity.tree_dir());
+    let prepared = if tree {
+        crate::tree::prepared::prepare(state, spec_path, spec_text, lease)
+    } else {
+        engine::prepared::prepare(state, spec_path, spec_text, lease)
+    };
+    match prepared {
         Ok(engine::prepared::Prepared::Held(prepared, report)) => Response::Prepared { prepared, report },
         Ok(engine::prepared::Prepared::Refused(report)) => {
             crate::process::log(format!("pyreload: prepare: {}", report.one_line()));

@@ -104,8 +104,10 @@ pub fn apply(
     };
     let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
     let _busy = BUSY.try_lock().map_err(|_| {
-        Problem::new("another update is in progress in this program's tree; nothing was changed")
-            .with_help("wait for it to finish and try again; `pyreload status` shows the history")
+        crate::engine::prepared::busy_problem().unwrap_or_else(|| {
+            Problem::new("another update is in progress in this program's tree; nothing was changed")
+                .with_help("wait for it to finish and try again; `pyreload status` shows the history")
+        })
     })?;
     let started = Instant::now();
     let mut tree = Tree::new(state, spec_path, spec_text, &spec, client_gone);
@@ -114,6 +116,53 @@ pub fn apply(
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     // The root records its own part when it has one; a root with no part
     // (gunicorn's master without --preload) records the tree's.
+    let root_took_part = report
+        .members
+        .iter()
+        .any(|m| m.pid == state.pid && m.outcome != MemberOutcome::Unaffected);
+    if !root_took_part {
+        state.record_attempt(&report);
+    }
+    tree.forget_old_decisions();
+    Ok(report)
+}
+
+/// `pyreload prepare` on a tree: the rounds of [`apply`] up to the stage,
+/// then `hold` (members are told they may be held `hold_for` longer than
+/// usual), then, if it says so, the freeze and the rest as `apply` does
+/// them. The coordinator needs no client: `pyreload prepare` has its answer
+/// from `hold`, and commits and aborts arrive there.
+pub fn apply_held(
+    state: &ProcessState,
+    spec_path: &str,
+    spec_text: &str,
+    hold_for: Duration,
+    hold: Hold<'_>,
+) -> Result<Report, Problem> {
+    let source = SpecSource {
+        path: spec_path.to_string(),
+        text: spec_text.to_string(),
+    };
+    let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
+    let mut others = members::others(state);
+    let mut waited = false;
+    for child in members::being_born(state, state.pid) {
+        waited |= wait_for_birth(state, state.pid, child).unwrap_or(false);
+    }
+    if waited {
+        others = members::others(state);
+    }
+    let _busy = BUSY.try_lock().map_err(|_| {
+        Problem::new("another update is in progress in this program's tree; nothing was changed")
+            .with_help("wait for it to finish and try again; `pyreload status` shows the history")
+    })?;
+    let started = Instant::now();
+    let mut tree = Tree::new(state, spec_path, spec_text, &spec, None);
+    tree.hold = Some(hold);
+    tree.hold_for = hold_for;
+    let root = members::this(state);
+    let mut report = tree.run(root, others);
+    report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     let root_took_part = report
         .members
         .iter()
@@ -194,7 +243,24 @@ struct Tree<'a> {
     rx: Receiver<(usize, Heard)>,
     /// The reason the whole update stops, once there is one.
     problem: Option<Problem>,
+    /// `pyreload prepare`: where the staged tree is held (see
+    /// [`apply_held`]), and for how long at most.
+    hold: Option<Hold<'a>>,
+    hold_for: Duration,
 }
+
+/// What the hold of a prepared tree-wide update decided.
+pub enum Held {
+    /// Freeze and commit, as `apply` goes on after the stage round.
+    Commit,
+    /// Stop: every member aborts, nothing changed.
+    Abort(Problem),
+}
+
+/// Called once every member has staged, with what the tree did so far;
+/// returns when the update is to go on, or not. It must not enter Python
+/// (the root's own member waits, staged, in another thread).
+pub type Hold<'a> = &'a mut dyn FnMut(Report) -> Held;
 
 impl<'a> Tree<'a> {
     fn new(
@@ -220,6 +286,8 @@ impl<'a> Tree<'a> {
             tx,
             rx,
             problem: None,
+            hold: None,
+            hold_for: Duration::ZERO,
         }
     }
 
@@ -257,8 +325,10 @@ impl<'a> Tree<'a> {
         let wait_deadline = Instant::now() + self.wait_timeout() + STAGE_GRACE;
         self.show("prepare");
         if self.prepare_round() && self.stage_round(wait_deadline) {
-            self.show("freeze");
-            self.freeze_and_commit(wait_deadline);
+            if let Some(wait_deadline) = self.hold_staged(wait_deadline) {
+                self.show("freeze");
+                self.freeze_and_commit(wait_deadline);
+            }
         }
         self.abort_the_rest();
         *PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -270,6 +340,60 @@ impl<'a> Tree<'a> {
             }
         }
         self.report()
+    }
+
+    /// `pyreload prepare`: every member has staged; holds the tree there
+    /// until the hold says. The freeze's deadline then counts from the
+    /// commit. None when the update stops here.
+    fn hold_staged(&mut self, deadline: Instant) -> Option<Instant> {
+        if self.hold.is_none() {
+            return Some(deadline);
+        }
+        let so_far = self.staged_report();
+        self.show("prepared");
+        let hold = self.hold.as_mut().expect("a hold, checked above");
+        match hold(so_far) {
+            Held::Commit => Some(Instant::now() + self.wait_timeout() + STAGE_GRACE),
+            Held::Abort(problem) => {
+                self.problem = Some(problem);
+                None
+            }
+        }
+    }
+
+    /// What a staged tree can say before its commit.
+    fn staged_report(&self) -> Report {
+        let mut report = Report::begin(
+            self.spec.update.name.get_ref().clone(),
+            self.state.name.clone(),
+            self.state.pid,
+            self.peers
+                .first()
+                .and_then(|p| p.from.clone())
+                .or_else(|| self.state.version()),
+            self.spec.update.to.get_ref().clone(),
+        );
+        report.outcome = Outcome::Checked;
+        for peer in self.peers.iter().filter(|p| p.stand == Stand::Staged) {
+            for m in &peer.modules {
+                if !report.modules.iter().any(|r| &r.module == m) {
+                    report.modules.push(ModuleReport {
+                        module: m.clone(),
+                        ..ModuleReport::default()
+                    });
+                }
+            }
+        }
+        let staged: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.stand == Stand::Staged)
+            .map(|p| format!("pid {} ({})", p.member.pid, p.member.role))
+            .collect();
+        report
+            .warnings
+            .push(format!("staged in {} member(s): {}", staged.len(), staged.join(", ")));
+        report
     }
 
     fn wait_timeout(&self) -> Duration {
@@ -300,6 +424,7 @@ impl<'a> Tree<'a> {
             spec_path: self.spec_path.to_string(),
             spec_text: self.spec_text.to_string(),
             decision: self.decision.display().to_string(),
+            hold_ms: self.hold_for.as_millis() as u64,
         };
         let opened = UnixStream::connect(&peer.member.socket).and_then(|stream| {
             let stream = Tracked::new(stream);

@@ -23,5 +23,6 @@
 
 pub mod coordinator;
 pub mod members;
+pub mod prepared;
 
 pub use coordinator::{apply, has_members, progress};
