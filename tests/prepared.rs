@@ -272,3 +272,29 @@ fn prepare_reports_spec_errors_with_their_place_and_refusals_as_reports() {
     assert_eq!(lease.status.code(), Some(2));
     assert!(stderr(&lease).contains("is not a duration"), "{}", stderr(&lease));
 }
+
+#[test]
+fn a_program_that_exits_while_prepared_exits_cleanly_and_its_id_is_gone() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let (code, prepared) = prepare(&sandbox, &server, "10m");
+    assert_eq!(code, 0, "{}", sandbox.transcript());
+    let id = prepared["id"].as_str().unwrap().to_string();
+    let pid = server.hosted.pid();
+    let before = server.hosted.stderr();
+    assert!(
+        before.contains(&format!("prepared update `v1-to-v2` ({id})")),
+        "{before}"
+    );
+    // SIGTERM: the server's own shutdown, then pyreload's exit hook, which
+    // gives up the prepared update rather than wait for its ten-minute
+    // lease (shut_down_cleanly allows 60 s).
+    server.shut_down_cleanly();
+    let out = sandbox.run(&["commit", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        unwrapped(&stderr(&out)).contains(&format!("pid {pid}, which prepared it, no longer runs")),
+        "{}",
+        stderr(&out)
+    );
+}
