@@ -21,22 +21,34 @@ use common::{ansible, eventually, repo, status, wait_until, ClientTally, Hosted,
 /// At most two playbooks at a time: each runs three servers, their
 /// clients and Ansible's workers, on a 2-core machine.
 fn serial() -> Permit {
+    take(1)
+}
+
+/// The playbook whose commit skew is measured runs alone: with another
+/// playbook beside it on two cores, Ansible can take longer than the
+/// commit delay to start every host's commit, and the figure would be
+/// Ansible's.
+fn alone() -> Permit {
+    take(2)
+}
+
+fn take(slots: usize) -> Permit {
     let mut running = SLOTS.0.lock().unwrap_or_else(|p| p.into_inner());
-    while *running >= 2 {
+    while *running + slots > 2 {
         running = SLOTS.1.wait(running).unwrap_or_else(|p| p.into_inner());
     }
-    *running += 1;
-    Permit
+    *running += slots;
+    Permit(slots)
 }
 
 static SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
-struct Permit;
+struct Permit(usize);
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        *SLOTS.0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        SLOTS.1.notify_one();
+        *SLOTS.0.lock().unwrap_or_else(|p| p.into_inner()) -= self.0;
+        SLOTS.1.notify_all();
     }
 }
 
@@ -321,7 +333,7 @@ impl Fleet {
 
 #[test]
 fn the_playbook_updates_three_hosts_under_load() {
-    let _serial = serial();
+    let _alone = alone();
     let fleet = Fleet::start();
     let loads: Vec<Load> = fleet.hosts.iter().map(|h| Load::start(h.server.port, 2)).collect();
     for load in &loads {

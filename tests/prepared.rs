@@ -298,3 +298,28 @@ fn a_program_that_exits_while_prepared_exits_cleanly_and_its_id_is_gone() {
         stderr(&out)
     );
 }
+
+#[test]
+fn commit_at_a_moment_waits_for_it_and_refuses_one_far_away() {
+    let sandbox = Sandbox::new();
+    let server = KvServer::start(&sandbox, "v1", "1.0");
+    let (_, prepared) = prepare(&sandbox, &server, "60s");
+    let id = prepared["id"].as_str().unwrap().to_string();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let far = format!("{:.3}", now() + 7200.0);
+    let out = sandbox.run(&["commit", "--at", &far, &id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("more than an hour away"), "{}", stderr(&out));
+    assert_eq!(server.ask("VERSION"), "VERSION 1.0", "nothing was sent");
+    let at = now() + 0.3;
+    let out = sandbox.run(&["commit", "--json", "--at", &format!("{at:.6}"), &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", sandbox.transcript());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["released_at"].as_f64().unwrap() >= at, "{report:#}");
+    assert_eq!(server.ask("VERSION"), "VERSION 2.0");
+}

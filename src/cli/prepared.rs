@@ -230,15 +230,12 @@ pub fn commit(args: CommitArgs) -> i32 {
             );
             return super::EXIT_USAGE;
         }
-        if at > now {
-            std::thread::sleep(Duration::from_secs_f64(at - now));
-        }
     }
     let request = Request::Commit {
         protocol: PROTOCOL_VERSION,
         id: args.id.clone(),
     };
-    send(&args.id, args.socket.as_ref(), &request, args.json, true)
+    send(&args.id, args.socket.as_ref(), &request, args.json, true, args.at)
 }
 
 pub fn abort(args: AbortArgs) -> i32 {
@@ -246,10 +243,12 @@ pub fn abort(args: AbortArgs) -> i32 {
         protocol: PROTOCOL_VERSION,
         id: args.id.clone(),
     };
-    send(&args.id, args.socket.as_ref(), &request, args.json, false)
+    send(&args.id, args.socket.as_ref(), &request, args.json, false, None)
 }
 
-fn send(id: &str, socket: Option<&PathBuf>, request: &Request, json: bool, commit: bool) -> i32 {
+/// Finds the program, waits until `at` (the program found first, so that
+/// the moment is the commit's), and sends the request.
+fn send(id: &str, socket: Option<&PathBuf>, request: &Request, json: bool, commit: bool, at: Option<f64>) -> i32 {
     let found = match find(id, socket) {
         Ok(found) => found,
         Err(problem) => {
@@ -260,6 +259,12 @@ fn send(id: &str, socket: Option<&PathBuf>, request: &Request, json: bool, commi
             return EXIT_REFUSED;
         }
     };
+    if let Some(at) = at {
+        let now = crate::process::state::unix_seconds(std::time::SystemTime::now());
+        if at > now {
+            std::thread::sleep(Duration::from_secs_f64(at - now));
+        }
+    }
     // A commit waits for its safe point and runs the update's own code,
     // each bounded by the spec; this only guards against a wedged program.
     match exchange(&found.socket, request, Some(Duration::from_secs(600))) {
