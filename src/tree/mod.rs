@@ -15,6 +15,11 @@
 //! | decide   | (the coordinator records "commit")         | a silent member: "abort"    |
 //! | release  | lets its threads go: the new version runs  | -                           |
 //!
+//! `pyreload prepare` ([`prepared`]) stops after the stage round and holds
+//! the tree there, every member staged and serving the old version, until
+//! `pyreload commit` (the freeze and the rounds after it) or `pyreload
+//! abort` or the end of its lease (every member aborts).
+//!
 //! Nobody can observe the new version before the release round, so a
 //! failure in any member's commit undoes members that nobody has seen
 //! change. Members forked between rounds (a respawned worker) are found
