@@ -222,6 +222,13 @@ pub struct Report {
     /// versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew_ms: Option<f64>,
+    /// An update committed by `pyreload commit`: its id, and when (wall
+    /// clock, seconds since the Unix epoch) the program ran the new
+    /// version, so that an orchestrator can compare hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<f64>,
 }
 
 /// One member of a process tree, in a tree-wide update's report.
@@ -303,6 +310,8 @@ impl Report {
             warnings: Vec::new(),
             members: Vec::new(),
             skew_ms: None,
+            prepared_id: None,
+            released_at: None,
         }
     }
 

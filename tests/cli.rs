@@ -22,6 +22,9 @@ fn every_subcommand_has_help_with_an_example() {
         "schema",
         "new",
         "watch",
+        "prepare",
+        "commit",
+        "abort",
         "Exit status: 0 success, 1 update refused or rolled back, 2",
     ] {
         assert!(
@@ -43,6 +46,9 @@ fn every_subcommand_has_help_with_an_example() {
         ("schema", "#:schema ./spec.schema.json"),
         ("new", "pyreload new --from case-study/v1 --to case-study/v2"),
         ("watch", "pyreload watch deploy/"),
+        ("prepare", "pyreload prepare --lease 5m --json specs/v1-to-v2.toml"),
+        ("commit", "pyreload commit 4242-63f1a2b3c4d5e-1"),
+        ("abort", "pyreload abort --json 4242-63f1a2b3c4d5e-1"),
     ] {
         let out = sandbox.run(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");

@@ -480,3 +480,115 @@ fn a_program_that_never_forked_is_updated_alone() {
     assert!(report.get("skew_ms").is_none(), "{report:#}");
     assert_eq!(p.ask("app.work()"), "'v2'");
 }
+
+/// `pyreload prepare --json` on the tree's root: the exit status and JSON.
+fn prepare(sandbox: &Sandbox, tree: &Tree, lease: &str) -> (i32, serde_json::Value) {
+    let path = sandbox.write("up.toml", SPEC);
+    let socket = tree.master.socket();
+    let out = sandbox.run(&[
+        "prepare",
+        "--json",
+        "--lease",
+        lease,
+        "--socket",
+        socket.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]);
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("prepare printed no JSON ({e}):\n{}", sandbox.transcript()));
+    (out.status.code().unwrap_or(-1), json)
+}
+
+#[test]
+fn a_tree_prepared_serves_the_old_version_in_every_member_until_its_commit() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, true);
+    sandbox.write("app.py", APP_V2);
+    let (code, prepared) = prepare(&sandbox, &tree, "60s");
+    assert_eq!(code, 0, "{prepared:#}\n{}", sandbox.transcript());
+    let id = prepared["id"].as_str().unwrap().to_string();
+    assert!(
+        prepared["report"]["warnings"]
+            .to_string()
+            .contains("staged in 3 member(s)"),
+        "{prepared:#}"
+    );
+    // Held: every process runs the old version, and the root says so.
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    assert!(versions(&sandbox).iter().all(|(_, v)| v == "'v1'"));
+    assert_eq!(common::status(&tree.master.socket())["prepared"]["id"], id.as_str());
+    let (busy, _) = apply(&sandbox, &tree, SPEC);
+    assert_eq!(busy, 1, "an apply is busy while the tree is prepared");
+    // A worker asked directly refuses: it would be prepared alone.
+    let worker = members(&tree.master.socket())[0]["socket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alone = sandbox.run(&[
+        "prepare",
+        "--socket",
+        &worker,
+        sandbox.path().join("up.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(alone.status.code(), Some(1));
+    assert!(
+        common::unwrapped(&common::stderr(&alone)).contains("is a worker process of the program"),
+        "{}",
+        common::stderr(&alone)
+    );
+
+    let commit = sandbox.run(&["commit", "--json", &id]);
+    assert_eq!(commit.status.code(), Some(0), "{}", sandbox.transcript());
+    let report: serde_json::Value = serde_json::from_slice(&commit.stdout).unwrap();
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    let outcomes = member_outcomes(&report);
+    assert_eq!(outcomes.len(), 3, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
+    assert_eq!(tree.master.ask("app.work()"), "'v2'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+    let again = sandbox.run(&["commit", &id]);
+    assert_eq!(again.status.code(), Some(0), "a second commit answers the same");
+}
+
+#[test]
+fn a_tree_prepared_and_aborted_or_expired_changes_no_member() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, true);
+    sandbox.write("app.py", APP_V2);
+    let (code, prepared) = prepare(&sandbox, &tree, "60s");
+    assert_eq!(code, 0, "{prepared:#}");
+    let id = prepared["id"].as_str().unwrap().to_string();
+    let abort = sandbox.run(&["abort", &id]);
+    assert_eq!(abort.status.code(), Some(0), "{}", sandbox.transcript());
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    assert!(versions(&sandbox).iter().all(|(_, v)| v == "'v1'"));
+
+    let (code, prepared) = prepare(&sandbox, &tree, "500ms");
+    assert_eq!(code, 0, "{prepared:#}");
+    let id = prepared["id"].as_str().unwrap().to_string();
+    common::eventually(Duration::from_secs(30), || {
+        let now = common::status(&tree.master.socket());
+        match now.get("prepared") {
+            None => Ok(()),
+            Some(_) => Err(format!("still prepared: {now:#}")),
+        }
+    });
+    let commit = sandbox.run(&["commit", &id]);
+    assert_eq!(commit.status.code(), Some(1));
+    assert!(
+        common::unwrapped(&common::stderr(&commit)).contains("expired"),
+        "{}",
+        sandbox.transcript()
+    );
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    assert!(versions(&sandbox).iter().all(|(_, v)| v == "'v1'"));
+    // Every member is free again (each lets its update go just after it
+    // answers the abort): an apply goes through the whole tree.
+    common::eventually(Duration::from_secs(30), || match apply(&sandbox, &tree, SPEC) {
+        (0, _) => Ok(()),
+        (_, report) => Err(format!("{report:#}")),
+    });
+    assert!(versions(&sandbox).iter().all(|(_, v)| v == "'v2'"));
+}

@@ -154,7 +154,9 @@ pub fn print_response(response: Response, json: bool, known: Option<(&str, &str)
         | Response::Sources { .. }
         | Response::Loaded(_)
         | Response::Member(_)
-        | Response::Progress { .. } => {
+        | Response::Progress { .. }
+        | Response::Prepared { .. }
+        | Response::Fate(_) => {
             error("the program answered with something other than a report");
             EXIT_REFUSED
         }

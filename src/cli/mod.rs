@@ -8,6 +8,7 @@
 mod apply;
 mod diff;
 mod new;
+mod prepared;
 mod progress;
 mod rollback;
 mod run;
@@ -43,7 +44,8 @@ pub const EXIT_USAGE: i32 = 2;
         pyreload diff specs/v1-to-v2.toml\n  \
         pyreload apply specs/v1-to-v2.toml\n  \
         pyreload status\n  \
-        pyreload rollback\n\n\
+        pyreload rollback\n  \
+        pyreload prepare specs/v1-to-v2.toml    (then: pyreload commit ID, or pyreload abort ID)\n\n\
         Exit status: 0 success, 1 update refused or rolled back, 2 usage, spec or connection error.\n\
         `pyreload run` exits with the program's own status."
 )]
@@ -60,6 +62,9 @@ enum Command {
     Diff(diff::DiffArgs),
     New(new::NewArgs),
     Rollback(rollback::RollbackArgs),
+    Prepare(prepared::PrepareArgs),
+    Commit(prepared::CommitArgs),
+    Abort(prepared::AbortArgs),
     Status(status::StatusArgs),
     Schema(schema::SchemaArgs),
     Watch(watch::WatchArgs),
@@ -97,6 +102,9 @@ pub fn main() -> i32 {
         Command::Diff(args) => diff::diff(args),
         Command::New(args) => new::new(args),
         Command::Rollback(args) => rollback::rollback(args),
+        Command::Prepare(args) => prepared::prepare(args),
+        Command::Commit(args) => prepared::commit(args),
+        Command::Abort(args) => prepared::abort(args),
         Command::Status(args) => status::status(args),
         Command::Schema(args) => schema::schema(args),
         Command::Watch(args) => watch::watch(args),

@@ -164,7 +164,14 @@ fn to_text(info: &ProgramInfo) -> String {
             );
         }
     }
-    if let Some(p) = &info.in_progress {
+    if let Some(p) = &info.prepared {
+        let _ = writeln!(
+            out,
+            "  prepared: `{}` ({}), spec {}; {:.1} s left on its lease (`pyreload commit {}` or `abort`)",
+            p.update, p.id, p.spec, p.lease_left_s, p.id
+        );
+    }
+    if let Some(p) = info.in_progress.as_ref().filter(|_| info.prepared.is_none()) {
         let now = crate::process::state::unix_seconds(std::time::SystemTime::now());
         let _ = writeln!(
             out,

@@ -173,7 +173,9 @@ fn probe(socket: &Path) -> io::Result<Target> {
         | Response::Sources { .. }
         | Response::Loaded(_)
         | Response::Member(_)
-        | Response::Progress { .. } => Err(io::Error::other("unexpected answer to a status request")),
+        | Response::Progress { .. }
+        | Response::Prepared { .. }
+        | Response::Fate(_) => Err(io::Error::other("unexpected answer to a status request")),
     }
 }
 

@@ -15,7 +15,9 @@ use crate::report::Report;
 // The status facts are defined in the bottom layer, which stores them
 // (see `process::wire`); these are the ones the requests and responses
 // name.
-pub use crate::process::wire::{FileState, LoadedProgram, MemberInfo, ModuleSources, ProgramInfo};
+pub use crate::process::wire::{
+    FileState, LoadedProgram, MemberInfo, ModuleSources, PreparedFate, PreparedInfo, ProgramInfo,
+};
 
 /// Bumped when a message changes shape; a client and host that disagree
 /// say so instead of misreading each other.
@@ -80,7 +82,24 @@ pub enum Request {
         /// Found after its parent committed (see `Invitation::born_late`).
         #[serde(default)]
         born_late: bool,
+        /// For a prepared update (`pyreload prepare` on a tree): how long
+        /// the coordinator may hold the staged members before it commits.
+        /// 0 for `apply`.
+        #[serde(default)]
+        hold_ms: u64,
     },
+    /// Do everything `Apply` does up to the commit and hold the update
+    /// prepared for `lease_ms` (see `engine::prepared`).
+    Prepare {
+        protocol: u32,
+        spec_path: String,
+        spec_text: String,
+        lease_ms: u64,
+    },
+    /// Commit the prepared update `id`.
+    Commit { protocol: u32, id: String },
+    /// Drop the prepared update `id`, changing nothing.
+    Abort { protocol: u32, id: String },
 }
 
 impl Request {
@@ -95,7 +114,10 @@ impl Request {
             | Request::Sources { protocol, .. }
             | Request::Loaded { protocol }
             | Request::Rollback { protocol, .. }
-            | Request::Member { protocol, .. } => *protocol,
+            | Request::Member { protocol, .. }
+            | Request::Prepare { protocol, .. }
+            | Request::Commit { protocol, .. }
+            | Request::Abort { protocol, .. } => *protocol,
         }
     }
 }
@@ -115,6 +137,16 @@ pub enum Response {
     Progress {
         progress: Option<crate::process::wire::TreeProgress>,
     },
+    /// The answer to `Prepare` when the update is prepared: its id and
+    /// lease, and the report so far (prepare, wait and stage timings, and
+    /// what would block the safe point now, as warnings).
+    Prepared {
+        prepared: PreparedInfo,
+        report: Box<Report>,
+    },
+    /// The answer to `Abort` (and to a `Commit` of an update already
+    /// over that has no report): what became of it.
+    Fate(PreparedFate),
     /// The request could not be served at all (busy, malformed, wrong
     /// protocol version). Update failures are reports, not errors.
     Error(Problem),

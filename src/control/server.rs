@@ -368,6 +368,7 @@ fn handle(stream: Tracked<UnixStream>, handler: &dyn Handler, request_timeout: D
             decision,
             mode,
             born_late,
+            hold_ms,
         }) if protocol == PROTOCOL_VERSION => {
             let _owed = state::current().owe_answer();
             return serve_member(
@@ -379,6 +380,7 @@ fn handle(stream: Tracked<UnixStream>, handler: &dyn Handler, request_timeout: D
                     spec_path,
                     spec_text,
                     decision: PathBuf::from(decision),
+                    hold: Duration::from_millis(hold_ms),
                 },
             );
         }

@@ -39,10 +39,18 @@ use crate::spec::{self, SpecSource};
 /// same deadline.
 const STAGED_GRACE: Duration = Duration::from_secs(5);
 
+std::thread_local! {
+    /// How much longer than usual this conversation's coordinator may
+    /// keep the member staged: the lease of a prepared update (see
+    /// `Invitation::hold`), zero for `apply`.
+    static STAGED_HOLD: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
 /// Serves one member conversation to its end. `coordinator_gone` tells,
 /// while the member waits for its safe point, whether the coordinator has
 /// hung up.
 pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, coordinator_gone: ClientGone<'_>) {
+    STAGED_HOLD.with(|h| h.set(invitation.hold));
     let Some(_gate) = enter(state, link) else { return };
     if let Mode::Rollback(order) = &invitation.mode {
         return serve_rollback(state, order, &invitation.decision, link);
@@ -77,7 +85,8 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
             // coordinator's last word says whether the tree moved on.
             report.outcome = Outcome::Checked;
             let lasts = Duration::from_millis(spec.safe_point.timeout_ms() + spec.safe_point.commit_timeout_ms())
-                + STAGED_GRACE * 2;
+                + STAGED_GRACE * 2
+                + invitation.hold;
             follow_the_tree(py, state, link, lasts, Some(spec.update.to.get_ref().clone()));
             return;
         }
@@ -318,8 +327,15 @@ fn converse(
     if link.send(&MemberReply::Staged).is_err() {
         return report.cancel(coordinator_gone());
     }
-    let wait_for = session.deadline().saturating_duration_since(Instant::now()) + STAGED_GRACE;
-    let handoff = super::world::QuickHandoff::begin(py).ok();
+    let held = STAGED_HOLD.with(|h| h.get());
+    let wait_for = session.deadline().saturating_duration_since(Instant::now()) + STAGED_GRACE + held;
+    // Not while a prepared update is held (up to its lease): the program
+    // would run with the short interval all that time.
+    let handoff = if held.is_zero() {
+        super::world::QuickHandoff::begin(py).ok()
+    } else {
+        None
+    };
     let step = py.detach(|| link.recv_or_ring(wait_for, &ear));
     drop(handoff);
     match step {

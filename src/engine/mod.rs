@@ -26,6 +26,7 @@ pub mod journal;
 pub mod member;
 pub mod merge;
 pub mod prepare;
+pub mod prepared;
 pub mod progress;
 pub mod retained;
 pub mod rollback;
@@ -57,7 +58,9 @@ use watchdog::Deadline;
 /// What `status` shows about this process: its state, and the objects of
 /// earlier versions the engine tracks.
 pub fn status(state: &ProcessState) -> crate::process::wire::ProgramInfo {
-    state.info(retained::summary())
+    let mut info = state.info(retained::summary());
+    info.prepared = prepared::info().map(Box::new);
+    info
 }
 
 /// In a freshly forked child (GIL held, one thread): renews the engine's
@@ -157,8 +160,10 @@ pub fn apply(
     };
     let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
     let _gate = state.begin_update().map_err(|e| match e {
-        GateError::Busy => Problem::new("another update is in progress in this program; nothing was changed")
-            .with_help("wait for it to finish and try again; `pyreload status` shows the history"),
+        GateError::Busy => prepared::busy_problem().unwrap_or_else(|| {
+            Problem::new("another update is in progress in this program; nothing was changed")
+                .with_help("wait for it to finish and try again; `pyreload status` shows the history")
+        }),
         GateError::Exiting => Problem::new("the program is exiting; nothing was changed"),
     })?;
     let mut report = report_for(state, &spec);

@@ -216,6 +216,13 @@ impl<'py> Session<'py> {
         }
     }
 
+    /// Stops holding threads at the spec's update point: for an update
+    /// held prepared (see [`super::prepared`]), whose program must go on
+    /// serving until the commit. The next [`Session::wait`] asks again.
+    pub fn let_points_go(&mut self) {
+        self.point = None;
+    }
+
     /// After a blocked freeze: waits for the next attempt. False once the
     /// spec's `timeout_ms` has passed.
     fn next_attempt(&mut self) -> bool {

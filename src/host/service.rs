@@ -63,6 +63,14 @@ impl Handler for Service {
             Request::Member { .. } => Response::Error(Problem::new(
                 "a member conversation is served on its own connection; nothing was changed",
             )),
+            Request::Prepare {
+                spec_path,
+                spec_text,
+                lease_ms,
+                ..
+            } => prepare(state, &spec_path, &spec_text, lease_ms),
+            Request::Commit { id, .. } => answered(engine::prepared::commit_id(state, &id)),
+            Request::Abort { id, .. } => answered(engine::prepared::abort_id(state, &id)),
             Request::Rollback {
                 dry_run, timeout_ms, ..
             } => reported(
@@ -79,6 +87,49 @@ impl Handler for Service {
 
     fn serve_member(&self, invitation: Invitation, link: &mut dyn Link, coordinator_gone: ClientGone<'_>) {
         engine::member::serve(state::current(), invitation, link, coordinator_gone);
+    }
+}
+
+/// `pyreload prepare`: a program alone holds the update itself; the root
+/// of a tree holds it across every member. A member asked directly is
+/// refused: preparing it alone would leave the others on the old version.
+fn prepare(state: &'static ProcessState, spec_path: &str, spec_text: &str, lease_ms: u64) -> Response {
+    if !state.identity.is_root() {
+        return Response::Error(
+            Problem::new(format!(
+                "pid {} is a worker process of the program whose root is pid {}; preparing it alone would leave the \
+                 others on the old version, so nothing was changed",
+                state.pid, state.identity.root_pid
+            ))
+            .with_help(format!(
+                "prepare the whole tree: `pyreload prepare --pid {} SPEC`",
+                state.identity.root_pid
+            )),
+        );
+    }
+    let lease = std::time::Duration::from_millis(lease_ms);
+    let tree = crate::tree::has_members(state) || crate::process::tree::has_had_members(&state.identity.tree_dir());
+    let prepared = if tree {
+        crate::tree::prepared::prepare(state, spec_path, spec_text, lease)
+    } else {
+        engine::prepared::prepare(state, spec_path, spec_text, lease)
+    };
+    match prepared {
+        Ok(engine::prepared::Prepared::Held(prepared, report)) => Response::Prepared { prepared, report },
+        Ok(engine::prepared::Prepared::Refused(report)) => {
+            crate::process::log(format!("pyreload: prepare: {}", report.one_line()));
+            Response::Report(report)
+        }
+        Err(problem) => Response::Error(problem),
+    }
+}
+
+/// The answer to `commit` or `abort`.
+fn answered(result: Result<engine::prepared::Answer, Problem>) -> Response {
+    match result {
+        Ok(engine::prepared::Answer::Report(report)) => Response::Report(report),
+        Ok(engine::prepared::Answer::Fate(fate)) => Response::Fate(fate),
+        Err(problem) => Response::Error(problem),
     }
 }
 

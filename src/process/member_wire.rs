@@ -155,6 +155,9 @@ pub struct Invitation {
     pub spec_text: String,
     /// Where the decision is recorded (`engine::member::decide`).
     pub decision: PathBuf,
+    /// How long the coordinator may hold this member staged before it
+    /// freezes it (a prepared update's lease; zero for `apply`).
+    pub hold: Duration,
 }
 
 /// A member's connection to its coordinator, as the engine drives it.

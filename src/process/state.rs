@@ -391,6 +391,7 @@ impl ProcessState {
             ppid: self.identity.ppid,
             role: super::tree::role(self.pid),
             members: Vec::new(),
+            prepared: None,
         }
     }
 

@@ -42,6 +42,41 @@ pub struct ProgramInfo {
     /// answered (only the root lists them; a member's list is empty).
     #[serde(default)]
     pub members: Vec<MemberInfo>,
+    /// An update `pyreload prepare` left prepared, waiting for `pyreload
+    /// commit` or `abort` (or its lease to end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Box<PreparedInfo>>,
+}
+
+/// A prepared update (see `engine::prepared`): staged, holding the
+/// update gate, waiting for its commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreparedInfo {
+    /// `<pid>-<instance>-<n>`: the program's pid, a token of this run of
+    /// the program, and a counter.
+    pub id: String,
+    pub update: String,
+    pub spec: String,
+    /// Seconds since the Unix epoch.
+    pub prepared_at: f64,
+    pub expires_at: f64,
+    /// Seconds left on the lease when the status was taken.
+    pub lease_left_s: f64,
+}
+
+/// What became of a prepared update, as `pyreload commit` and `abort`
+/// answer once it is over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreparedFate {
+    pub id: String,
+    pub update: String,
+    /// `prepared`, `committed`, `rolled_back`, `aborted`, `expired` or
+    /// `cancelled` (the program began to exit).
+    pub state: String,
+    /// When it got there, in seconds since the Unix epoch.
+    pub at: f64,
+    /// Why, in words.
+    pub why: String,
 }
 
 /// One member of a program's process tree, as the root's `status` shows
@@ -117,6 +152,9 @@ pub enum Phase {
     Commit,
     /// After the pause: a lazy migration converting the rest.
     Sweep,
+    /// Staged by `pyreload prepare`, the program running the old version,
+    /// waiting for `pyreload commit` or `abort`.
+    Prepared,
 }
 
 impl Phase {
@@ -127,6 +165,7 @@ impl Phase {
             Phase::Stage => "stage",
             Phase::Commit => "commit",
             Phase::Sweep => "sweep",
+            Phase::Prepared => "prepared",
         }
     }
 }

@@ -70,17 +70,44 @@ pub fn apply(
         text: spec_text.to_string(),
     };
     let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
-    let job = Job {
-        mode: if dry_run { Mode::Check } else { Mode::Update },
-        spec_path,
-        spec_text,
-        spec: Some(&spec),
-        update: spec.update.name.get_ref().clone(),
-        to: spec.update.to.get_ref().clone(),
-        timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
-        commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
+    let mode = if dry_run { Mode::Check } else { Mode::Update };
+    let report = run_job(
+        state,
+        Job::of_spec(mode, spec_path, spec_text, &spec),
+        others,
+        client_gone,
+        None,
+    )?;
+    remember(&spec, &report);
+    Ok(report)
+}
+
+/// `pyreload prepare` on a tree: the rounds of [`apply`] up to the stage,
+/// then `hold` (members are told they may be held `hold_for` longer than
+/// usual), then, if it says so, the commit and the rest as `apply` does
+/// them. The coordinator needs no client: `pyreload prepare` has its answer
+/// from `hold`, and commits and aborts arrive there.
+pub fn apply_held(
+    state: &ProcessState,
+    spec_path: &str,
+    spec_text: &str,
+    hold_for: Duration,
+    hold: Hold<'_>,
+) -> Result<Report, Problem> {
+    let source = SpecSource {
+        path: spec_path.to_string(),
+        text: spec_text.to_string(),
     };
-    let report = run_job(state, job, others, client_gone)?;
+    let spec = spec::parse(&source).map_err(|mut problems| problems.remove(0))?;
+    let others = tree_members(state, true).unwrap_or_default();
+    let job = Job::of_spec(Mode::Update, spec_path, spec_text, &spec);
+    let report = run_job(state, job, others, None, Some((hold, hold_for)))?;
+    remember(&spec, &report);
+    Ok(report)
+}
+
+/// Keeps a committed tree-wide update for a tree-wide rollback.
+fn remember(spec: &spec::Spec, report: &Report) {
     if report.outcome == Outcome::Committed {
         let modules = spec.reload.iter().map(|r| r.module.get_ref().clone()).collect();
         push_tree_update(TreeUpdate {
@@ -89,7 +116,11 @@ pub fn apply(
             modules,
         });
     }
-    Ok(report)
+}
+
+/// Whether this process is the root of a tree with live members now.
+pub fn has_members(state: &ProcessState) -> bool {
+    state.identity.is_root() && !members::others(state).is_empty()
 }
 
 /// Undoes the tree's last update in every member that took part, all at
@@ -131,7 +162,7 @@ pub fn rollback(
         mode: if dry_run { Mode::Check } else { job.mode.clone() },
         ..job
     };
-    let report = run_job(state, dry, others, client_gone)?;
+    let report = run_job(state, dry, others, client_gone, None)?;
     if report.outcome == Outcome::Committed {
         pop_tree_update();
     }
@@ -167,19 +198,26 @@ fn tree_members(state: &ProcessState, changes: bool) -> Option<Vec<Member>> {
 }
 
 /// Runs one job over the tree, one at a time.
-fn run_job(
-    state: &ProcessState,
-    job: Job<'_>,
+fn run_job<'a>(
+    state: &'a ProcessState,
+    job: Job<'a>,
     others: Vec<Member>,
-    client_gone: Option<ClientGone<'_>>,
+    client_gone: Option<ClientGone<'a>>,
+    hold: Option<(Hold<'a>, Duration)>,
 ) -> Result<Report, Problem> {
     let _busy = BUSY.try_lock().map_err(|_| {
-        Problem::new("another update is in progress in this program's tree; nothing was changed")
-            .with_help("wait for it to finish and try again; `pyreload status` shows the history")
+        crate::engine::prepared::busy_problem().unwrap_or_else(|| {
+            Problem::new("another update is in progress in this program's tree; nothing was changed")
+                .with_help("wait for it to finish and try again; `pyreload status` shows the history")
+        })
     })?;
     let started = Instant::now();
     let changes = job.mode != Mode::Check;
     let mut tree = Tree::new(state, job, client_gone);
+    if let Some((hold, hold_for)) = hold {
+        tree.hold = Some(hold);
+        tree.hold_for = hold_for;
+    }
     let root = members::this(state);
     let mut report = tree.run(root, others);
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -226,6 +264,34 @@ fn last_tree_update() -> Option<TreeUpdate> {
 fn pop_tree_update() {
     TREE_UPDATES.lock().unwrap_or_else(|p| p.into_inner()).pop();
 }
+
+impl<'a> Job<'a> {
+    fn of_spec(mode: Mode, spec_path: &'a str, spec_text: &'a str, spec: &'a spec::Spec) -> Job<'a> {
+        Job {
+            mode,
+            spec_path,
+            spec_text,
+            spec: Some(spec),
+            update: spec.update.name.get_ref().clone(),
+            to: spec.update.to.get_ref().clone(),
+            timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
+            commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
+        }
+    }
+}
+
+/// What the hold of a prepared tree-wide update decided.
+pub enum Held {
+    /// Commit, as `apply` goes on after the stage round.
+    Commit,
+    /// Stop: every member aborts, nothing changed.
+    Abort(Problem),
+}
+
+/// Called once every member has staged, with what the tree did so far;
+/// returns when the update is to go on, or not. It must not enter Python
+/// (the root's own member waits, staged, in another thread).
+pub type Hold<'a> = &'a mut dyn FnMut(Report) -> Held;
 
 /// What the tree does, round by round: apply a spec, check one, or roll
 /// the last update back.
@@ -318,6 +384,10 @@ struct Tree<'a> {
     bell: Result<Bell, String>,
     /// The round shown now.
     round: &'static str,
+    /// `pyreload prepare`: where the staged tree is held (see
+    /// [`apply_held`]), and for how long at most.
+    hold: Option<Hold<'a>>,
+    hold_for: Duration,
 }
 
 impl<'a> Tree<'a> {
@@ -330,6 +400,8 @@ impl<'a> Tree<'a> {
         let bell = Bell::create(bell::path_for(&decision, bell::COMMIT))
             .map_err(|e| format!("could not make the tree's bell in {}: {e}", dir.display()));
         Tree {
+            hold: None,
+            hold_for: Duration::ZERO,
             round: "prepare",
             bell,
             state,
@@ -382,7 +454,9 @@ impl<'a> Tree<'a> {
         let wait_deadline = Instant::now() + self.wait_timeout() + STAGE_GRACE;
         self.show("prepare");
         if self.prepare_round() && self.job.mode != Mode::Check && self.stage_round(wait_deadline) {
-            self.commit_round(wait_deadline);
+            if let Some(wait_deadline) = self.hold_staged(wait_deadline) {
+                self.commit_round(wait_deadline);
+            }
         }
         self.abort_the_rest();
         *PROGRESS.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -394,6 +468,60 @@ impl<'a> Tree<'a> {
             }
         }
         self.report()
+    }
+
+    /// `pyreload prepare`: every member has staged; holds the tree there
+    /// until the hold says. The commit's deadline then counts from the
+    /// commit. None when the update stops here.
+    fn hold_staged(&mut self, deadline: Instant) -> Option<Instant> {
+        if self.hold.is_none() {
+            return Some(deadline);
+        }
+        let so_far = self.staged_report();
+        self.show("prepared");
+        let hold = self.hold.as_mut().expect("a hold, checked above");
+        match hold(so_far) {
+            Held::Commit => Some(Instant::now() + self.wait_timeout() + STAGE_GRACE),
+            Held::Abort(problem) => {
+                self.problem = Some(problem);
+                None
+            }
+        }
+    }
+
+    /// What a staged tree can say before its commit.
+    fn staged_report(&self) -> Report {
+        let mut report = Report::begin(
+            self.job.update.clone(),
+            self.state.name.clone(),
+            self.state.pid,
+            self.peers
+                .first()
+                .and_then(|p| p.from.clone())
+                .or_else(|| self.state.version()),
+            self.job.to.clone(),
+        );
+        report.outcome = Outcome::Checked;
+        for peer in self.peers.iter().filter(|p| p.stand == Stand::Staged) {
+            for m in &peer.modules {
+                if !report.modules.iter().any(|r| &r.module == m) {
+                    report.modules.push(ModuleReport {
+                        module: m.clone(),
+                        ..ModuleReport::default()
+                    });
+                }
+            }
+        }
+        let staged: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|p| p.stand == Stand::Staged)
+            .map(|p| format!("pid {} ({})", p.member.pid, p.member.role))
+            .collect();
+        report
+            .warnings
+            .push(format!("staged in {} member(s): {}", staged.len(), staged.join(", ")));
+        report
     }
 
     fn wait_timeout(&self) -> Duration {
@@ -438,6 +566,7 @@ impl<'a> Tree<'a> {
             decision: self.decision.display().to_string(),
             mode: self.job.mode.clone(),
             born_late,
+            hold_ms: self.hold_for.as_millis() as u64,
         };
         let opened = UnixStream::connect(&peer.member.socket).and_then(|stream| {
             let stream = Tracked::new(stream);

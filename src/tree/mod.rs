@@ -23,8 +23,14 @@
 //! member before it committed is found after (the member says it forked)
 //! and commits too. A member that exits during the update is dropped, and
 //! not a failure.
+//!
+//! `pyreload prepare` ([`prepared`]) stops after the stage round and holds
+//! the tree there, every member staged and serving the old version, until
+//! `pyreload commit` (the commit round and after), `pyreload abort` or the
+//! end of its lease (every member aborts).
 
 pub mod coordinator;
 pub mod members;
+pub mod prepared;
 
-pub use coordinator::{apply, progress, rollback};
+pub use coordinator::{apply, has_members, progress, rollback};

@@ -15,6 +15,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod ansible;
 pub mod pypi;
 pub mod tree;
 pub mod web;
@@ -28,7 +29,12 @@ pub const BUILD_PYTHON: &str = env!("PYRELOAD_BUILD_PYTHON");
 
 /// A fresh virtualenv (no pip) of the build interpreter at `path`.
 pub fn make_venv(path: &Path) {
-    let made = Command::new(BUILD_PYTHON)
+    make_venv_with(BUILD_PYTHON, path)
+}
+
+/// A fresh virtualenv (no pip) of `python` at `path`.
+pub fn make_venv_with(python: &str, path: &Path) {
+    let made = Command::new(python)
         .args(["-m", "venv", "--without-pip"])
         .arg(path)
         .output()
