@@ -350,7 +350,7 @@ def table(rows, updates, clients):
     for r in rows:
         updated = (len(r["member_pause_ms"]) / updates) if r["workers"] else 1
         lines.append(
-            f"| {title(r)} | {updated:g} | {cell(r['member_pause_ms'])} | {cell(r['pause_ms'])} "
+            f"| {title(r)} | {updated:.3g} | {cell(r['member_pause_ms'])} | {cell(r['pause_ms'])} "
             f"| {cell(r['apply_wall_ms'], 1)} | {cell(r['total_ms'], 1)} "
             f"| {cell(r['skew_ms']) if r['skew_ms'] else '-'} | {judged(r, 'stale')} | {judged(r, 'failures')} "
             f"| {judged(r, 'judged')} | {r['load_start']:.1f}-{r['load_end']:.1f} |")
