@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{ansible, eventually, repo, status, wait_until, ClientTally, Hosted, KvClient, KvServer, Launch, Sandbox};
+use common::{ansible, eventually, repo, status, wait_until, Hosted, KvLoad, KvServer, Launch, Sandbox};
 
 /// At most two playbooks at a time: each runs three servers, their
 /// clients and Ansible's workers, on a 2-core machine.
@@ -55,75 +55,22 @@ impl Drop for Permit {
 /// Clients on one host, each on its own connection, writing keys of its
 /// own and reading each back, with a pause between rounds: steady traffic
 /// that leaves the machine's two cores to the servers and Ansible.
-struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    rounds: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    threads: Vec<std::thread::JoinHandle<ClientTally>>,
+fn load(port: u16, clients: usize) -> KvLoad {
+    KvLoad::paced(port, clients, Duration::from_secs(3600), Duration::from_millis(5))
 }
 
-impl Load {
-    fn start(port: u16, clients: usize) -> Load {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let rounds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let threads = (0..clients)
-            .map(|id| {
-                let (stop, rounds) = (stop.clone(), rounds.clone());
-                std::thread::spawn(move || {
-                    let mut client = KvClient::connect(port);
-                    let mut tally = ClientTally::default();
-                    let mut i = 0usize;
-                    while !stop.load(Ordering::SeqCst) {
-                        i += 1;
-                        let key = format!("load-{id}-{}", i % 16);
-                        for (request, expected) in [
-                            (format!("SET {key} {i}"), "OK".to_string()),
-                            (format!("GET {key}"), format!("VALUE {i}")),
-                        ] {
-                            tally.requests += 1;
-                            match client.try_ask(&request) {
-                                Ok(reply) if reply == expected => {}
-                                Ok(reply) => tally
-                                    .failures
-                                    .push(format!("{request:?} -> {reply:?}, expected {expected:?}")),
-                                Err(e) => {
-                                    tally.failures.push(format!("{request:?}: connection failed: {e}"));
-                                    return tally;
-                                }
-                            }
-                        }
-                        rounds.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    tally
-                })
-            })
-            .collect();
-        Load { stop, rounds, threads }
-    }
+/// Waits until `load`'s clients have made `more` rounds from now.
+fn more_rounds(load: &KvLoad, more: usize) {
+    load.wait_for_rounds(load.rounds(), more);
+}
 
-    fn rounds(&self) -> usize {
-        self.rounds.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn wait_for_rounds(&self, more: usize) {
-        let from = self.rounds();
-        wait_until(
-            Duration::from_secs(60),
-            || self.rounds() >= from + more,
-            || format!("the clients stalled at {} rounds", self.rounds()),
-        );
-    }
-
-    /// Stops the clients: how many requests they made, and every failure.
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let tallies: Vec<ClientTally> = self.threads.into_iter().map(|t| t.join().unwrap()).collect();
-        (
-            tallies.iter().map(|t| t.requests).sum(),
-            tallies.into_iter().flat_map(|t| t.failures).collect(),
-        )
-    }
+/// Stops the clients: how many requests they made, and every failure.
+fn finish(load: KvLoad) -> (usize, Vec<String>) {
+    let tallies = load.finish();
+    (
+        tallies.iter().map(|t| t.requests).sum(),
+        tallies.into_iter().flat_map(|t| t.failures).collect(),
+    )
 }
 
 /// One host: its directory, and the case-study server 1.0 running there.
@@ -335,19 +282,19 @@ impl Fleet {
 fn the_playbook_updates_three_hosts_under_load() {
     let _alone = alone();
     let fleet = Fleet::start();
-    let loads: Vec<Load> = fleet.hosts.iter().map(|h| Load::start(h.server.port, 2)).collect();
+    let loads: Vec<KvLoad> = fleet.hosts.iter().map(|h| load(h.server.port, 2)).collect();
     for load in &loads {
-        load.wait_for_rounds(20);
+        more_rounds(load, 20);
     }
     let (out, summary) = fleet.play(&fleet.good_specs(), serde_json::json!({}));
     assert!(out.status.success(), "{}", fleet.dump(&out));
     for load in &loads {
-        load.wait_for_rounds(20);
+        more_rounds(load, 20);
     }
     let requests: usize = loads
         .into_iter()
         .map(|load| {
-            let (requests, failures) = load.finish();
+            let (requests, failures) = finish(load);
             assert!(failures.is_empty(), "failed requests: {failures:?}");
             requests
         })
@@ -424,7 +371,7 @@ fn one_host_failing_in_commit_is_rolled_back_everywhere() {
             assert_eq!(h.server.ask(&format!("SET keep-{i} value-{i}")), "OK");
         }
     }
-    let loads: Vec<Load> = fleet.hosts.iter().map(|h| Load::start(h.server.port, 1)).collect();
+    let loads: Vec<KvLoad> = fleet.hosts.iter().map(|h| load(h.server.port, 1)).collect();
     let mut specs = fleet.good_specs();
     // host3's health check fails after its commit, there only.
     specs[2] = spec(&fleet.controller, "host3", |t| {
@@ -443,7 +390,7 @@ fn one_host_failing_in_commit_is_rolled_back_everywhere() {
     );
     assert_eq!(summary["failed_in_commit"], serde_json::json!(["host3"]), "{summary:#}");
     for load in loads {
-        let (_, failures) = load.finish();
+        let (_, failures) = finish(load);
         assert!(failures.is_empty(), "failed requests: {failures:?}");
     }
     for h in &fleet.hosts {

@@ -85,12 +85,7 @@ pub fn request_update(
     dry_run: bool,
     show_progress: bool,
 ) -> Result<Response, i32> {
-    let program = parsed.update.program.as_ref();
-    let found = super::find_program(
-        target,
-        program.map(|p| p.get_ref().clone()),
-        program.map(|p| (source, p)),
-    )?;
+    let found = super::find_program_for(target, source, parsed)?;
     let request = Request::Apply {
         protocol: PROTOCOL_VERSION,
         spec_path: source.path.clone(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use similar::TextDiff;
 
-use super::apply::{lost_contact, parse_spec, read_spec};
+use super::apply::lost_contact;
 use super::{error, TargetArgs, EXIT_OK, EXIT_REFUSED};
 use crate::control::client::exchange;
 use crate::control::protocol::{ModuleSources, Request, Response, PROTOCOL_VERSION};
@@ -29,20 +29,7 @@ pub struct DiffArgs {
 }
 
 pub fn diff(args: DiffArgs) -> i32 {
-    let source = match read_spec(&args.spec) {
-        Ok(source) => source,
-        Err(code) => return code,
-    };
-    let spec = match parse_spec(&source) {
-        Ok(spec) => spec,
-        Err(code) => return code,
-    };
-    let program = spec.update.program.as_ref();
-    let found = match super::find_program(
-        &args.target,
-        program.map(|p| p.get_ref().clone()),
-        program.map(|p| (&source, p)),
-    ) {
+    let (source, _, found) = match super::spec_and_program(&args.spec, &args.target) {
         Ok(found) => found,
         Err(code) => return code,
     };

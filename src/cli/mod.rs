@@ -132,6 +132,40 @@ pub fn find_program(
     })
 }
 
+/// The program a spec is for: the one `[update] program` names (an error
+/// points at that name if none runs), or the one `target` selects.
+pub fn find_program_for(
+    target: &TargetArgs,
+    source: &crate::spec::SpecSource,
+    spec: &crate::spec::Spec,
+) -> Result<crate::control::client::Target, i32> {
+    let program = spec.update.program.as_ref();
+    find_program(
+        target,
+        program.map(|p| p.get_ref().clone()),
+        program.map(|p| (source, p)),
+    )
+}
+
+/// Reads and parses the spec at `path` and finds its program: the first
+/// steps of every subcommand that sends a spec.
+pub fn spec_and_program(
+    path: &std::path::PathBuf,
+    target: &TargetArgs,
+) -> Result<
+    (
+        crate::spec::SpecSource,
+        crate::spec::Spec,
+        crate::control::client::Target,
+    ),
+    i32,
+> {
+    let source = apply::read_spec(path)?;
+    let spec = apply::parse_spec(&source)?;
+    let found = find_program_for(target, &source, &spec)?;
+    Ok((source, spec, found))
+}
+
 /// Prints an error the way every subcommand does.
 pub fn error(message: impl std::fmt::Display) {
     eprintln!("error: {message}");

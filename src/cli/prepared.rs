@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::apply::{lost_contact, parse_spec, print_response, read_spec};
+use super::apply::{lost_contact, print_response};
 use super::{TargetArgs, EXIT_OK, EXIT_REFUSED};
 use crate::control::client::{self, exchange, Selector};
 use crate::control::protocol::{PreparedFate, PreparedInfo, Request, Response, PROTOCOL_VERSION};
@@ -133,20 +133,7 @@ fn parse_update_id(text: &str) -> Result<String, String> {
 }
 
 pub fn prepare(args: PrepareArgs) -> i32 {
-    let source = match read_spec(&args.spec) {
-        Ok(source) => source,
-        Err(code) => return code,
-    };
-    let parsed = match parse_spec(&source) {
-        Ok(spec) => spec,
-        Err(code) => return code,
-    };
-    let program = parsed.update.program.as_ref();
-    let found = match super::find_program(
-        &args.target,
-        program.map(|p| p.get_ref().clone()),
-        program.map(|p| (&source, p)),
-    ) {
+    let (source, parsed, found) = match super::spec_and_program(&args.spec, &args.target) {
         Ok(found) => found,
         Err(code) => return code,
     };

@@ -201,26 +201,22 @@ fn serve_rollback(state: &ProcessState, order: &RollbackOrder, decision: &Path, 
         }
         _ => {
             let problem = Problem::new(format!(
-                "member pid {} loads {} but keeps no record of `{}` to undo: it started after the update, on the                  new version (a worker forked since, importing the files on disk); nothing was changed",
+                "member pid {} loads {} but keeps no record of `{}` to undo: it started after the update, on the \
+                 new version (a worker forked since, importing the files on disk); nothing was changed",
                 state.pid,
                 modules.join(", "),
                 order.update
             ))
             .with_help(
-                "put the old files back and apply the reverse spec, which reaches every member; or restart the                  workers born since the update, then roll back",
+                "put the old files back and apply the reverse spec, which reaches every member; or restart the \
+                 workers born since the update, then roll back",
             );
             return refuse(link, &mut report, problem);
         }
     }
-    let ear = match Ear::open(&bell::path_for(decision, bell::COMMIT)) {
+    let ear = match listen(state, decision) {
         Ok(ear) => ear,
-        Err(e) => {
-            let problem = Problem::new(format!(
-                "could not open the tree's bell in member pid {}: {e}",
-                state.pid
-            ));
-            return refuse(link, &mut report, problem);
-        }
+        Err(problem) => return refuse(link, &mut report, problem),
     };
     let prepared = MemberReply::Prepared {
         modules,
@@ -283,16 +279,9 @@ fn converse(
         Ok(session) => session,
         Err(problem) => return refuse(link, report, problem),
     };
-    // The coordinator made the bell before it invited anyone.
-    let ear = match Ear::open(&bell::path_for(decision, bell::COMMIT)) {
+    let ear = match listen(state, decision) {
         Ok(ear) => ear,
-        Err(e) => {
-            let problem = Problem::new(format!(
-                "could not open the tree's bell in member pid {}: {e}",
-                state.pid
-            ));
-            return refuse(link, report, problem);
-        }
+        Err(problem) => return refuse(link, report, problem),
     };
     if link
         .send(&MemberReply::Prepared {
@@ -391,6 +380,17 @@ fn converse(
         return;
     }
     revert(py, state, link, report, session.plan.timeout);
+}
+
+/// Opens the update's commit bell, which the coordinator made before it
+/// invited anyone.
+fn listen(state: &ProcessState, decision: &Path) -> Result<Ear, Problem> {
+    Ear::open(&bell::path_for(decision, bell::COMMIT)).map_err(|e| {
+        Problem::new(format!(
+            "could not open the tree's bell in member pid {}: {e}",
+            state.pid
+        ))
+    })
 }
 
 /// Whether the coordinator's last word after this member's commit is

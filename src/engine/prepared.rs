@@ -166,10 +166,19 @@ pub fn prepare(
         text: spec_text.to_string(),
     };
     let spec = precheck(&source, lease)?;
+    spawn_holder(move |ready| hold(state, source, spec, lease, ready))
+}
+
+/// Runs `hold` in a thread of its own (`pyreload-prepared`), which holds
+/// the prepared update, and returns what it first answers: prepared, or
+/// refused.
+pub fn spawn_holder(
+    hold: impl FnOnce(Sender<Result<Prepared, Problem>>) + Send + 'static,
+) -> Result<Prepared, Problem> {
     let (ready_tx, ready_rx) = channel();
     std::thread::Builder::new()
         .name("pyreload-prepared".into())
-        .spawn(move || hold(state, source, spec, lease, ready_tx))
+        .spawn(move || hold(ready_tx))
         .map_err(|e| Problem::new(format!("could not start the thread that holds a prepared update: {e}")))?;
     ready_rx
         .recv()

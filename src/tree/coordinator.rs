@@ -137,10 +137,13 @@ pub fn rollback(
     };
     let Some(last) = last_tree_update() else {
         return Err(Problem::new(
-            "this program has worker processes, and none of its updates was applied to its whole tree, so none can              be rolled back tree-wide; rolling back the master alone would leave its workers on the new version, so              nothing was changed",
+            "this program has worker processes, and none of its updates was applied to its whole tree, so none can \
+             be rolled back tree-wide; rolling back the master alone would leave its workers on the new version, so \
+             nothing was changed",
         )
         .with_help(
-            "put the old files back and apply the reverse spec (as specs/web-v2-to-v1.toml does): it reaches every              worker, all or none",
+            "put the old files back and apply the reverse spec (as specs/web-v2-to-v1.toml does): it reaches every \
+             worker, all or none",
         ));
     };
     let job = Job {
@@ -489,9 +492,9 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// What a staged tree can say before its commit.
-    fn staged_report(&self) -> Report {
-        let mut report = Report::begin(
+    /// The tree's report before anything is said in it.
+    fn blank_report(&self) -> Report {
+        Report::begin(
             self.job.update.clone(),
             self.state.name.clone(),
             self.state.pid,
@@ -500,7 +503,12 @@ impl<'a> Tree<'a> {
                 .and_then(|p| p.from.clone())
                 .or_else(|| self.state.version()),
             self.job.to.clone(),
-        );
+        )
+    }
+
+    /// What a staged tree can say before its commit.
+    fn staged_report(&self) -> Report {
+        let mut report = self.blank_report();
         report.outcome = Outcome::Checked;
         for peer in self.peers.iter().filter(|p| p.stand == Stand::Staged) {
             for m in &peer.modules {
@@ -1188,16 +1196,7 @@ impl<'a> Tree<'a> {
 
     /// The tree's report: the members', summed up.
     fn report(&mut self) -> Report {
-        let mut report = Report::begin(
-            self.job.update.clone(),
-            self.state.name.clone(),
-            self.state.pid,
-            self.peers
-                .first()
-                .and_then(|p| p.from.clone())
-                .or_else(|| self.state.version()),
-            self.job.to.clone(),
-        );
+        let mut report = self.blank_report();
         let committed = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Committed));
         let rolled_back = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::RolledBack));
         let checked = self.peers.iter().any(|p| p.outcome == Some(MemberOutcome::Checked));

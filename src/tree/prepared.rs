@@ -16,7 +16,7 @@
 //! | `abort ID`       | every member aborts; nothing changed              |
 //! | the lease        | the same, logged as expired                       |
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::coordinator::{self, Held};
@@ -39,14 +39,7 @@ pub fn prepare(
         text: spec_text.to_string(),
     };
     held::precheck(&source, lease)?;
-    let (ready_tx, ready_rx) = channel();
-    std::thread::Builder::new()
-        .name("pyreload-prepared".into())
-        .spawn(move || hold_tree(state, source, lease, ready_tx))
-        .map_err(|e| Problem::new(format!("could not start the thread that holds a prepared update: {e}")))?;
-    ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(Problem::new("the prepared update's thread ended before it answered")))
+    held::spawn_holder(move |ready| hold_tree(state, source, lease, ready))
 }
 
 fn hold_tree(

@@ -103,39 +103,5 @@ fn make_ansible_venv() -> PathBuf {
 /// The pinned wheels for `python`, downloaded once.
 fn wheels(cache: &Path, python: &str, version: &str) -> PathBuf {
     let dir = cache.join(format!("ansible-cp{}", version.replace('.', "")));
-    let complete = |dir: &Path| {
-        std::fs::read_dir(dir)
-            .map(|entries| entries.flatten().count() >= ANSIBLE_PINS.len())
-            .unwrap_or(false)
-    };
-    if complete(&dir) {
-        return dir;
-    }
-    let partial = tempfile::Builder::new().prefix(".download-").tempdir_in(cache).unwrap();
-    let out = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--disable-pip-version-check",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "-d",
-        ])
-        .arg(partial.path())
-        .args(ANSIBLE_PINS)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "could not download {ANSIBLE_PINS:?} from PyPI (needed once, then cached in {}):\n{}",
-        dir.display(),
-        stderr(&out)
-    );
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-    std::fs::rename(partial.keep(), &dir).unwrap();
-    dir
+    super::pypi::download_wheels(&dir, python, ANSIBLE_PINS)
 }

@@ -750,6 +750,12 @@ pub struct KvLoad {
 
 impl KvLoad {
     pub fn start(port: u16, clients: usize, limit: Duration) -> KvLoad {
+        KvLoad::paced(port, clients, limit, Duration::ZERO)
+    }
+
+    /// As [`KvLoad::start`], with `pause` between a client's rounds:
+    /// steady traffic that leaves the cores to the servers.
+    pub fn paced(port: u16, clients: usize, limit: Duration, pause: Duration) -> KvLoad {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rounds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -781,6 +787,9 @@ impl KvLoad {
                             }
                         }
                         rounds.fetch_add(1, Ordering::SeqCst);
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
                     }
                     tally
                 })

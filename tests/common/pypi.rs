@@ -129,19 +129,27 @@ fn make_web_venv() -> PathBuf {
 /// The wheels of `pins` for the build interpreter, downloaded once into
 /// `cache/web-cpXY`.
 fn web_wheels(cache: &Path, pins: &[&str]) -> PathBuf {
+    // The build interpreter's own pip picks the wheels for its version
+    // (markupsafe is cp310 ... cp313).
     let dir = cache.join(format!("web-cp{}", build_minor().replace('.', "")));
+    download_wheels(&dir, BUILD_PYTHON, pins)
+}
+
+/// Downloads the wheels of `pins` for `python` into `dir` once (the only
+/// step of a test venv that needs the network); a download cut short
+/// leaves a temporary directory beside it, never a partial `dir`.
+pub fn download_wheels(dir: &Path, python: &str, pins: &[&str]) -> PathBuf {
     let complete = |dir: &Path| {
         std::fs::read_dir(dir)
             .map(|entries| entries.flatten().count() >= pins.len())
             .unwrap_or(false)
     };
-    if complete(&dir) {
-        return dir;
+    if complete(dir) {
+        return dir.to_path_buf();
     }
+    let cache = dir.parent().expect("a cache directory");
     let partial = tempfile::Builder::new().prefix(".download-").tempdir_in(cache).unwrap();
-    // The build interpreter's own pip picks the wheels for its version
-    // (markupsafe is cp310 ... cp313).
-    let out = Command::new(BUILD_PYTHON)
+    let out = Command::new(python)
         .args([
             "-m",
             "pip",
@@ -163,8 +171,8 @@ fn web_wheels(cache: &Path, pins: &[&str]) -> PathBuf {
         stderr(&out)
     );
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
-    std::fs::rename(partial.keep(), &dir).unwrap();
-    dir
+    std::fs::rename(partial.keep(), dir).unwrap();
+    dir.to_path_buf()
 }
