@@ -278,6 +278,12 @@ fn update(sandbox: &Sandbox, server: &WebServer, from: &str, churn: bool) -> &'s
         // With churn, a worker may retire (--max-requests) while the update
         // runs: it is listed, gone, and not committed. Every live one is.
         let retired = churn && (m.outcome == EXITED || !std::path::Path::new(&format!("/proc/{}", m.pid)).exists());
+        // With churn, a worker the master forked after its own commit is
+        // born on the new version and takes no part.
+        let born_new = churn && m.outcome == UNAFFECTED && m.from == to && m.to == to;
+        if born_new {
+            continue;
+        }
         if m.pid == server.pid() {
             // A master without --preload (and uvicorn's) loads no app
             // module: unaffected. With --preload it is updated like the

@@ -342,9 +342,19 @@ fn converse(
     }
     // The commit, as a program alone makes it: its own safe point, its own
     // pause. A refusal now has the members that committed rolled back.
+    if state.exit_requested() {
+        return aborted(link, report, Problem::new("the member began to exit before its commit"));
+    }
     // The decision is "commit" now: a coordinator that hangs up meanwhile
     // changes nothing.
     let waiting = |session: &Session<'_>, blockers: &super::safepoint::Blockers| {
+        // A worker retired meanwhile (its main thread finishing up) will
+        // not reach the safe point, and need not: it exits.
+        if state.exit_requested() {
+            return Err(Stop::Abandoned(Problem::new(
+                "the member began to exit before its commit",
+            )));
+        }
         let why = session_blockers(session, blockers);
         // A note: a coordinator that cannot hear it changes nothing.
         let _ = link.send(&MemberReply::Waiting { why });
@@ -361,7 +371,8 @@ fn converse(
             });
             return;
         }
-        Err(Stop::Refused(problem) | Stop::Abandoned(problem)) => return refuse(link, report, problem),
+        Err(Stop::Refused(problem)) => return refuse(link, report, problem),
+        Err(Stop::Abandoned(problem)) => return aborted(link, report, problem),
     };
     session.finish(state, progress, done, report);
     // Children forked before the commit run the old version; those
