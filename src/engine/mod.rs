@@ -36,6 +36,7 @@ pub mod safepoint;
 pub mod session;
 pub mod stage;
 pub mod support;
+pub mod sweep;
 pub mod transform;
 pub mod watchdog;
 pub mod world;

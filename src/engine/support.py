@@ -1035,6 +1035,11 @@ class LazyMigration:
         self.on_use = 0
         self.by_sweep = 0
         self.failures = []
+        # The instances the sweep converted (src/engine/sweep.rs), as
+        # id(obj) >> 4: its queue keeps each alive, so an id stands for its
+        # instance, and objects are 16-byte aligned, so the shift loses
+        # nothing; unshifted, the aligned ids collide in a set's table.
+        self.swept = set()
         self.sweeping = False
         self.quiet = False
         self._base_get = cls.__getattribute__
@@ -1054,8 +1059,9 @@ class LazyMigration:
         self.done[key] = ref
 
     def is_done(self, obj):
-        ref = self.done.get(id(obj))
-        return ref is not None and ref() is obj
+        key = id(obj)
+        ref = self.done.get(key)
+        return (ref is not None and ref() is obj) or (key >> 4) in self.swept
 
     def ensure(self, obj):
         # The fast paths take no lock: a converted instance, or an access
@@ -1064,6 +1070,8 @@ class LazyMigration:
         key = id(obj)
         ref = self.done.get(key)
         if ref is not None and ref() is obj:
+            return
+        if (key >> 4) in self.swept:
             return
         if self.converting.get(key) == threading.get_ident():
             return
@@ -1143,29 +1151,9 @@ class LazyMigration:
         finally:
             self.quiet = False
 
-    def pending(self):
-        """Live instances not converted yet (one walk of the collector's objects)."""
-        return [o for o in instances_of(self.cls) if not self.is_done(o)]
-
-    def sweep(self, batch):
-        """Converts up to `batch` instances from `pending`; returns how many
-        are left. A failing instance is skipped (and logged)."""
-        self.sweeping = True
-        try:
-            while batch and self._queue:
-                obj = self._queue.pop()
-                try:
-                    self.ensure(obj)
-                except Exception:
-                    pass
-                batch -= 1
-        finally:
-            self.sweeping = False
-        return len(self._queue)
-
-    def start_sweep(self):
-        self._queue = self.pending()
-        return len(self._queue)
+    # The sweep after the pause is src/engine/sweep.rs: it converts the
+    # instances not converted yet in batches, under this migration's lock,
+    # and records them in `swept`.
 
 
 _CO_NEWLOCALS = 0x2
