@@ -1238,7 +1238,22 @@ def imported_modules(code, package):
     found = set()
     level = 0
     fromlist = None
+    # Imports under `if TYPE_CHECKING:` (or `typing.`/`t.TYPE_CHECKING`)
+    # never run: they are for type checkers, and a package's modules often
+    # import each other there.
+    checking_at = None
+    skip_until = -1
     for ins in dis.get_instructions(code):
+        if ins.argval == "TYPE_CHECKING" and ins.opname in ("LOAD_NAME", "LOAD_GLOBAL", "LOAD_ATTR"):
+            checking_at = ins.offset
+            continue
+        if checking_at is not None:
+            if ins.opname.startswith("POP_JUMP") and "IF_FALSE" in ins.opname and isinstance(ins.argval, int):
+                skip_until = ins.argval
+            if ins.opname not in ("TO_BOOL", "CACHE"):
+                checking_at = None
+        if ins.offset < skip_until:
+            continue
         if ins.opname == "LOAD_CONST":
             level, fromlist = fromlist, ins.argval
             continue
