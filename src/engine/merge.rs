@@ -567,6 +567,11 @@ impl<'a, 'py> Merger<'a, 'py> {
         if !defined_in(old, module) || !defined_in(new, module) || !same_qualname(old, new) {
             return Ok(());
         }
+        // Paired already: a class that holds itself, or a class reachable
+        // from its own members (`Node.Base = Node`), is paired once.
+        if self.twin_of(new).is_some() {
+            return Ok(());
+        }
         if is_class(old) && is_class(new) {
             self.check_layout(module, old, new)?;
             self.add_twin(new, old);
@@ -1315,7 +1320,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                 return Ok(obj.clone());
             }
             let doc = obj.getattr(intern!(obj.py(), "__doc__"))?;
-            return obj.get_type().call1((&parts[0], &parts[1], &parts[2], doc));
+            return self.rebuild_property(obj, &parts, &doc);
         }
         if is_class(obj) {
             // A class new in this version: its methods were created in the
@@ -1395,6 +1400,34 @@ impl<'a, 'py> Merger<'a, 'py> {
             }
         }
         Ok(rehomed)
+    }
+
+    /// The same property with relinked accessors. A subclass of
+    /// `property` may take other arguments (werkzeug's `cached_property`
+    /// takes `fget, name, doc`): it is made as `property` makes itself,
+    /// with the instance's own attributes copied over.
+    fn rebuild_property(
+        &self,
+        obj: &Bound<'py, PyAny>,
+        parts: &[Bound<'py, PyAny>],
+        doc: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let class = obj.get_type();
+        if class.is(&self.property_type) {
+            return class.call1((&parts[0], &parts[1], &parts[2], doc));
+        }
+        let py = self.py;
+        let new = self.property_type.call_method1(intern!(py, "__new__"), (&class,))?;
+        self.property_type
+            .getattr(intern!(py, "__init__"))?
+            .call1((&new, &parts[0], &parts[1], &parts[2], doc))?;
+        if let (Ok(Some(from)), Ok(Some(to))) = (
+            obj.getattr_opt(intern!(py, "__dict__")),
+            new.getattr_opt(intern!(py, "__dict__")),
+        ) {
+            to.call_method1(intern!(py, "update"), (from,))?;
+        }
+        Ok(new)
     }
 
     fn is_staged_definition(&self, class: &Bound<'py, PyAny>) -> bool {
