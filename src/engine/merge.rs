@@ -388,8 +388,6 @@ struct Merger<'a, 'py> {
     replaced: Vec<(usize, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     reports: Vec<ModuleReport>,
     function_type: Bound<'py, PyAny>,
-    staticmethod_type: Bound<'py, PyAny>,
-    classmethod_type: Bound<'py, PyAny>,
     property_type: Bound<'py, PyAny>,
     /// `enum.EnumType`: an enum's members are its definition (see
     /// `pair_members`).
@@ -434,8 +432,6 @@ impl<'a, 'py> Merger<'a, 'py> {
             // module the program has not loaded must not appear in it
             // during the commit (the update may be publishing its own).
             function_type: py.eval(c"(lambda: None).__class__", None, None)?.into_any(),
-            staticmethod_type: builtins.getattr(intern!(builtins.py(), "staticmethod"))?,
-            classmethod_type: builtins.getattr(intern!(builtins.py(), "classmethod"))?,
             property_type: builtins.getattr(intern!(builtins.py(), "property"))?,
             members: Vec::new(),
             truncated: false,
@@ -1049,9 +1045,13 @@ impl<'a, 'py> Merger<'a, 'py> {
             intern!(py, "__doc__"),
         ];
         for (n, attr) in attrs.into_iter().enumerate() {
+            // Neither has annotations: reading `__annotations__` would make
+            // each an empty dict, only to compare them.
+            if n == 2 && !has_annotations(old) && !has_annotations(new) {
+                continue;
+            }
             let (nv, ov) = (new.getattr(attr)?, old.getattr(attr)?);
-            // Two empty annotation dicts (CPython makes one on first read)
-            // say the same: nothing to set.
+            // Two empty annotation dicts say the same: nothing to set.
             if n == 2 && dict_is_empty(&nv) && dict_is_empty(&ov) {
                 continue;
             }
@@ -1443,8 +1443,11 @@ impl<'a, 'py> Merger<'a, 'py> {
     }
 
     fn is_wrapper(&self, obj: &Bound<'py, PyAny>) -> bool {
-        obj.is_instance(&self.staticmethod_type).unwrap_or(false)
-            || obj.is_instance(&self.classmethod_type).unwrap_or(false)
+        // SAFETY: type checks against two static types, as isinstance.
+        unsafe {
+            pyo3::ffi::PyObject_TypeCheck(obj.as_ptr(), &raw mut pyo3::ffi::PyStaticMethod_Type) != 0
+                || pyo3::ffi::PyObject_TypeCheck(obj.as_ptr(), &raw mut pyo3::ffi::PyClassMethod_Type) != 0
+        }
     }
 
     /// `__slots__` members and `__dict__`/`__weakref__` accessors are tied to
@@ -1562,6 +1565,18 @@ fn same_freevars(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
 
 fn cell_contents<'py>(cell: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     cell.getattr(intern!(cell.py(), "cell_contents")).ok()
+}
+
+/// A function with annotations of its own (not the empty dict CPython
+/// makes when `__annotations__` is first read).
+fn has_annotations(f: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `f` is a function (checked by the callers' pairing); the
+    // result is borrowed, NULL when it has none.
+    let annotations = unsafe { pyo3::ffi::PyFunction_GetAnnotations(f.as_ptr()) };
+    !annotations.is_null()
+        && unsafe { Bound::from_borrowed_ptr(f.py(), annotations) }
+            .cast::<PyDict>()
+            .is_ok_and(|d| !d.is_empty())
 }
 
 /// An exact dict with nothing in it.
