@@ -218,6 +218,19 @@ def rounds_for(modules, functions, rounds):
     return rounds if modules * 10 + functions <= 12_000 else max(rounds // 3, 4)
 
 
+def first_applies(pyreload, programs, objects, work):
+    """The first and the second `apply` of a small update (1 module, 10
+    functions) in each of `programs` fresh programs holding `objects` live
+    objects: wall time of `pyreload apply`, and the report's total."""
+    out = []
+    for i in range(programs):
+        rows = measure(pyreload, 1, 10, 2, work / f"first-{i}", 0, objects)
+        out.append({"first_wall": rows[0]["apply"], "first_total": rows[0]["total"],
+                    "second_wall": rows[1]["apply"], "second_total": rows[1]["total"],
+                    "first_prepare": rows[0]["prepare"], "first_pause": rows[0]["pause"]})
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
@@ -225,6 +238,8 @@ def main():
     parser.add_argument("--series", default=",".join(f"{m}x{f}" for m, f in SERIES),
                         help="modules x functions, comma-separated")
     parser.add_argument("--big", default="2000,10000000", help="unchanged modules,live objects ('' to skip)")
+    parser.add_argument("--first-programs", type=int, default=3,
+                        help="fresh programs at 1M objects whose first apply is timed (0: skip)")
     parser.add_argument("--json")
     args = parser.parse_args()
     pyreload = str(pathlib.Path(args.pyreload).resolve())
@@ -240,11 +255,20 @@ def main():
         m, f = BIG
         rows = measure(pyreload, m, f, args.rounds, work / "big", filler, objects)
         results.append(summary(m, f, rows, filler, objects))
+    first = first_applies(pyreload, args.first_programs, 1_000_000, work) if args.first_programs else []
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+        pathlib.Path(args.json).write_text(json.dumps({"sizes": results, "first": first}, indent=1))
     print(f"generated updates, {args.rounds} per size (fewer for the largest), {os.cpu_count()} CPUs")
     print()
     print(table(results))
+    if first:
+        print()
+        print("| fresh program, 1M live objects, 1 module / 10 functions | first apply wall ms | its total_ms "
+              "| second apply wall ms | its total_ms |")
+        print("|---|---:|---:|---:|---:|")
+        for i, f in enumerate(first, 1):
+            print(f"| program {i} | {f['first_wall']:.1f} | {f['first_total']:.1f} | {f['second_wall']:.1f} "
+                  f"| {f['second_total']:.1f} |")
 
 
 if __name__ == "__main__":
