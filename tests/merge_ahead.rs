@@ -143,3 +143,41 @@ fn a_global_the_program_changes_after_staging_makes_the_commit_pair_again() {
     assert_eq!(p.ask("lib.core.wrapped()"), "'wrapped v2'");
     assert_eq!(p.ask("user.wrapped is lib.core.wrapped"), "True");
 }
+
+/// The walk for suspended generators is made while staging too, and the
+/// check in the stopped world looks only at what is newer: a generator the
+/// program starts after staging still holds the update back.
+#[test]
+fn a_generator_suspended_after_staging_still_blocks_the_commit() {
+    let sandbox = Sandbox::new();
+    let gen = |v: u32| format!("def ticks():\n    yield {v}\n    yield {v}\n");
+    sandbox.write("lib/__init__.py", "");
+    sandbox.write("lib/gen.py", &gen(1));
+    sandbox.write("v2/gen.py", &gen(2));
+    sandbox.write(
+        "spec.toml",
+        "[update]\nname = \"gen-v2\"\nto = \"2\"\n\n[[reload]]\nmodule = \"lib.gen\"\nsource = \"v2/gen.py\"\n\n\
+         [safe_point]\ntimeout_ms = 1500\n",
+    );
+    sandbox.write("main.py", &format!("import sys\nimport lib.gen\n{PROBE_LOOP}"));
+    let hold = PhaseHold::new(&sandbox);
+    let mut program = probe_with_env(&sandbox, &["--version", "1", "main.py"], vec![hold.env()]);
+    hold.arm("commit");
+    let socket = program.socket();
+    let mut apply = sandbox.spawn_apply_json(&socket, &sandbox.path().join("spec.toml"));
+    hold.wait_for(&socket, "commit");
+    // Staged and walked; now a generator of the changed code is suspended.
+    assert_eq!(
+        program.ask("[globals().__setitem__('g', lib.gen.ticks()), next(g)][1]"),
+        "1"
+    );
+    hold.release("commit");
+    let mut out = String::new();
+    apply.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    apply.wait().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("no report ({e}): {out}"));
+    assert_eq!(report["outcome"], "refused", "{report:#}");
+    assert!(out.contains("suspended"), "{report:#}");
+    // The generator ran on, on the old code.
+    assert_eq!(program.ask("next(g)"), "1");
+}

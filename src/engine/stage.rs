@@ -49,6 +49,13 @@ pub fn stage(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Stage
     imports::show_and_begin(py, support, &plan.imports)?;
     let modules = run_bodies(py, support, plan)?;
     let ahead = super::merge::pair_ahead(py, support, plan, &modules);
+    // The walk for suspended generators, made here with the program running,
+    // so that the check in the stopped world looks only at what is newer
+    // (support.py, `_generators_of`). A failure here is met again there.
+    let generators = plan.generator_codes.bind(py);
+    if !generators.is_empty() {
+        let _ = support.suspended(generators.as_any());
+    }
     Ok(Staged {
         modules,
         imported: Vec::new(),

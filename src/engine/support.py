@@ -327,6 +327,58 @@ def is_generator_code(code):
     return bool(code.co_flags & _GENERATOR_FLAGS)
 
 
+# The generators, coroutines and async generators of the last full walk
+# (`_generators_of`), for the codes it was made for.
+_WALKED = None  # (codes, collections, freeze count, [weak references])
+
+_GENERATOR_TYPES = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+
+
+def _promotions():
+    """How many collections could have moved an object out of the two
+    youngest generations: those of generation 1 (into 2) and 2."""
+    stats = gc.get_stats()
+    return stats[1]["collections"] + stats[2]["collections"]
+
+
+def _generators_of(codes):
+    """Every generator, coroutine and async generator whose code is one of
+    `codes` (and a few other objects that refer to them), without walking
+    the whole heap more than once per update.
+
+    The first call walks every object the collector tracks. A later call for
+    the same codes needs only the objects made since and the generators
+    found before (a generator's code never changes). An object made since
+    is in one of the two youngest generations unless a collection of
+    generation 1 or 2 (or gc.freeze) ran since: then the heap is walked
+    again. Staging ends with such a walk (the program running), so the
+    safe-point check in the stopped world does not grow with the heap."""
+    global _WALKED
+    codes = tuple(codes)
+    if _WALKED is not None and len(_WALKED[0]) == len(codes) and all(a is b for a, b in zip(_WALKED[0], codes)):
+        if _WALKED[1] == _promotions() and _WALKED[2] == gc.get_freeze_count():
+            wanted = {id(c) for c in codes}
+            young = [
+                o
+                for generation in (0, 1)
+                for o in gc.get_objects(generation=generation)
+                if isinstance(o, _GENERATOR_TYPES) and id(_code_of(o)) in wanted
+            ]
+            known = [o for o in (r() for r in _WALKED[3]) if o is not None]
+            return known + young
+    walked = [o for o in gc.get_referrers(*codes) if isinstance(o, _GENERATOR_TYPES)]
+    _WALKED = (codes, _promotions(), gc.get_freeze_count(), [weakref.ref(o) for o in walked])
+    return walked
+
+
+def _code_of(obj):
+    if isinstance(obj, types.GeneratorType):
+        return obj.gi_code
+    if isinstance(obj, types.CoroutineType):
+        return obj.cr_code
+    return obj.ag_code
+
+
 def suspended(codes):
     """Generators, coroutines and async generators that are suspended in one
     of `codes` (a list of code objects), found through the collector.
@@ -352,7 +404,7 @@ def suspended(codes):
         pass
     wanted = {id(c) for c in codes}
     found = []
-    for obj in gc.get_referrers(*codes):
+    for obj in _generators_of(codes):
         if isinstance(obj, types.GeneratorType):
             frame, kind = obj.gi_frame, "generator"
         elif isinstance(obj, types.CoroutineType):
