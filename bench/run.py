@@ -198,6 +198,88 @@ its own commit's. **skew** is the report's `skew_ms`, the spread of the members'
 {tree}"""
 
 
+SIZE_SECTION = """## Pause against the size of an update
+
+`python3 bench/update_size.py --pyreload target/release/pyreload` and `python3 bench/libraries.py --pyreload
+target/release/pyreload`. A generated package of M modules holding F functions and classes (module
+functions, classes and their methods), two versions of each module that differ in every body and in the
+names each has alone (changed, added, removed), one function per module behind a decorator whose closure
+changes shape (replaced, and re-pointed where other modules copied it), live instances of every class and
+`from sz.mI import ...` copies in a module never updated; a thread calls into the package all the time.
+Updates alternate between the versions. The last row is the 10-module, 1,000-function update again in a
+program that also loads 2,000 modules the update does not touch and holds 10M live objects.
+
+{size}
+
+![pause against update size](bench/plots/pause-vs-update-size.png)
+
+Two real upgrades, installed from PyPI with pip into `target/lib-venv` and upgraded in place (then
+downgraded, alternately) under `pyreload run`, with a client sending requests to the program
+throughout: werkzeug's threaded development server (`serve_forever` on the main thread) answering a
+WSGI app that renders a Jinja2 template per request. The spec is `pyreload new --running`'s draft with
+its version TODOs filled in and its `new = true` tables left out (see bench/libraries.py).
+
+{libraries}"""
+
+
+def size_plot(python, size_json, out_dir):
+    """The pause against the number of functions and classes an update changes."""
+    script = r'''
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+data, out = json.load(open(sys.argv[1]))["sizes"], sys.argv[2]
+sys.path.insert(0, sys.argv[3])
+from benchlib import pct
+fig, ax = plt.subplots(figsize=(7, 4))
+for modules, style in ((10, "o-"), (1000, "s-")):
+    rows = [r for r in data if r["modules"] == modules and not r["filler"]]
+    if rows:
+        ax.plot([r["functions"] for r in rows], [r["pause"]["p99"] for r in rows], style, label=f"pause p99, {modules} modules")
+        ax.plot([r["functions"] for r in rows], [r["pause"]["p50"] for r in rows], style.replace("-", "--"), label=f"pause p50, {modules} modules")
+rows = [r for r in data if r["functions"] == 1000 and not r["filler"]]
+ax.plot([1000] * len(rows), [r["pause"]["p50"] for r in rows], "x", label="p50 at 1,000 functions, 1 to 1,000 modules")
+ax.axhline(2, color="grey", lw=0.8, ls=":")
+ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel("functions and classes in the update"); ax.set_ylabel("ms")
+ax.set_title("Pause against the size of an update"); ax.grid(True, which="both", alpha=0.3); ax.legend(fontsize=8)
+fig.tight_layout(); fig.savefig(out + "/pause-vs-update-size.png", dpi=110)
+'''
+    subprocess.run([python, "-c", script, str(size_json), str(out_dir), str(BENCH)], check=True)
+
+
+def size_goal_rows(size, libs, mig_1m):
+    """Issue #16's goals, from bench/update_size.py's and bench/libraries.py's JSON."""
+    rows = size["sizes"]
+    by = {(r["modules"], r["functions"], r["filler"]): r for r in rows}
+    goal = by[(10, 1000, 0)]
+    out = [("pause p99, update of 10 modules and 1,000 functions and classes", "< 2 ms",
+            f"{goal['pause']['p99']:.2f} ms", goal["pause"]["p99"] < 2)]
+    for lib in libs["results"]:
+        p99 = pct([r["pause"] for r in lib["rows"]], 99)
+        out.append((f"pause p99, {lib['library']} {lib['from']} <-> {lib['to']} upgraded in place under a client",
+                    "< 1 ms", f"{p99:.2f} ms", p99 < 1))
+    out.append(("failed requests during the library upgrades", "0", str(libs["failed"]), libs["failed"] == 0))
+    small, large = by.get((10, 1000, 0)), by.get((10, 10000, 0))
+    if small and large:
+        growth = (large["pause"]["p50"] / large["functions"]) / (small["pause"]["p50"] / small["functions"])
+        out.append(("pause p50 per function, 10,000 / 1,000 functions (10 modules): growth at most linear",
+                    "<= 1.25x", f"{growth:.2f}x", growth <= 1.25))
+    big = next((r for r in rows if r["filler"]), None)
+    if big and small:
+        ratio = big["pause"]["p50"] / small["pause"]["p50"]
+        out.append((f"pause p50 with {big['filler']:,} more modules and {big['objects'] / 1e6:.0f}M objects / without",
+                    "<= 1.25x", f"{ratio:.2f}x", ratio <= 1.25))
+    if size["first"]:
+        worst = max(f["first_wall"] for f in size["first"])
+        out.append(("first `pyreload apply` on a 1M-object heap, wall time (worst of fresh programs)", "< 50 ms",
+                    f"{worst:.1f} ms", worst < 50))
+    sweep_ns = mig_1m["sweep_ms"] * 1e6 / mig_1m["instances"]
+    ratio = sweep_ns / mig_1m["convert_ns"]
+    out.append(("lazy sweep per instance / eager conversion per instance (1M)", "<= 2x", f"{ratio:.2f}x", ratio <= 2))
+    return out
+
+
 def tree_goal_rows(tree):
     """Issue #15's two goals, from bench/tree.py's JSON."""
     loaded = [r for r in tree["rows"] if r["workers"] and r["clients"]]
@@ -250,6 +332,8 @@ def main():
     import_record = run([sys.executable, "bench/import_record.py", "--pyreload", pyreload])
     tree = run([sys.executable, "bench/tree.py", "--pyreload", pyreload, "--venv", args.venv,
                 "--json", str(work / "tree.json")])
+    size = run([sys.executable, "bench/update_size.py", "--pyreload", pyreload, "--json", str(work / "size.json")])
+    libraries = run([sys.executable, "bench/libraries.py", "--pyreload", pyreload, "--json", str(work / "libs.json")])
     checks = check_latency(pyreload, work)
     soaked = soak(SOAK_UPDATES)
     per_version = None
@@ -261,6 +345,7 @@ def main():
              "--json", str(work / "versions.json")])
         per_version = json.loads((work / "versions.json").read_text())
     plots(python, work / "heap.json", work / "alternatives.json", plot_dir)
+    size_plot(python, work / "size.json", plot_dir)
 
     heap_rows = json.loads((work / "heap.json").read_text())
     alts = {r["name"]: r for r in json.loads((work / "alternatives.json").read_text())}
@@ -294,6 +379,8 @@ def main():
          soaked['retained']['modules'] + soaked['retained']['classes'] == 0),
     ]
     goals += tree_goal_rows(json.loads((work / "tree.json").read_text()))
+    goals += size_goal_rows(json.loads((work / "size.json").read_text()), json.loads((work / "libs.json").read_text()),
+                            mig_1m)
     versions_text = ""
     if per_version:
         goals += version_goal_rows(per_version["rows"])
@@ -443,6 +530,8 @@ cleanup, as the test checks.
 {IMPORT_RECORD_SECTION.format(import_record=import_record)}
 
 {TREE_SECTION.format(tree=tree)}
+
+{SIZE_SECTION.format(size=size, libraries=libraries)}
 
 ## The no-mixed-versions test
 

@@ -3,7 +3,8 @@
 # Sets up bench/.venv with IPython, jurigged and matplotlib from PyPI, and the
 # web stack bench/tree.py serves (the pins of tests/common/pypi.rs)
 # (pinned, so a rerun compares against the same alternatives),
-# builds pyreload (release), and runs every benchmark side by side; then
+# builds pyreload (release), and runs every benchmark side by side (bench/libraries.py
+# makes its own venv, target/lib-venv, and pip-upgrades werkzeug and jinja2 in it); then
 # the headline figures again on every CPython pyenv has (3.10 to 3.13,
 # bench/versions.py: a release build per version in target/pyX.Y).
 # --versions '' skips that part.

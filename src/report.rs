@@ -229,6 +229,25 @@ pub struct Report {
     pub prepared_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<f64>,
+    /// Whether the commit used the merge's pairing made while staging
+    /// (with the program running), or had to pair again in the pause
+    /// because the program changed what it read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_ahead: Option<MergeAhead>,
+}
+
+/// The part of the merge done ahead of the pause (engine/merge.rs, `pair_ahead`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergeAhead {
+    /// The pairing made while staging still held, and the commit used it.
+    pub reused: bool,
+    /// Reads of the live program it depended on that no longer held
+    /// (globals or class attributes the program changed since).
+    pub stale: usize,
+    /// Time the pairing took while staging, outside the pause.
+    pub computed_ms: f64,
+    /// References to replaced objects found while staging (the rebind list).
+    pub rebind_entries: usize,
 }
 
 /// One member of a process tree, in a tree-wide update's report.
@@ -312,6 +331,7 @@ impl Report {
             skew_ms: None,
             prepared_id: None,
             released_at: None,
+            merge_ahead: None,
         }
     }
 

@@ -67,7 +67,7 @@ pub fn convert_all<'py>(
 /// The instance's own `__dict__`, as `object.__getattribute__(obj,
 /// "__dict__")` gives it (no `__getattribute__` of the class runs, so a
 /// lazy migration's hook is not triggered), or None if it has none.
-fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyDict>>> {
+pub(crate) fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = obj.py();
     // SAFETY: `obj` is a valid object and we hold the GIL (a `Bound`).
     // PyObject_GenericGetDict returns a new reference, or NULL with an

@@ -139,6 +139,24 @@ impl Journal {
         Ok(())
     }
 
+    /// [`Journal::set_attr`] with a name the caller holds as a `str`
+    /// already (an interned one): the merge's hot path, per function.
+    pub fn set_attr_named<'py>(
+        &mut self,
+        target: &Bound<'py, PyAny>,
+        name: &Bound<'py, pyo3::types::PyString>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        let old = target.getattr_opt(name)?.map(Bound::unbind);
+        target.setattr(name, value)?;
+        self.push(Entry::Attr {
+            target: target.clone().unbind(),
+            name: name.to_str()?.to_owned(),
+            old,
+        });
+        Ok(())
+    }
+
     pub fn set_class_attr<'py>(
         &mut self,
         class: &Bound<'py, PyAny>,
@@ -293,11 +311,7 @@ pub fn remove_class_attr(class: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
     if name == "__new__" {
         super::world::remove_own_new(class)
     } else {
-        class
-            .py()
-            .get_type::<pyo3::types::PyType>()
-            .call_method1("__delattr__", (class, name))
-            .map(drop)
+        type_setattr_raw(class, name, None)
     }
 }
 
@@ -306,21 +320,60 @@ pub fn remove_class_attr(class: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
 /// (an enum's refuses to reassign a member) does not stand in the way of
 /// the commit or its undoing.
 fn type_setattr(class: &Bound<'_, PyAny>, name: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
-    class
-        .py()
-        .get_type::<pyo3::types::PyType>()
-        .call_method1("__setattr__", (class, name, value))
-        .map(drop)
+    type_setattr_raw(class, name, Some(value))
+}
+
+/// `type.__setattr__(class, name, value)`, or `type.__delattr__` for None.
+fn type_setattr_raw(class: &Bound<'_, PyAny>, name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    let py = class.py();
+    let name = pyo3::types::PyString::new(py, name);
+    let class = class.cast::<pyo3::types::PyType>()?;
+    let value_ptr = value.map_or(std::ptr::null_mut(), |v| v.as_ptr());
+    // SAFETY: `type`'s own tp_setattro (type_setattro), called as
+    // `type.__setattr__`/`__delattr__` would call it, minus the check
+    // that the slot belongs to the object's type: `class` is a type
+    // (checked), `name` a str, the value a live object or NULL (delete);
+    // it returns -1 with an exception set on failure.
+    let setattro = unsafe { pyo3::ffi::PyType_Type.tp_setattro };
+    match setattro {
+        Some(setattro) if unsafe { setattro(class.as_ptr(), name.as_ptr(), value_ptr) } == 0 => Ok(()),
+        Some(_) => Err(PyErr::fetch(py)),
+        None => match value {
+            Some(v) => py
+                .get_type::<pyo3::types::PyType>()
+                .call_method1("__setattr__", (class, name, v))
+                .map(drop),
+            None => py
+                .get_type::<pyo3::types::PyType>()
+                .call_method1("__delattr__", (class, name))
+                .map(drop),
+        },
+    }
 }
 
 /// The raw entry in a class's own namespace (not inherited, no descriptor
 /// binding), as `cls.__dict__.get(name)`.
 /// An entry that holds `None` is `Some(None)`: only a missing entry is `None`.
 pub fn class_dict_get<'py>(class: &Bound<'py, PyAny>, name: &str) -> PyResult<Option<Py<PyAny>>> {
-    let namespace = class.getattr("__dict__")?;
-    if namespace.contains(name)? {
-        Ok(Some(namespace.get_item(name)?.unbind()))
-    } else {
-        Ok(None)
+    Ok(class_dict(class)?.get_item(name)?.map(Bound::unbind))
+}
+
+/// A class's own namespace as the dict it is (what `cls.__dict__` shows
+/// through a read-only proxy). The merge reads it once per attribute;
+/// going through the proxy cost three Python calls each time.
+pub fn class_dict<'py>(class: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    let py = class.py();
+    let ty = class.cast::<pyo3::types::PyType>()?;
+    // SAFETY: `ty` is a live type object and we hold the GIL. From 3.12
+    // PyType_GetDict returns a new reference to the type's dict; before, the
+    // dict is `tp_dict`, borrowed (set for every ready type).
+    #[cfg(Py_3_12)]
+    let dict = unsafe { Bound::from_owned_ptr_or_opt(py, pyo3::ffi::PyType_GetDict(ty.as_type_ptr())) };
+    #[cfg(not(Py_3_12))]
+    let dict = unsafe { Bound::from_borrowed_ptr_or_opt(py, (*ty.as_type_ptr()).tp_dict) };
+    match dict {
+        Some(d) => Ok(d.cast_into::<PyDict>()?),
+        // Not ready, or a proxy of something else: ask as Python would.
+        None => Ok(class.getattr("__dict__")?.call_method0("copy")?.cast_into::<PyDict>()?),
     }
 }

@@ -28,12 +28,16 @@
 //! half-merged program, even though a few small Python helpers run on the
 //! control thread. Every change is journaled for rollback.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::time::Instant;
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFunction, PyList, PyTuple, PyType};
+use pyo3::types::{PyDict, PyFunction, PyList, PyString, PyTuple, PyType};
 
-use super::journal::{class_dict_get, Journal};
+use super::classify;
+use super::journal::{class_dict, class_dict_get, Journal};
+use super::ptrmap::{AddressMap, AddressSet};
 use super::stage::Staged;
 use super::support::Support;
 use crate::diagnostic::Problem;
@@ -65,9 +69,207 @@ pub fn merge(
     staged: &Staged,
     journal: &mut Journal,
 ) -> Result<Merged, Problem> {
-    let merger = Merger::new(py, support, plan, staged, journal)
+    let mut merger = Merger::new(py, support, plan, &staged.modules, journal)
         .map_err(|e| support.problem(py, "could not start the commit", &e))?;
-    merger.run()
+    let mut report = AheadReport::default();
+    let ahead = match &staged.ahead {
+        Some(ahead) => {
+            report.computed_ms = ahead.computed_ms;
+            report.stale = ahead.stale(py);
+            report.rebind_entries = ahead.rebind.entries.len();
+            (report.stale == 0).then_some(ahead)
+        }
+        None => None,
+    };
+    match ahead {
+        Some(ahead) => {
+            merger.adopt(ahead);
+            report.reused = true;
+        }
+        None => {
+            for i in 0..merger.live.len() {
+                merger.pair_module(i)?;
+            }
+        }
+    }
+    let mut merged = merger.run(ahead.map(|a| &a.rebind))?;
+    merged.ahead = report;
+    Ok(merged)
+}
+
+/// Pairs the staged modules with the live ones ahead of the pause, with the
+/// program running, and finds who refers to what the merge will replace:
+/// the part of the merge that reads the program without changing it. The
+/// commit checks that what it read still holds ([`Ahead::stale`]) and
+/// does it again in the pause only if not. None when pairing fails: the
+/// commit then meets the same failure where it always has.
+pub fn pair_ahead(
+    py: Python<'_>,
+    support: &Support<'_>,
+    plan: &Plan,
+    staged: &[Py<pyo3::types::PyModule>],
+) -> Option<Ahead> {
+    let t = Instant::now();
+    let mut scratch = Journal::default();
+    let mut merger = Merger::new(py, support, plan, staged, &mut scratch).ok()?;
+    for i in 0..merger.live.len() {
+        merger.pair_module(i).ok()?;
+    }
+    let rebind = merger.rebind_ahead().ok()?;
+    let unbind = |pairs: &[Pair<'_>]| {
+        pairs
+            .iter()
+            .map(|p| (p.module, p.old.clone().unbind(), p.new.clone().unbind()))
+            .collect()
+    };
+    let ahead = Ahead {
+        twins: merger
+            .twin_pairs
+            .iter()
+            .map(|(new, old)| (new.clone().unbind(), old.clone().unbind()))
+            .collect(),
+        class_pairs: unbind(&merger.class_pairs),
+        function_pairs: unbind(&merger.function_pairs),
+        members: merger
+            .members
+            .iter()
+            .map(|(o, n)| (o.clone().unbind(), n.clone().unbind()))
+            .collect(),
+        reads: merger.reads.drain(..).map(Read::unbind).collect(),
+        rebind,
+        computed_ms: t.elapsed().as_secs_f64() * 1000.0,
+    };
+    Some(ahead)
+}
+
+/// What [`pair_ahead`] found, kept from stage to the commit.
+pub struct Ahead {
+    /// (new, old): the live object that takes each new one's place.
+    twins: Vec<(Py<PyAny>, Py<PyAny>)>,
+    class_pairs: Vec<(usize, Py<PyAny>, Py<PyAny>)>,
+    function_pairs: Vec<(usize, Py<PyAny>, Py<PyAny>)>,
+    members: Vec<(Py<PyAny>, Py<PyAny>)>,
+    /// Every read of the live program the pairing depended on.
+    reads: Vec<ReadOwned>,
+    rebind: RebindAhead,
+    computed_ms: f64,
+}
+
+impl Ahead {
+    /// How many of the reads the pairing made no longer hold: a module or
+    /// class the program changed since. Pointer comparisons, one dict
+    /// lookup each.
+    pub fn stale(&self, py: Python<'_>) -> usize {
+        self.reads.iter().filter(|r| !r.holds(py)).count()
+    }
+}
+
+/// For the report: whether the commit could use the pairing made ahead.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AheadReport {
+    /// The pairing was made ahead of the pause and still held.
+    pub reused: bool,
+    /// Reads of the live program that no longer held at the commit.
+    pub stale: usize,
+    /// Time spent pairing ahead, with the program running.
+    pub computed_ms: f64,
+    /// References to objects the merge replaces, found ahead.
+    pub rebind_entries: usize,
+}
+
+impl From<&AheadReport> for crate::report::MergeAhead {
+    fn from(a: &AheadReport) -> Self {
+        crate::report::MergeAhead {
+            reused: a.reused,
+            stale: a.stale,
+            computed_ms: a.computed_ms,
+            rebind_entries: a.rebind_entries,
+        }
+    }
+}
+
+/// A read the pairing made: a dict entry (a module's global, a class's own
+/// attribute) or a function's code.
+enum Read<'py> {
+    Entry {
+        dict: Bound<'py, PyDict>,
+        key: Bound<'py, PyAny>,
+        value: Option<Bound<'py, PyAny>>,
+    },
+    Code {
+        function: Bound<'py, PyAny>,
+        code: Bound<'py, PyAny>,
+    },
+}
+
+impl Read<'_> {
+    fn unbind(self) -> ReadOwned {
+        match self {
+            Read::Entry { dict, key, value } => ReadOwned::Entry {
+                dict: dict.unbind(),
+                key: key.unbind(),
+                value: value.map(Bound::unbind),
+            },
+            Read::Code { function, code } => ReadOwned::Code {
+                function: function.unbind(),
+                code: code.unbind(),
+            },
+        }
+    }
+}
+
+enum ReadOwned {
+    Entry {
+        dict: Py<PyDict>,
+        key: Py<PyAny>,
+        value: Option<Py<PyAny>>,
+    },
+    Code {
+        function: Py<PyAny>,
+        code: Py<PyAny>,
+    },
+}
+
+impl ReadOwned {
+    fn holds(&self, py: Python<'_>) -> bool {
+        match self {
+            ReadOwned::Entry { dict, key, value } => {
+                let now = dict.bind(py).get_item(key.bind(py)).ok().flatten();
+                match (now, value) {
+                    (None, None) => true,
+                    (Some(now), Some(value)) => now.is(value.bind(py)),
+                    _ => false,
+                }
+            }
+            ReadOwned::Code { function, code } => function
+                .bind(py)
+                .getattr(intern!(py, "__code__"))
+                .is_ok_and(|now| now.is(code.bind(py))),
+        }
+    }
+}
+
+/// A global of another module that held an object the merge replaces.
+struct RebindEntry {
+    importer: String,
+    globals: Py<PyDict>,
+    key: Py<PyAny>,
+    old: Py<PyAny>,
+}
+
+/// The references other modules held, when the pairing was made, to the
+/// objects the merge will replace (functions whose closure changed shape,
+/// a class that became a function): the rebind list, found with the
+/// program running so that the commit need not walk `sys.modules`.
+#[derive(Default)]
+pub struct RebindAhead {
+    /// The objects expected to be replaced.
+    expected: AddressSet,
+    entries: Vec<RebindEntry>,
+    /// The modules looked through (kept alive, so their addresses stay
+    /// theirs); a module loaded later is looked through in the commit.
+    scanned: AddressSet,
+    scanned_keepalive: Vec<Py<PyAny>>,
 }
 
 /// The result of a merge whose report is not finished yet.
@@ -77,6 +279,8 @@ pub struct Merged {
     /// The staged classes whose contents went into a live class: garbage
     /// now (see `retained`).
     replaced_classes: Vec<Py<PyAny>>,
+    /// Whether the pairing made ahead of the pause was used.
+    pub ahead: AheadReport,
 }
 
 #[derive(Default)]
@@ -164,15 +368,18 @@ struct Merger<'a, 'py> {
     live: Vec<Bound<'py, PyDict>>,
     staged: Vec<Bound<'py, PyDict>>,
     /// A new object → the live object that takes its place.
-    twins: HashMap<Key, Bound<'py, PyAny>>,
+    twins: AddressMap<Bound<'py, PyAny>>,
+    /// The same, as (new, old), in the order they were made (and keeping
+    /// every new one alive).
+    twin_pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     /// A staging namespace → the live module dict (to re-home functions).
-    globals_map: HashMap<Key, Bound<'py, PyDict>>,
+    globals_map: AddressMap<Bound<'py, PyDict>>,
     /// A staging module object → the live module.
-    module_map: HashMap<Key, Bound<'py, PyAny>>,
+    module_map: AddressMap<Bound<'py, PyAny>>,
     /// Values the live modules already hold: relinking does not descend into
     /// the program's existing data.
-    live_values: HashSet<Key>,
-    visited: HashSet<Key>,
+    live_values: AddressSet,
+    visited: AddressSet,
     /// Keeps every object used as a key alive, so no address is reused.
     keepalive: Vec<Bound<'py, PyAny>>,
     class_pairs: Vec<Pair<'py>>,
@@ -181,14 +388,18 @@ struct Merger<'a, 'py> {
     replaced: Vec<(usize, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     reports: Vec<ModuleReport>,
     function_type: Bound<'py, PyAny>,
-    staticmethod_type: Bound<'py, PyAny>,
-    classmethod_type: Bound<'py, PyAny>,
     property_type: Bound<'py, PyAny>,
     /// `enum.EnumType`: an enum's members are its definition (see
     /// `pair_members`).
     /// Enum members that kept their identity: (live member, new member),
     /// whose attributes `patch_class` brings up to date.
     members: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    /// The names of the modules the update reloads, to look up in O(1)
+    /// (an update of a thousand modules asks for every object relinked).
+    updated: HashSet<&'a str>,
+    /// What pairing read from the live program, to tell later whether a
+    /// pairing made ahead of the pause still holds (see [`Ahead`]).
+    reads: Vec<Read<'py>>,
     truncated: bool,
 }
 
@@ -197,7 +408,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         py: Python<'py>,
         support: &'a Support<'py>,
         plan: &'a Plan,
-        staged: &Staged,
+        staged: &[Py<pyo3::types::PyModule>],
         journal: &'a mut Journal,
     ) -> PyResult<Self> {
         let builtins = py.import("builtins")?;
@@ -208,11 +419,14 @@ impl<'a, 'py> Merger<'a, 'py> {
             journal,
             live: Vec::new(),
             staged: Vec::new(),
-            twins: HashMap::new(),
-            globals_map: HashMap::new(),
-            module_map: HashMap::new(),
-            live_values: HashSet::new(),
-            visited: HashSet::new(),
+            twins: AddressMap::default(),
+            twin_pairs: Vec::new(),
+            globals_map: AddressMap::default(),
+            module_map: AddressMap::default(),
+            live_values: AddressSet::default(),
+            visited: AddressSet::default(),
+            reads: Vec::new(),
+            updated: plan.modules.iter().map(|m| m.name.as_str()).collect(),
             keepalive: Vec::new(),
             class_pairs: Vec::new(),
             function_pairs: Vec::new(),
@@ -222,13 +436,11 @@ impl<'a, 'py> Merger<'a, 'py> {
             // module the program has not loaded must not appear in it
             // during the commit (the update may be publishing its own).
             function_type: py.eval(c"(lambda: None).__class__", None, None)?.into_any(),
-            staticmethod_type: builtins.getattr("staticmethod")?,
-            classmethod_type: builtins.getattr("classmethod")?,
-            property_type: builtins.getattr("property")?,
+            property_type: builtins.getattr(intern!(builtins.py(), "property"))?,
             members: Vec::new(),
             truncated: false,
         };
-        for (plan_module, staging) in plan.modules.iter().zip(&staged.modules) {
+        for (plan_module, staging) in plan.modules.iter().zip(staged) {
             let live_module = plan_module.module.bind(py);
             let live = live_module.dict();
             let staging = staging.bind(py);
@@ -252,12 +464,34 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(m)
     }
 
-    fn run(mut self) -> Result<Merged, Problem> {
+    /// Takes the pairing made ahead of the pause, which still holds.
+    fn adopt(&mut self, ahead: &Ahead) {
+        let py = self.py;
+        for (new, old) in &ahead.twins {
+            self.add_twin(new.bind(py), old.bind(py));
+        }
+        let bind = |pairs: &[(usize, Py<PyAny>, Py<PyAny>)]| {
+            pairs
+                .iter()
+                .map(|(module, old, new)| Pair {
+                    module: *module,
+                    old: old.bind(py).clone(),
+                    new: new.bind(py).clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        self.class_pairs = bind(&ahead.class_pairs);
+        self.function_pairs = bind(&ahead.function_pairs);
+        self.members = ahead
+            .members
+            .iter()
+            .map(|(o, n)| (o.bind(py).clone(), n.bind(py).clone()))
+            .collect();
+    }
+
+    fn run(mut self, rebind: Option<&RebindAhead>) -> Result<Merged, Problem> {
         let py = self.py;
         let err = |e: PyErr| self.support.problem(py, "the commit failed", &e);
-        for i in 0..self.live.len() {
-            self.pair_module(i)?;
-        }
         for i in 0..self.live.len() {
             self.merge_namespace(i).map_err(err)?;
         }
@@ -284,7 +518,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                 closure_changed,
             });
         }
-        self.rebind_replaced().map_err(|e| {
+        self.rebind_replaced(rebind).map_err(|e| {
             self.support
                 .problem(py, "could not re-point references to replaced objects", &e)
         })?;
@@ -296,6 +530,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             reports: self.reports,
             pending,
             replaced_classes,
+            ahead: AheadReport::default(),
         })
     }
 
@@ -310,6 +545,11 @@ impl<'a, 'py> Merger<'a, 'py> {
                 continue;
             }
             let old = self.live[i].get_item(&name).ok().flatten();
+            self.reads.push(Read::Entry {
+                dict: self.live[i].clone(),
+                key: PyString::new(self.py, &name).into_any(),
+                value: old.clone(),
+            });
             if let Some(old) = old {
                 self.pair(i, &module, &old, &new)?;
             }
@@ -324,7 +564,12 @@ impl<'a, 'py> Merger<'a, 'py> {
         old: &Bound<'py, PyAny>,
         new: &Bound<'py, PyAny>,
     ) -> Result<(), Problem> {
-        if !defined_in(old, module) || !defined_in(new, module) || qualname(old) != qualname(new) {
+        if !defined_in(old, module) || !defined_in(new, module) || !same_qualname(old, new) {
+            return Ok(());
+        }
+        // Paired already: a class that holds itself, or a class reachable
+        // from its own members (`Node.Base = Node`), is paired once.
+        if self.twin_of(new).is_some() {
             return Ok(());
         }
         if is_class(old) && is_class(new) {
@@ -344,21 +589,38 @@ impl<'a, 'py> Merger<'a, 'py> {
                 old: old.clone(),
                 new: new.clone(),
             });
-            let members: Vec<(String, Bound<'py, PyAny>)> = class_items(new);
-            for (attr, nv) in members {
-                let Some(ov) = class_dict_get(old, &attr).ok().flatten() else {
+            let members = class_entries(new);
+            let old_dict = class_dict(old).map_err(|e| self.support.problem(self.py, "could not read a class", &e))?;
+            for (key, nv) in members {
+                let ov = old_dict.get_item(&key).ok().flatten();
+                self.reads.push(Read::Entry {
+                    dict: old_dict.clone(),
+                    key,
+                    value: ov.clone(),
+                });
+                let Some(ov) = ov else {
                     continue;
                 };
-                let ov = ov.into_bound(self.py);
                 if is_class(&nv) || is_function(&nv) {
                     self.pair(i, module, &ov, &nv)?;
                 } else if self.is_wrapper(&nv) && ov.get_type().is(nv.get_type()) {
-                    if let (Ok(of), Ok(nf)) = (ov.getattr("__func__"), nv.getattr("__func__")) {
+                    if let (Ok(of), Ok(nf)) = (
+                        ov.getattr(intern!(ov.py(), "__func__")),
+                        nv.getattr(intern!(nv.py(), "__func__")),
+                    ) {
                         self.pair(i, module, &of, &nf)?;
                     }
                 }
             }
-        } else if is_function(old) && is_function(new) && same_freevars(old, new) {
+        } else if is_function(old) && is_function(new) && {
+            if let Ok(code) = old.getattr(intern!(self.py, "__code__")) {
+                self.reads.push(Read::Code {
+                    function: old.clone(),
+                    code,
+                });
+            }
+            same_freevars(old, new)
+        } {
             self.add_twin(new, old);
             self.function_pairs.push(Pair {
                 module: i,
@@ -391,7 +653,10 @@ impl<'a, 'py> Merger<'a, 'py> {
             if self.twin_of(&nm).is_some() {
                 continue; // an alias of a member already matched
             }
-            let (ov, nv) = (om.getattr("_value_")?, nm.getattr("_value_")?);
+            let (ov, nv) = (
+                om.getattr(intern!(om.py(), "_value_"))?,
+                nm.getattr(intern!(nm.py(), "_value_"))?,
+            );
             if om.get_type().is(old) && same_value(&ov, &nv) {
                 self.add_twin(&nm, &om);
                 self.members.push((om, nm));
@@ -410,15 +675,21 @@ impl<'a, 'py> Merger<'a, 'py> {
         };
         let Ok(mro) = mro.try_iter() else { return false };
         mro.flatten().any(|meta| {
-            let module = meta.getattr("__module__").ok().and_then(|m| m.extract::<String>().ok());
-            let name = meta.getattr("__name__").ok().and_then(|n| n.extract::<String>().ok());
+            let module = meta
+                .getattr(intern!(meta.py(), "__module__"))
+                .ok()
+                .and_then(|m| m.extract::<String>().ok());
+            let name = meta
+                .getattr(intern!(meta.py(), "__name__"))
+                .ok()
+                .and_then(|n| n.extract::<String>().ok());
             module.as_deref() == Some("enum") && matches!(name.as_deref(), Some("EnumMeta" | "EnumType"))
         })
     }
 
     fn add_twin(&mut self, new: &Bound<'py, PyAny>, old: &Bound<'py, PyAny>) {
         self.twins.insert(key(new), old.clone());
-        self.keepalive.push(new.clone());
+        self.twin_pairs.push((new.clone(), old.clone()));
     }
 
     fn twin_of(&self, new: &Bound<'py, PyAny>) -> Option<&Bound<'py, PyAny>> {
@@ -499,7 +770,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                     report.functions.added.push(name);
                 } else if defined_in(&new, &module) && is_class(&new) {
                     report.classes.added.push(name);
-                } else if !self.support.is_code_like(&new)? {
+                } else if !classify::is_code_like(&new) {
                     report.globals.added.push(name);
                 }
                 continue;
@@ -527,13 +798,13 @@ impl<'a, 'py> Merger<'a, 'py> {
                     self.reports[i].functions.changed.push(label);
                 }
                 self.replaced.push((i, old, nv));
-            } else if self.support.is_code_like(&new)? {
+            } else if classify::is_code_like(&new) {
                 // Imported names and modules follow the new source.
                 let nv = self.relink(&new)?;
                 if !nv.is(&old) {
                     self.journal.set_item(&live, &key_obj, &nv)?;
                 }
-            } else if self.support.is_constant(&new)? && self.support.is_constant(&old)? {
+            } else if classify::is_constant(&new) && classify::is_constant(&old) {
                 if !same_value(&old, &new) {
                     self.journal.set_item(&live, &key_obj, &new)?;
                     self.reports[i].globals.updated.push(name);
@@ -571,8 +842,9 @@ impl<'a, 'py> Merger<'a, 'py> {
         let class_name = qualname(old);
         let mut changed = false;
 
-        let new_bases = self.relink(&new.getattr("__bases__")?)?;
-        if !new_bases.eq(old.getattr("__bases__")?)? {
+        let bases = intern!(self.py, "__bases__");
+        let new_bases = self.relink(&new.getattr(bases)?)?;
+        if !new_bases.eq(old.getattr(bases)?)? {
             self.journal.set_attr(old, "__bases__", &new_bases)?;
             changed = true;
         }
@@ -605,7 +877,10 @@ impl<'a, 'py> Merger<'a, 'py> {
             .cloned()
             .collect();
         for (om, nm) in kept_members {
-            let (Ok(od), Ok(nd)) = (om.getattr("__dict__"), nm.getattr("__dict__")) else {
+            let (Ok(od), Ok(nd)) = (
+                om.getattr(intern!(om.py(), "__dict__")),
+                nm.getattr(intern!(nm.py(), "__dict__")),
+            ) else {
                 continue;
             };
             let od = od.cast_into::<PyDict>()?;
@@ -629,13 +904,17 @@ impl<'a, 'py> Merger<'a, 'py> {
             .iter()
             .chain(&plan_module.reset)
             .any(|n| n.starts_with(&prefix));
-        let new_items = class_items(new);
-        let new_names: HashSet<String> = new_items.iter().map(|(n, _)| n.clone()).collect();
+        let old_dict = class_dict(old)?;
+        let new_items: Vec<(String, Bound<'py, PyAny>, Bound<'py, PyAny>)> = class_entries(new)
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.extract::<String>().ok()?, v, k)))
+            .collect();
+        let new_names: HashSet<String> = new_items.iter().map(|(n, _, _)| n.clone()).collect();
         // The member table first: an enum refuses to set a name that its
         // current table lists.
         let mut new_items = new_items;
-        new_items.sort_by_key(|(attr, _)| attr != "_member_map_");
-        for (attr, nv) in new_items {
+        new_items.sort_by_key(|(attr, _, _)| attr != "_member_map_");
+        for (attr, nv, attr_key) in new_items {
             if matches!(attr.as_str(), "__dict__" | "__weakref__") || self.is_slot_descriptor(&nv) {
                 continue;
             }
@@ -653,10 +932,10 @@ impl<'a, 'py> Merger<'a, 'py> {
                     continue;
                 }
             }
-            let Some(ov) = class_dict_get(old, &attr)? else {
+            let Some(ov) = old_dict.get_item(&attr_key)? else {
                 let v = self.relink(&nv)?;
                 self.journal.set_class_attr(old, &attr, Some(&v))?;
-                if self.support.is_code_like(&nv)? {
+                if classify::is_code_like(&nv) {
                     self.reports[pair.module]
                         .functions
                         .added
@@ -665,12 +944,14 @@ impl<'a, 'py> Merger<'a, 'py> {
                 changed = true;
                 continue;
             };
-            let ov = ov.into_bound(self.py);
             if self.twin_of(&nv).is_some_and(|t| t.is(&ov)) {
                 continue;
             }
             if self.is_wrapper(&nv) && ov.get_type().is(nv.get_type()) {
-                if let (Ok(of), Ok(nf)) = (ov.getattr("__func__"), nv.getattr("__func__")) {
+                if let (Ok(of), Ok(nf)) = (
+                    ov.getattr(intern!(ov.py(), "__func__")),
+                    nv.getattr(intern!(nv.py(), "__func__")),
+                ) {
                     // The same function in a fresh wrapper (3.12's enum gives
                     // each class its own `staticmethod` of
                     // `Enum._generate_next_value_`), or the twin of the old one.
@@ -679,7 +960,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                     }
                 }
             }
-            if self.support.is_code_like(&nv)? || self.support.is_code_like(&ov)? {
+            if classify::is_code_like(&nv) || classify::is_code_like(&ov) {
                 let v = self.relink(&nv)?;
                 self.journal.set_class_attr(old, &attr, Some(&v))?;
                 if (is_function(&nv) && defined_in(&nv, &module))
@@ -692,7 +973,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                         .push(format!("{class_name}.{attr} (replaced)"));
                 }
                 changed = true;
-            } else if (definition(&attr) || (self.support.is_constant(&nv)? && self.support.is_constant(&ov)?))
+            } else if (definition(&attr) || (classify::is_constant(&nv) && classify::is_constant(&ov)))
                 && !same_value(&ov, &nv)
             {
                 let v = self.relink(&nv)?;
@@ -710,7 +991,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             {
                 continue;
             }
-            if self.support.is_code_like(&ov)? {
+            if classify::is_code_like(&ov) {
                 self.journal.set_class_attr(old, &attr, None)?;
                 self.reports[pair.module]
                     .functions
@@ -755,23 +1036,46 @@ impl<'a, 'py> Merger<'a, 'py> {
         if old.is(new) {
             return Ok(false);
         }
-        let (old_code, new_code) = (old.getattr("__code__")?, new.getattr("__code__")?);
+        let py = self.py;
+        let code = intern!(py, "__code__");
+        let (old_code, new_code) = (old.getattr(code)?, new.getattr(code)?);
         let mut changed = false;
-        self.journal.set_attr(old, "__code__", &new_code)?;
+        self.journal.set_attr_named(old, code, &new_code)?;
         codes.push((old_code.unbind(), new_code.unbind()));
-        for attr in ["__defaults__", "__kwdefaults__", "__annotations__", "__doc__"] {
-            let nv = self.relink(&new.getattr(attr)?)?;
-            if !nv.is(old.getattr(attr)?) {
-                self.journal.set_attr(old, attr, &nv)?;
+        let attrs = [
+            intern!(py, "__defaults__"),
+            intern!(py, "__kwdefaults__"),
+            intern!(py, "__annotations__"),
+            intern!(py, "__doc__"),
+        ];
+        for (n, attr) in attrs.into_iter().enumerate() {
+            // Neither has annotations: reading `__annotations__` would make
+            // each an empty dict, only to compare them.
+            if n == 2 && !has_annotations(old) && !has_annotations(new) {
+                continue;
+            }
+            let (nv, ov) = (new.getattr(attr)?, old.getattr(attr)?);
+            // Two empty annotation dicts say the same: nothing to set.
+            if n == 2 && dict_is_empty(&nv) && dict_is_empty(&ov) {
+                continue;
+            }
+            if nv.is(&ov) {
+                continue;
+            }
+            let nv = self.relink(&nv)?;
+            if !nv.is(&ov) {
+                self.journal.set_attr_named(old, attr, &nv)?;
             }
         }
-        let new_dict = new.getattr("__dict__")?;
-        if new_dict.len()? > 0 {
-            let merged = old.getattr("__dict__")?.cast_into::<PyDict>()?.copy()?;
+        let dict = intern!(py, "__dict__");
+        let new_dict = new.getattr(dict)?;
+        if !dict_is_empty(&new_dict) {
+            let merged = old.getattr(dict)?.cast_into::<PyDict>()?.copy()?;
             merged.update(self.relink(&new_dict)?.cast::<PyMapping>()?)?;
-            self.journal.set_attr(old, "__dict__", merged.as_any())?;
+            self.journal.set_attr_named(old, dict, merged.as_any())?;
         }
-        let (old_closure, new_closure) = (old.getattr("__closure__")?, new.getattr("__closure__")?);
+        let closure = intern!(py, "__closure__");
+        let (old_closure, new_closure) = (old.getattr(closure)?, new.getattr(closure)?);
         if let (Ok(oc), Ok(nc)) = (old_closure.cast::<PyTuple>(), new_closure.cast::<PyTuple>()) {
             for (ocell, ncell) in oc.iter().zip(nc.iter()) {
                 let Some(nv) = cell_contents(&ncell) else { continue };
@@ -798,33 +1102,123 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(changed)
     }
 
+    /// The objects [`Merger::merge_namespace`] will replace, as the live
+    /// program stands now: its decision, without making it.
+    fn expected_replacements(&self) -> Vec<Bound<'py, PyAny>> {
+        let mut out = Vec::new();
+        for (i, plan) in self.plan.modules.iter().enumerate() {
+            for (key_obj, new) in self.staged[i].iter() {
+                let Ok(name) = key_obj.extract::<String>() else {
+                    continue;
+                };
+                if is_module_machinery(&name) || is_module_definition(&name) {
+                    continue;
+                }
+                let Some(old) = self.live[i].get_item(&name).ok().flatten() else {
+                    continue;
+                };
+                if self.twin_of(&new).is_some_and(|t| t.is(&old))
+                    || plan.reset.contains(&name)
+                    || plan.keep.contains(&name)
+                    || plan.transformed.contains(&name)
+                {
+                    continue;
+                }
+                if (is_function(&old) || is_class(&old)) && defined_in(&old, &plan.name) {
+                    out.push(old);
+                }
+            }
+        }
+        out
+    }
+
+    /// The rebind list, found ahead of the pause: every global of a module
+    /// the update does not reload that holds an object the merge will
+    /// replace. One walk of `sys.modules`, with the program running.
+    fn rebind_ahead(&self) -> PyResult<RebindAhead> {
+        let mut ahead = RebindAhead::default();
+        let expected = self.expected_replacements();
+        for old in &expected {
+            ahead.expected.insert(key(old));
+        }
+        let updated: HashSet<&str> = self.plan.modules.iter().map(|m| m.name.as_str()).collect();
+        let modules = self.sys_modules()?;
+        for (name, module) in modules.iter() {
+            ahead.scanned.insert(key(&module));
+            ahead.scanned_keepalive.push(module.clone().unbind());
+            if expected.is_empty() {
+                continue;
+            }
+            let name: String = name.extract().unwrap_or_default();
+            if updated.contains(name.as_str()) {
+                continue;
+            }
+            let Some(dict) = module_dict(&module) else { continue };
+            for (k, v) in dict.iter() {
+                if ahead.expected.contains(&key(&v)) {
+                    ahead.entries.push(RebindEntry {
+                        importer: name.clone(),
+                        globals: dict.clone().unbind(),
+                        key: k.unbind(),
+                        old: v.unbind(),
+                    });
+                }
+            }
+        }
+        Ok(ahead)
+    }
+
+    fn sys_modules(&self) -> PyResult<Bound<'py, PyDict>> {
+        self.py
+            .import(intern!(self.py, "sys"))?
+            .getattr(intern!(self.py, "modules"))?
+            .cast_into::<PyDict>()?
+            .copy()
+    }
+
     /// Points every reference that other modules hold to a replaced object
-    /// at its replacement (the `from m import f` copies).
-    fn rebind_replaced(&mut self) -> PyResult<()> {
+    /// at its replacement (the `from m import f` copies). With a rebind
+    /// list found ahead ([`RebindAhead`]) that expected every replacement
+    /// made, only its entries are checked (each still holding the old
+    /// object: one the program rebound since keeps its own), and only the
+    /// modules loaded since are looked through; otherwise every module is.
+    fn rebind_replaced(&mut self, ahead: Option<&RebindAhead>) -> PyResult<()> {
         if self.replaced.is_empty() {
             return Ok(());
         }
-        let targets: HashMap<Key, (usize, Bound<'py, PyAny>)> = self
+        let py = self.py;
+        let targets: AddressMap<(usize, Bound<'py, PyAny>)> = self
             .replaced
             .iter()
             .map(|(i, old, new)| (key(old), (*i, new.clone())))
             .collect();
+        let ahead = ahead.filter(|a| targets.keys().all(|k| a.expected.contains(k)));
         let updated: HashSet<String> = self.plan.modules.iter().map(|m| m.name.clone()).collect();
-        let modules = self
-            .py
-            .import("sys")?
-            .getattr("modules")?
-            .cast_into::<PyDict>()?
-            .copy()?;
+        if let Some(ahead) = ahead {
+            for entry in &ahead.entries {
+                let name = &entry.importer;
+                let (dict, k, old) = (entry.globals.bind(py), entry.key.bind(py), entry.old.bind(py));
+                let Some((i, new)) = targets.get(&key(old)) else {
+                    continue;
+                };
+                if !dict.get_item(k)?.is_some_and(|held| held.is(old)) {
+                    continue; // rebound by the program since
+                }
+                self.journal.set_item(dict, k, new)?;
+                let attr: String = k.extract().unwrap_or_default();
+                self.reports[*i].rebound.push(format!("{name}.{attr}"));
+            }
+        }
+        let modules = self.sys_modules()?;
         for (name, module) in modules.iter() {
+            if ahead.is_some_and(|a| a.scanned.contains(&key(&module))) {
+                continue;
+            }
             let name: String = name.extract().unwrap_or_default();
             if updated.contains(&name) {
                 continue;
             }
-            let Ok(Some(dict)) = module.getattr_opt("__dict__") else {
-                continue;
-            };
-            let Ok(dict) = dict.cast_into::<PyDict>() else { continue };
+            let Some(dict) = module_dict(&module) else { continue };
             let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = dict.iter().collect();
             for (k, v) in items {
                 if let Some((i, new)) = targets.get(&key(&v)) {
@@ -868,7 +1262,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         self.keepalive.push(obj.clone());
 
         if is_function(obj) {
-            let globals = obj.getattr("__globals__")?;
+            let globals = obj.getattr(intern!(obj.py(), "__globals__"))?;
             if let Some(live) = self.globals_map.get(&key(&globals)).cloned() {
                 return self.rehome_function(obj, &live, depth);
             }
@@ -909,7 +1303,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             };
         }
         if self.is_wrapper(obj) {
-            let f = obj.getattr("__func__")?;
+            let f = obj.getattr(intern!(obj.py(), "__func__"))?;
             let nf = self.relink_at(&f, depth + 1)?;
             return if nf.is(&f) {
                 Ok(obj.clone())
@@ -929,8 +1323,8 @@ impl<'a, 'py> Merger<'a, 'py> {
             if !any_changed {
                 return Ok(obj.clone());
             }
-            let doc = obj.getattr("__doc__")?;
-            return obj.get_type().call1((&parts[0], &parts[1], &parts[2], doc));
+            let doc = obj.getattr(intern!(obj.py(), "__doc__"))?;
+            return self.rebuild_property(obj, &parts, &doc);
         }
         if is_class(obj) {
             // A class new in this version: its methods were created in the
@@ -956,7 +1350,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             self.journal.set_attr(obj, "__class__", live_class)?;
         }
         if live_class.is_some() || self.is_staged_definition(cls.as_any()) {
-            if let Ok(Some(d)) = obj.getattr_opt("__dict__") {
+            if let Ok(Some(d)) = obj.getattr_opt(intern!(obj.py(), "__dict__")) {
                 self.relink_at(&d, depth + 1)?;
             }
         }
@@ -973,27 +1367,33 @@ impl<'a, 'py> Merger<'a, 'py> {
         depth: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let rehomed = self.function_type.call1((
-            f.getattr("__code__")?,
+            f.getattr(intern!(f.py(), "__code__"))?,
             live,
-            f.getattr("__name__")?,
+            f.getattr(intern!(f.py(), "__name__"))?,
             self.py.None(),
-            f.getattr("__closure__")?,
+            f.getattr(intern!(f.py(), "__closure__"))?,
         ))?;
         self.add_twin(f, &rehomed);
-        for attr in ["__qualname__", "__module__", "__doc__", "__annotations__"] {
+        let py = self.py;
+        for attr in [
+            intern!(py, "__qualname__"),
+            intern!(py, "__module__"),
+            intern!(py, "__doc__"),
+            intern!(py, "__annotations__"),
+        ] {
             rehomed.setattr(attr, f.getattr(attr)?)?;
         }
-        for attr in ["__defaults__", "__kwdefaults__"] {
+        for attr in [intern!(py, "__defaults__"), intern!(py, "__kwdefaults__")] {
             let v = f.getattr(attr)?;
             if !v.is_none() {
                 rehomed.setattr(attr, self.relink_at(&v, depth + 1)?)?;
             }
         }
-        let d = f.getattr("__dict__")?;
+        let d = f.getattr(intern!(f.py(), "__dict__"))?;
         if d.len()? > 0 {
-            rehomed.setattr("__dict__", self.relink_at(&d, depth + 1)?)?;
+            rehomed.setattr(intern!(rehomed.py(), "__dict__"), self.relink_at(&d, depth + 1)?)?;
         }
-        if let Ok(closure) = f.getattr("__closure__")?.cast_into::<PyTuple>() {
+        if let Ok(closure) = f.getattr(intern!(f.py(), "__closure__"))?.cast_into::<PyTuple>() {
             for cell in closure.iter() {
                 if let Some(v) = cell_contents(&cell) {
                     let nv = self.relink_at(&v, depth + 1)?;
@@ -1006,25 +1406,62 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(rehomed)
     }
 
+    /// The same property with relinked accessors. A subclass of
+    /// `property` may take other arguments (werkzeug's `cached_property`
+    /// takes `fget, name, doc`): it is made as `property` makes itself,
+    /// with the instance's own attributes copied over.
+    fn rebuild_property(
+        &self,
+        obj: &Bound<'py, PyAny>,
+        parts: &[Bound<'py, PyAny>],
+        doc: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let class = obj.get_type();
+        if class.is(&self.property_type) {
+            return class.call1((&parts[0], &parts[1], &parts[2], doc));
+        }
+        let py = self.py;
+        let new = self.property_type.call_method1(intern!(py, "__new__"), (&class,))?;
+        self.property_type
+            .getattr(intern!(py, "__init__"))?
+            .call1((&new, &parts[0], &parts[1], &parts[2], doc))?;
+        if let (Ok(Some(from)), Ok(Some(to))) = (
+            obj.getattr_opt(intern!(py, "__dict__")),
+            new.getattr_opt(intern!(py, "__dict__")),
+        ) {
+            to.call_method1(intern!(py, "update"), (from,))?;
+        }
+        Ok(new)
+    }
+
     fn is_staged_definition(&self, class: &Bound<'py, PyAny>) -> bool {
-        let Ok(module) = class.getattr("__module__").and_then(|m| m.extract::<String>()) else {
+        let Ok(module) = class
+            .getattr(intern!(class.py(), "__module__"))
+            .and_then(|m| m.extract::<String>())
+        else {
             return false;
         };
-        self.plan.modules.iter().any(|m| m.name == module)
+        self.updated.contains(module.as_str())
             && self.twin_of(class).is_none()
             && !self.live_values.contains(&key(class))
     }
 
     fn is_wrapper(&self, obj: &Bound<'py, PyAny>) -> bool {
-        obj.is_instance(&self.staticmethod_type).unwrap_or(false)
-            || obj.is_instance(&self.classmethod_type).unwrap_or(false)
+        // SAFETY: type checks against two static types, as isinstance.
+        unsafe {
+            pyo3::ffi::PyObject_TypeCheck(obj.as_ptr(), &raw mut pyo3::ffi::PyStaticMethod_Type) != 0
+                || pyo3::ffi::PyObject_TypeCheck(obj.as_ptr(), &raw mut pyo3::ffi::PyClassMethod_Type) != 0
+        }
     }
 
     /// `__slots__` members and `__dict__`/`__weakref__` accessors are tied to
     /// the class that created them and must stay the live class's own.
     fn is_slot_descriptor(&self, obj: &Bound<'py, PyAny>) -> bool {
-        let name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-        matches!(name.as_str(), "member_descriptor" | "getset_descriptor")
+        // SAFETY: comparing the object's type pointer with two static types.
+        unsafe {
+            let ty = pyo3::ffi::Py_TYPE(obj.as_ptr());
+            ty == &raw mut pyo3::ffi::PyMemberDescr_Type || ty == &raw mut pyo3::ffi::PyGetSetDescr_Type
+        }
     }
 }
 
@@ -1085,23 +1522,44 @@ fn is_class(obj: &Bound<'_, PyAny>) -> bool {
 /// A function or class whose `__module__` is `module`.
 fn defined_in(obj: &Bound<'_, PyAny>, module: &str) -> bool {
     (is_function(obj) || is_class(obj))
-        && obj
-            .getattr("__module__")
-            .and_then(|m| m.extract::<String>())
-            .is_ok_and(|m| m == module)
+        && obj.getattr(intern!(obj.py(), "__module__")).is_ok_and(|m| {
+            m.cast::<PyString>()
+                .is_ok_and(|m| m.to_str().is_ok_and(|m| m == module))
+        })
 }
 
 fn qualname(obj: &Bound<'_, PyAny>) -> String {
-    obj.getattr("__qualname__")
+    obj.getattr(intern!(obj.py(), "__qualname__"))
         .and_then(|q| q.extract())
         .unwrap_or_else(|_| "?".to_string())
+}
+
+/// The same qualified name, compared without copying either.
+fn same_qualname(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
+    let name = intern!(a.py(), "__qualname__");
+    match (a.getattr(name), b.getattr(name)) {
+        (Ok(x), Ok(y)) => x.is(&y) || x.eq(&y).unwrap_or(false),
+        (Err(_), Err(_)) => true,
+        _ => false,
+    }
+}
+
+/// A module's namespace, if it has a real one.
+fn module_dict<'py>(module: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
+    module
+        .getattr_opt(intern!(module.py(), "__dict__"))
+        .ok()
+        .flatten()?
+        .cast_into::<PyDict>()
+        .ok()
 }
 
 /// A function's `__code__` can only be replaced by code with the same free
 /// variables, because the closure cells stay.
 fn same_freevars(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
     fn freevars<'py>(f: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        f.getattr("__code__")?.getattr("co_freevars")
+        f.getattr(intern!(f.py(), "__code__"))?
+            .getattr(intern!(f.py(), "co_freevars"))
     }
     match (freevars(a), freevars(b)) {
         (Ok(x), Ok(y)) => x.eq(y).unwrap_or(false),
@@ -1110,20 +1568,39 @@ fn same_freevars(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
 }
 
 fn cell_contents<'py>(cell: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
-    cell.getattr("cell_contents").ok()
+    cell.getattr(intern!(cell.py(), "cell_contents")).ok()
+}
+
+/// A function with annotations of its own (not the empty dict CPython
+/// makes when `__annotations__` is first read).
+fn has_annotations(f: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `f` is a function (checked by the callers' pairing); the
+    // result is borrowed, NULL when it has none.
+    let annotations = unsafe { pyo3::ffi::PyFunction_GetAnnotations(f.as_ptr()) };
+    !annotations.is_null()
+        && unsafe { Bound::from_borrowed_ptr(f.py(), annotations) }
+            .cast::<PyDict>()
+            .is_ok_and(|d| !d.is_empty())
+}
+
+/// An exact dict with nothing in it.
+fn dict_is_empty(obj: &Bound<'_, PyAny>) -> bool {
+    obj.cast_exact::<PyDict>().is_ok_and(|d| d.is_empty())
+}
+
+/// A class's own namespace, as (key, raw value) pairs: the keys are the
+/// dict's own `str` objects, whose hashes are cached, for looking the same
+/// name up in another class.
+fn class_entries<'py>(class: &Bound<'py, PyAny>) -> Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    class_dict(class).map(|d| d.iter().collect()).unwrap_or_default()
 }
 
 /// A class's own namespace, as (name, raw value) pairs.
 fn class_items<'py>(class: &Bound<'py, PyAny>) -> Vec<(String, Bound<'py, PyAny>)> {
-    let Ok(items) = class
-        .getattr("__dict__")
-        .and_then(|d| d.call_method0("items"))
-        .and_then(|i| i.try_iter().map(|it| it.collect::<Vec<_>>()))
-    else {
+    let Ok(dict) = class_dict(class) else {
         return Vec::new();
     };
-    items
-        .into_iter()
-        .filter_map(|item| item.ok()?.extract::<(String, Bound<'py, PyAny>)>().ok())
+    dict.iter()
+        .filter_map(|(k, v)| Some((k.extract::<String>().ok()?, v)))
         .collect()
 }

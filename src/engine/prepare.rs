@@ -62,6 +62,9 @@ fn resolve(
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let mut located = Vec::new();
+    // New modules listed so far: a new package's own new submodules may
+    // follow it in the spec (the commit adds them in this order).
+    let mut new_so_far: Vec<&str> = Vec::new();
     for reload in &spec.reload {
         let name = reload.module.get_ref();
         let explicit = match &reload.source {
@@ -83,7 +86,11 @@ fn resolve(
             None => None,
         };
         let module = match (&explicit, reload.new) {
-            (Some(path), true) => new_module(py, support, &sys_modules, source, &reload.module, path)?,
+            (Some(path), true) => {
+                let module = new_module(py, support, &sys_modules, &new_so_far, source, &reload.module, path)?;
+                new_so_far.push(reload.module.get_ref());
+                module
+            }
             _ => find_module(py, support, &sys_modules, source, &reload.module)?,
         };
         let path = match explicit {
@@ -244,11 +251,19 @@ fn check_reload_order(
                 .iter()
                 .filter_map(|i| names.iter().position(|n| n == i))
                 .filter(|&j| names[j] != m.name)
+                // A submodule that imports from its own package (`from .
+                // import nodes`) reads the package the program has: the
+                // package's reload, which imports its submodules, comes
+                // after theirs.
+                .filter(|&j| !is_ancestor(names[j], &m.name))
                 .collect(),
         );
     }
     for (i, deps) in imports.iter().enumerate() {
-        if let Some(&j) = deps.iter().find(|&&j| j > i) {
+        // Modules that import each other (a package's modules often do,
+        // some only under `if TYPE_CHECKING:`) have no order that puts
+        // each after the other: the spec's order stands for them.
+        if let Some(&j) = deps.iter().find(|&&j| j > i && !reaches(&imports, j, i)) {
             let order = dependency_order(&names, &imports).join(", ");
             return Err(source
                 .problem(
@@ -266,6 +281,26 @@ fn check_reload_order(
         }
     }
     Ok(())
+}
+
+/// Whether module `from` imports `to`, directly or through other updated modules.
+fn reaches(imports: &[Vec<usize>], from: usize, to: usize) -> bool {
+    let mut seen = vec![false; imports.len()];
+    let mut stack = vec![from];
+    while let Some(i) = stack.pop() {
+        if i == to {
+            return true;
+        }
+        if !std::mem::replace(&mut seen[i], true) {
+            stack.extend(&imports[i]);
+        }
+    }
+    false
+}
+
+/// Whether `package` is a package that contains `module`.
+fn is_ancestor(package: &str, module: &str) -> bool {
+    module.len() > package.len() && module.starts_with(package) && module.as_bytes()[package.len()] == b'.'
 }
 
 /// The updated modules, each after the ones it imports from (the spec's
@@ -534,6 +569,7 @@ fn new_module<'py>(
     py: Python<'py>,
     support: &Support<'py>,
     sys_modules: &Bound<'py, PyDict>,
+    new_before: &[&str],
     source: &SpecSource,
     name: &Spanned<String>,
     path: &Path,
@@ -549,12 +585,16 @@ fn new_module<'py>(
             .with_help("remove `new = true` to reload it"));
     }
     if let Some((parent, _)) = n.rsplit_once('.') {
-        if !sys_modules.contains(parent).unwrap_or(false) {
-            return Err(source.problem(
-                name.span(),
-                format!("the package `{parent}` of new module `{n}` is not loaded"),
-                "its package must be loaded",
-            ));
+        if !sys_modules.contains(parent).unwrap_or(false) && !new_before.contains(&parent) {
+            return Err(source
+                .problem(
+                    name.span(),
+                    format!("the package `{parent}` of new module `{n}` is not loaded"),
+                    "its package must be loaded",
+                )
+                .with_help(format!(
+                    "list `{parent}` before it, with `new = true`, or leave `{n}` out"
+                )));
         }
     }
     py.import("importlib.util")

@@ -35,6 +35,10 @@ pub struct Staged {
     /// Modules the new bodies imported that the program had not (staged
     /// in `plan.imports`).
     pub imported: Vec<String>,
+    /// The merge's pairing and rebind list, made here with the program
+    /// running (see [`super::merge::pair_ahead`]); the commit checks it
+    /// still holds.
+    pub ahead: Option<super::merge::Ahead>,
 }
 
 /// Runs the new module bodies. The modules they import for the first time
@@ -43,9 +47,19 @@ pub struct Staged {
 /// leave the withdrawal half done.
 pub fn stage(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Staged, Problem> {
     imports::show_and_begin(py, support, &plan.imports)?;
+    let modules = run_bodies(py, support, plan)?;
+    let ahead = super::merge::pair_ahead(py, support, plan, &modules);
+    // The walk for suspended generators, made here with the program running,
+    // so that the check in the stopped world looks only at what is newer
+    // (support.py, `_generators_of`). A failure here is met again there.
+    let generators = plan.generator_codes.bind(py);
+    if !generators.is_empty() {
+        let _ = support.suspended(generators.as_any());
+    }
     Ok(Staged {
-        modules: run_bodies(py, support, plan)?,
+        modules,
         imported: Vec::new(),
+        ahead,
     })
 }
 

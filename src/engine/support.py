@@ -327,6 +327,58 @@ def is_generator_code(code):
     return bool(code.co_flags & _GENERATOR_FLAGS)
 
 
+# The generators, coroutines and async generators of the last full walk
+# (`_generators_of`), for the codes it was made for.
+_WALKED = None  # (codes, collections, freeze count, [weak references])
+
+_GENERATOR_TYPES = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+
+
+def _promotions():
+    """How many collections could have moved an object out of the two
+    youngest generations: those of generation 1 (into 2) and 2."""
+    stats = gc.get_stats()
+    return stats[1]["collections"] + stats[2]["collections"]
+
+
+def _generators_of(codes):
+    """Every generator, coroutine and async generator whose code is one of
+    `codes` (and a few other objects that refer to them), without walking
+    the whole heap more than once per update.
+
+    The first call walks every object the collector tracks. A later call for
+    the same codes needs only the objects made since and the generators
+    found before (a generator's code never changes). An object made since
+    is in one of the two youngest generations unless a collection of
+    generation 1 or 2 (or gc.freeze) ran since: then the heap is walked
+    again. Staging ends with such a walk (the program running), so the
+    safe-point check in the stopped world does not grow with the heap."""
+    global _WALKED
+    codes = tuple(codes)
+    if _WALKED is not None and len(_WALKED[0]) == len(codes) and all(a is b for a, b in zip(_WALKED[0], codes)):
+        if _WALKED[1] == _promotions() and _WALKED[2] == gc.get_freeze_count():
+            wanted = {id(c) for c in codes}
+            young = [
+                o
+                for generation in (0, 1)
+                for o in gc.get_objects(generation=generation)
+                if isinstance(o, _GENERATOR_TYPES) and id(_code_of(o)) in wanted
+            ]
+            known = [o for o in (r() for r in _WALKED[3]) if o is not None]
+            return known + young
+    walked = [o for o in gc.get_referrers(*codes) if isinstance(o, _GENERATOR_TYPES)]
+    _WALKED = (codes, _promotions(), gc.get_freeze_count(), [weakref.ref(o) for o in walked])
+    return walked
+
+
+def _code_of(obj):
+    if isinstance(obj, types.GeneratorType):
+        return obj.gi_code
+    if isinstance(obj, types.CoroutineType):
+        return obj.cr_code
+    return obj.ag_code
+
+
 def suspended(codes):
     """Generators, coroutines and async generators that are suspended in one
     of `codes` (a list of code objects), found through the collector.
@@ -352,7 +404,7 @@ def suspended(codes):
         pass
     wanted = {id(c) for c in codes}
     found = []
-    for obj in gc.get_referrers(*codes):
+    for obj in _generators_of(codes):
         if isinstance(obj, types.GeneratorType):
             frame, kind = obj.gi_frame, "generator"
         elif isinstance(obj, types.CoroutineType):
@@ -1035,6 +1087,11 @@ class LazyMigration:
         self.on_use = 0
         self.by_sweep = 0
         self.failures = []
+        # The instances the sweep converted (src/engine/sweep.rs), as
+        # id(obj) >> 4: its queue keeps each alive, so an id stands for its
+        # instance, and objects are 16-byte aligned, so the shift loses
+        # nothing; unshifted, the aligned ids collide in a set's table.
+        self.swept = set()
         self.sweeping = False
         self.quiet = False
         self._base_get = cls.__getattribute__
@@ -1054,8 +1111,9 @@ class LazyMigration:
         self.done[key] = ref
 
     def is_done(self, obj):
-        ref = self.done.get(id(obj))
-        return ref is not None and ref() is obj
+        key = id(obj)
+        ref = self.done.get(key)
+        return (ref is not None and ref() is obj) or (key >> 4) in self.swept
 
     def ensure(self, obj):
         # The fast paths take no lock: a converted instance, or an access
@@ -1064,6 +1122,8 @@ class LazyMigration:
         key = id(obj)
         ref = self.done.get(key)
         if ref is not None and ref() is obj:
+            return
+        if (key >> 4) in self.swept:
             return
         if self.converting.get(key) == threading.get_ident():
             return
@@ -1143,29 +1203,9 @@ class LazyMigration:
         finally:
             self.quiet = False
 
-    def pending(self):
-        """Live instances not converted yet (one walk of the collector's objects)."""
-        return [o for o in instances_of(self.cls) if not self.is_done(o)]
-
-    def sweep(self, batch):
-        """Converts up to `batch` instances from `pending`; returns how many
-        are left. A failing instance is skipped (and logged)."""
-        self.sweeping = True
-        try:
-            while batch and self._queue:
-                obj = self._queue.pop()
-                try:
-                    self.ensure(obj)
-                except Exception:
-                    pass
-                batch -= 1
-        finally:
-            self.sweeping = False
-        return len(self._queue)
-
-    def start_sweep(self):
-        self._queue = self.pending()
-        return len(self._queue)
+    # The sweep after the pause is src/engine/sweep.rs: it converts the
+    # instances not converted yet in batches, under this migration's lock,
+    # and records them in `swept`.
 
 
 _CO_NEWLOCALS = 0x2
@@ -1250,7 +1290,22 @@ def imported_modules(code, package):
     found = set()
     level = 0
     fromlist = None
+    # Imports under `if TYPE_CHECKING:` (or `typing.`/`t.TYPE_CHECKING`)
+    # never run: they are for type checkers, and a package's modules often
+    # import each other there.
+    checking_at = None
+    skip_until = -1
     for ins in dis.get_instructions(code):
+        if ins.argval == "TYPE_CHECKING" and ins.opname in ("LOAD_NAME", "LOAD_GLOBAL", "LOAD_ATTR"):
+            checking_at = ins.offset
+            continue
+        if checking_at is not None:
+            if ins.opname.startswith("POP_JUMP") and "IF_FALSE" in ins.opname and isinstance(ins.argval, int):
+                skip_until = ins.argval
+            if ins.opname not in ("TO_BOOL", "CACHE"):
+                checking_at = None
+        if ins.offset < skip_until:
+            continue
         if ins.opname == "LOAD_CONST":
             level, fromlist = fromlist, ins.argval
             continue

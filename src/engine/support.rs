@@ -14,6 +14,33 @@ const SOURCE: &str = include_str!("support.py");
 
 static NAMESPACE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 
+/// support.py compiled by build.rs: the bytecode magic number of the build
+/// interpreter, then the marshalled module code (empty if that failed).
+const COMPILED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/support.marshal"));
+
+/// The code object of support.py, from [`COMPILED`], if it was made by an
+/// interpreter with this one's bytecode. Reads the magic number and
+/// `marshal` from modules every interpreter has loaded at start-up, so the
+/// program's `sys.modules` does not change.
+fn precompiled(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    if COMPILED.len() <= 4 {
+        return Ok(None);
+    }
+    let modules = py.import("sys")?.getattr("modules")?;
+    let (Ok(external), Ok(marshal)) = (
+        modules.get_item("_frozen_importlib_external"),
+        modules.get_item("marshal"),
+    ) else {
+        return Ok(None);
+    };
+    let magic: Vec<u8> = external.getattr("MAGIC_NUMBER")?.extract()?;
+    if magic.as_slice() != &COMPILED[..4] {
+        return Ok(None);
+    }
+    let body = pyo3::types::PyBytes::new(py, &COMPILED[4..]);
+    Ok(Some(marshal.call_method1("loads", (body,))?))
+}
+
 /// The helpers, loaded once per process into a private namespace.
 pub struct Support<'py> {
     ns: Bound<'py, PyDict>,
@@ -25,8 +52,15 @@ impl<'py> Support<'py> {
             let ns = PyDict::new(py);
             ns.set_item("__name__", "pyreload._support")?;
             ns.set_item("__builtins__", py.import("builtins")?)?;
-            let code = CString::new(SOURCE).expect("support.py has no NUL bytes");
-            py.run(&code, Some(&ns), None)?;
+            match precompiled(py)? {
+                Some(code) => {
+                    py.import("builtins")?.getattr("exec")?.call1((code, &ns))?;
+                }
+                None => {
+                    let code = CString::new(SOURCE).expect("support.py has no NUL bytes");
+                    py.run(&code, Some(&ns), None)?;
+                }
+            }
             Ok(ns.unbind())
         })?;
         Ok(Support {

@@ -181,11 +181,13 @@ pub fn sweep(
     const BATCH: usize = 1000;
     let t0 = Instant::now();
     let migration = pending.migration.bind(py);
-    report.instances += migration.call_method0("start_sweep")?.extract::<usize>()?;
+    let support = Support::load(py)?;
+    let mut swept = super::sweep::Sweep::start(&support, migration)?;
+    report.instances += swept.pending();
     loop {
-        let left: usize = {
+        let left = {
             let _deadline = super::watchdog::Deadline::arm(py, Instant::now() + batch_timeout);
-            migration.call_method1("sweep", (BATCH,))?.extract()?
+            swept.batch(&support, BATCH)?
         };
         if left == 0 {
             break;
@@ -193,6 +195,7 @@ pub fn sweep(
         py.detach(std::thread::yield_now);
     }
     let failures: Vec<String> = migration.getattr("failures")?.extract()?;
+    swept.end(!failures.is_empty())?;
     if failures.is_empty() {
         let class = pending.class.bind(py);
         for (name, old) in pending.replaced {
@@ -201,7 +204,9 @@ pub fn sweep(
                 None => super::journal::remove_class_attr(class, &name)?,
             }
         }
+        migration.getattr("swept")?.call_method0("clear")?;
     }
+    drop(swept);
     report.lazy = Some(LazyReport {
         converted_in_commit: migration.getattr("in_commit")?.extract()?,
         converted_on_use: migration.getattr("on_use")?.extract()?,
