@@ -529,7 +529,7 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
         .rev()
 }
 
-/// What the tree decided about a merged update.
+/// What the tree decided: whether its staged members commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Commit,
@@ -540,7 +540,7 @@ pub enum Decision {
 /// and returns the decision that holds. The first to create the file
 /// decides, whoever it is: the coordinator deciding to commit, or a member
 /// whose coordinator went silent deciding to abort. So either every
-/// member keeps its merge or none does.
+/// member commits or none does.
 pub fn decide(path: &Path, want: Decision) -> Decision {
     let word = match want {
         Decision::Commit => "commit\n",

@@ -11,7 +11,7 @@
 //! | wait     | runs; safe point reached once                 | refused                  |
 //! | stage    | runs the old version; new bodies staged       | refused                  |
 //! | held     | runs the old version; the update gate held    | lease ends: aborted      |
-//! | commit   | as `apply`: wait, freeze, merge, check        | refused / rolled back    |
+//! | commit   | as `apply`: wait, stop, merge, check          | refused / rolled back    |
 //!
 //! The held update lives in a thread of its own (`pyreload-prepared`),
 //! not in the control connection that asked for it: it outlives that

@@ -156,7 +156,7 @@ pub struct Invitation {
     /// Where the decision is recorded (`engine::member::decide`).
     pub decision: PathBuf,
     /// How long the coordinator may hold this member staged before it
-    /// freezes it (a prepared update's lease; zero for `apply`).
+    /// commits (a prepared update's lease; zero for `apply`).
     pub hold: Duration,
 }
 
