@@ -391,6 +391,14 @@ fn rollback_of_a_tree_undoes_the_update_in_every_member() {
     sandbox.write("app.py", APP_V2);
     let (code, report) = apply(&sandbox, &tree, SPEC);
     assert_eq!(code, 0, "{report:#}");
+    // `--check` asks every member, and changes none.
+    let (code, report) = run_json(&sandbox, &tree, &["rollback", "--check"]);
+    assert_eq!(code, 0, "{report:#}\n{}", sandbox.transcript());
+    assert_eq!(report["outcome"], "checked", "{report:#}");
+    let outcomes = member_outcomes(&report);
+    assert_eq!(outcomes.len(), 3, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "checked"), "{report:#}");
+    assert_eq!(tree_versions(&sandbox, &mut tree), ["'2'", "'2'", "'2'"]);
     let (code, report) = run_json(&sandbox, &tree, &["rollback"]);
     assert_eq!(code, 0, "{report:#}\n{}", sandbox.transcript());
     assert_eq!(report["outcome"], "committed", "{report:#}");
@@ -430,9 +438,11 @@ fn a_tree_rollback_is_refused_when_a_worker_born_since_has_nothing_to_undo() {
     for (pid, v) in versions(&sandbox) {
         assert_eq!(v, "'v2'", "worker {pid}");
     }
-    // `rollback --check` says the same, and changes nothing either.
+    // `rollback --check` says the same, naming it, and changes nothing either.
     let (code, report) = run_json(&sandbox, &tree, &["rollback", "--check"]);
     assert_eq!(code, 1, "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("pid {newborn}")), "{message}");
     for (pid, v) in versions(&sandbox) {
         assert_eq!(v, "'v2'", "worker {pid}");
     }

@@ -214,6 +214,14 @@ fn serve_rollback(state: &ProcessState, order: &RollbackOrder, decision: &Path, 
             return refuse(link, &mut report, problem);
         }
     }
+    if order.dry_run {
+        report.outcome = Outcome::Checked;
+        let _ = link.send(&MemberReply::Checked {
+            modules,
+            report: Box::new(report),
+        });
+        return;
+    }
     let ear = match listen(state, decision) {
         Ok(ear) => ear,
         Err(problem) => return refuse(link, &mut report, problem),

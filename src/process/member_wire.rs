@@ -81,6 +81,9 @@ pub struct RollbackOrder {
     pub to: Option<String>,
     /// How long each member waits for its rollback's safe point.
     pub timeout_ms: u64,
+    /// `rollback --check`: each member only says whether it could.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// A member's answer to a [`Step`].

@@ -152,6 +152,7 @@ pub fn rollback(
             modules: last.modules.clone(),
             to: last.from.clone(),
             timeout_ms: timeout.as_millis() as u64,
+            dry_run,
         }),
         spec_path: "",
         spec_text: "",
@@ -161,11 +162,7 @@ pub fn rollback(
         timeout,
         commit_timeout: timeout,
     };
-    let dry = Job {
-        mode: if dry_run { Mode::Check } else { job.mode.clone() },
-        ..job
-    };
-    let report = run_job(state, dry, others, client_gone, None)?;
+    let report = run_job(state, job, others, client_gone, None)?;
     if report.outcome == Outcome::Committed {
         pop_tree_update();
     }
@@ -215,7 +212,7 @@ fn run_job<'a>(
         })
     })?;
     let started = Instant::now();
-    let changes = job.mode != Mode::Check;
+    let changes = job.changes();
     let mut tree = Tree::new(state, job, client_gone);
     if let Some((hold, hold_for)) = hold {
         tree.hold = Some(hold);
@@ -269,6 +266,16 @@ fn pop_tree_update() {
 }
 
 impl<'a> Job<'a> {
+    /// False for `check` and `rollback --check`: the members only say
+    /// what they would do.
+    fn changes(&self) -> bool {
+        match &self.mode {
+            Mode::Check => false,
+            Mode::Rollback(order) => !order.dry_run,
+            Mode::Update => true,
+        }
+    }
+
     fn of_spec(mode: Mode, spec_path: &'a str, spec_text: &'a str, spec: &'a spec::Spec) -> Job<'a> {
         Job {
             mode,
@@ -456,7 +463,7 @@ impl<'a> Tree<'a> {
         }
         let wait_deadline = Instant::now() + self.wait_timeout() + STAGE_GRACE;
         self.show("prepare");
-        if self.prepare_round() && self.job.mode != Mode::Check && self.stage_round(wait_deadline) {
+        if self.prepare_round() && self.job.changes() && self.stage_round(wait_deadline) {
             if let Some(wait_deadline) = self.hold_staged(wait_deadline) {
                 self.commit_round(wait_deadline);
             }
@@ -1213,7 +1220,7 @@ impl<'a> Tree<'a> {
             });
         }
         report.outcome = match (&self.problem, committed, rolled_back) {
-            (None, _, _) if checked || self.job.mode == Mode::Check => Outcome::Checked,
+            (None, _, _) if checked || !self.job.changes() => Outcome::Checked,
             (None, true, _) => Outcome::Committed,
             (Some(_), _, true) => Outcome::RolledBack,
             (Some(p), _, _) if p.message.contains("went away") => Outcome::Cancelled,
