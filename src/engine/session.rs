@@ -223,6 +223,14 @@ impl<'py> Session<'py> {
         self.point = None;
     }
 
+    /// Gives the commit's attempts a whole `timeout_ms` from now: a tree
+    /// member is told to commit only once every member has staged (or a
+    /// prepared update has been held), which may be most of its wait's
+    /// budget later.
+    pub fn rearm_timeout(&mut self) {
+        self.pacer = Pacer::new(Instant::now() + self.plan.timeout);
+    }
+
     /// After a blocked freeze: waits for the next attempt. False once the
     /// spec's `timeout_ms` has passed.
     fn next_attempt(&mut self) -> bool {
