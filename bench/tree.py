@@ -4,7 +4,7 @@
         [--workers 1,4,8] [--clients 16] [--json FILE]
 
 Issue #15: with 1, 4 and 8 workers, the pause per member, the total apply
-time and the skew between the first and the last member's release (goal:
+time and the skew between the first and the last member's commit (goal:
 p99 under 5 ms with 8 workers), and how many responses from the old
 version arrive after `apply` returned (goal: 0).
 
@@ -36,7 +36,7 @@ next update began (load.py's marks).
 Per row, over all updates: member pause (each committed member's
 `pause_ms`, all members of all updates), the report's `timings.pause_ms`
 (the largest member pause), apply wall time and the report's
-`timings.total_ms`, `skew_ms` (the spread of the members' release
+`timings.total_ms`, `skew_ms` (the spread of the members' commit
 instants), stale answers and failed requests. Each report's members are
 checked against the master and its live workers (read from /proc before
 the apply): a member missing from a report is counted and shown.
