@@ -54,6 +54,11 @@ struct Shared {
     generation: u64,
     /// Asks an idle watchdog thread to end (see [`pause_for_fork`]).
     stop: bool,
+    /// When the watchdog thread, waiting, will look again by itself
+    /// (`None`: not until told). Arming wakes it only if that is later
+    /// than the new deadline: each wake-up is a thread the scheduler must
+    /// run, beside the commit, on a busy machine.
+    looks_at: Option<Instant>,
 }
 
 /// The watchdog of one process. Per process ([`PerProcess`]): a child
@@ -77,6 +82,7 @@ static WATCHDOG: PerProcess<Watchdog> = PerProcess::new(|| Watchdog {
         armed: None,
         generation: 0,
         stop: false,
+        looks_at: None,
     }),
     changed: Condvar::new(),
     firing: Mutex::new(()),
@@ -144,7 +150,9 @@ impl<'py> Deadline<'py> {
             generation,
             fired: 0,
         });
-        wd().changed.notify_all();
+        if s.looks_at.is_none_or(|at| at > deadline) {
+            wd().changed.notify_all();
+        }
         Deadline { py, generation }
     }
 
@@ -179,7 +187,7 @@ impl Drop for Deadline<'_> {
                 unsafe { ffi::PyThreadState_SetAsyncExc(a.thread as c_long, std::ptr::null_mut()) };
             }
         }
-        wd().changed.notify_all();
+        // Not woken: it finds nothing armed when it next looks, by itself.
     }
 }
 
@@ -194,10 +202,14 @@ fn watch() {
             return;
         }
         match due {
-            None => s = wd().changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+            None => {
+                s.looks_at = None;
+                s = wd().changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
             Some((generation, deadline)) => {
                 let now = Instant::now();
                 if now < deadline {
+                    s.looks_at = Some(deadline);
                     s = wd()
                         .changed
                         .wait_timeout(s, deadline - now)
@@ -207,6 +219,7 @@ fn watch() {
                 }
                 // Never wait for the GIL while holding the lock: the control
                 // thread disarms with the GIL held.
+                s.looks_at = Some(now);
                 drop(s);
                 {
                     let _firing = wd().firing.lock().unwrap_or_else(|p| p.into_inner());
