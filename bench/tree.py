@@ -222,9 +222,22 @@ class Idle:
                 "responses": 0, "lost_state": 0, "by_pid": {}}
 
 
-def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=()):
+def specs_for(work, commit):
+    """The two specs, with `[tree] commit = COMMIT` unless it is the default."""
+    if commit == "each":
+        return SPECS
+    specs = {}
+    for to, path in SPECS.items():
+        copy = work / f"{commit}-{path.name}"
+        copy.write_text(path.read_text() + f'\n[tree]\ncommit = "{commit}"\n')
+        specs[to] = copy
+    return specs
+
+
+def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(), commit="each"):
     """One server, UPDATES updates under CLIENTS clients (none: idle): the raw figures."""
     load_start = os.getloadavg()[0]
+    specs = specs_for(work, commit)
     server = Server(pyreload, venv, work, label, workers, preload, extra)
     load = None
     try:
@@ -234,6 +247,7 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
             sys.exit(f"{label}: the clients got no answers: {warm}\n{server.log()}")
         version = "1.0"
         out = {"label": label, "clients": clients, "workers": workers, "preload": preload, "command": server.command,
+               "commit": commit,
                "member_pause_ms": [], "master_pause_ms": [], "worker_pause_ms": [], "pause_ms": [],
                "apply_wall_ms": [], "total_ms": [], "skew_ms": [], "members": [], "missing": [],
                "extra": [], "not_committed": [], "waited_short": 0,
@@ -245,7 +259,7 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
             server.swap_logic(to)
             cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
-            done = subprocess.run([pyreload, "apply", "--json", "--socket", str(server.socket), str(SPECS[to])],
+            done = subprocess.run([pyreload, "apply", "--json", "--socket", str(server.socket), str(specs[to])],
                                   capture_output=True, text=True)
             wall = (time.perf_counter() - t) * 1000
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -335,7 +349,9 @@ def title(r):
     if not r["workers"]:
         return "single process (werkzeug threaded, no fork)"
     return (f"gunicorn gthread, {r['workers']} worker{'s' if r['workers'] > 1 else ''}"
-            + (", --preload" if r["preload"] else ", no --preload") + ("" if r["clients"] else ", idle (no clients)"))
+            + (", --preload" if r["preload"] else ", no --preload")
+            + (f', `commit = "{r["commit"]}"`' if r.get("commit", "each") != "each" else "")
+            + ("" if r["clients"] else ", idle (no clients)"))
 
 
 def table(rows, updates, clients):
@@ -423,6 +439,8 @@ def main():
                              "are re-forked while updates run (default: off)")
     parser.add_argument("--no-idle", action="store_true",
                         help="skip the last row: the largest tree again, with no clients")
+    parser.add_argument("--commit", default="each,together",
+                        help="`[tree] commit` modes for the largest tree's rows (the others use each)")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args()
     pyreload = str(pathlib.Path(args.pyreload).resolve())
@@ -433,16 +451,19 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="pyreload-tree-"))
     started = time.time()
     counts = [int(n) for n in args.workers.split(",")]
-    plan = [("single", 0, False, args.clients), ("w1", 1, False, args.clients)]
-    plan += [(f"w{n}-preload", n, True, args.clients) for n in counts]
+    modes = args.commit.split(",")
+    big = max(counts)
+    plan = [("single", 0, False, args.clients, "each"), ("w1", 1, False, args.clients, "each")]
+    plan += [(f"w{n}-preload", n, True, args.clients, "each") for n in counts if n != big or "each" in modes]
+    plan += [(f"w{big}-preload-{m}", big, True, args.clients, m) for m in modes if m != "each"]
     if not args.no_idle:
-        plan.append((f"w{max(counts)}-preload-idle", max(counts), True, 0))
+        plan += [(f"w{big}-preload-idle-{m}", big, True, 0, m) for m in modes]
     rows = []
-    for label, workers, preload, clients in plan:
+    for label, workers, preload, clients, commit in plan:
         print(f"{label}: {args.updates} updates under {clients} clients", file=sys.stderr, flush=True)
         extra = (["--max-requests", str(args.max_requests), "--max-requests-jitter", str(args.max_requests // 5)]
                  if args.max_requests and workers else [])
-        rows.append(row(pyreload, venv, work, label, workers, preload, args.updates, clients, extra))
+        rows.append(row(pyreload, venv, work, label, workers, preload, args.updates, clients, extra, commit))
     print(table(rows, args.updates, args.clients))
     print(f"({time.time() - started:.0f} s; logs in {work})", file=sys.stderr)
     if args.json:

@@ -21,6 +21,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Default for `[safe_point] commit_timeout_ms`.
 pub const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 10_000;
+/// Default for `[tree] hold_ms`.
+pub const DEFAULT_HOLD_MS: u64 = 100;
+/// Longest `[tree] hold_ms`: every member of the tree is stopped that long.
+pub const MAX_HOLD_MS: u64 = 10_000;
 
 /// A parsed, statically valid update spec.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -35,6 +39,8 @@ pub struct Spec {
     pub transform: Vec<Transform>,
     #[serde(default)]
     pub check: Check,
+    #[serde(default)]
+    pub tree: Tree,
 }
 
 /// How a class transform converts live instances.
@@ -188,6 +194,48 @@ impl SafePoint {
             .as_ref()
             .map(|t| *t.get_ref())
             .unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS)
+    }
+}
+
+/// How the members of a process tree commit, once every one has staged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TreeCommit {
+    /// Each member at its own safe point, with its own pause, as a program
+    /// alone does: the shortest pauses; on a busy machine the members
+    /// switch over several milliseconds.
+    #[default]
+    Each,
+    /// Every member stops at its safe point and merges, then all resume
+    /// at once: the members switch within the release alone, and none
+    /// ever serves the new version unless every one merged; a member's
+    /// pause includes waiting for the others (at most `hold_ms`).
+    Together,
+}
+
+/// `[tree]`: for a program with worker processes (gunicorn, uvicorn,
+/// multiprocessing), how its members commit. A program alone ignores it.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tree {
+    /// `each` (the default) or `together`.
+    #[schemars(with = "Option<TreeCommit>")]
+    pub commit: Option<Spanned<TreeCommit>>,
+    /// With `commit = "together"`: how long a stopped member waits for the
+    /// others to stop and merge. Past it every member rolls back, resumes
+    /// on the old version, and the update is refused. Default 100.
+    #[schemars(with = "Option<u64>")]
+    pub hold_ms: Option<Spanned<u64>>,
+}
+
+impl Tree {
+    pub fn commit(&self) -> TreeCommit {
+        self.commit.as_ref().map(|c| *c.get_ref()).unwrap_or_default()
+    }
+
+    /// How long a stopped member waits for the others (`together`).
+    pub fn hold(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.hold_ms.as_ref().map(|h| *h.get_ref()).unwrap_or(DEFAULT_HOLD_MS))
     }
 }
 
@@ -611,7 +659,34 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
             );
         }
     }
+    validate_tree(source, spec, &mut problems);
     problems
+}
+
+fn validate_tree(source: &SpecSource, spec: &Spec, problems: &mut Vec<Problem>) {
+    let Some(hold) = &spec.tree.hold_ms else { return };
+    let h = *hold.get_ref();
+    if spec.tree.commit() != TreeCommit::Together {
+        problems.push(
+            source
+                .problem(
+                    hold.span(),
+                    "hold_ms applies only to commit = \"together\"",
+                    "no effect here",
+                )
+                .with_help("add `commit = \"together\"` to [tree], or remove hold_ms"),
+        );
+    } else if h == 0 || h > MAX_HOLD_MS {
+        problems.push(
+            source
+                .problem(
+                    hold.span(),
+                    format!("hold_ms = {h} is out of range"),
+                    format!("expected 1 to {MAX_HOLD_MS}: every member stays stopped up to that long"),
+                )
+                .with_help("hold_ms is in milliseconds; remove the line for the default (100)"),
+        );
+    }
 }
 
 fn validate_transforms(source: &SpecSource, spec: &Spec, problems: &mut Vec<Problem>) {
@@ -842,5 +917,34 @@ mod tests {
         assert!(!is_dotted_name("kvserver..store"));
         assert!(!is_dotted_name("1abc"));
         assert!(is_identifier("_x1"));
+    }
+
+    #[test]
+    fn tree_commits_each_by_default_and_together_holds_100_ms_unless_told() {
+        let spec = parse_text(MINIMAL).unwrap();
+        assert_eq!(spec.tree.commit(), TreeCommit::Each);
+        let spec = parse_text(&format!("{MINIMAL}[tree]\ncommit = \"together\"\n")).unwrap();
+        assert_eq!(spec.tree.commit(), TreeCommit::Together);
+        assert_eq!(spec.tree.hold(), std::time::Duration::from_millis(DEFAULT_HOLD_MS));
+    }
+
+    #[test]
+    fn hold_ms_needs_together_and_a_sane_range() {
+        for (tree, want) in [
+            ("hold_ms = 50", "hold_ms applies only to commit = \"together\""),
+            ("commit = \"together\"\nhold_ms = 0", "hold_ms = 0 is out of range"),
+            (
+                "commit = \"together\"\nhold_ms = 60000",
+                "hold_ms = 60000 is out of range",
+            ),
+            ("commit = \"sometimes\"", "unknown variant `sometimes`"),
+        ] {
+            let problems = parse_text(&format!("{MINIMAL}[tree]\n{tree}\n")).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.message.contains(want)),
+                "{tree}: {:?}",
+                problems.iter().map(|p| &p.message).collect::<Vec<_>>()
+            );
+        }
     }
 }

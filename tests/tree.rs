@@ -79,7 +79,12 @@ struct Tree {
 
 impl Tree {
     fn start(sandbox: &Sandbox, workers: usize, preload: bool) -> Tree {
-        sandbox.write("app.py", APP_V1);
+        Tree::start_with(sandbox, workers, preload, APP_V1)
+    }
+
+    /// [`Tree::start`] with `app` first as `app_v1`.
+    fn start_with(sandbox: &Sandbox, workers: usize, preload: bool, app_v1: &str) -> Tree {
+        sandbox.write("app.py", app_v1);
         sandbox.write("master.py", &format!("{MASTER}{PROBE_LOOP}"));
         let master = common::probe_with_env(
             sandbox,
@@ -601,4 +606,120 @@ fn a_tree_prepared_and_aborted_or_expired_changes_no_member() {
         (_, report) => Err(format!("{report:#}")),
     });
     assert!(versions(&sandbox).iter().all(|(_, v)| v == "'v2'"));
+}
+
+/// `app` for the `together` tests: `keep_calling()` starts a thread that
+/// calls `work()` every millisecond, and v2's `work()` leaves a file
+/// `ran-v2-<pid>` the first time it runs, so a test sees whether any
+/// thread of any process ever ran the new version. `allowed()` is true
+/// at its first call only (the stage's look at the safe point), false
+/// from its second (the commit's).
+const CALLING_V1: &str = "import os, threading, time\nSTATE = {'hits': 0}\nCHECKS = [0]\n\ndef work():\n    STATE['hits'] += 1\n    return 'v1'\n\ndef busy():\n    return False\n\ndef allowed():\n    CHECKS[0] += 1\n    return CHECKS[0] < 2\n\ndef keep_calling():\n    def loop():\n        while True:\n            work()\n            time.sleep(0.001)\n    threading.Thread(target=loop, daemon=True).start()\n";
+const CALLING_V2: &str = "import os, threading, time\nSTATE = {'hits': 0}\nCHECKS = [0]\n\ndef work():\n    STATE['hits'] += 1\n    if not os.path.exists(f'ran-v2-{os.getpid()}'):\n        open(f'ran-v2-{os.getpid()}', 'w').close()\n    return 'v2'\n\ndef busy():\n    return False\n\ndef allowed():\n    CHECKS[0] += 1\n    return CHECKS[0] < 2\n\ndef keep_calling():\n    def loop():\n        while True:\n            work()\n            time.sleep(0.001)\n    threading.Thread(target=loop, daemon=True).start()\n";
+
+/// `SPEC` committing `together`, with `extra` lines in `[safe_point]`
+/// and `tail` after.
+fn together_spec(extra: &str, tail: &str) -> String {
+    SPEC.replace("timeout_ms = 20000", &format!("timeout_ms = 20000\n{extra}"))
+        + "\n[tree]\ncommit = \"together\"\n"
+        + tail
+}
+
+/// A tree whose every process calls `app.work()` all the time.
+fn calling_tree(sandbox: &Sandbox, workers: usize) -> Tree {
+    let mut tree = Tree::start_with(sandbox, workers, true, CALLING_V1);
+    assert_eq!(tree.master.ask("app.keep_calling()"), "None");
+    for (_, port) in worker_ports(sandbox) {
+        assert_eq!(ask_worker(port, "app.keep_calling()"), "None");
+    }
+    sandbox.write("app.py", CALLING_V2);
+    tree
+}
+
+/// The pids whose threads ran v2's `work()`.
+fn ran_v2(sandbox: &Sandbox) -> Vec<String> {
+    let mut ran: Vec<String> = std::fs::read_dir(sandbox.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("ran-v2-").map(str::to_string))
+        .collect();
+    ran.sort();
+    ran
+}
+
+#[test]
+fn together_every_member_stops_and_merges_then_all_let_go_on_the_new_version() {
+    let sandbox = Sandbox::new();
+    let mut tree = calling_tree(&sandbox, 3);
+    let (code, report) = apply(&sandbox, &tree, &together_spec("", ""));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    let outcomes = member_outcomes(&report);
+    assert_eq!(outcomes.len(), 4, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
+    assert!(report["skew_ms"].as_f64().is_some(), "{report:#}");
+    assert_eq!(tree.master.ask("app.work()"), "'v2'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+    for m in members(&tree.master.socket()) {
+        assert_eq!(m["version"], "2", "{m:#}");
+    }
+    // Every process's own thread runs the new version now.
+    let mut pids: Vec<String> = worker_ports(&sandbox).iter().map(|(pid, _)| pid.to_string()).collect();
+    pids.push(tree.master.pid().to_string());
+    pids.sort();
+    wait_until(
+        Duration::from_secs(30),
+        || ran_v2(&sandbox) == pids,
+        || format!("ran v2: {:?}, members {pids:?}", ran_v2(&sandbox)),
+    );
+}
+
+#[test]
+fn together_a_check_that_fails_in_one_worker_undoes_every_merge_before_any_thread_runs_it() {
+    let sandbox = Sandbox::new();
+    let mut tree = calling_tree(&sandbox, 3);
+    let (victim, _) = worker_ports(&sandbox)[1];
+    let tail = format!("\n[check]\nafter = \"__import__('os').getpid() != {victim}\"\n");
+    let (code, report) = apply(&sandbox, &tree, &together_spec("", &tail));
+    assert_eq!(code, 1, "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("pid {victim}")), "{message}");
+    assert!(message.contains("undid its merge"), "{message}");
+    assert!(
+        member_outcomes(&report).iter().all(|(_, o)| o == "rolled_back"),
+        "{report:#}"
+    );
+    // The others had merged, stopped, and undid before letting go: no
+    // thread anywhere ran the new version, though one calls it every ms.
+    assert_eq!(ran_v2(&sandbox), Vec::<String>::new());
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
+    assert_eq!(tree.master.ask("__import__('pyreload').version()"), "'1'");
+}
+
+#[test]
+fn together_a_worker_that_cannot_stop_within_hold_ms_leaves_every_member_as_it_was() {
+    let sandbox = Sandbox::new();
+    let mut tree = calling_tree(&sandbox, 2);
+    let (stuck, _) = worker_ports(&sandbox)[0];
+    // True in the stage, false at every commit attempt in `stuck`.
+    let condition = format!("condition = \"__import__('os').getpid() != {stuck} or __import__('app').allowed()\"");
+    let (code, report) = apply(&sandbox, &tree, &together_spec(&condition, "hold_ms = 200\n"));
+    assert_eq!(code, 1, "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("pid {stuck}")), "{message}");
+    assert!(message.contains("hold_ms (200 ms)"), "{message}");
+    for (pid, outcome) in member_outcomes(&report) {
+        let want = if pid == stuck as u64 { "refused" } else { "rolled_back" };
+        assert_eq!(outcome, want, "member {pid}: {report:#}");
+    }
+    assert_eq!(ran_v2(&sandbox), Vec::<String>::new());
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    for (pid, v) in versions(&sandbox) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
 }

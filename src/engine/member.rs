@@ -32,7 +32,7 @@ use crate::process::bell::{self, Ear};
 use crate::process::member_wire::{monotonic_ns, Invitation, Link, MemberReply, Mode, RollbackOrder, Step};
 use crate::process::state::{GateError, ProcessState};
 use crate::report::{Outcome, Report};
-use crate::spec::{self, SpecSource};
+use crate::spec::{self, SpecSource, TreeCommit};
 
 /// How long after its safe-point deadline a staged member still waits for
 /// the coordinator's commit: the coordinator's own wait is bounded by the
@@ -102,12 +102,18 @@ pub fn serve(state: &ProcessState, invitation: Invitation, link: &mut dyn Link, 
             });
             return;
         }
+        // A child invited after its parent committed commits on its own:
+        // the others have let go already.
+        let commit = if invitation.born_late {
+            TreeCommit::Each
+        } else {
+            spec.tree.commit()
+        };
         converse(
             py,
             state,
             &progress,
-            &source,
-            &spec,
+            (&source, &spec, commit),
             &invitation.decision,
             link,
             &mut report,
@@ -222,7 +228,7 @@ fn serve_rollback(state: &ProcessState, order: &RollbackOrder, decision: &Path, 
         });
         return;
     }
-    let ear = match listen(state, decision) {
+    let ear = match listen(state, decision, bell::COMMIT) {
         Ok(ear) => ear,
         Err(problem) => return refuse(link, &mut report, problem),
     };
@@ -269,8 +275,7 @@ fn converse(
     py: Python<'_>,
     state: &ProcessState,
     progress: &Progress<'_>,
-    source: &SpecSource,
-    spec: &spec::Spec,
+    (source, spec, commit): (&SpecSource, &spec::Spec, TreeCommit),
     decision: &Path,
     link: &mut dyn Link,
     report: &mut Report,
@@ -287,9 +292,16 @@ fn converse(
         Ok(session) => session,
         Err(problem) => return refuse(link, report, problem),
     };
-    let ear = match listen(state, decision) {
+    let ear = match listen(state, decision, bell::COMMIT) {
         Ok(ear) => ear,
         Err(problem) => return refuse(link, report, problem),
+    };
+    let release_ear = match commit {
+        TreeCommit::Each => None,
+        TreeCommit::Together => match listen(state, decision, bell::RELEASE) {
+            Ok(ear) => Some(ear),
+            Err(problem) => return refuse(link, report, problem),
+        },
     };
     if link
         .send(&MemberReply::Prepared {
@@ -333,6 +345,7 @@ fn converse(
     } else {
         None
     };
+    let slice = crate::process::sched::ShortSlice::begin();
     let step = py.detach(|| link.recv_or_ring(wait_for, &ear));
     drop(handoff);
     match step {
@@ -354,6 +367,24 @@ fn converse(
     if state.exit_requested() {
         return aborted(link, report, Problem::new("the member began to exit before its commit"));
     }
+    if let Some(release_ear) = &release_ear {
+        let bells = Together {
+            decision,
+            release_ear,
+            hold: spec.tree.hold(),
+            slice,
+        };
+        return commit_together(
+            py,
+            state,
+            progress,
+            &mut session,
+            bells,
+            link,
+            report,
+            forks_at_invitation,
+        );
+    }
     // The decision is "commit" now: a coordinator that hangs up meanwhile
     // changes nothing.
     let waiting = |session: &Session<'_>, blockers: &super::safepoint::Blockers| {
@@ -371,6 +402,7 @@ fn converse(
     };
     let committed = session.commit(state, progress, report, waiting);
     let released_at_ns = monotonic_ns();
+    drop(slice);
     let done = match committed {
         Ok(Some(done)) => done,
         // Rolled back here already: nobody saw the new version.
@@ -383,6 +415,31 @@ fn converse(
         Err(Stop::Refused(problem)) => return refuse(link, report, problem),
         Err(Stop::Abandoned(problem)) => return aborted(link, report, problem),
     };
+    released(
+        py,
+        state,
+        progress,
+        &session,
+        done,
+        (released_at_ns, forks_at_invitation),
+        link,
+        report,
+    );
+}
+
+/// A member let go on the new version: finishes, says so, and waits for
+/// the coordinator's last word (`Revert` if another member failed).
+#[allow(clippy::too_many_arguments)]
+fn released(
+    py: Python<'_>,
+    state: &ProcessState,
+    progress: &Progress<'_>,
+    session: &Session<'_>,
+    done: super::Done,
+    (released_at_ns, forks_at_invitation): (u64, u64),
+    link: &mut dyn Link,
+    report: &mut Report,
+) {
     session.finish(state, progress, done, report);
     // Children forked before the commit run the old version; those
     // forked after it are born new and need no part.
@@ -402,10 +459,131 @@ fn converse(
     revert(py, state, link, report, session.plan.timeout);
 }
 
-/// Opens the update's commit bell, which the coordinator made before it
-/// invited anyone.
-fn listen(state: &ProcessState, decision: &Path) -> Result<Ear, Problem> {
-    Ear::open(&bell::path_for(decision, bell::COMMIT)).map_err(|e| {
+/// How long past `hold_ms` a member stopped with its merge waits for the
+/// coordinator's word before it decides, for the whole tree, to abort.
+/// The coordinator decides by `hold_ms` after it rang.
+const HOLD_GRACE: Duration = Duration::from_millis(50);
+
+/// What a member committing `together` waits on.
+struct Together<'a> {
+    decision: &'a Path,
+    release_ear: &'a Ear,
+    hold: Duration,
+    /// Held from the commit's ring to the release.
+    slice: crate::process::sched::ShortSlice,
+}
+
+/// `[tree] commit = "together"`, from the commit's ring: stops at the safe
+/// point and merges, says so, and waits with the world still stopped for
+/// the tree's word (the release bell, and the release decision). "commit"
+/// lets the world go on the new version; "abort", or no word within
+/// `hold_ms`, undoes the merge before any other thread ran it.
+#[allow(clippy::too_many_arguments)]
+fn commit_together(
+    py: Python<'_>,
+    state: &ProcessState,
+    progress: &Progress<'_>,
+    session: &mut Session<'_>,
+    bells: Together<'_>,
+    link: &mut dyn Link,
+    report: &mut Report,
+    forks_at_invitation: u64,
+) {
+    let Together {
+        decision,
+        release_ear,
+        hold,
+        slice,
+    } = bells;
+    let give_up_at = Instant::now() + hold + HOLD_GRACE;
+    let release = release_decision(decision);
+    let waiting = |session: &Session<'_>, blockers: &super::safepoint::Blockers| {
+        if state.exit_requested() {
+            return Err(Stop::Abandoned(Problem::new(
+                "the member began to exit before its commit",
+            )));
+        }
+        // The others are stopped, waiting: past the hold, or once the tree
+        // has decided (to abort: it cannot commit without this member),
+        // stop trying.
+        if release.exists() || Instant::now() >= give_up_at {
+            return Err(Stop::Abandoned(Problem::new(format!(
+                "its safe point did not hold within the tree's hold_ms ({} ms): {}",
+                hold.as_millis(),
+                session_blockers(session, blockers).join("; ")
+            ))));
+        }
+        let _ = link.send(&MemberReply::Waiting {
+            why: session_blockers(session, blockers),
+        });
+        Ok(())
+    };
+    let held = match session.stop_and_merge(progress, report, waiting) {
+        Ok(Some(held)) => held,
+        Ok(None) => {
+            let _ = link.send(&MemberReply::RolledBack {
+                report: Box::new(report.clone()),
+            });
+            return;
+        }
+        Err(Stop::Refused(problem) | Stop::Abandoned(problem)) => return aborted(link, report, problem),
+    };
+    // The world stays stopped, and this thread keeps the GIL while it
+    // waits: nothing in this process may run the new version yet. The
+    // coordinator never enters Python, so it cannot wait on it.
+    //
+    // The release bell rings only once the tree decided to commit, so
+    // hearing it needs no look at the decision (a file, 0.1 ms on a busy
+    // machine, which the members would spend one after another); an abort
+    // comes as a message to each. Silence, or a coordinator gone, leaves
+    // it to the release decision, which this member makes "abort" unless
+    // the coordinator made it first.
+    let word = if release.exists() {
+        decide(&release, Decision::Abort)
+    } else {
+        let _ = link.send(&MemberReply::Merged);
+        let left = give_up_at.saturating_duration_since(Instant::now());
+        match link.recv_or_ring(left, release_ear) {
+            Ok(None | Some(Step::Commit)) => Decision::Commit,
+            Ok(Some(Step::Abort)) => Decision::Abort,
+            Ok(Some(_)) | Err(_) => decide(&release, Decision::Abort),
+        }
+    };
+    match word {
+        Decision::Commit => {
+            let done = session.let_go(state, held, report);
+            let released_at_ns = monotonic_ns();
+            drop(slice);
+            released(
+                py,
+                state,
+                progress,
+                session,
+                done,
+                (released_at_ns, forks_at_invitation),
+                link,
+                report,
+            );
+        }
+        Decision::Abort => {
+            session.undo(
+                held,
+                report,
+                Problem::new(
+                    "the tree did not stop and merge together (another member refused, or did not within hold_ms); this member undid its merge before running the new version",
+                ),
+            );
+            let _ = link.send(&MemberReply::Undone {
+                report: Box::new(report.clone()),
+            });
+        }
+    }
+}
+
+/// Opens one of the update's bells (`step`), which the coordinator made
+/// before it invited anyone.
+fn listen(state: &ProcessState, decision: &Path, step: &str) -> Result<Ear, Problem> {
+    Ear::open(&bell::path_for(decision, step)).map_err(|e| {
         Problem::new(format!(
             "could not open the tree's bell in member pid {}: {e}",
             state.pid
@@ -543,6 +721,14 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
 pub enum Decision {
     Commit,
     Abort,
+}
+
+/// Where a tree committing `together` records whether its merged members
+/// let go on the new version or undo.
+pub fn release_decision(decision: &Path) -> std::path::PathBuf {
+    let mut name = decision.as_os_str().to_owned();
+    name.push("-release");
+    name.into()
 }
 
 /// Records `want` as the tree's decision unless one is recorded already,

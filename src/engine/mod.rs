@@ -266,6 +266,21 @@ pub struct Done {
     previous_sources: Vec<(String, Option<UpdateSource>)>,
 }
 
+impl Done {
+    /// Rolls a merge back inside the stopped world, before anything ran
+    /// it: a tree member that committed `together` whose tree did not.
+    pub(crate) fn undo(self, py: Python<'_>, support: &Support<'_>, report: &mut Report, mut problem: Problem) {
+        let t = Instant::now();
+        let errors = self.journal.rollback(py, support);
+        report.timings.rollback_ms = ms(t);
+        for e in errors {
+            problem = problem.caused_by(format!("rollback could not restore a value: {e}"));
+        }
+        report.outcome = Outcome::RolledBack;
+        report.problem = Some(problem);
+    }
+}
+
 /// The commit proper, inside the stopped world: merge, check, and roll back
 /// on any failure. When merged, returns what is left to do: publish, then,
 /// once the world runs again, finish.

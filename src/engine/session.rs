@@ -59,6 +59,13 @@ struct Frozen<'py> {
     stopped_at: Instant,
 }
 
+/// A merge made with every other thread still stopped: nothing but this
+/// thread has run the new version yet.
+pub struct Held<'py> {
+    frozen: Frozen<'py>,
+    done: Done,
+}
+
 /// What a [`Session::freeze`] found.
 enum Freeze<'py> {
     Frozen(Frozen<'py>),
@@ -303,8 +310,24 @@ impl<'py> Session<'py> {
         state: &ProcessState,
         progress: &Progress<'_>,
         report: &mut Report,
-        mut blocked: impl FnMut(&Session<'py>, &Blockers) -> Result<(), Stop>,
+        blocked: impl FnMut(&Session<'py>, &Blockers) -> Result<(), Stop>,
     ) -> Result<Option<Done>, Stop> {
+        Ok(self
+            .stop_and_merge(progress, report, blocked)?
+            .map(|held| self.let_go(state, held, report)))
+    }
+
+    /// The commit up to the release: freezes at the safe point (trying
+    /// again until the spec's `timeout_ms`) and merges. A merge that held
+    /// is returned with the world still stopped, for [`Session::let_go`]
+    /// or [`Session::undo`]; one that failed was rolled back and the world
+    /// let go: `None` (the report says why).
+    pub fn stop_and_merge(
+        &mut self,
+        progress: &Progress<'_>,
+        report: &mut Report,
+        mut blocked: impl FnMut(&Session<'py>, &Blockers) -> Result<(), Stop>,
+    ) -> Result<Option<Held<'py>>, Stop> {
         loop {
             let mut frozen = match self.freeze(progress, report) {
                 Ok(Freeze::Frozen(frozen)) => frozen,
@@ -317,16 +340,33 @@ impl<'py> Session<'py> {
                 }
                 Err(problem) => return Err(Stop::Refused(problem)),
             };
-            let done = self.merge(&mut frozen, report).map(|mut done| {
-                self.publish(state, &mut done);
-                done
+            return Ok(match self.merge(&mut frozen, report) {
+                Some(done) => Some(Held { frozen, done }),
+                None => {
+                    self.release(frozen, report);
+                    None
+                }
             });
-            // Read while nothing else runs: a fork after this is of the new
-            // version.
-            self.forks_at_commit = crate::process::tree::forks();
-            self.release(frozen, report);
-            return Ok(done);
         }
+    }
+
+    /// Makes a held merge the program's version and lets the world go.
+    pub fn let_go(&mut self, state: &ProcessState, held: Held<'py>, report: &mut Report) -> Done {
+        let Held { frozen, mut done } = held;
+        self.publish(state, &mut done);
+        // Read while nothing else runs: a fork after this is of the new
+        // version.
+        self.forks_at_commit = crate::process::tree::forks();
+        self.release(frozen, report);
+        done
+    }
+
+    /// Undoes a held merge before any other thread ran it, and lets the
+    /// world go: the program never saw the new version.
+    pub fn undo(&self, held: Held<'py>, report: &mut Report, problem: Problem) {
+        let Held { frozen, done } = held;
+        done.undo(self.py, &self.support, report, problem);
+        self.release(frozen, report);
     }
 
     /// With the world running again: keeps the update for `pyreload

@@ -89,6 +89,10 @@ fn libc_flags() -> i32 {
 
 /// The step every staged member commits at.
 pub const COMMIT: &str = "commit";
+/// `[tree] commit = "together"`: every member stopped with its merge lets
+/// go. Rung only once the tree decided to commit (an abort is a message to
+/// each), so hearing it is the decision.
+pub const RELEASE: &str = "release";
 
 /// The bell for one step of one update, next to its decision file.
 pub fn path_for(decision: &Path, step: &str) -> PathBuf {

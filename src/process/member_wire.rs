@@ -106,6 +106,9 @@ pub enum MemberReply {
         modules: Vec<String>,
         report: Box<Report>,
     },
+    /// `[tree] commit = "together"`: stopped at its safe point and merged,
+    /// with its world still stopped; waits for the release.
+    Merged,
     /// The member's own commit failed and was undone (its report says why).
     RolledBack {
         report: Box<Report>,

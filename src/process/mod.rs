@@ -31,6 +31,7 @@ pub mod loaded;
 pub mod member_wire;
 pub mod per_process;
 pub mod runtime_dir;
+pub mod sched;
 pub mod state;
 pub mod tree;
 pub mod update_point;

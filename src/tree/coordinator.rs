@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::members::{self, Member};
 use crate::control::protocol::{read_frame, write_frame, Request, PROTOCOL_VERSION};
 use crate::diagnostic::Problem;
-use crate::engine::member::{decide, Decision};
+use crate::engine::member::{decide, release_decision, Decision};
 use crate::engine::progress::ClientGone;
 use crate::process::bell::{self, Bell};
 use crate::process::fds::Tracked;
@@ -24,7 +24,7 @@ use crate::process::member_wire::{MemberReply, Mode, RollbackOrder, Step};
 use crate::process::state::ProcessState;
 use crate::process::wire::{MemberProgress, TreeProgress};
 use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
-use crate::spec::{self, SpecSource};
+use crate::spec::{self, SpecSource, TreeCommit};
 
 /// How long a member has to resolve the spec.
 const PREPARE_STEP: Duration = Duration::from_secs(60);
@@ -353,6 +353,9 @@ enum Stand {
     Committing,
     /// Committed; told whether it stands once every member has said.
     Committed,
+    /// `together`: stopped at its safe point with its merge made, waiting
+    /// for the release.
+    Merged,
     /// Its part is over: `outcome` says how.
     Done,
 }
@@ -392,6 +395,9 @@ struct Tree<'a> {
     problem: Option<Problem>,
     /// What tells every staged member to commit at once.
     bell: Result<Bell, String>,
+    /// `[tree] commit = "together"`: what tells every merged member to let
+    /// go (or undo, as the release decision says).
+    release: Option<Result<Bell, String>>,
     /// The round shown now.
     round: &'static str,
     /// `pyreload prepare`: where the staged tree is held (see
@@ -407,9 +413,15 @@ impl<'a> Tree<'a> {
         let dir = state.identity.tree_dir();
         let _ = std::fs::create_dir_all(&dir);
         let decision = dir.join(format!("decision-{update_id}"));
-        let bell = Bell::create(bell::path_for(&decision, bell::COMMIT))
-            .map_err(|e| format!("could not make the tree's bell in {}: {e}", dir.display()));
+        let make = |step| {
+            Bell::create(bell::path_for(&decision, step))
+                .map_err(|e| format!("could not make the tree's bell in {}: {e}", dir.display()))
+        };
+        let bell = make(bell::COMMIT);
+        let together = job.mode == Mode::Update && job.spec.is_some_and(|s| s.tree.commit() == TreeCommit::Together);
+        let release = together.then(|| make(bell::RELEASE));
         Tree {
+            release,
             hold: None,
             hold_for: Duration::ZERO,
             round: "prepare",
@@ -440,6 +452,7 @@ impl<'a> Tree<'a> {
                     Stand::Staged => "staged".into(),
                     Stand::Committing => "committing".into(),
                     Stand::Committed => "committed".into(),
+                    Stand::Merged => "stopped, merged, waiting for the others".into(),
                     Stand::Done => p.outcome.map_or("done", MemberOutcome::verb).into(),
                 },
                 waiting_for: p.waiting_for.clone(),
@@ -453,7 +466,11 @@ impl<'a> Tree<'a> {
     }
 
     fn run(&mut self, root: Member, others: Vec<Member>) -> Report {
-        if let Err(why) = &self.bell {
+        if let Err(why) = self
+            .bell
+            .as_ref()
+            .and(self.release.as_ref().map_or(Ok(&()), |r| r.as_ref().map(|_| &())))
+        {
             self.problem = Some(Problem::new(format!("{why}; nothing was changed")));
             return self.report();
         }
@@ -658,6 +675,18 @@ impl<'a> Tree<'a> {
     /// as answers. Returns the answers in member order; a member that did
     /// not answer in time is missing.
     fn collect(&mut self, who: &[usize], deadline: Instant, cancellable: bool) -> BTreeMap<usize, Heard> {
+        self.collect_while(who, deadline, cancellable, |_| true)
+    }
+
+    /// [`Tree::collect`], but stops early at the first answer `good`
+    /// rejects (a `together` round stops holding the others at once).
+    fn collect_while(
+        &mut self,
+        who: &[usize],
+        deadline: Instant,
+        cancellable: bool,
+        good: impl Fn(&Heard) -> bool,
+    ) -> BTreeMap<usize, Heard> {
         let mut heard = BTreeMap::new();
         while heard.len() < who.len() {
             let now = Instant::now();
@@ -677,7 +706,11 @@ impl<'a> Tree<'a> {
                     self.show(self.round);
                 }
                 Ok((i, answer)) if who.contains(&i) && !heard.contains_key(&i) => {
+                    let go_on = good(&answer);
                     heard.insert(i, answer);
+                    if !go_on {
+                        break;
+                    }
                 }
                 // A late answer to an earlier step, or a member no longer
                 // asked: its reader closing is all that can come now.
@@ -932,7 +965,11 @@ impl<'a> Tree<'a> {
         }
         self.show("commit");
         self.ring(&who);
-        self.hear_commits(&who);
+        if self.release.is_some() {
+            self.commit_together(&who);
+        } else {
+            self.hear_commits(&who);
+        }
         // At most a few more rounds for children born old: a supervisor
         // that forks faster than members commit is bounded by the
         // deadline.
@@ -1019,6 +1056,140 @@ impl<'a> Tree<'a> {
                         _ => Problem::new("did not answer the commit in time"),
                     };
                     self.blame_commit(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+            }
+        }
+    }
+
+    /// `[tree] commit = "together"`, once the commit has rung: every one of
+    /// `who` stops at its safe point and merges, and waits, stopped. When
+    /// all have (within `hold_ms` of the ring), one ring of the release
+    /// bell lets them go on the new version together; otherwise it tells
+    /// them to undo their merges, and no member ever ran the new version.
+    /// The release decision settles a race with a member that gave up
+    /// waiting: the first decision holds.
+    fn commit_together(&mut self, who: &[usize]) {
+        for &i in who {
+            self.peers[i].stand = Stand::Committing;
+        }
+        let hold = self.job.spec.map(|s| s.tree.hold()).unwrap_or_default();
+        let merged_or_gone = |h: &Heard| {
+            matches!(
+                h,
+                Heard::Reply(MemberReply::Merged | MemberReply::Exiting) | Heard::Gone(_)
+            )
+        };
+        let heard = self.collect_while(who, Instant::now() + hold, false, merged_or_gone);
+        let mut merged = Vec::new();
+        for &i in who {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Merged)) => {
+                    self.peers[i].stand = Stand::Merged;
+                    merged.push(i);
+                }
+                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
+                Some(Heard::Reply(MemberReply::RolledBack { report })) => {
+                    let report = (**report).clone();
+                    self.blame_commit(i, report.problem.clone());
+                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Refused { report } | MemberReply::Aborted { report })) => {
+                    let report = (**report).clone();
+                    self.blame_commit(i, report.problem.clone());
+                    self.finish(i, MemberOutcome::Refused, Some(report), None);
+                }
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    if self.lost(i, why) {
+                        let problem = self.peers[i].problem.clone();
+                        self.blame_commit(i, problem);
+                    }
+                }
+                Some(Heard::Reply(other)) => {
+                    let problem = Problem::new(format!("answered the commit with {other:?}"));
+                    self.blame_commit(i, Some(problem.clone()));
+                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
+                }
+                None => {}
+            }
+        }
+        // Still trying (blamed only when nobody failed first): each hears
+        // the release bell and gives up.
+        for &i in who.iter().filter(|i| !heard.contains_key(i)) {
+            self.blame_commit(
+                i,
+                Some(Problem::new(format!(
+                    "did not stop at its safe point and merge within the tree's hold_ms ({} ms)",
+                    hold.as_millis()
+                ))),
+            );
+        }
+        let want = if self.problem.is_none() {
+            Decision::Commit
+        } else {
+            Decision::Abort
+        };
+        let word = decide(&release_decision(&self.decision), want);
+        if word == Decision::Commit {
+            // Only now: the bell means "commit" to whoever hears it.
+            let rung = matches!(&self.release, Some(Ok(bell)) if bell.ring().is_ok());
+            if !rung {
+                for &i in &merged {
+                    self.send(i, Step::Commit);
+                }
+            }
+            return self.hear_commits(&merged);
+        }
+        if self.problem.is_none() {
+            self.problem = Some(Problem::new(
+                "a member stopped with its merge did not hear the tree's word within hold_ms and decided to abort; every member undid its merge",
+            ));
+        }
+        for &i in &merged {
+            self.send(i, Step::Abort);
+        }
+        // Everyone still in the round undoes, or gives up: hear them out.
+        let left: Vec<usize> = who
+            .iter()
+            .copied()
+            .filter(|&i| self.peers[i].stand != Stand::Done)
+            .collect();
+        let until = Instant::now() + self.wait_timeout() + self.commit_timeout() + STAGE_GRACE;
+        let mut heard = self.collect(&left, until, false);
+        // A member that merged as the tree decided says so first, and is
+        // told in turn.
+        let late: Vec<usize> = left
+            .iter()
+            .copied()
+            .filter(|i| !merged.contains(i) && matches!(heard.get(i), Some(Heard::Reply(MemberReply::Merged))))
+            .collect();
+        for &i in &late {
+            self.send(i, Step::Abort);
+        }
+        heard.extend(self.collect(&late, until, false));
+        for &i in &left {
+            match heard.get(&i) {
+                Some(Heard::Reply(MemberReply::Undone { report })) => {
+                    let report = (**report).clone();
+                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::RolledBack { report })) => {
+                    let report = (**report).clone();
+                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Refused { report } | MemberReply::Aborted { report })) => {
+                    let report = (**report).clone();
+                    self.finish(i, MemberOutcome::Refused, Some(report), None);
+                }
+                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
+                Some(Heard::Gone(why)) => {
+                    let why = why.clone();
+                    self.lost(i, why);
+                }
+                _ => {
+                    let problem =
+                        Problem::new("did not say whether it undid its merge in time; it may run the new version");
                     self.finish(i, MemberOutcome::Unknown, None, Some(problem));
                 }
             }
@@ -1148,6 +1319,11 @@ impl<'a> Tree<'a> {
                 "the rollback failed in member pid {} ({}): {}; the members that rolled back run {} again, and the \
                  others still run the version they had (see the members below)",
                 peer.member.pid, peer.member.role, problem.message, self.job.to
+            )
+        } else if self.release.is_some() {
+            format!(
+                "the commit failed in member pid {} ({}): {}; every member undid its merge before running the new version",
+                peer.member.pid, peer.member.role, problem.message
             )
         } else {
             format!(
