@@ -320,6 +320,9 @@ impl Hosted {
             cmd.stdin(Stdio::null()).stdout(std::fs::File::create(&p).unwrap());
             stdout_path = Some(p);
         }
+        // A group of its own, so that dropping it ends the processes it
+        // forked too (a tree's workers would outlive the test).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().map(BufReader::new);
@@ -484,6 +487,8 @@ impl Drop for Hosted {
         if std::thread::panicking() {
             eprintln!("==== hosted program ====\n{}", self.logs());
         }
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
