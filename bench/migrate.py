@@ -24,7 +24,11 @@ and inside the conversion loop (`--toggle-collect`), with a dump after each.
 
 The same update with `mode = "lazy"` runs last, on a fresh program of each
 size: its pause (a sample of 32 converted in the commit) against the eager
-pause, and the sweep that converts the rest after the pause.
+pause, and the sweep that converts the rest after the pause. The sweep, like
+the eager transform, starts with a walk that finds the instances; its report
+times that walk apart (`sweep_find_ms`), so the sweep is compared with the
+eager migration both ways: whole (walk and conversion on both sides) and
+conversion only (neither side's walk).
 """
 
 import argparse
@@ -128,7 +132,7 @@ def lazy(pyreload, n, work):
         prog.close()
     t = report["transforms"][0]
     assert t["instances"] == n, f"lazy converted {t['instances']} instances, expected {n}"
-    return report["timings"]["pause_ms"], t["lazy"]["sweep_ms"]
+    return report["timings"]["pause_ms"], t["lazy"]["sweep_ms"], t["lazy"]["sweep_find_ms"]
 
 
 def counted(pyreload, n, work):
@@ -172,20 +176,28 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="pyreload-migrate-"))
     rows = []
     print("| instances | rounds | floor ns/inst | eager: find ns/inst | eager: convert ns/inst "
-          "| convert / floor (lowest-highest) | eager pause ms | lazy pause ms | lazy / eager pause | lazy sweep ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| convert / floor (lowest-highest) | eager pause ms | lazy pause ms | lazy / eager pause | lazy sweep ms "
+          "| sweep: find ns/inst | sweep: convert ns/inst | sweep / eager, whole | sweep / eager, conversion |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in [int(s) for s in args.sizes.split(",")]:
         rounds = eager_rounds(pyreload, n, args.rounds if n < 1_000_000 else min(args.rounds, 3), work)
         ratios = sorted(convert / floor for floor, _, convert, _ in rounds)
         floor, find, convert, pause = (statistics.median(column) for column in zip(*rounds))
-        lazy_pause, sweep = lazy(pyreload, n, work)
+        lazy_pause, sweep, sweep_find = lazy(pyreload, n, work)
+        sweep_find_ns = sweep_find * 1e6 / n
+        sweep_convert_ns = (sweep - sweep_find) * 1e6 / n
         row = {"instances": n, "rounds": len(rounds), "floor_ns": floor, "find_ns": find, "convert_ns": convert,
                "ratio": statistics.median(ratios), "ratio_low": ratios[0], "ratio_high": ratios[-1],
-               "eager_pause_ms": pause, "lazy_pause_ms": lazy_pause, "sweep_ms": sweep}
+               "eager_pause_ms": pause, "lazy_pause_ms": lazy_pause, "sweep_ms": sweep,
+               "sweep_find_ns": sweep_find_ns, "sweep_convert_ns": sweep_convert_ns,
+               "sweep_ratio_whole": sweep * 1e6 / n / (find + convert),
+               "sweep_ratio_convert": sweep_convert_ns / convert}
         rows.append(row)
         print(f"| {n:,} | {len(rounds)} | {floor:.0f} | {find:.0f} | {convert:.0f} "
               f"| {row['ratio']:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) | {pause:.1f} "
-              f"| {lazy_pause:.2f} | {lazy_pause / pause:.3f} | {sweep:.0f} |", flush=True)
+              f"| {lazy_pause:.2f} | {lazy_pause / pause:.3f} | {sweep:.0f} | {sweep_find_ns:.0f} "
+              f"| {sweep_convert_ns:.0f} | {row['sweep_ratio_whole']:.2f}x | {row['sweep_ratio_convert']:.2f}x |",
+              flush=True)
     count = counted(pyreload, args.callgrind_size, work) if args.callgrind_size else None
     if count:
         print()

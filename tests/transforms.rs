@@ -374,6 +374,13 @@ def fail_in_sweep(obj):
 
 def fail_always(obj):
     raise ValueError("broken transformer")
+
+def hang_in_sweep(obj):
+    CALLS[0] += 1
+    if CALLS[0] == 150:  # after the sample of 32, in the sweep
+        while True:
+            pass
+    obj.version = 2
 "#;
 
 fn start_lazy(sandbox: &Sandbox) -> Hosted {
@@ -561,6 +568,48 @@ fn a_lazy_failure_after_the_commit_is_logged_and_blocks_rollback() {
     );
     assert_eq!(p.ask("migrations.CALLS[0]"), (N + 3).to_string());
     // Instances created now are new from the start, as during the sweep.
+    assert_eq!(
+        p.ask("store.Item(5).describe(), migrations.CALLS[0]"),
+        format!("('5@2/new', {})", N + 3)
+    );
+}
+
+#[test]
+fn a_lazy_sweep_interrupted_by_its_deadline_leaves_the_hooks_converting_on_use_each_instance_once() {
+    let sandbox = Sandbox::new();
+    let mut p = start_lazy_program(&sandbox, "import sys, store, migrations\n", vec![]);
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "[update]\nname = \"store-v2\"\nfrom = \"1\"\nto = \"2\"\n\n[[reload]]\nmodule = \"store\"\n\n\
+         [safe_point]\ntimeout_ms = 2000\ncommit_timeout_ms = 300\n\n\
+         [[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.hang_in_sweep\"\nmode = \"lazy\"\n",
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("the lazy migration of `store.Item` could not finish"),
+        "{report:#}"
+    );
+    // The sweep stopped in its 150th call; the instance it was converting
+    // kept its old state, the hooks stayed.
+    assert_eq!(p.ask("migrations.CALLS[0]"), "150");
+    assert_eq!(
+        p.ask("[n for n in ('__getattribute__', '__setattr__', '__delattr__', '__new__') if n in vars(store.Item)]"),
+        "['__getattribute__', '__setattr__', '__delattr__', '__new__']"
+    );
+    // Using every instance converts those the sweep did not reach, and the
+    // one it was in, once each, and none it had converted.
+    assert_eq!(
+        p.ask("sorted({o.version for o in list(store.ITEMS.values()) + store.SPECIAL})"),
+        "[2]"
+    );
+    assert_eq!(p.ask("migrations.CALLS[0]"), (N + 3).to_string());
+    assert_eq!(
+        p.ask("sorted({o.version for o in list(store.ITEMS.values()) + store.SPECIAL}), migrations.CALLS[0]"),
+        format!("([2], {})", N + 3)
+    );
     assert_eq!(
         p.ask("store.Item(5).describe(), migrations.CALLS[0]"),
         format!("('5@2/new', {})", N + 3)

@@ -190,18 +190,24 @@ pub fn sweep(
     let mut swept = super::sweep::Sweep::start(&support, migration)?;
     let find_ms = ms(t0);
     report.instances += swept.pending();
-    loop {
-        let left = {
-            let _deadline = super::watchdog::Deadline::arm(py, Instant::now() + batch_timeout);
-            swept.batch(&support, BATCH)?
-        };
-        if left == 0 {
-            break;
+    let mut all = || -> PyResult<()> {
+        loop {
+            let left = {
+                let _deadline = super::watchdog::Deadline::arm(py, Instant::now() + batch_timeout);
+                swept.batch(&support, BATCH)?
+            };
+            if left == 0 {
+                return Ok(());
+            }
+            py.detach(std::thread::yield_now);
         }
-        py.detach(std::thread::yield_now);
-    }
+    };
+    let swept_all = all();
     let failures: Vec<String> = migration.getattr("failures")?.extract()?;
-    swept.end(!failures.is_empty())?;
+    // A sweep that stopped early leaves the hooks on, as a failed instance
+    // does; either way its queue goes, so the marks must not need it.
+    swept.end(swept_all.is_err() || !failures.is_empty())?;
+    swept_all?;
     if failures.is_empty() {
         let class = pending.class.bind(py);
         for (name, old) in pending.replaced {
