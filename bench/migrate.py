@@ -43,6 +43,7 @@ import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONVERT_SYMBOL = "pyreload::engine::eager::convert_all*"
+SWEEP_SYMBOL = "pyreload::engine::sweep::Sweep::batch*"
 
 SPEC = """
 [update]
@@ -132,31 +133,37 @@ def lazy(pyreload, n, work):
         prog.close()
     t = report["transforms"][0]
     assert t["instances"] == n, f"lazy converted {t['instances']} instances, expected {n}"
-    return report["timings"]["pause_ms"], t["lazy"]["sweep_ms"], t["lazy"]["sweep_find_ms"]
+    return report["timings"]["pause_ms"], t["lazy"]["sweep_ms"], t["lazy"].get("sweep_find_ms", 0.0)
 
 
 def counted(pyreload, n, work):
-    """Instructions per instance of the floor loop and of the conversion loop,
-    under callgrind, or None without valgrind. Only those two functions are
-    collected; a dump after each (`callgrind_control --dump`) separates them."""
+    """Instructions per instance of the floor loop, of the eager conversion
+    loop and of the lazy sweep's batches (neither counts its walk), under
+    callgrind, or None without valgrind. Only those functions are collected;
+    a dump after each (`callgrind_control --dump`) separates them. The sweep
+    converts the same instances again, after the eager update."""
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         return None
     out = work / "callgrind"
     prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-              "--toggle-collect=sys_call_tracing", f"--toggle-collect={CONVERT_SYMBOL}"]
+              "--toggle-collect=sys_call_tracing", f"--toggle-collect={CONVERT_SYMBOL}",
+              f"--toggle-collect={SWEEP_SYMBOL}"]
     prog = Program(pyreload, n, work, prefix)
     try:
         prog.floor()
         dump(prog.proc.pid)
         prog.apply("eager")
         dump(prog.proc.pid)
+        swept = prog.apply("lazy")["transforms"][0]["lazy"]["converted_by_sweep"]
+        dump(prog.proc.pid)
     finally:
         prog.close()
     totals = []
-    for part in (1, 2):
+    for part, count in ((1, n), (2, n), (3, swept)):
         text = pathlib.Path(f"{out}.{prog.proc.pid}.{part}").read_text()
-        totals.append(next(int(line.split()[1]) for line in text.splitlines() if line.startswith("summary:")) / n)
-    return {"instances": n, "floor": totals[0], "convert": totals[1], "ratio": totals[1] / totals[0]}
+        totals.append(next(int(line.split()[1]) for line in text.splitlines() if line.startswith("summary:")) / count)
+    return {"instances": n, "floor": totals[0], "convert": totals[1], "ratio": totals[1] / totals[0],
+            "sweep": totals[2], "sweep_ratio": totals[2] / totals[1]}
 
 
 def dump(pid):
@@ -201,9 +208,11 @@ def main():
     count = counted(pyreload, args.callgrind_size, work) if args.callgrind_size else None
     if count:
         print()
-        print(f"| instructions per instance (callgrind, {count['instances']:,} instances) | floor | convert | convert / floor |")
-        print("|---|---:|---:|---:|")
-        print(f"| counted | {count['floor']:.0f} | {count['convert']:.0f} | {count['ratio']:.2f}x |")
+        print(f"| instructions per instance (callgrind, {count['instances']:,} instances) | floor | convert "
+              "| convert / floor | lazy sweep | sweep / convert |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print(f"| counted | {count['floor']:.0f} | {count['convert']:.0f} | {count['ratio']:.2f}x "
+              f"| {count['sweep']:.0f} | {count['sweep_ratio']:.2f}x |")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"sizes": rows, "callgrind": count}, indent=1))
 

@@ -504,7 +504,10 @@ pub fn hook_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
                     | ffi::Py_TPFLAGS_HAVE_GC
                     | ffi::Py_TPFLAGS_HAVE_VECTORCALL
                     | ffi::Py_TPFLAGS_METHOD_DESCRIPTOR
-                    | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION) as c_uint,
+                    | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION
+                    // So the program cannot reassign its `__call__` or
+                    // `__get__` under the class it hooks.
+                    | ffi::Py_TPFLAGS_IMMUTABLETYPE) as c_uint,
                 slots: slots.as_mut_ptr(),
             };
             // SAFETY: the spec describes `Hook` and functions written for

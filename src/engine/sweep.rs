@@ -87,6 +87,8 @@ impl<'py> Sweep<'py> {
     /// Converts up to `batch` instances, holding the migration's lock for
     /// the batch; returns how many are left. An instance whose transformer
     /// raises keeps its old state and is reported in `failures`.
+    // Not inlined: bench/migrate.py counts its instructions by name under callgrind.
+    #[inline(never)]
     pub fn batch(&mut self, support: &Support<'py>, batch: usize) -> PyResult<usize> {
         let py = self.migration.py();
         self.lock.call_method0(intern!(py, "acquire"))?;
