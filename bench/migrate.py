@@ -24,7 +24,11 @@ and inside the conversion loop (`--toggle-collect`), with a dump after each.
 
 The same update with `mode = "lazy"` runs last, on a fresh program of each
 size: its pause (a sample of 32 converted in the commit) against the eager
-pause, and the sweep that converts the rest after the pause.
+pause, and the sweep that converts the rest after the pause. The sweep, like
+the eager transform, starts with a walk that finds the instances; its report
+times that walk apart (`sweep_find_ms`), so the sweep is compared with the
+eager migration both ways: whole (walk and conversion on both sides) and
+conversion only (neither side's walk).
 """
 
 import argparse
@@ -39,6 +43,7 @@ import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONVERT_SYMBOL = "pyreload::engine::eager::convert_all*"
+SWEEP_SYMBOL = "pyreload::engine::sweep::Sweep::batch*"
 
 SPEC = """
 [update]
@@ -128,31 +133,37 @@ def lazy(pyreload, n, work):
         prog.close()
     t = report["transforms"][0]
     assert t["instances"] == n, f"lazy converted {t['instances']} instances, expected {n}"
-    return report["timings"]["pause_ms"], t["lazy"]["sweep_ms"]
+    return report["timings"]["pause_ms"], t["lazy"]["sweep_ms"], t["lazy"].get("sweep_find_ms", 0.0)
 
 
 def counted(pyreload, n, work):
-    """Instructions per instance of the floor loop and of the conversion loop,
-    under callgrind, or None without valgrind. Only those two functions are
-    collected; a dump after each (`callgrind_control --dump`) separates them."""
+    """Instructions per instance of the floor loop, of the eager conversion
+    loop and of the lazy sweep's batches (neither counts its walk), under
+    callgrind, or None without valgrind. Only those functions are collected;
+    a dump after each (`callgrind_control --dump`) separates them. The sweep
+    converts the same instances again, after the eager update."""
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         return None
     out = work / "callgrind"
     prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-              "--toggle-collect=sys_call_tracing", f"--toggle-collect={CONVERT_SYMBOL}"]
+              "--toggle-collect=sys_call_tracing", f"--toggle-collect={CONVERT_SYMBOL}",
+              f"--toggle-collect={SWEEP_SYMBOL}"]
     prog = Program(pyreload, n, work, prefix)
     try:
         prog.floor()
         dump(prog.proc.pid)
         prog.apply("eager")
         dump(prog.proc.pid)
+        swept = prog.apply("lazy")["transforms"][0]["lazy"]["converted_by_sweep"]
+        dump(prog.proc.pid)
     finally:
         prog.close()
     totals = []
-    for part in (1, 2):
+    for part, count in ((1, n), (2, n), (3, swept)):
         text = pathlib.Path(f"{out}.{prog.proc.pid}.{part}").read_text()
-        totals.append(next(int(line.split()[1]) for line in text.splitlines() if line.startswith("summary:")) / n)
-    return {"instances": n, "floor": totals[0], "convert": totals[1], "ratio": totals[1] / totals[0]}
+        totals.append(next(int(line.split()[1]) for line in text.splitlines() if line.startswith("summary:")) / count)
+    return {"instances": n, "floor": totals[0], "convert": totals[1], "ratio": totals[1] / totals[0],
+            "sweep": totals[2], "sweep_ratio": totals[2] / totals[1]}
 
 
 def dump(pid):
@@ -172,26 +183,36 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="pyreload-migrate-"))
     rows = []
     print("| instances | rounds | floor ns/inst | eager: find ns/inst | eager: convert ns/inst "
-          "| convert / floor (lowest-highest) | eager pause ms | lazy pause ms | lazy / eager pause | lazy sweep ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| convert / floor (lowest-highest) | eager pause ms | lazy pause ms | lazy / eager pause | lazy sweep ms "
+          "| sweep: find ns/inst | sweep: convert ns/inst | sweep / eager, whole | sweep / eager, conversion |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in [int(s) for s in args.sizes.split(",")]:
         rounds = eager_rounds(pyreload, n, args.rounds if n < 1_000_000 else min(args.rounds, 3), work)
         ratios = sorted(convert / floor for floor, _, convert, _ in rounds)
         floor, find, convert, pause = (statistics.median(column) for column in zip(*rounds))
-        lazy_pause, sweep = lazy(pyreload, n, work)
+        lazy_pause, sweep, sweep_find = lazy(pyreload, n, work)
+        sweep_find_ns = sweep_find * 1e6 / n
+        sweep_convert_ns = (sweep - sweep_find) * 1e6 / n
         row = {"instances": n, "rounds": len(rounds), "floor_ns": floor, "find_ns": find, "convert_ns": convert,
                "ratio": statistics.median(ratios), "ratio_low": ratios[0], "ratio_high": ratios[-1],
-               "eager_pause_ms": pause, "lazy_pause_ms": lazy_pause, "sweep_ms": sweep}
+               "eager_pause_ms": pause, "lazy_pause_ms": lazy_pause, "sweep_ms": sweep,
+               "sweep_find_ns": sweep_find_ns, "sweep_convert_ns": sweep_convert_ns,
+               "sweep_ratio_whole": sweep * 1e6 / n / (find + convert),
+               "sweep_ratio_convert": sweep_convert_ns / convert}
         rows.append(row)
         print(f"| {n:,} | {len(rounds)} | {floor:.0f} | {find:.0f} | {convert:.0f} "
               f"| {row['ratio']:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) | {pause:.1f} "
-              f"| {lazy_pause:.2f} | {lazy_pause / pause:.3f} | {sweep:.0f} |", flush=True)
+              f"| {lazy_pause:.2f} | {lazy_pause / pause:.3f} | {sweep:.0f} | {sweep_find_ns:.0f} "
+              f"| {sweep_convert_ns:.0f} | {row['sweep_ratio_whole']:.2f}x | {row['sweep_ratio_convert']:.2f}x |",
+              flush=True)
     count = counted(pyreload, args.callgrind_size, work) if args.callgrind_size else None
     if count:
         print()
-        print(f"| instructions per instance (callgrind, {count['instances']:,} instances) | floor | convert | convert / floor |")
-        print("|---|---:|---:|---:|")
-        print(f"| counted | {count['floor']:.0f} | {count['convert']:.0f} | {count['ratio']:.2f}x |")
+        print(f"| instructions per instance (callgrind, {count['instances']:,} instances) | floor | convert "
+              "| convert / floor | lazy sweep | sweep / convert |")
+        print("|---|---:|---:|---:|---:|---:|")
+        print(f"| counted | {count['floor']:.0f} | {count['convert']:.0f} | {count['ratio']:.2f}x "
+              f"| {count['sweep']:.0f} | {count['sweep_ratio']:.2f}x |")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"sizes": rows, "callgrind": count}, indent=1))
 

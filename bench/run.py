@@ -277,9 +277,12 @@ def size_goal_rows(size, libs, mig_1m):
         worst = max(f["first_wall"] for f in size["first"])
         out.append(("first `pyreload apply` on a 1M-object heap, wall time (worst of fresh programs)", "< 50 ms",
                     f"{worst:.1f} ms", worst < 50))
-    sweep_ns = mig_1m["sweep_ms"] * 1e6 / mig_1m["instances"]
-    ratio = sweep_ns / mig_1m["convert_ns"]
-    out.append(("lazy sweep per instance / eager conversion per instance (1M)", "<= 2x", f"{ratio:.2f}x", ratio <= 2))
+    # The sweep's loop against the eager loop, neither with its walk; then
+    # both whole (walk and conversion). The goal is met when both are.
+    conv, whole = mig_1m["sweep_ratio_convert"], mig_1m["sweep_ratio_whole"]
+    out.append(("lazy sweep per instance / eager conversion per instance (1M), neither side's walk; both walks",
+                "<= 2x", f"{conv:.2f}x ({mig_1m['sweep_convert_ns']:.0f} ns / {mig_1m['convert_ns']:.0f} ns); "
+                f"{whole:.2f}x", conv <= 2 and whole <= 2))
     return out
 
 
@@ -366,7 +369,8 @@ def main():
     mig_1m = next(r for r in mig["sizes"] if r["instances"] == 1_000_000)
     eager_ratio = mig_1m["ratio"]
     lazy_pause = mig_1m["lazy_pause_ms"]
-    sweep_us = mig_1m["sweep_ms"] * 1000 / 1_000_000
+    sweep_ns = mig_1m["sweep_convert_ns"]
+    sweep_ratio = mig_1m["sweep_ratio_convert"]
     migrate_why = explain_migration(mig_1m, mig["callgrind"])
     overhead_why = explain_overhead(over)
     versions = subprocess.run(
@@ -495,9 +499,10 @@ rest after the pause, while the program runs.
 
 {migrate_why} The lazy pause does not grow with N
 ({lazy_pause:.2f} ms at 1M): most of it is stopping the world and converting the sample. The sweep
-is slow, {sweep_us:.1f} µs per instance at 1M: each instance takes the thread-safe conversion path
-(a lock, a state save, a weak reference). It runs while the program serves, but `pyreload apply`
-waits for it.
+converts the rest at {sweep_ns:.0f} ns per instance at 1M, not counting its walk ({sweep_ratio:.2f}x
+the eager loop): its loop is Rust as the eager loop is, and the hooks the program's threads and the
+transformer go through meanwhile are C (src/engine/lazy.rs). It runs while the program serves, but
+`pyreload apply` waits for it.
 
 ## Steady-state overhead
 

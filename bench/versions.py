@@ -106,7 +106,7 @@ def measure(version, args, work):
     row.update(eager_ratio=statistics.median(ratios), eager_ratio_low=ratios[0], eager_ratio_high=ratios[-1],
                floor_ns=statistics.median(r[0] for r in rounds), convert_ns=statistics.median(r[2] for r in rounds),
                eager_pause_ms=statistics.median(r[3] for r in rounds), migrate_rounds=len(rounds))
-    row["lazy_pause_ms"], row["sweep_ms"] = lazy(pyreload, args.objects, work / f"migrate-{minor}")
+    row["lazy_pause_ms"], row["sweep_ms"], _ = lazy(pyreload, args.objects, work / f"migrate-{minor}")
     if args.count_migration and shutil.which("valgrind") and shutil.which("callgrind_control"):
         print(f"== CPython {full}: eager migration counted (callgrind)", file=sys.stderr, flush=True)
         row["migration_counted"] = counted_migration(pyreload, args.count_migration, work / f"migrate-{minor}")

@@ -176,6 +176,10 @@ pub struct LazyReport {
     pub failures: Vec<String>,
     /// The sweep, from the end of the pause to the hooks' removal.
     pub sweep_ms: f64,
+    /// Of `sweep_ms`, the walk that found the instances and marked those to
+    /// convert (the eager transform's `find_ms`, plus the marks).
+    #[serde(default)]
+    pub sweep_find_ms: f64,
 }
 
 /// What the safe point required.

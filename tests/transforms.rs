@@ -374,6 +374,13 @@ def fail_in_sweep(obj):
 
 def fail_always(obj):
     raise ValueError("broken transformer")
+
+def hang_in_sweep(obj):
+    CALLS[0] += 1
+    if CALLS[0] == 150:  # after the sample of 32, in the sweep
+        while True:
+            pass
+    obj.version = 2
 "#;
 
 fn start_lazy(sandbox: &Sandbox) -> Hosted {
@@ -381,9 +388,13 @@ fn start_lazy(sandbox: &Sandbox) -> Hosted {
 }
 
 fn start_lazy_with_env(sandbox: &Sandbox, env: Vec<(&str, String)>) -> Hosted {
+    start_lazy_program(sandbox, LAZY_PROGRAM, env)
+}
+
+fn start_lazy_program(sandbox: &Sandbox, program: &str, env: Vec<(&str, String)>) -> Hosted {
     sandbox.write("store.py", STORE_V1);
     sandbox.write("migrations.py", &format!("{MIGRATIONS}{COUNTING}"));
-    sandbox.write("prog.py", &format!("{LAZY_PROGRAM}{PROBE_LOOP}"));
+    sandbox.write("prog.py", &format!("{program}{PROBE_LOOP}"));
     let p = probe_with_env(sandbox, &["--version", "1", "prog.py"], env);
     sandbox.write("store.py", STORE_V2);
     p
@@ -540,4 +551,213 @@ fn a_lazy_failure_after_the_commit_is_logged_and_blocks_rollback() {
         "{}",
         common::stderr(&out)
     );
+    // The hooks stayed. Every instance was converted once, but the one that
+    // failed (once); the program's threads may have used that one since,
+    // which converts it. Using every instance now converts it if they did
+    // not, and converts no other instance again.
+    let mut p = p;
+    assert_eq!(
+        p.ask("[n for n in ('__getattribute__', '__setattr__', '__delattr__', '__new__') if n in vars(store.Item)]"),
+        "['__getattribute__', '__setattr__', '__delattr__', '__new__']"
+    );
+    let calls: u64 = p.ask("migrations.CALLS[0]").parse().unwrap();
+    assert!(calls == (N + 2) as u64 || calls == (N + 3) as u64, "{calls}");
+    assert_eq!(
+        p.ask("sorted({o.version for o in list(store.ITEMS.values()) + store.SPECIAL})"),
+        "[2]"
+    );
+    assert_eq!(p.ask("migrations.CALLS[0]"), (N + 3).to_string());
+    // Instances created now are new from the start, as during the sweep.
+    assert_eq!(
+        p.ask("store.Item(5).describe(), migrations.CALLS[0]"),
+        format!("('5@2/new', {})", N + 3)
+    );
 }
+
+#[test]
+fn a_lazy_sweep_interrupted_by_its_deadline_leaves_the_hooks_converting_on_use_each_instance_once() {
+    let sandbox = Sandbox::new();
+    let mut p = start_lazy_program(&sandbox, "import sys, store, migrations\n", vec![]);
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        "[update]\nname = \"store-v2\"\nfrom = \"1\"\nto = \"2\"\n\n[[reload]]\nmodule = \"store\"\n\n\
+         [safe_point]\ntimeout_ms = 2000\ncommit_timeout_ms = 300\n\n\
+         [[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.hang_in_sweep\"\nmode = \"lazy\"\n",
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("the lazy migration of `store.Item` could not finish"),
+        "{report:#}"
+    );
+    // The sweep stopped in its 150th call; the instance it was converting
+    // kept its old state, the hooks stayed.
+    assert_eq!(p.ask("migrations.CALLS[0]"), "150");
+    assert_eq!(
+        p.ask("[n for n in ('__getattribute__', '__setattr__', '__delattr__', '__new__') if n in vars(store.Item)]"),
+        "['__getattribute__', '__setattr__', '__delattr__', '__new__']"
+    );
+    // Using every instance converts those the sweep did not reach, and the
+    // one it was in, once each, and none it had converted.
+    assert_eq!(
+        p.ask("sorted({o.version for o in list(store.ITEMS.values()) + store.SPECIAL})"),
+        "[2]"
+    );
+    assert_eq!(p.ask("migrations.CALLS[0]"), (N + 3).to_string());
+    assert_eq!(
+        p.ask("sorted({o.version for o in list(store.ITEMS.values()) + store.SPECIAL}), migrations.CALLS[0]"),
+        format!("([2], {})", N + 3)
+    );
+    assert_eq!(
+        p.ask("store.Item(5).describe(), migrations.CALLS[0]"),
+        format!("('5@2/new', {})", N + 3)
+    );
+}
+
+const WRITING_PROGRAM: &str = r#"
+import sys, threading, time
+import pyreload, store, migrations
+
+WRITES = {}
+
+def writer():
+    # From the update on, writes to every instance, last first, against
+    # the sweep, which goes the other way; every write must stay, and see
+    # the instance converted.
+    while pyreload.version() != "2":
+        time.sleep(0.0005)
+    ok = True
+    for i in range(len(store.ITEMS) - 1, -1, -1):
+        o = store.ITEMS[i]
+        o.value = ("w", i)
+        ok = ok and o.version == 2 and o.value == ("w", i)
+        if i % 100 == 0:
+            time.sleep(0)  # let the sweep have the GIL too
+    WRITES["ok"] = ok
+
+threading.Thread(target=writer, daemon=True).start()
+"#;
+
+#[test]
+fn a_thread_writing_to_every_instance_during_the_lazy_sweep_keeps_its_writes_and_sees_each_converted_once() {
+    let sandbox = Sandbox::new();
+    let mut p = start_lazy_program(&sandbox, WRITING_PROGRAM, vec![]);
+    let (code, report) = apply(
+        &sandbox,
+        &p,
+        &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.count_once\"\nmode = \"lazy\"\n"),
+    );
+    assert_eq!(code, 0, "{report:#}");
+    let lazy = &report["transforms"][0]["lazy"];
+    assert_eq!(lazy["failures"], serde_json::json!([]));
+    let total = lazy["converted_in_commit"].as_u64().unwrap()
+        + lazy["converted_on_use"].as_u64().unwrap()
+        + lazy["converted_by_sweep"].as_u64().unwrap();
+    assert_eq!(total, (N + 2) as u64, "{lazy:#}");
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        || p.ask("len(WRITES)") == "1",
+        || "the writer did not finish".into(),
+    );
+    assert_eq!(p.ask("WRITES['ok']"), "True");
+    assert_eq!(
+        p.ask("sorted({o.times for o in list(store.ITEMS.values()) + store.SPECIAL})"),
+        "[1]"
+    );
+    assert_eq!(
+        p.ask("all(o.value == ('w', k) and o.version == 2 for k, o in store.ITEMS.items())"),
+        "True"
+    );
+}
+
+#[test]
+fn the_lazy_hooks_act_as_the_attributes_they_replace_and_are_collected_once_removed() {
+    let sandbox = Sandbox::new();
+    let hold = PhaseHold::new(&sandbox);
+    let mut p = start_lazy_program(&sandbox, HOOKED_PROGRAM, vec![hold.env()]);
+    hold.arm("sweep");
+    let path = sandbox.write(
+        "spec.toml",
+        &spec("[[transform]]\nclass = \"store.Item\"\nfunction = \"migrations.count_once\"\nmode = \"lazy\"\n"),
+    );
+    let apply = sandbox.spawn_apply_json(&p.socket(), &path);
+    hold.wait_for(&p.socket(), "sweep");
+    // Committed, the hooks on, the sweep held: each way of reaching an
+    // attribute converts the instance first, then does what it did.
+    assert_eq!(p.ask("probe_hooks()"), "'ok'");
+    hold.release("sweep");
+    let out = apply.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["transforms"][0]["lazy"]["failures"], serde_json::json!([]));
+    // (The probe deleted `times` from ITEMS[1_003].)
+    assert_eq!(
+        p.ask("sorted({o.times for k, o in store.ITEMS.items() if k != 1_003} | {s.times for s in store.SPECIAL})"),
+        "[1]"
+    );
+    // Off the class, and nothing else holds them: the collector frees the
+    // hooks and the migration they referred to.
+    assert_eq!(
+        p.ask("(gc.collect(), [type(o).__name__ for o in gc.get_objects() if type(o).__name__ in ('lazy_hook', 'LazyMigration')])[1]"),
+        "[]"
+    );
+}
+
+const HOOKED_PROGRAM: &str = r#"
+import gc, sys, store, migrations
+
+class Guarded(store.Item):
+    # Its own hooks, over the migration's: they call the class's.
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value.upper() if isinstance(value, str) else value)
+
+    def __getattr__(self, name):
+        if name.startswith("else"):
+            return f"missing {name}"
+        raise AttributeError(name)
+
+store.ITEMS[9_000] = Guarded(9_000)
+
+def probe_hooks():
+    Item = store.Item
+    a, b, c, d, e = (store.ITEMS[k] for k in (1_001, 1_002, 1_003, 1_004, 1_005))
+    checks = []
+    Item.__setattr__(a, "x", 1)
+    checks.append(("unbound setattr", a.version == 2 and a.x == 1 and a.times == 1))
+    b.__setattr__("y", 2)
+    checks.append(("bound setattr", b.version == 2 and b.y == 2))
+    checks.append(("unbound getattribute", Item.__getattribute__(c, "version") == 2))
+    del c.version
+    checks.append(("delattr", not hasattr(c, "version") and c.times == 1))
+    Item.__delattr__(c, "times")
+    checks.append(("unbound delattr", "times" not in vars(c)))
+    try:
+        d.nothing
+        checks.append(("missing attribute", False))
+    except AttributeError as err:
+        checks.append(("missing attribute", "nothing" in str(err) and d.version == 2))
+    checks.append(("getattr default", getattr(e, "nothing", "dflt") == "dflt" and e.version == 2))
+    g = store.ITEMS[9_000]
+    g.note = "quiet"
+    checks.append(("subclass hooks", g.note == "QUIET" and g.version == 2 and g.elsewhere == "missing elsewhere"))
+    s = store.SPECIAL[1]
+    checks.append(("subclass instance", s.version == 2 and s.times == 1))
+    checks.append(("class access", Item.__setattr__ is Item.__dict__["__setattr__"]))
+    for call in (lambda: Item.__setattr__(a, "x"), lambda: Item.__getattribute__(a), lambda: Item.__setattr__(a, "x", 1, 2)):
+        try:
+            call()
+            checks.append(("arity", False))
+        except TypeError:
+            pass
+    try:
+        Item.__setattr__(5, "x", 1)
+        checks.append(("not an instance", False))
+    except (TypeError, AttributeError):
+        pass
+    new = Item(3)
+    checks.append(("new instance", new.describe() == "3@2/new" and not hasattr(new, "times")))
+    failed = [name for name, ok in checks if not ok]
+    return "ok" if not failed else f"failed: {failed}"
+"#;

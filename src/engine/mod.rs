@@ -24,6 +24,7 @@ pub mod eager;
 pub mod fault;
 pub mod imports;
 pub mod journal;
+pub mod lazy;
 pub mod member;
 pub mod merge;
 pub mod prepare;

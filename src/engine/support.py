@@ -1063,36 +1063,33 @@ class LazyMigration:
 
     Installed on the class by the commit, in O(1): hooks on attribute
     reads, writes and deletes convert an instance before the access goes
-    through, once (the instance's id is then recorded, with a weak
-    reference). Instances created after the update are born converted
-    (the `__new__` hook records them). Conversion is serialised by one lock,
+    through, once. Instances created after the update are born converted
+    (the `__new__` hook marks them). Conversion is serialised by one lock,
     so two threads never convert one instance, and a transformer may use its
     own instance freely. Method calls, isinstance, repr and pickling all go
     through attribute access, so they see converted instances.
+
+    The marks, and the three attribute hooks, are C (src/engine/lazy.rs,
+    `table`): a hook's fast path, for an instance that needs nothing, runs
+    no Python. This class does the conversion itself, the slow path.
     """
 
     HOOKED = ("__getattribute__", "__setattr__", "__delattr__", "__new__")
 
-    def __init__(self, cls, defaults, fn, label):
+    def __init__(self, cls, defaults, fn, label, table):
         self.cls = cls
         self.defaults = defaults
         self.fn = fn
         self.label = label
+        self.table = table
         self.lock = threading.RLock()
-        self.done = {}
-        self.ref_keys = {}
-        self.converting = {}
+        # weak reference -> id of its instance, whose mark it forgets.
+        self.refs = {}
         self.slot_cache = {}
         self.in_commit = 0
         self.on_use = 0
         self.by_sweep = 0
         self.failures = []
-        # The instances the sweep converted (src/engine/sweep.rs), as
-        # id(obj) >> 4: its queue keeps each alive, so an id stands for its
-        # instance, and objects are 16-byte aligned, so the shift loses
-        # nothing; unshifted, the aligned ids collide in a set's table.
-        self.swept = set()
-        self.sweeping = False
         self.quiet = False
         self._base_get = cls.__getattribute__
         self._base_set = cls.__setattr__
@@ -1100,83 +1097,61 @@ class LazyMigration:
         self._base_new = cls.__new__
 
     def _forget(self, ref):
-        key = self.ref_keys.pop(ref, None)
-        if key is not None and self.done.get(key) is ref:
-            del self.done[key]
+        key = self.refs.pop(ref, None)
+        if key is not None:
+            self.table.forget(key)
+
+    def watch(self, obj):
+        """A weak reference that forgets `obj`'s mark when it dies, so that
+        no later object at its address inherits it."""
+        self.refs[weakref.ref(obj, self._forget)] = id(obj)
 
     def mark(self, obj):
-        key = id(obj)
-        ref = weakref.ref(obj, self._forget)
-        self.ref_keys[ref] = key
-        self.done[key] = ref
-
-    def is_done(self, obj):
-        key = id(obj)
-        ref = self.done.get(key)
-        return (ref is not None and ref() is obj) or (key >> 4) in self.swept
+        self.table.mark(obj)
+        self.watch(obj)
 
     def ensure(self, obj):
-        # The fast paths take no lock: a converted instance, or an access
-        # the converting thread makes itself (the transformer using its own
-        # instance). Reading a dict is atomic under the GIL.
-        key = id(obj)
-        ref = self.done.get(key)
-        if ref is not None and ref() is obj:
-            return
-        if (key >> 4) in self.swept:
-            return
-        if self.converting.get(key) == threading.get_ident():
+        table = self.table
+        if not table.needs(obj):
             return
         with self.lock:
-            if self.is_done(obj) or key in self.converting:
+            if not table.claim(obj):
                 return
-            self.converting[key] = threading.get_ident()
-            slot_names = _cached_slot_names(self.slot_cache, type(obj))
-            saved = save_state(obj, slot_names)
+            converted = False
             try:
-                for name, code, g in self.defaults:
-                    if not hasattr(obj, name):
-                        setattr(obj, name, eval(code, g))
-                if self.fn is not None:
-                    result = self.fn(obj)
-                    if result is not None:
-                        set_state(obj, result)
-                self.mark(obj)
-                if self.sweeping:
-                    self.by_sweep += 1
-                elif self.quiet:
+                saved = save_state(obj, _cached_slot_names(self.slot_cache, type(obj)))
+                try:
+                    for name, code, g in self.defaults:
+                        if not hasattr(obj, name):
+                            setattr(obj, name, eval(code, g))
+                    if self.fn is not None:
+                        result = self.fn(obj)
+                        if result is not None:
+                            set_state(obj, result)
+                    self.watch(obj)
+                except BaseException as e:
+                    restore_states([saved])
+                    if self.quiet:
+                        raise
+                    self.failures.append(f"{type(e).__name__}: {e}")
+                    sys.stderr.write(
+                        f"pyreload: lazy conversion of a {type(obj).__qualname__} for update `{self.label}` failed, "
+                        f"the object keeps its old state: {type(e).__name__}: {e}\n"
+                    )
+                    raise
+                converted = True
+                if self.quiet:
                     self.in_commit += 1
                 else:
                     self.on_use += 1
-            except BaseException as e:
-                restore_states([saved])
-                if self.quiet:
-                    raise
-                self.failures.append(f"{type(e).__name__}: {e}")
-                sys.stderr.write(
-                    f"pyreload: lazy conversion of a {type(obj).__qualname__} for update `{self.label}` failed, "
-                    f"the object keeps its old state: {type(e).__name__}: {e}\n"
-                )
-                raise
             finally:
-                del self.converting[key]
+                table.settle(obj, converted)
 
     def hooks(self):
         """The class attributes to install (the commit journals them)."""
         m = self
-        base_get, base_set, base_del, base_new = self._base_get, self._base_set, self._base_del, self._base_new
-
-        def __getattribute__(self, name):
-            m.ensure(self)
-            return base_get(self, name)
-
-        def __setattr__(self, name, value):
-            m.ensure(self)
-            base_set(self, name, value)
-
-        def __delattr__(self, name):
-            m.ensure(self)
-            base_del(self, name)
+        base_new = self._base_new
+        table = self.table
 
         def __new__(cls, *args, **kwargs):
             obj = base_new(cls) if base_new is object.__new__ else base_new(cls, *args, **kwargs)
@@ -1184,9 +1159,9 @@ class LazyMigration:
             return obj
 
         return {
-            "__getattribute__": __getattribute__,
-            "__setattr__": __setattr__,
-            "__delattr__": __delattr__,
+            "__getattribute__": table.hook("__getattribute__", self.cls, self.ensure, self._base_get),
+            "__setattr__": table.hook("__setattr__", self.cls, self.ensure, self._base_set),
+            "__delattr__": table.hook("__delattr__", self.cls, self.ensure, self._base_del),
             "__new__": staticmethod(__new__),
         }
 
@@ -1205,7 +1180,7 @@ class LazyMigration:
 
     # The sweep after the pause is src/engine/sweep.rs: it converts the
     # instances not converted yet in batches, under this migration's lock,
-    # and records them in `swept`.
+    # and marks them in `table`.
 
 
 _CO_NEWLOCALS = 0x2

@@ -216,7 +216,8 @@ impl<'py> Support<'py> {
         function: &Bound<'py, PyAny>,
         label: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.call("LazyMigration", (class, defaults, function, label))
+        let table = Bound::new(class.py(), super::lazy::LazyTable::new())?;
+        self.call("LazyMigration", (class, defaults, function, label, table))
     }
 
     /// Undoes an eager migration journaled by `Journal::instance_states`.

@@ -85,6 +85,11 @@ pub fn lazy_samples(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Resul
     plan.transforms
         .iter()
         .map(|t| {
+            if t.mode == Mode::Lazy {
+                // Made once per process, here rather than in the pause.
+                super::lazy::hook_type(py)
+                    .map_err(|e| support.problem(py, "could not make the lazy migration's hooks", &e))?;
+            }
             if t.mode != Mode::Lazy || !matches!(t.target, TransformTarget::Class) {
                 return Ok(None);
             }
@@ -183,19 +188,26 @@ pub fn sweep(
     let migration = pending.migration.bind(py);
     let support = Support::load(py)?;
     let mut swept = super::sweep::Sweep::start(&support, migration)?;
+    let find_ms = ms(t0);
     report.instances += swept.pending();
-    loop {
-        let left = {
-            let _deadline = super::watchdog::Deadline::arm(py, Instant::now() + batch_timeout);
-            swept.batch(&support, BATCH)?
-        };
-        if left == 0 {
-            break;
+    let mut all = || -> PyResult<()> {
+        loop {
+            let left = {
+                let _deadline = super::watchdog::Deadline::arm(py, Instant::now() + batch_timeout);
+                swept.batch(&support, BATCH)?
+            };
+            if left == 0 {
+                return Ok(());
+            }
+            py.detach(std::thread::yield_now);
         }
-        py.detach(std::thread::yield_now);
-    }
+    };
+    let swept_all = all();
     let failures: Vec<String> = migration.getattr("failures")?.extract()?;
-    swept.end(!failures.is_empty())?;
+    // A sweep that stopped early leaves the hooks on, as a failed instance
+    // does; either way its queue goes, so the marks must not need it.
+    swept.end(swept_all.is_err() || !failures.is_empty())?;
+    swept_all?;
     if failures.is_empty() {
         let class = pending.class.bind(py);
         for (name, old) in pending.replaced {
@@ -204,7 +216,12 @@ pub fn sweep(
                 None => super::journal::remove_class_attr(class, &name)?,
             }
         }
-        migration.getattr("swept")?.call_method0("clear")?;
+        migration
+            .getattr("table")?
+            .cast_into::<super::lazy::LazyTable>()?
+            .get()
+            .marks()
+            .clear();
     }
     drop(swept);
     report.lazy = Some(LazyReport {
@@ -213,6 +230,7 @@ pub fn sweep(
         converted_by_sweep: migration.getattr("by_sweep")?.extract()?,
         failures,
         sweep_ms: ms(t0),
+        sweep_find_ms: find_ms,
     });
     Ok(())
 }
