@@ -34,6 +34,7 @@ pub mod retained;
 pub mod rollback;
 pub mod running;
 pub mod safepoint;
+pub mod seen;
 pub mod session;
 pub mod stage;
 pub mod support;
