@@ -221,7 +221,11 @@ fn the_planned_writes_are_made_in_the_pause_when_nothing_changed() {
     // The report says what changed, as a merge in the pause does.
     let changed = report["modules"][0]["functions"]["changed"].to_string();
     assert!(changed.contains("plain") && changed.contains("C.method"), "{report:#}");
-    assert_eq!(report["modules"][0]["globals"]["updated"], serde_json::json!([]), "{report:#}");
+    assert_eq!(
+        report["modules"][0]["globals"]["updated"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
 }
 
 /// The program rebinds a class attribute after staging, from a constant

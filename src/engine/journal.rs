@@ -35,14 +35,14 @@ enum Entry {
     /// An attribute of a function or instance (`__code__`, `__class__`, ...).
     Attr {
         target: Py<PyAny>,
-        name: String,
+        name: Py<PyString>,
         old: Option<Py<PyAny>>,
     },
     /// An entry of a class's own `__dict__`, set through `setattr` so that
     /// CPython updates the type's slots.
     ClassAttr {
         class: Py<PyAny>,
-        name: String,
+        name: Py<PyString>,
         old: Option<Py<PyAny>>,
     },
     Cell {
@@ -173,7 +173,14 @@ impl Journal {
 
     /// Records a change in a planning journal, with what `target`'s `slot`
     /// holds now (`current`) or what an earlier planned change puts there.
-    fn plan_write<'py>(&mut self, py: Python<'py>, target: usize, slot: Slot, current: Option<Bound<'py, PyAny>>, op: Op) {
+    fn plan_write<'py>(
+        &mut self,
+        py: Python<'py>,
+        target: usize,
+        slot: Slot,
+        current: Option<Bound<'py, PyAny>>,
+        op: Op,
+    ) {
         let relinking = self.relinking > 0;
         let Some(plan) = self.plan.as_mut() else { return };
         let value = match &op {
@@ -184,7 +191,11 @@ impl Journal {
             Some(earlier) => earlier,
             None => current.map(Bound::unbind),
         };
-        plan.writes.push(Planned { op, expected, relinking });
+        plan.writes.push(Planned {
+            op,
+            expected,
+            relinking,
+        });
     }
 
     /// Makes the planned changes, journaling each as the method that
@@ -193,6 +204,7 @@ impl Journal {
     /// changes made until then are in the journal, for the caller to undo.
     pub fn replay(&mut self, py: Python<'_>, planned: &[Planned]) -> Result<(), Replay> {
         let cell_contents = intern!(py, "cell_contents");
+        self.entries.reserve(planned.len());
         for p in planned {
             let expected = p.expected.as_ref().map(|e| e.bind(py));
             let held = |now: &Option<Bound<'_, PyAny>>| match (now, expected) {
@@ -240,7 +252,7 @@ impl Journal {
                     target.setattr(name, value.bind(py)).map_err(Replay::Failed)?;
                     Entry::Attr {
                         target: target.clone().unbind(),
-                        name: name.to_str().map_err(Replay::Failed)?.to_owned(),
+                        name: name.clone().unbind(),
                         old: old.map(Bound::unbind),
                     }
                 }
@@ -255,7 +267,7 @@ impl Journal {
                     type_setattr_named(class, name, value.as_ref().map(|v| v.bind(py))).map_err(Replay::Failed)?;
                     Entry::ClassAttr {
                         class: class.clone().unbind(),
-                        name: name.to_str().map_err(Replay::Failed)?.to_owned(),
+                        name: name.clone().unbind(),
                         old: old.map(Bound::unbind),
                     }
                 }
@@ -320,7 +332,13 @@ impl Journal {
                 key: key.clone().unbind(),
                 value: Some(value.clone().unbind()),
             };
-            self.plan_write(dict.py(), dict.as_ptr() as usize, Slot::Key(key.as_ptr() as usize), dict.get_item(key)?, op);
+            self.plan_write(
+                dict.py(),
+                dict.as_ptr() as usize,
+                Slot::Key(key.as_ptr() as usize),
+                dict.get_item(key)?,
+                op,
+            );
             return Ok(());
         }
         let old = dict.get_item(key)?.map(Bound::unbind);
@@ -340,7 +358,13 @@ impl Journal {
                 key: key.clone().unbind(),
                 value: None,
             };
-            self.plan_write(dict.py(), dict.as_ptr() as usize, Slot::Key(key.as_ptr() as usize), dict.get_item(key)?, op);
+            self.plan_write(
+                dict.py(),
+                dict.as_ptr() as usize,
+                Slot::Key(key.as_ptr() as usize),
+                dict.get_item(key)?,
+                op,
+            );
             return Ok(());
         }
         let old = dict.get_item(key)?.map(Bound::unbind);
@@ -365,7 +389,13 @@ impl Journal {
                 index,
                 value: value.clone().unbind(),
             };
-            self.plan_write(list.py(), list.as_ptr() as usize, Slot::Index(index), Some(list.get_item(index)?), op);
+            self.plan_write(
+                list.py(),
+                list.as_ptr() as usize,
+                Slot::Index(index),
+                Some(list.get_item(index)?),
+                op,
+            );
             return Ok(());
         }
         let old = list.get_item(index)?.unbind();
@@ -379,17 +409,7 @@ impl Journal {
     }
 
     pub fn set_attr<'py>(&mut self, target: &Bound<'py, PyAny>, name: &str, value: &Bound<'py, PyAny>) -> PyResult<()> {
-        if self.is_planning() {
-            return self.set_attr_named(target, &PyString::new(target.py(), name), value);
-        }
-        let old = target.getattr_opt(name)?.map(Bound::unbind);
-        target.setattr(name, value)?;
-        self.push(Entry::Attr {
-            target: target.clone().unbind(),
-            name: name.to_string(),
-            old,
-        });
-        Ok(())
+        self.set_attr_named(target, &PyString::intern(target.py(), name), value)
     }
 
     /// [`Journal::set_attr`] with a name the caller holds as a `str`
@@ -407,14 +427,20 @@ impl Journal {
                 name: name.clone().unbind(),
                 value: value.clone().unbind(),
             };
-            self.plan_write(target.py(), target.as_ptr() as usize, Slot::Name(name.to_str()?.to_owned()), current, op);
+            self.plan_write(
+                target.py(),
+                target.as_ptr() as usize,
+                Slot::Name(name.to_str()?.to_owned()),
+                current,
+                op,
+            );
             return Ok(());
         }
         let old = target.getattr_opt(name)?.map(Bound::unbind);
         target.setattr(name, value)?;
         self.push(Entry::Attr {
             target: target.clone().unbind(),
-            name: name.to_str()?.to_owned(),
+            name: name.clone().unbind(),
             old,
         });
         Ok(())
@@ -430,10 +456,16 @@ impl Journal {
             let current = class_dict(class)?.get_item(name)?;
             let op = Op::ClassAttr {
                 class: class.clone().unbind(),
-                name: PyString::new(class.py(), name).unbind(),
+                name: PyString::intern(class.py(), name).unbind(),
                 value: value.map(|v| v.clone().unbind()),
             };
-            self.plan_write(class.py(), class.as_ptr() as usize, Slot::Name(name.to_owned()), current, op);
+            self.plan_write(
+                class.py(),
+                class.as_ptr() as usize,
+                Slot::Name(name.to_owned()),
+                current,
+                op,
+            );
             return Ok(());
         }
         let old = class_dict_get(class, name)?;
@@ -443,7 +475,7 @@ impl Journal {
         }
         self.push(Entry::ClassAttr {
             class: class.clone().unbind(),
-            name: name.to_string(),
+            name: PyString::intern(class.py(), name).unbind(),
             old,
         });
         Ok(())
@@ -532,7 +564,7 @@ impl Journal {
                     target,
                     name,
                     old: Some(old),
-                } if name == "__code__" => {
+                } if name.bind(py).to_str().is_ok_and(|n| n == "__code__") => {
                     let f = target.bind(py);
                     let module: String = f.getattr("__module__").ok()?.extract().ok()?;
                     let qualname: String = f.getattr("__qualname__").ok()?.extract().ok()?;
@@ -561,18 +593,21 @@ impl Journal {
                 },
                 Entry::ListItem { list, index, old } => list.bind(py).set_item(index, old.bind(py)),
                 Entry::Attr { target, name, old } => match old {
-                    Some(old) => target.bind(py).setattr(name.as_str(), old.bind(py)),
-                    None => target.bind(py).delattr(name.as_str()),
+                    Some(old) => target.bind(py).setattr(name.bind(py), old.bind(py)),
+                    None => target.bind(py).delattr(name.bind(py)),
                 },
-                Entry::ClassAttr { class, name, old } => match old {
-                    Some(old) => type_setattr(class.bind(py), &name, old.bind(py)),
-                    // Already gone (a finished lazy migration removes its
-                    // hooks itself): nothing to undo.
-                    None => match class_dict_get(class.bind(py), &name) {
-                        Ok(Some(_)) => remove_class_attr(class.bind(py), &name),
-                        other => other.map(drop),
-                    },
-                },
+                Entry::ClassAttr { class, name, old } => {
+                    let (class, name) = (class.bind(py), name.bind(py));
+                    match old {
+                        Some(old) => type_setattr_named(class, name, Some(old.bind(py))),
+                        // Already gone (a finished lazy migration removes its
+                        // hooks itself): nothing to undo.
+                        None => match class_dict(class).and_then(|d| d.get_item(name)) {
+                            Ok(Some(_)) => type_setattr_named(class, name, None),
+                            other => other.map(drop),
+                        },
+                    }
+                }
                 Entry::Cell { cell, old } => match old {
                     Some(old) => cell.bind(py).setattr("cell_contents", old.bind(py)),
                     None => cell.bind(py).delattr("cell_contents"),
@@ -611,7 +646,11 @@ fn type_setattr_raw(class: &Bound<'_, PyAny>, name: &str, value: Option<&Bound<'
 
 /// [`type_setattr_raw`] with the name as a `str` already; `__new__` is
 /// removed as [`remove_class_attr`] does.
-fn type_setattr_named(class: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+fn type_setattr_named(
+    class: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
     if value.is_none() && name.to_str()? == "__new__" {
         return super::world::remove_own_new(class);
     }

@@ -76,9 +76,11 @@ pub fn merge(
         Some(ahead) => {
             report.computed_ms = ahead.computed_ms;
             report.rebind_entries = ahead.rebind.entries.len();
-            let holds = ahead.seen.holds(py);
+            // Nothing noted changed: no read can have; otherwise (or with
+            // nothing noted) each read is checked, for the count.
+            let holds = ahead.seen.as_ref().is_some_and(|seen| seen.holds(py));
             report.stale = if holds { 0 } else { ahead.stale(py) };
-            report.seen = ahead.seen.noted();
+            report.seen = ahead.seen.as_ref().map_or(0, Seen::noted);
             (report.stale == 0).then_some((ahead, holds))
         }
         None => None,
@@ -106,7 +108,11 @@ pub fn merge(
                 }
             }
         }
-    } else if staged.ahead.as_ref().is_some_and(|a| a.writes.lock().is_ok_and(|w| w.is_some())) {
+    } else if staged
+        .ahead
+        .as_ref()
+        .is_some_and(|a| a.writes.lock().is_ok_and(|w| w.is_some()))
+    {
         report.plan_stale = true;
     }
     let mut merger = Merger::new(py, support, plan, &staged.modules, journal, None)
@@ -167,39 +173,35 @@ pub fn pair_ahead(
             .collect(),
         reads: merger.reads.drain(..).map(Read::unbind).collect(),
         rebind,
-        seen: Seen::default(),
+        seen: None,
         writes: std::sync::Mutex::new(None),
         computed_ms: 0.0,
     };
     // The merge's writes, planned: made by the same code as in the pause,
     // through a journal that records them instead. A merge that fails here
-    // leaves no plan, and the commit meets the same failure in the pause.
+    // leaves no plan (nor what it noted: the commit then checks the
+    // pairing's reads one by one), and the commit meets the same failure
+    // in the pause.
     let mut ahead = ahead;
-    match merger.write() {
-        Ok(written) => {
-            let Written {
-                replaced,
-                truncated,
-                seen,
-                merged,
-                ..
-            } = written;
-            ahead.seen = seen.unwrap_or_default();
-            let writes = scratch.into_planned();
-            *ahead.writes.get_mut().ok()? = Some(WritePlan {
-                writes,
-                replaced: replaced
-                    .into_iter()
-                    .map(|(i, old, new)| (i, old.unbind(), new.unbind()))
-                    .collect(),
-                truncated,
-                merged,
-            });
-        }
-        Err(_) => {
-            // Without a plan the pairing's reads are still checked, each.
-            ahead.seen = Seen::default();
-        }
+    if let Ok(written) = merger.write() {
+        let Written {
+            replaced,
+            truncated,
+            seen,
+            merged,
+            ..
+        } = written;
+        ahead.seen = seen;
+        let writes = scratch.into_planned();
+        *ahead.writes.get_mut().ok()? = Some(WritePlan {
+            writes,
+            replaced: replaced
+                .into_iter()
+                .map(|(i, old, new)| (i, old.unbind(), new.unbind()))
+                .collect(),
+            truncated,
+            merged,
+        });
     }
     ahead.computed_ms = t.elapsed().as_secs_f64() * 1000.0;
     Some(ahead)
@@ -239,6 +241,7 @@ impl WritePlan {
             crate::process::log(format!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies"));
         }
         merged.ahead = report;
+        merged.spent = self.writes;
         Ok(merged)
     }
 }
@@ -253,8 +256,9 @@ pub struct Ahead {
     /// Every read of the live program the pairing depended on.
     reads: Vec<ReadOwned>,
     rebind: RebindAhead,
-    /// What the pairing and the planned merge read, noted cheaply.
-    seen: Seen,
+    /// What the pairing and the planned merge read, noted cheaply; None
+    /// when the merge could not be planned.
+    seen: Option<Seen>,
     /// The merge's writes, planned; taken by the commit that replays them.
     writes: std::sync::Mutex<Option<WritePlan>>,
     computed_ms: f64,
@@ -398,6 +402,9 @@ pub struct Merged {
     replaced_classes: Vec<Py<PyAny>>,
     /// Whether the pairing made ahead of the pause was used.
     pub ahead: AheadReport,
+    /// The planned writes, made: their references are dropped with the
+    /// report, after the pause, not in it.
+    spent: Vec<Planned>,
 }
 
 #[derive(Default)]
@@ -497,6 +504,8 @@ struct Merger<'a, 'py> {
     /// the program's existing data.
     live_values: AddressSet,
     visited: AddressSet,
+    /// A visited object -> what relinking made of it, when not itself.
+    rebuilt: AddressMap<Bound<'py, PyAny>>,
     /// Keeps every object used as a key alive, so no address is reused.
     keepalive: Vec<Bound<'py, PyAny>>,
     class_pairs: Vec<Pair<'py>>,
@@ -558,6 +567,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             module_map: AddressMap::default(),
             live_values: AddressSet::default(),
             visited: AddressSet::default(),
+            rebuilt: AddressMap::default(),
             reads: Vec::new(),
             updated: plan.modules.iter().map(|m| m.name.as_str()).collect(),
             keepalive: Vec::new(),
@@ -635,7 +645,11 @@ impl<'a, 'py> Merger<'a, 'py> {
             &mut written.merged.reports,
             rebind,
         )
-        .map_err(|e| written.support.problem(py, "could not re-point references to replaced objects", &e))?;
+        .map_err(|e| {
+            written
+                .support
+                .problem(py, "could not re-point references to replaced objects", &e)
+        })?;
         if written.truncated {
             crate::process::log(format!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies"));
         }
@@ -686,6 +700,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                 pending,
                 replaced_classes,
                 ahead: AheadReport::default(),
+                spent: Vec::new(),
             },
         })
     }
@@ -1191,7 +1206,9 @@ impl<'a, 'py> Merger<'a, 'py> {
         if self.journal.is_planning() && old_values.is_some() && class_dict_get(old, "_flag_mask_")?.is_some() {
             // A flag's pseudo-members are read from the table the writes
             // above install, which a plan has not made yet.
-            return Err(pyo3::exceptions::PyRuntimeError::new_err("a flag enum is merged in the pause"));
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "a flag enum is merged in the pause",
+            ));
         }
         if let (Some(old_values), Some(new_values)) = (old_values, class_dict_get(old, "_value2member_map_")?) {
             let new_values = new_values.into_bound(self.py).cast_into::<PyDict>()?;
@@ -1351,7 +1368,6 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(ahead)
     }
 
-
     // ---- relinking: new objects must refer to live ones, not staging ----
 
     /// Returns the object the program should hold instead of `obj`: its
@@ -1364,7 +1380,24 @@ impl<'a, 'py> Merger<'a, 'py> {
         relinked
     }
 
+    /// [`Merger::relink_at`] for an object relinked already gives what it
+    /// gave then: a tuple or wrapper rebuilt around relinked contents is
+    /// the same rebuilt object wherever the update refers to the original
+    /// (the original still refers to staging), whether the first relinking
+    /// was made in the pause or planned ahead of it.
     fn relink_at(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+        let k = key(obj);
+        if let Some(r) = self.rebuilt.get(&k) {
+            return Ok(r.clone());
+        }
+        let r = self.relink_fresh(obj, depth)?;
+        if !r.is(obj) && self.visited.contains(&k) {
+            self.rebuilt.insert(k, r.clone());
+        }
+        Ok(r)
+    }
+
+    fn relink_fresh(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
         let k = key(obj);
         if let Some(t) = self.twins.get(&k) {
             return Ok(t.clone());
@@ -1646,7 +1679,6 @@ fn rebind_replaced<'py>(
     Ok(())
 }
 
-
 use pyo3::types::PyMapping;
 
 /// The same object, or an equal value of the same type (so `1` and `True`
@@ -1728,8 +1760,14 @@ fn same_qualname(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
 
 /// A copy of `sys.modules`, to look through while changing modules.
 fn sys_modules(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    py.import(intern!(py, "sys"))?
-        .getattr(intern!(py, "modules"))?
+    // SAFETY: with the GIL held, `PySys_GetObject` returns `sys.modules`
+    // borrowed, or NULL (without an exception) if it is gone; no import
+    // machinery runs, unlike `import sys`.
+    let modules = unsafe { pyo3::ffi::PySys_GetObject(c"modules".as_ptr()) };
+    if modules.is_null() {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err("sys.modules is missing"));
+    }
+    unsafe { Bound::from_borrowed_ptr(py, modules) }
         .cast_into::<PyDict>()?
         .copy()
 }

@@ -87,7 +87,8 @@ impl Seen {
             if let Ok(dict) = super::journal::class_dict(obj) {
                 self.dict(&dict);
             }
-            self.classes.insert(address, (obj.clone().unbind(), class_fields(class)));
+            self.classes
+                .insert(address, (obj.clone().unbind(), class_fields(class)));
         }
     }
 
