@@ -27,6 +27,17 @@
 //! It runs in the stopped world (world.rs), so no other thread can observe a
 //! half-merged program, even though a few small Python helpers run on the
 //! control thread. Every change is journaled for rollback.
+//!
+//! Most of it is worked out before that, with the program running: at the
+//! end of stage, [`pair_ahead`] pairs new objects with live ones, finds the
+//! rebind list, and runs the whole merge below through a *planning*
+//! journal, which records each write with the value its target held
+//! instead of making it (journal.rs). The stopped world then checks that
+//! nothing the plan read changed (seen.rs: a version tag or a few pointers
+//! per dict, function and class) and replays the writes, each checked
+//! against what it expects and journaled as in a merge made there; any
+//! difference undoes the replay and merges in the pause, as without a
+//! plan. What is left in the pause is the stores themselves.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -1641,7 +1652,8 @@ fn rebind_replaced<'py>(
         .map(|(i, old, new)| (key(old), (*i, new.clone())))
         .collect();
     let ahead = ahead.filter(|a| targets.keys().all(|k| a.expected.contains(k)));
-    let updated: HashSet<String> = plan.modules.iter().map(|m| m.name.clone()).collect();
+    // Only a module loaded since staging needs this: made for the first.
+    let mut updated: Option<HashSet<&str>> = None;
     if let Some(ahead) = ahead {
         for entry in &ahead.entries {
             let name = &entry.importer;
@@ -1663,7 +1675,10 @@ fn rebind_replaced<'py>(
             continue;
         }
         let name: String = name.extract().unwrap_or_default();
-        if updated.contains(&name) {
+        if updated
+            .get_or_insert_with(|| plan.modules.iter().map(|m| m.name.as_str()).collect())
+            .contains(name.as_str())
+        {
             continue;
         }
         let Some(dict) = module_dict(&module) else { continue };
