@@ -402,6 +402,8 @@ pub struct RebindAhead {
     /// theirs); a module loaded later is looked through in the commit.
     scanned: AddressSet,
     scanned_keepalive: Vec<Py<PyAny>>,
+    /// `sys.modules`'s version tag (seen.rs) when it was walked.
+    modules_version: Option<u64>,
 }
 
 /// The result of a merge whose report is not finished yet.
@@ -1353,6 +1355,9 @@ impl<'a, 'py> Merger<'a, 'py> {
             ahead.expected.insert(key(old));
         }
         let updated: HashSet<&str> = self.plan.modules.iter().map(|m| m.name.as_str()).collect();
+        // Before the copy: a module loaded while it is walked is looked
+        // through in the commit.
+        ahead.modules_version = sys_modules_version(self.py);
         let modules = sys_modules(self.py)?;
         for (name, module) in modules.iter() {
             ahead.scanned.insert(key(&module));
@@ -1669,6 +1674,12 @@ fn rebind_replaced<'py>(
             reports[*i].rebound.push(format!("{name}.{attr}"));
         }
     }
+    // `sys.modules` unchanged since the walk made ahead: no module was
+    // loaded since, and none of the program's modules need looking at
+    // here (the pause does not grow with the modules the update leaves).
+    if ahead.is_some_and(|a| a.modules_version.is_some() && a.modules_version == sys_modules_version(py)) {
+        return Ok(());
+    }
     let modules = sys_modules(py)?;
     for (name, module) in modules.iter() {
         if ahead.is_some_and(|a| a.scanned.contains(&key(&module))) {
@@ -1771,6 +1782,18 @@ fn same_qualname(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
         (Err(_), Err(_)) => true,
         _ => false,
     }
+}
+
+/// The version tag of `sys.modules` itself (see seen.rs), or None if it is
+/// missing.
+fn sys_modules_version(py: Python<'_>) -> Option<u64> {
+    // SAFETY: as in `sys_modules`: borrowed or NULL, no import.
+    let modules = unsafe { pyo3::ffi::PySys_GetObject(c"modules".as_ptr()) };
+    if modules.is_null() {
+        return None;
+    }
+    let modules = unsafe { Bound::from_borrowed_ptr(py, modules) };
+    modules.cast::<PyDict>().ok().map(super::seen::dict_version)
 }
 
 /// A copy of `sys.modules`, to look through while changing modules.

@@ -113,6 +113,10 @@ impl Seen {
 }
 
 /// A dict's version tag: changed by CPython on every change to the dict.
+pub fn dict_version(dict: &Bound<'_, PyDict>) -> u64 {
+    version(dict)
+}
+
 fn version(dict: &Bound<'_, PyDict>) -> u64 {
     // SAFETY: `dict` is a dict or a subclass of it (checked by its type),
     // whose C layout starts with `PyDictObject`; `ma_version_tag` is a
