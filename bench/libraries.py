@@ -188,8 +188,10 @@ def main():
                               for m in report["modules"] for k in ("functions", "classes"))
                 rows.append({"to": target, "modules": modules, "compared": compared, "changed": changed,
                              "pause": tm["pause_ms"], "commit": tm["commit_ms"], "stage": tm["stage_ms"],
-                             "prepare": tm["prepare_ms"], "apply": wall,
+                             "prepare": tm["prepare_ms"], "apply": wall, "stop": tm["stop_ms"],
+                             "resume": tm["resume_ms"], "check": tm["check_ms"],
                              "ahead": (report.get("merge_ahead") or {}).get("reused"),
+                             "planned": (report.get("merge_ahead") or {}).get("planned"),
                              "requests": tally["requests"] - before[0], "failed": tally["failed"] - before[1]})
                 print(f"  {lib} -> {target}: pause {tm['pause_ms']:.2f} ms, {modules} modules", file=sys.stderr,
                       flush=True)

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyModule, PySet};
+use pyo3::types::{PyDict, PyList, PyModule, PySet, PyString};
 
 use crate::diagnostic::Location;
 
@@ -123,6 +123,11 @@ pub struct Copy {
     pub module: usize,
     /// The name in the reloaded module.
     pub name: String,
+    /// `alias` and `name` as the `str` objects the program's dicts hold
+    /// (their hashes cached): the commit looks each copy up in the stopped
+    /// world, where making a new `str` per lookup cost most of the time.
+    pub alias_key: Py<PyString>,
+    pub name_key: Py<PyString>,
 }
 
 /// A module that did `from m import *` on a reloaded module: it gains the

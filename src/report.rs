@@ -252,6 +252,17 @@ pub struct MergeAhead {
     pub computed_ms: f64,
     /// References to replaced objects found while staging (the rebind list).
     pub rebind_entries: usize,
+    /// The merge's writes were also computed while staging, and the pause
+    /// only checked them and made them.
+    #[serde(default)]
+    pub planned: bool,
+    /// How many writes were planned while staging.
+    #[serde(default)]
+    pub planned_writes: usize,
+    /// Writes were planned, but the program changed something they depend
+    /// on since staging: the commit merged in the pause as without a plan.
+    #[serde(default)]
+    pub plan_stale: bool,
 }
 
 /// One member of a process tree, in a tree-wide update's report.

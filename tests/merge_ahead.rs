@@ -4,6 +4,11 @@
 //! known point between stage and commit (the update is held at the start
 //! of its commit with `PYRELOAD_FAULT=hold:DIR`, and the program's own
 //! main thread makes the change meanwhile), then let the commit go.
+//!
+//! The merge's writes are planned while staging too (`merge_ahead.planned`):
+//! the pause checks that nothing the plan read or writes changed since and
+//! makes the planned writes, each journaled; a change the program made in
+//! between makes the commit merge in the pause instead (`plan_stale`).
 
 mod common;
 
@@ -13,7 +18,9 @@ use common::{probe_with_env, Hosted, PhaseHold, Sandbox, PROBE_LOOP};
 
 /// `lib.core`: `wrapped` sits behind a decorator whose closure changes
 /// shape from version to version, so the merge replaces it (and re-points
-/// what refers to it); `plain` is patched in place.
+/// what refers to it); `plain` is patched in place; `dflt` has defaults and
+/// attributes of its own, and `C` a constant and a method, which the new
+/// version changes.
 fn core(version: u32) -> String {
     let deco = if version == 1 {
         "def deco(f):\n    def wrapper(*a):\n        return f(*a)\n    return wrapper\n"
@@ -23,7 +30,10 @@ fn core(version: u32) -> String {
     format!(
         "{deco}\n@deco\ndef wrapped():\n    return 'wrapped v{version}'\n\n\
          def plain():\n    return 'plain v{version}'\n\n\
-         def other():\n    return 'other v{version}'\n"
+         def other():\n    return 'other v{version}'\n\n\
+         def dflt(x={version}):\n    return ('dflt v{version}', x)\n\n\
+         dflt.tag = 'v{version}'\n\n\
+         class C:\n    limit = {version}\n\n    def method(self):\n        return 'method v{version}'\n"
     )
 }
 
@@ -105,6 +115,8 @@ fn a_copy_the_program_rebinds_after_staging_keeps_its_own_binding() {
     // rebind list found the copies made before staging.
     assert_eq!(report["merge_ahead"]["reused"], true, "{report:#}");
     assert_eq!(report["merge_ahead"]["stale"], 0, "{report:#}");
+    // Neither change touched what the planned writes read or write.
+    assert_eq!(report["merge_ahead"]["planned"], true, "{report:#}");
     assert!(
         report["merge_ahead"]["rebind_entries"].as_u64().unwrap() >= 2,
         "{report:#}"
@@ -134,6 +146,8 @@ fn a_global_the_program_changes_after_staging_makes_the_commit_pair_again() {
     // of the module being reloaded with one of its own.
     let report = p.apply_with(&["setattr(lib.core, 'plain', own) or 'ok'"]);
     assert_eq!(report["merge_ahead"]["reused"], false, "{report:#}");
+    assert_eq!(report["merge_ahead"]["planned"], false, "{report:#}");
+    assert_eq!(report["merge_ahead"]["plan_stale"], true, "{report:#}");
     assert!(report["merge_ahead"]["stale"].as_u64().unwrap() >= 1, "{report:#}");
     // The merge followed the rule for what the module held at the commit:
     // a function from elsewhere is an imported name, and takes the new
@@ -180,4 +194,141 @@ fn a_generator_suspended_after_staging_still_blocks_the_commit() {
     assert!(out.contains("suspended"), "{report:#}");
     // The generator ran on, on the old code.
     assert_eq!(program.ask("next(g)"), "1");
+}
+
+/// What the version-2 merge leaves, whichever way it was made.
+fn assert_v2(p: &mut Held) {
+    assert_eq!(p.ask("lib.core.plain()"), "'plain v2'");
+    assert_eq!(p.ask("lib.core.wrapped()"), "'wrapped v2'");
+    assert_eq!(p.ask("user.wrapped is lib.core.wrapped"), "True");
+    assert_eq!(p.ask("c0.method()"), "'method v2'");
+    assert_eq!(p.ask("lib.core.dflt.tag"), "'v2'");
+}
+
+#[test]
+fn the_planned_writes_are_made_in_the_pause_when_nothing_changed() {
+    let mut p = Held::start();
+    assert_eq!(p.ask("globals().__setitem__('c0', lib.core.C()) or 'ok'"), "'ok'");
+    let report = p.apply_with(&[]);
+    let ahead = &report["merge_ahead"];
+    assert_eq!(ahead["reused"], true, "{report:#}");
+    assert_eq!(ahead["planned"], true, "{report:#}");
+    assert_eq!(ahead["plan_stale"], false, "{report:#}");
+    assert!(ahead["planned_writes"].as_u64().unwrap() >= 6, "{report:#}");
+    assert_v2(&mut p);
+    assert_eq!(p.ask("lib.core.C.limit"), "2");
+    assert_eq!(p.ask("lib.core.dflt()"), "('dflt v2', 2)");
+    // The report says what changed, as a merge in the pause does.
+    let changed = report["modules"][0]["functions"]["changed"].to_string();
+    assert!(changed.contains("plain") && changed.contains("C.method"), "{report:#}");
+    assert_eq!(
+        report["modules"][0]["globals"]["updated"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
+}
+
+/// The program rebinds a class attribute after staging, from a constant
+/// to data: the plan (which set the new constant) no longer holds, and
+/// the merge in the pause keeps the program's data, as the rule says.
+#[test]
+fn a_class_attribute_the_program_rebinds_after_staging_invalidates_the_plan() {
+    let mut p = Held::start();
+    assert_eq!(p.ask("globals().__setitem__('c0', lib.core.C()) or 'ok'"), "'ok'");
+    let report = p.apply_with(&["setattr(lib.core.C, 'limit', [7]) or 'ok'"]);
+    let ahead = &report["merge_ahead"];
+    assert_eq!(ahead["planned"], false, "{report:#}");
+    assert_eq!(ahead["plan_stale"], true, "{report:#}");
+    assert_v2(&mut p);
+    assert_eq!(p.ask("lib.core.C.limit"), "[7]");
+    // A class attribute the new version does not name, added after
+    // staging, invalidates the plan too (the class changed), though
+    // not the pairing.
+    let mut q = Held::start();
+    assert_eq!(q.ask("globals().__setitem__('c0', lib.core.C()) or 'ok'"), "'ok'");
+    let report = q.apply_with(&["setattr(lib.core.C, 'extra', 1) or 'ok'"]);
+    assert_eq!(report["merge_ahead"]["reused"], true, "{report:#}");
+    assert_eq!(report["merge_ahead"]["plan_stale"], true, "{report:#}");
+    assert_v2(&mut q);
+    assert_eq!(q.ask("lib.core.C.extra"), "1");
+}
+
+/// The program changes a function after staging: the pairing still holds,
+/// the plan does not. An attribute set on the function is kept by the
+/// merge in the pause (the plan, made before, merged the function's
+/// `__dict__` without it); new `__defaults__` give way to the new source's.
+#[test]
+fn a_function_the_program_changes_after_staging_invalidates_the_plan() {
+    for (change, check, expected) in [
+        ("setattr(lib.core.dflt, 'mine', 1) or 'ok'", "lib.core.dflt.mine", "1"),
+        (
+            "setattr(lib.core.dflt, '__defaults__', (5,)) or 'ok'",
+            "lib.core.dflt()",
+            "('dflt v2', 2)",
+        ),
+    ] {
+        let mut p = Held::start();
+        assert_eq!(p.ask("globals().__setitem__('c0', lib.core.C()) or 'ok'"), "'ok'");
+        let report = p.apply_with(&[change]);
+        let ahead = &report["merge_ahead"];
+        assert_eq!(ahead["reused"], true, "{change}: {report:#}");
+        assert_eq!(ahead["stale"], 0, "{change}: {report:#}");
+        assert_eq!(ahead["planned"], false, "{change}: {report:#}");
+        assert_eq!(ahead["plan_stale"], true, "{change}: {report:#}");
+        assert_v2(&mut p);
+        assert_eq!(p.ask(check), expected, "{change}");
+    }
+}
+
+/// What version 1 was, object for object.
+const V1_STATE: &str = "(lib.core.plain(), lib.core.wrapped(), user.wrapped is lib.core.wrapped, \
+     keeper.wrapped is lib.core.wrapped, c0.method(), type(c0) is lib.core.C, C_id == id(lib.core.C), \
+     lib.core.C.limit, lib.core.dflt(), lib.core.dflt.tag, dflt_id == id(lib.core.dflt), \
+     sorted(vars(lib.core.dflt)))";
+
+/// A planned merge is journaled as a merge in the pause is: `pyreload
+/// rollback` restores every function, class and copy as it was.
+#[test]
+fn rollback_after_a_planned_merge_restores_everything() {
+    let mut p = Held::start();
+    for line in [
+        "globals().__setitem__('c0', lib.core.C()) or 'ok'",
+        "globals().__setitem__('C_id', id(lib.core.C)) or 'ok'",
+        "globals().__setitem__('dflt_id', id(lib.core.dflt)) or 'ok'",
+    ] {
+        assert_eq!(p.ask(line), "'ok'");
+    }
+    let before = p.ask(V1_STATE);
+    let report = p.apply_with(&[]);
+    assert_eq!(report["merge_ahead"]["planned"], true, "{report:#}");
+    assert_v2(&mut p);
+    let out = p
+        .sandbox
+        .run(&["rollback", "--socket", p.program.socket().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", p.sandbox.transcript());
+    assert_eq!(p.ask(V1_STATE), before);
+    assert_eq!(p.ask("lib.core.plain()"), "'plain v1'");
+}
+
+/// A commit whose `[check] after` fails is undone in the pause, planned
+/// writes and all.
+#[test]
+fn a_failed_check_after_a_planned_merge_rolls_everything_back() {
+    let mut p = Held::start();
+    for line in [
+        "globals().__setitem__('c0', lib.core.C()) or 'ok'",
+        "globals().__setitem__('C_id', id(lib.core.C)) or 'ok'",
+        "globals().__setitem__('dflt_id', id(lib.core.dflt)) or 'ok'",
+    ] {
+        assert_eq!(p.ask(line), "'ok'");
+    }
+    let before = p.ask(V1_STATE);
+    p.sandbox.write(
+        "spec.toml",
+        &format!("{SPEC}\n[check]\nafter = \"lib.core.plain() == 'not this'\"\n"),
+    );
+    let (_, report) = p.sandbox.apply_json(&p.program, &p.sandbox.path().join("spec.toml"));
+    assert_eq!(report["outcome"], "rolled_back", "{report:#}");
+    assert_eq!(report["merge_ahead"]["planned"], true, "{report:#}");
+    assert_eq!(p.ask(V1_STATE), before);
 }

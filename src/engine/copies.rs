@@ -46,14 +46,21 @@ pub fn find(
     let (copies, stars): (Vec<Bound<'_, PyAny>>, Vec<Bound<'_, PyAny>>) = found.extract().map_err(fail)?;
     let mut out_copies = Vec::with_capacity(copies.len());
     for c in copies {
-        let (importer, globals, alias, module, name): (String, Bound<'_, PyDict>, String, usize, String) =
-            c.extract().map_err(fail)?;
+        let (importer, globals, alias_key, module, name_key): (
+            String,
+            Bound<'_, PyDict>,
+            Bound<'_, PyString>,
+            usize,
+            Bound<'_, PyString>,
+        ) = c.extract().map_err(fail)?;
         out_copies.push(Copy {
             importer,
             globals: globals.unbind(),
-            alias,
+            alias: alias_key.to_str().map_err(fail)?.to_owned(),
             module,
-            name,
+            name: name_key.to_str().map_err(fail)?.to_owned(),
+            alias_key: alias_key.unbind(),
+            name_key: name_key.unbind(),
         });
     }
     let mut out_stars = Vec::with_capacity(stars.len());
@@ -85,7 +92,7 @@ pub fn snapshot(py: Python<'_>, plan: &Plan) -> Before {
         .iter()
         .map(|c| {
             let module = plan.modules[c.module].module.bind(py).dict();
-            module.get_item(&c.name).ok().flatten().map(Bound::unbind)
+            module.get_item(c.name_key.bind(py)).ok().flatten().map(Bound::unbind)
         })
         .collect();
     let mut names = HashMap::new();
@@ -111,18 +118,18 @@ pub fn follow(py: Python<'_>, plan: &Plan, before: &Before, journal: &mut Journa
     for (c, old) in plan.copies.iter().zip(&before.values) {
         let Some(old) = old else { continue };
         let globals = c.globals.bind(py);
-        let held = globals.get_item(&c.alias)?;
+        let held = globals.get_item(c.alias_key.bind(py))?;
         if !held.is_some_and(|held| held.is(old)) {
             continue; // rebound by the importer (or already re-pointed)
         }
         let module = plan.modules[c.module].module.bind(py).dict();
-        let Some(new) = module.get_item(&c.name)? else {
+        let Some(new) = module.get_item(c.name_key.bind(py))? else {
             continue; // no longer defined: the copy stays
         };
         if new.is(old) {
             continue;
         }
-        journal.set_item(globals, PyString::new(py, &c.alias).as_any(), &new)?;
+        journal.set_item(globals, c.alias_key.bind(py).as_any(), &new)?;
         done.push((c.module, format!("{}.{}", c.importer, c.alias)));
     }
     for s in &plan.stars {

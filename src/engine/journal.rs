@@ -3,9 +3,21 @@
 //! Every change the commit makes to the live program goes through here and
 //! records what it replaced. Rolling back replays the log backwards, so the
 //! program returns to exactly the objects it had, not to copies of them.
+//!
+//! A journal can also *plan* ([`Journal::planning`]): the merge runs ahead
+//! of the pause, with the program running, and every change it would make
+//! is recorded with the value it expects to replace instead of being made.
+//! In the pause, [`Journal::replay`] makes the recorded changes, each
+//! journaled as it would have been, after checking that its target still
+//! holds the expected value; the first one that does not stops the replay,
+//! which the caller undoes ([`Journal::undo_to`]) before merging in the
+//! pause after all.
 
+use std::collections::HashMap;
+
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
 
 use super::support::Support;
 
@@ -23,14 +35,14 @@ enum Entry {
     /// An attribute of a function or instance (`__code__`, `__class__`, ...).
     Attr {
         target: Py<PyAny>,
-        name: String,
+        name: Py<PyString>,
         old: Option<Py<PyAny>>,
     },
     /// An entry of a class's own `__dict__`, set through `setattr` so that
     /// CPython updates the type's slots.
     ClassAttr {
         class: Py<PyAny>,
-        name: String,
+        name: Py<PyString>,
         old: Option<Py<PyAny>>,
     },
     Cell {
@@ -51,6 +63,72 @@ enum Entry {
     },
 }
 
+/// A change decided ahead of the pause: what to write where, and what the
+/// target held when it was decided.
+pub struct Planned {
+    op: Op,
+    /// The value the target held (None: absent), or the value an earlier
+    /// planned change to the same target writes.
+    expected: Option<Py<PyAny>>,
+    /// Made while relinking (see `Journal::data`).
+    relinking: bool,
+}
+
+/// A planned write; a `None` value deletes.
+enum Op {
+    DictItem {
+        dict: Py<PyDict>,
+        key: Py<PyAny>,
+        value: Option<Py<PyAny>>,
+    },
+    ListItem {
+        list: Py<PyList>,
+        index: usize,
+        value: Py<PyAny>,
+    },
+    Attr {
+        target: Py<PyAny>,
+        name: Py<PyString>,
+        value: Py<PyAny>,
+    },
+    ClassAttr {
+        class: Py<PyAny>,
+        name: Py<PyString>,
+        value: Option<Py<PyAny>>,
+    },
+    Cell {
+        cell: Py<PyAny>,
+        value: Py<PyAny>,
+    },
+}
+
+/// Which part of an object a planned change writes, to find an earlier
+/// planned change to the same place.
+#[derive(PartialEq, Eq, Hash)]
+enum Slot {
+    Key(usize),
+    Name(String),
+    Index(usize),
+    Cell,
+}
+
+/// The changes a planning journal recorded, with what each expects.
+#[derive(Default)]
+struct Plan {
+    writes: Vec<Planned>,
+    /// (target address, slot) -> the value planned for it so far.
+    overlay: HashMap<(usize, Slot), Option<Py<PyAny>>>,
+}
+
+/// Why [`Journal::replay`] stopped.
+pub enum Replay {
+    /// A target no longer holds what the plan expected: the program
+    /// changed it since. Nothing is wrong; the merge is made in the pause.
+    Stale,
+    /// A write failed, as it would have in the pause.
+    Failed(PyErr),
+}
+
 /// A log of changes, undone by [`Journal::rollback`].
 #[derive(Default)]
 pub struct Journal {
@@ -65,9 +143,166 @@ pub struct Journal {
     data: Vec<usize>,
     /// While above zero, new entries are of the second kind above.
     relinking: u32,
+    /// Set while planning: changes are recorded here, not made.
+    plan: Option<Plan>,
 }
 
 impl Journal {
+    /// A journal that changes nothing and records the changes asked of it,
+    /// for [`Journal::into_planned`].
+    pub fn planning() -> Journal {
+        Journal {
+            plan: Some(Plan::default()),
+            ..Journal::default()
+        }
+    }
+
+    pub fn is_planning(&self) -> bool {
+        self.plan.is_some()
+    }
+
+    /// The changes a planning journal recorded, in order.
+    pub fn into_planned(self) -> Vec<Planned> {
+        self.plan.map(|p| p.writes).unwrap_or_default()
+    }
+
+    /// How many entries the journal holds: a mark for [`Journal::undo_to`].
+    pub fn mark(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Records a change in a planning journal, with what `target`'s `slot`
+    /// holds now (`current`) or what an earlier planned change puts there.
+    fn plan_write<'py>(
+        &mut self,
+        py: Python<'py>,
+        target: usize,
+        slot: Slot,
+        current: Option<Bound<'py, PyAny>>,
+        op: Op,
+    ) {
+        let relinking = self.relinking > 0;
+        let Some(plan) = self.plan.as_mut() else { return };
+        let value = match &op {
+            Op::DictItem { value, .. } | Op::ClassAttr { value, .. } => value.as_ref().map(|v| v.clone_ref(py)),
+            Op::ListItem { value, .. } | Op::Attr { value, .. } | Op::Cell { value, .. } => Some(value.clone_ref(py)),
+        };
+        let expected = match plan.overlay.insert((target, slot), value) {
+            Some(earlier) => earlier,
+            None => current.map(Bound::unbind),
+        };
+        plan.writes.push(Planned {
+            op,
+            expected,
+            relinking,
+        });
+    }
+
+    /// Makes the planned changes, journaling each as the method that
+    /// planned it would have, after checking that its target holds what
+    /// the plan expected. Stops at the first that does not (or fails); the
+    /// changes made until then are in the journal, for the caller to undo.
+    pub fn replay(&mut self, py: Python<'_>, planned: &[Planned]) -> Result<(), Replay> {
+        let cell_contents = intern!(py, "cell_contents");
+        self.entries.reserve(planned.len());
+        for p in planned {
+            let expected = p.expected.as_ref().map(|e| e.bind(py));
+            let held = |now: &Option<Bound<'_, PyAny>>| match (now, expected) {
+                (None, None) => true,
+                (Some(now), Some(e)) => now.is(e),
+                _ => false,
+            };
+            let entry = match &p.op {
+                Op::DictItem { dict, key, value } => {
+                    let (dict, key) = (dict.bind(py), key.bind(py));
+                    let old = dict.get_item(key).map_err(Replay::Failed)?;
+                    if !held(&old) {
+                        return Err(Replay::Stale);
+                    }
+                    match value {
+                        Some(v) => dict.set_item(key, v.bind(py)),
+                        None => dict.del_item(key),
+                    }
+                    .map_err(Replay::Failed)?;
+                    Entry::DictItem {
+                        dict: dict.clone().unbind(),
+                        key: key.clone().unbind(),
+                        old: old.map(Bound::unbind),
+                    }
+                }
+                Op::ListItem { list, index, value } => {
+                    let list = list.bind(py);
+                    let old = list.get_item(*index).ok();
+                    if !held(&old) {
+                        return Err(Replay::Stale);
+                    }
+                    list.set_item(*index, value.bind(py)).map_err(Replay::Failed)?;
+                    Entry::ListItem {
+                        list: list.clone().unbind(),
+                        index: *index,
+                        old: old.expect("held").unbind(),
+                    }
+                }
+                Op::Attr { target, name, value } => {
+                    let (target, name) = (target.bind(py), name.bind(py));
+                    let old = target.getattr_opt(name).map_err(Replay::Failed)?;
+                    if !held(&old) {
+                        return Err(Replay::Stale);
+                    }
+                    target.setattr(name, value.bind(py)).map_err(Replay::Failed)?;
+                    Entry::Attr {
+                        target: target.clone().unbind(),
+                        name: name.clone().unbind(),
+                        old: old.map(Bound::unbind),
+                    }
+                }
+                Op::ClassAttr { class, name, value } => {
+                    let (class, name) = (class.bind(py), name.bind(py));
+                    let old = class_dict(class)
+                        .and_then(|d| d.get_item(name))
+                        .map_err(Replay::Failed)?;
+                    if !held(&old) {
+                        return Err(Replay::Stale);
+                    }
+                    type_setattr_named(class, name, value.as_ref().map(|v| v.bind(py))).map_err(Replay::Failed)?;
+                    Entry::ClassAttr {
+                        class: class.clone().unbind(),
+                        name: name.clone().unbind(),
+                        old: old.map(Bound::unbind),
+                    }
+                }
+                Op::Cell { cell, value } => {
+                    let cell = cell.bind(py);
+                    let old = cell.getattr_opt(cell_contents).ok().flatten();
+                    if !held(&old) {
+                        return Err(Replay::Stale);
+                    }
+                    cell.setattr(cell_contents, value.bind(py)).map_err(Replay::Failed)?;
+                    Entry::Cell {
+                        cell: cell.clone().unbind(),
+                        old: old.map(Bound::unbind),
+                    }
+                }
+            };
+            if p.relinking {
+                self.data.push(self.entries.len());
+            }
+            self.entries.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Undoes the entries from `mark` on, newest first, leaving the older
+    /// ones: a replay that stopped halfway, before the merge is made again.
+    pub fn undo_to(&mut self, py: Python<'_>, support: &Support<'_>, mark: usize) -> Vec<PyErr> {
+        let tail = Journal {
+            entries: self.entries.split_off(mark),
+            ..Journal::default()
+        };
+        self.data.retain(|&i| i < mark);
+        tail.rollback(py, support)
+    }
+
     /// Records changes to objects the new version created, until
     /// [`Journal::end_relinking`]. See `data`.
     pub fn begin_relinking(&mut self) {
@@ -91,6 +326,21 @@ impl Journal {
         key: &Bound<'py, PyAny>,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
+        if self.is_planning() {
+            let op = Op::DictItem {
+                dict: dict.clone().unbind(),
+                key: key.clone().unbind(),
+                value: Some(value.clone().unbind()),
+            };
+            self.plan_write(
+                dict.py(),
+                dict.as_ptr() as usize,
+                Slot::Key(key.as_ptr() as usize),
+                dict.get_item(key)?,
+                op,
+            );
+            return Ok(());
+        }
         let old = dict.get_item(key)?.map(Bound::unbind);
         dict.set_item(key, value)?;
         self.push(Entry::DictItem {
@@ -102,6 +352,21 @@ impl Journal {
     }
 
     pub fn del_item<'py>(&mut self, dict: &Bound<'py, PyDict>, key: &Bound<'py, PyAny>) -> PyResult<()> {
+        if self.is_planning() {
+            let op = Op::DictItem {
+                dict: dict.clone().unbind(),
+                key: key.clone().unbind(),
+                value: None,
+            };
+            self.plan_write(
+                dict.py(),
+                dict.as_ptr() as usize,
+                Slot::Key(key.as_ptr() as usize),
+                dict.get_item(key)?,
+                op,
+            );
+            return Ok(());
+        }
         let old = dict.get_item(key)?.map(Bound::unbind);
         dict.del_item(key)?;
         self.push(Entry::DictItem {
@@ -118,6 +383,21 @@ impl Journal {
         index: usize,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
+        if self.is_planning() {
+            let op = Op::ListItem {
+                list: list.clone().unbind(),
+                index,
+                value: value.clone().unbind(),
+            };
+            self.plan_write(
+                list.py(),
+                list.as_ptr() as usize,
+                Slot::Index(index),
+                Some(list.get_item(index)?),
+                op,
+            );
+            return Ok(());
+        }
         let old = list.get_item(index)?.unbind();
         list.set_item(index, value)?;
         self.push(Entry::ListItem {
@@ -129,14 +409,7 @@ impl Journal {
     }
 
     pub fn set_attr<'py>(&mut self, target: &Bound<'py, PyAny>, name: &str, value: &Bound<'py, PyAny>) -> PyResult<()> {
-        let old = target.getattr_opt(name)?.map(Bound::unbind);
-        target.setattr(name, value)?;
-        self.push(Entry::Attr {
-            target: target.clone().unbind(),
-            name: name.to_string(),
-            old,
-        });
-        Ok(())
+        self.set_attr_named(target, &PyString::intern(target.py(), name), value)
     }
 
     /// [`Journal::set_attr`] with a name the caller holds as a `str`
@@ -147,11 +420,27 @@ impl Journal {
         name: &Bound<'py, pyo3::types::PyString>,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
+        if self.is_planning() {
+            let current = target.getattr_opt(name)?;
+            let op = Op::Attr {
+                target: target.clone().unbind(),
+                name: name.clone().unbind(),
+                value: value.clone().unbind(),
+            };
+            self.plan_write(
+                target.py(),
+                target.as_ptr() as usize,
+                Slot::Name(name.to_str()?.to_owned()),
+                current,
+                op,
+            );
+            return Ok(());
+        }
         let old = target.getattr_opt(name)?.map(Bound::unbind);
         target.setattr(name, value)?;
         self.push(Entry::Attr {
             target: target.clone().unbind(),
-            name: name.to_str()?.to_owned(),
+            name: name.clone().unbind(),
             old,
         });
         Ok(())
@@ -163,6 +452,22 @@ impl Journal {
         name: &str,
         value: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
+        if self.is_planning() {
+            let current = class_dict(class)?.get_item(name)?;
+            let op = Op::ClassAttr {
+                class: class.clone().unbind(),
+                name: PyString::intern(class.py(), name).unbind(),
+                value: value.map(|v| v.clone().unbind()),
+            };
+            self.plan_write(
+                class.py(),
+                class.as_ptr() as usize,
+                Slot::Name(name.to_owned()),
+                current,
+                op,
+            );
+            return Ok(());
+        }
         let old = class_dict_get(class, name)?;
         match value {
             Some(v) => type_setattr(class, name, v)?,
@@ -170,13 +475,22 @@ impl Journal {
         }
         self.push(Entry::ClassAttr {
             class: class.clone().unbind(),
-            name: name.to_string(),
+            name: PyString::intern(class.py(), name).unbind(),
             old,
         });
         Ok(())
     }
 
     pub fn set_cell<'py>(&mut self, cell: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<()> {
+        if self.is_planning() {
+            let current = cell.getattr_opt(intern!(cell.py(), "cell_contents")).ok().flatten();
+            let op = Op::Cell {
+                cell: cell.clone().unbind(),
+                value: value.clone().unbind(),
+            };
+            self.plan_write(cell.py(), cell.as_ptr() as usize, Slot::Cell, current, op);
+            return Ok(());
+        }
         let old = cell.getattr_opt("cell_contents").ok().flatten().map(Bound::unbind);
         cell.setattr("cell_contents", value)?;
         self.push(Entry::Cell {
@@ -236,8 +550,7 @@ impl Journal {
             .collect();
         Journal {
             entries,
-            data: Vec::new(),
-            relinking: 0,
+            ..Journal::default()
         }
     }
 
@@ -251,7 +564,7 @@ impl Journal {
                     target,
                     name,
                     old: Some(old),
-                } if name == "__code__" => {
+                } if name.bind(py).to_str().is_ok_and(|n| n == "__code__") => {
                     let f = target.bind(py);
                     let module: String = f.getattr("__module__").ok()?.extract().ok()?;
                     let qualname: String = f.getattr("__qualname__").ok()?.extract().ok()?;
@@ -280,18 +593,21 @@ impl Journal {
                 },
                 Entry::ListItem { list, index, old } => list.bind(py).set_item(index, old.bind(py)),
                 Entry::Attr { target, name, old } => match old {
-                    Some(old) => target.bind(py).setattr(name.as_str(), old.bind(py)),
-                    None => target.bind(py).delattr(name.as_str()),
+                    Some(old) => target.bind(py).setattr(name.bind(py), old.bind(py)),
+                    None => target.bind(py).delattr(name.bind(py)),
                 },
-                Entry::ClassAttr { class, name, old } => match old {
-                    Some(old) => type_setattr(class.bind(py), &name, old.bind(py)),
-                    // Already gone (a finished lazy migration removes its
-                    // hooks itself): nothing to undo.
-                    None => match class_dict_get(class.bind(py), &name) {
-                        Ok(Some(_)) => remove_class_attr(class.bind(py), &name),
-                        other => other.map(drop),
-                    },
-                },
+                Entry::ClassAttr { class, name, old } => {
+                    let (class, name) = (class.bind(py), name.bind(py));
+                    match old {
+                        Some(old) => type_setattr_named(class, name, Some(old.bind(py))),
+                        // Already gone (a finished lazy migration removes its
+                        // hooks itself): nothing to undo.
+                        None => match class_dict(class).and_then(|d| d.get_item(name)) {
+                            Ok(Some(_)) => type_setattr_named(class, name, None),
+                            other => other.map(drop),
+                        },
+                    }
+                }
                 Entry::Cell { cell, old } => match old {
                     Some(old) => cell.bind(py).setattr("cell_contents", old.bind(py)),
                     None => cell.bind(py).delattr("cell_contents"),
@@ -325,8 +641,20 @@ fn type_setattr(class: &Bound<'_, PyAny>, name: &str, value: &Bound<'_, PyAny>) 
 
 /// `type.__setattr__(class, name, value)`, or `type.__delattr__` for None.
 fn type_setattr_raw(class: &Bound<'_, PyAny>, name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    type_setattr_named(class, &PyString::new(class.py(), name), value)
+}
+
+/// [`type_setattr_raw`] with the name as a `str` already; `__new__` is
+/// removed as [`remove_class_attr`] does.
+fn type_setattr_named(
+    class: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    if value.is_none() && name.to_str()? == "__new__" {
+        return super::world::remove_own_new(class);
+    }
     let py = class.py();
-    let name = pyo3::types::PyString::new(py, name);
     let class = class.cast::<pyo3::types::PyType>()?;
     let value_ptr = value.map_or(std::ptr::null_mut(), |v| v.as_ptr());
     // SAFETY: `type`'s own tp_setattro (type_setattro), called as

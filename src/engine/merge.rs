@@ -27,6 +27,17 @@
 //! It runs in the stopped world (world.rs), so no other thread can observe a
 //! half-merged program, even though a few small Python helpers run on the
 //! control thread. Every change is journaled for rollback.
+//!
+//! Most of it is worked out before that, with the program running: at the
+//! end of stage, [`pair_ahead`] pairs new objects with live ones, finds the
+//! rebind list, and runs the whole merge below through a *planning*
+//! journal, which records each write with the value its target held
+//! instead of making it (journal.rs). The stopped world then checks that
+//! nothing the plan read changed (seen.rs: a version tag or a few pointers
+//! per dict, function and class) and replays the writes, each checked
+//! against what it expects and journaled as in a merge made there; any
+//! difference undoes the replay and merges in the pause, as without a
+//! plan. What is left in the pause is the stores themselves.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -37,7 +48,9 @@ use pyo3::types::{PyDict, PyFunction, PyList, PyString, PyTuple, PyType};
 
 use super::classify;
 use super::journal::{class_dict, class_dict_get, Journal};
+use super::journal::{Planned, Replay};
 use super::ptrmap::{AddressMap, AddressSet};
+use super::seen::Seen;
 use super::stage::Staged;
 use super::support::Support;
 use crate::diagnostic::Problem;
@@ -69,19 +82,53 @@ pub fn merge(
     staged: &Staged,
     journal: &mut Journal,
 ) -> Result<Merged, Problem> {
-    let mut merger = Merger::new(py, support, plan, &staged.modules, journal)
-        .map_err(|e| support.problem(py, "could not start the commit", &e))?;
     let mut report = AheadReport::default();
     let ahead = match &staged.ahead {
         Some(ahead) => {
             report.computed_ms = ahead.computed_ms;
-            report.stale = ahead.stale(py);
             report.rebind_entries = ahead.rebind.entries.len();
-            (report.stale == 0).then_some(ahead)
+            // Nothing noted changed: no read can have; otherwise (or with
+            // nothing noted) each read is checked, for the count.
+            let holds = ahead.seen.as_ref().is_some_and(|seen| seen.holds(py));
+            report.stale = if holds { 0 } else { ahead.stale(py) };
+            report.seen = ahead.seen.as_ref().map_or(0, Seen::noted);
+            (report.stale == 0).then_some((ahead, holds))
         }
         None => None,
     };
-    match ahead {
+    if let Some((ahead, true)) = ahead {
+        let writes = ahead.writes.lock().ok().and_then(|mut w| w.take());
+        if let Some(writes) = writes {
+            report.planned_writes = writes.writes.len();
+            let mark = journal.mark();
+            match journal.replay(py, &writes.writes) {
+                Ok(()) => {
+                    report.reused = true;
+                    report.planned = true;
+                    return writes.finish(py, support, plan, journal, &ahead.rebind, report);
+                }
+                Err(Replay::Failed(e)) => return Err(support.problem(py, "the commit failed", &e)),
+                Err(Replay::Stale) => {
+                    // A target changed that no noted read covered: undo what
+                    // the replay made and merge here, as without a plan.
+                    report.plan_stale = true;
+                    let errors = journal.undo_to(py, support, mark);
+                    if let Some(e) = errors.first() {
+                        return Err(support.problem(py, "could not undo the planned merge", e));
+                    }
+                }
+            }
+        }
+    } else if staged
+        .ahead
+        .as_ref()
+        .is_some_and(|a| a.writes.lock().is_ok_and(|w| w.is_some()))
+    {
+        report.plan_stale = true;
+    }
+    let mut merger = Merger::new(py, support, plan, &staged.modules, journal, None)
+        .map_err(|e| support.problem(py, "could not start the commit", &e))?;
+    match ahead.map(|(a, _)| a) {
         Some(ahead) => {
             merger.adopt(ahead);
             report.reused = true;
@@ -92,7 +139,7 @@ pub fn merge(
             }
         }
     }
-    let mut merged = merger.run(ahead.map(|a| &a.rebind))?;
+    let mut merged = merger.run(ahead.map(|(a, _)| &a.rebind))?;
     merged.ahead = report;
     Ok(merged)
 }
@@ -110,8 +157,8 @@ pub fn pair_ahead(
     staged: &[Py<pyo3::types::PyModule>],
 ) -> Option<Ahead> {
     let t = Instant::now();
-    let mut scratch = Journal::default();
-    let mut merger = Merger::new(py, support, plan, staged, &mut scratch).ok()?;
+    let mut scratch = Journal::planning();
+    let mut merger = Merger::new(py, support, plan, staged, &mut scratch, Some(Seen::default())).ok()?;
     for i in 0..merger.live.len() {
         merger.pair_module(i).ok()?;
     }
@@ -137,9 +184,77 @@ pub fn pair_ahead(
             .collect(),
         reads: merger.reads.drain(..).map(Read::unbind).collect(),
         rebind,
-        computed_ms: t.elapsed().as_secs_f64() * 1000.0,
+        seen: None,
+        writes: std::sync::Mutex::new(None),
+        computed_ms: 0.0,
     };
+    // The merge's writes, planned: made by the same code as in the pause,
+    // through a journal that records them instead. A merge that fails here
+    // leaves no plan (nor what it noted: the commit then checks the
+    // pairing's reads one by one), and the commit meets the same failure
+    // in the pause.
+    let mut ahead = ahead;
+    if let Ok(written) = merger.write() {
+        let Written {
+            replaced,
+            truncated,
+            seen,
+            merged,
+            ..
+        } = written;
+        ahead.seen = seen;
+        let writes = scratch.into_planned();
+        *ahead.writes.get_mut().ok()? = Some(WritePlan {
+            writes,
+            replaced: replaced
+                .into_iter()
+                .map(|(i, old, new)| (i, old.unbind(), new.unbind()))
+                .collect(),
+            truncated,
+            merged,
+        });
+    }
+    ahead.computed_ms = t.elapsed().as_secs_f64() * 1000.0;
     Some(ahead)
+}
+
+/// The merge's changes to the program, decided ahead of the pause
+/// ([`pair_ahead`]), with what it reports.
+struct WritePlan {
+    writes: Vec<Planned>,
+    /// (module index, old, replacement): references elsewhere to re-point.
+    replaced: Vec<(usize, Py<PyAny>, Py<PyAny>)>,
+    truncated: bool,
+    merged: Merged,
+}
+
+impl WritePlan {
+    /// After the replay: re-points the references to replaced objects, as
+    /// the merge in the pause does.
+    fn finish(
+        self,
+        py: Python<'_>,
+        support: &Support<'_>,
+        plan: &Plan,
+        journal: &mut Journal,
+        rebind: &RebindAhead,
+        report: AheadReport,
+    ) -> Result<Merged, Problem> {
+        let replaced: Vec<_> = self
+            .replaced
+            .iter()
+            .map(|(i, old, new)| (*i, old.bind(py).clone(), new.bind(py).clone()))
+            .collect();
+        let mut merged = self.merged;
+        rebind_replaced(py, plan, journal, &replaced, &mut merged.reports, Some(rebind))
+            .map_err(|e| support.problem(py, "could not re-point references to replaced objects", &e))?;
+        if self.truncated {
+            crate::process::log(format!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies"));
+        }
+        merged.ahead = report;
+        merged.spent = self.writes;
+        Ok(merged)
+    }
 }
 
 /// What [`pair_ahead`] found, kept from stage to the commit.
@@ -152,6 +267,11 @@ pub struct Ahead {
     /// Every read of the live program the pairing depended on.
     reads: Vec<ReadOwned>,
     rebind: RebindAhead,
+    /// What the pairing and the planned merge read, noted cheaply; None
+    /// when the merge could not be planned.
+    seen: Option<Seen>,
+    /// The merge's writes, planned; taken by the commit that replays them.
+    writes: std::sync::Mutex<Option<WritePlan>>,
     computed_ms: f64,
 }
 
@@ -175,6 +295,15 @@ pub struct AheadReport {
     pub computed_ms: f64,
     /// References to objects the merge replaces, found ahead.
     pub rebind_entries: usize,
+    /// The merge's writes were planned ahead and replayed in the pause.
+    pub planned: bool,
+    /// How many writes were planned.
+    pub planned_writes: usize,
+    /// A plan was made but the program changed what it read (or a target)
+    /// since: the commit merged in the pause.
+    pub plan_stale: bool,
+    /// Objects whose state the pause checked instead of each read.
+    pub seen: usize,
 }
 
 impl From<&AheadReport> for crate::report::MergeAhead {
@@ -184,6 +313,9 @@ impl From<&AheadReport> for crate::report::MergeAhead {
             stale: a.stale,
             computed_ms: a.computed_ms,
             rebind_entries: a.rebind_entries,
+            planned: a.planned,
+            planned_writes: a.planned_writes,
+            plan_stale: a.plan_stale,
         }
     }
 }
@@ -270,6 +402,8 @@ pub struct RebindAhead {
     /// theirs); a module loaded later is looked through in the commit.
     scanned: AddressSet,
     scanned_keepalive: Vec<Py<PyAny>>,
+    /// `sys.modules`'s version tag (seen.rs) when it was walked.
+    modules_version: Option<u64>,
 }
 
 /// The result of a merge whose report is not finished yet.
@@ -281,6 +415,9 @@ pub struct Merged {
     replaced_classes: Vec<Py<PyAny>>,
     /// Whether the pairing made ahead of the pause was used.
     pub ahead: AheadReport,
+    /// The planned writes, made: their references are dropped with the
+    /// report, after the pause, not in it.
+    spent: Vec<Planned>,
 }
 
 #[derive(Default)]
@@ -380,6 +517,8 @@ struct Merger<'a, 'py> {
     /// the program's existing data.
     live_values: AddressSet,
     visited: AddressSet,
+    /// A visited object -> what relinking made of it, when not itself.
+    rebuilt: AddressMap<Bound<'py, PyAny>>,
     /// Keeps every object used as a key alive, so no address is reused.
     keepalive: Vec<Bound<'py, PyAny>>,
     class_pairs: Vec<Pair<'py>>,
@@ -400,7 +539,22 @@ struct Merger<'a, 'py> {
     /// What pairing read from the live program, to tell later whether a
     /// pairing made ahead of the pause still holds (see [`Ahead`]).
     reads: Vec<Read<'py>>,
+    /// While merging ahead of the pause: what the merge read of the live
+    /// program, to tell in the pause whether it still holds.
+    seen: Option<Seen>,
     truncated: bool,
+}
+
+/// What [`Merger::write`] did, before the references to replaced objects
+/// are re-pointed.
+struct Written<'a, 'py> {
+    support: &'a Support<'py>,
+    plan: &'a Plan,
+    journal: &'a mut Journal,
+    replaced: Vec<(usize, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    truncated: bool,
+    seen: Option<Seen>,
+    merged: Merged,
 }
 
 impl<'a, 'py> Merger<'a, 'py> {
@@ -410,6 +564,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         plan: &'a Plan,
         staged: &[Py<pyo3::types::PyModule>],
         journal: &'a mut Journal,
+        seen: Option<Seen>,
     ) -> PyResult<Self> {
         let builtins = py.import("builtins")?;
         let mut m = Merger {
@@ -425,6 +580,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             module_map: AddressMap::default(),
             live_values: AddressSet::default(),
             visited: AddressSet::default(),
+            rebuilt: AddressMap::default(),
             reads: Vec::new(),
             updated: plan.modules.iter().map(|m| m.name.as_str()).collect(),
             keepalive: Vec::new(),
@@ -438,6 +594,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             function_type: py.eval(c"(lambda: None).__class__", None, None)?.into_any(),
             property_type: builtins.getattr(intern!(builtins.py(), "property"))?,
             members: Vec::new(),
+            seen,
             truncated: false,
         };
         for (plan_module, staging) in plan.modules.iter().zip(staged) {
@@ -445,6 +602,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             let live = live_module.dict();
             let staging = staging.bind(py);
             let ns = staging.dict();
+            m.note_dict(&live);
             m.globals_map.insert(key(ns.as_any()), live.clone());
             m.module_map
                 .insert(key(staging.as_any()), live_module.clone().into_any());
@@ -489,7 +647,31 @@ impl<'a, 'py> Merger<'a, 'py> {
             .collect();
     }
 
-    fn run(mut self, rebind: Option<&RebindAhead>) -> Result<Merged, Problem> {
+    fn run(self, rebind: Option<&RebindAhead>) -> Result<Merged, Problem> {
+        let py = self.py;
+        let mut written = self.write()?;
+        rebind_replaced(
+            py,
+            written.plan,
+            written.journal,
+            &written.replaced,
+            &mut written.merged.reports,
+            rebind,
+        )
+        .map_err(|e| {
+            written
+                .support
+                .problem(py, "could not re-point references to replaced objects", &e)
+        })?;
+        if written.truncated {
+            crate::process::log(format!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies"));
+        }
+        Ok(written.merged)
+    }
+
+    /// The merge's changes to the program, but for re-pointing references
+    /// to replaced objects (which depends on every other module).
+    fn write(mut self) -> Result<Written<'a, 'py>, Problem> {
         let py = self.py;
         let err = |e: PyErr| self.support.problem(py, "the commit failed", &e);
         for i in 0..self.live.len() {
@@ -518,19 +700,21 @@ impl<'a, 'py> Merger<'a, 'py> {
                 closure_changed,
             });
         }
-        self.rebind_replaced(rebind).map_err(|e| {
-            self.support
-                .problem(py, "could not re-point references to replaced objects", &e)
-        })?;
-        if self.truncated {
-            crate::process::log(format!("pyreload: relinking stopped after {MAX_VISITS} objects; some new objects may still refer to staging copies"));
-        }
         let replaced_classes = classes.into_iter().map(|pair| pair.new.unbind()).collect();
-        Ok(Merged {
-            reports: self.reports,
-            pending,
-            replaced_classes,
-            ahead: AheadReport::default(),
+        Ok(Written {
+            support: self.support,
+            plan: self.plan,
+            journal: self.journal,
+            replaced: self.replaced,
+            truncated: self.truncated,
+            seen: self.seen,
+            merged: Merged {
+                reports: self.reports,
+                pending,
+                replaced_classes,
+                ahead: AheadReport::default(),
+                spent: Vec::new(),
+            },
         })
     }
 
@@ -564,6 +748,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         old: &Bound<'py, PyAny>,
         new: &Bound<'py, PyAny>,
     ) -> Result<(), Problem> {
+        self.note_object(old);
         if !defined_in(old, module) || !defined_in(new, module) || !same_qualname(old, new) {
             return Ok(());
         }
@@ -589,8 +774,9 @@ impl<'a, 'py> Merger<'a, 'py> {
                 old: old.clone(),
                 new: new.clone(),
             });
-            let members = class_entries(new);
             let old_dict = class_dict(old).map_err(|e| self.support.problem(self.py, "could not read a class", &e))?;
+            self.note_dict(&old_dict);
+            let members = class_entries(new);
             for (key, nv) in members {
                 let ov = old_dict.get_item(&key).ok().flatten();
                 self.reads.push(Read::Entry {
@@ -645,6 +831,9 @@ impl<'a, 'py> Merger<'a, 'py> {
             return Ok(());
         };
         let (old_map, new_map) = (old_map.into_bound(self.py), new_map.into_bound(self.py));
+        if let Ok(d) = old_map.cast::<PyDict>() {
+            self.note_dict(d);
+        }
         let new_map = new_map.cast::<PyDict>()?;
         for (name, nm) in new_map.iter() {
             let Ok(Some(om)) = old_map.get_item(&name).map(Some).or_else(|_| Ok::<_, PyErr>(None)) else {
@@ -685,6 +874,21 @@ impl<'a, 'py> Merger<'a, 'py> {
                 .and_then(|n| n.extract::<String>().ok());
             module.as_deref() == Some("enum") && matches!(name.as_deref(), Some("EnumMeta" | "EnumType"))
         })
+    }
+
+    /// Notes a live dict before the merge reads it ahead of the pause.
+    fn note_dict(&mut self, dict: &Bound<'py, PyDict>) {
+        if let Some(seen) = &mut self.seen {
+            seen.dict(dict);
+        }
+    }
+
+    /// Notes a live function or class (and its dicts) before the merge
+    /// reads it ahead of the pause.
+    fn note_object(&mut self, obj: &Bound<'py, PyAny>) {
+        if let Some(seen) = &mut self.seen {
+            seen.object(obj);
+        }
     }
 
     fn add_twin(&mut self, new: &Bound<'py, PyAny>, old: &Bound<'py, PyAny>) {
@@ -884,6 +1088,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                 continue;
             };
             let od = od.cast_into::<PyDict>()?;
+            self.note_dict(&od);
             for (k, v) in nd.cast_into::<PyDict>()?.iter() {
                 let v = self.relink(&v)?;
                 if od.get_item(&k)?.is_none_or(|o| !same_value(&o, &v)) {
@@ -1011,6 +1216,13 @@ impl<'a, 'py> Merger<'a, 'py> {
                 changed = true;
             }
         }
+        if self.journal.is_planning() && old_values.is_some() && class_dict_get(old, "_flag_mask_")?.is_some() {
+            // A flag's pseudo-members are read from the table the writes
+            // above install, which a plan has not made yet.
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "a flag enum is merged in the pause",
+            ));
+        }
         if let (Some(old_values), Some(new_values)) = (old_values, class_dict_get(old, "_value2member_map_")?) {
             let new_values = new_values.into_bound(self.py).cast_into::<PyDict>()?;
             if class_dict_get(old, "_flag_mask_")?.is_some() && !new_values.is(&old_values) {
@@ -1036,6 +1248,7 @@ impl<'a, 'py> Merger<'a, 'py> {
         if old.is(new) {
             return Ok(false);
         }
+        self.note_object(old);
         let py = self.py;
         let code = intern!(py, "__code__");
         let (old_code, new_code) = (old.getattr(code)?, new.getattr(code)?);
@@ -1142,7 +1355,10 @@ impl<'a, 'py> Merger<'a, 'py> {
             ahead.expected.insert(key(old));
         }
         let updated: HashSet<&str> = self.plan.modules.iter().map(|m| m.name.as_str()).collect();
-        let modules = self.sys_modules()?;
+        // Before the copy: a module loaded while it is walked is looked
+        // through in the commit.
+        ahead.modules_version = sys_modules_version(self.py);
+        let modules = sys_modules(self.py)?;
         for (name, module) in modules.iter() {
             ahead.scanned.insert(key(&module));
             ahead.scanned_keepalive.push(module.clone().unbind());
@@ -1168,69 +1384,6 @@ impl<'a, 'py> Merger<'a, 'py> {
         Ok(ahead)
     }
 
-    fn sys_modules(&self) -> PyResult<Bound<'py, PyDict>> {
-        self.py
-            .import(intern!(self.py, "sys"))?
-            .getattr(intern!(self.py, "modules"))?
-            .cast_into::<PyDict>()?
-            .copy()
-    }
-
-    /// Points every reference that other modules hold to a replaced object
-    /// at its replacement (the `from m import f` copies). With a rebind
-    /// list found ahead ([`RebindAhead`]) that expected every replacement
-    /// made, only its entries are checked (each still holding the old
-    /// object: one the program rebound since keeps its own), and only the
-    /// modules loaded since are looked through; otherwise every module is.
-    fn rebind_replaced(&mut self, ahead: Option<&RebindAhead>) -> PyResult<()> {
-        if self.replaced.is_empty() {
-            return Ok(());
-        }
-        let py = self.py;
-        let targets: AddressMap<(usize, Bound<'py, PyAny>)> = self
-            .replaced
-            .iter()
-            .map(|(i, old, new)| (key(old), (*i, new.clone())))
-            .collect();
-        let ahead = ahead.filter(|a| targets.keys().all(|k| a.expected.contains(k)));
-        let updated: HashSet<String> = self.plan.modules.iter().map(|m| m.name.clone()).collect();
-        if let Some(ahead) = ahead {
-            for entry in &ahead.entries {
-                let name = &entry.importer;
-                let (dict, k, old) = (entry.globals.bind(py), entry.key.bind(py), entry.old.bind(py));
-                let Some((i, new)) = targets.get(&key(old)) else {
-                    continue;
-                };
-                if !dict.get_item(k)?.is_some_and(|held| held.is(old)) {
-                    continue; // rebound by the program since
-                }
-                self.journal.set_item(dict, k, new)?;
-                let attr: String = k.extract().unwrap_or_default();
-                self.reports[*i].rebound.push(format!("{name}.{attr}"));
-            }
-        }
-        let modules = self.sys_modules()?;
-        for (name, module) in modules.iter() {
-            if ahead.is_some_and(|a| a.scanned.contains(&key(&module))) {
-                continue;
-            }
-            let name: String = name.extract().unwrap_or_default();
-            if updated.contains(&name) {
-                continue;
-            }
-            let Some(dict) = module_dict(&module) else { continue };
-            let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = dict.iter().collect();
-            for (k, v) in items {
-                if let Some((i, new)) = targets.get(&key(&v)) {
-                    self.journal.set_item(&dict, &k, new)?;
-                    let attr: String = k.extract().unwrap_or_default();
-                    self.reports[*i].rebound.push(format!("{name}.{attr}"));
-                }
-            }
-        }
-        Ok(())
-    }
-
     // ---- relinking: new objects must refer to live ones, not staging ----
 
     /// Returns the object the program should hold instead of `obj`: its
@@ -1243,7 +1396,24 @@ impl<'a, 'py> Merger<'a, 'py> {
         relinked
     }
 
+    /// [`Merger::relink_at`] for an object relinked already gives what it
+    /// gave then: a tuple or wrapper rebuilt around relinked contents is
+    /// the same rebuilt object wherever the update refers to the original
+    /// (the original still refers to staging), whether the first relinking
+    /// was made in the pause or planned ahead of it.
     fn relink_at(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+        let k = key(obj);
+        if let Some(r) = self.rebuilt.get(&k) {
+            return Ok(r.clone());
+        }
+        let r = self.relink_fresh(obj, depth)?;
+        if !r.is(obj) && self.visited.contains(&k) {
+            self.rebuilt.insert(k, r.clone());
+        }
+        Ok(r)
+    }
+
+    fn relink_fresh(&mut self, obj: &Bound<'py, PyAny>, depth: usize) -> PyResult<Bound<'py, PyAny>> {
         let k = key(obj);
         if let Some(t) = self.twins.get(&k) {
             return Ok(t.clone());
@@ -1465,6 +1635,76 @@ impl<'a, 'py> Merger<'a, 'py> {
     }
 }
 
+/// Points every reference that other modules hold to a replaced object
+/// at its replacement (the `from m import f` copies). With a rebind
+/// list found ahead ([`RebindAhead`]) that expected every replacement
+/// made, only its entries are checked (each still holding the old
+/// object: one the program rebound since keeps its own), and only the
+/// modules loaded since are looked through; otherwise every module is.
+fn rebind_replaced<'py>(
+    py: Python<'py>,
+    plan: &Plan,
+    journal: &mut Journal,
+    replaced: &[(usize, Bound<'py, PyAny>, Bound<'py, PyAny>)],
+    reports: &mut [ModuleReport],
+    ahead: Option<&RebindAhead>,
+) -> PyResult<()> {
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    let targets: AddressMap<(usize, Bound<'py, PyAny>)> = replaced
+        .iter()
+        .map(|(i, old, new)| (key(old), (*i, new.clone())))
+        .collect();
+    let ahead = ahead.filter(|a| targets.keys().all(|k| a.expected.contains(k)));
+    // Only a module loaded since staging needs this: made for the first.
+    let mut updated: Option<HashSet<&str>> = None;
+    if let Some(ahead) = ahead {
+        for entry in &ahead.entries {
+            let name = &entry.importer;
+            let (dict, k, old) = (entry.globals.bind(py), entry.key.bind(py), entry.old.bind(py));
+            let Some((i, new)) = targets.get(&key(old)) else {
+                continue;
+            };
+            if !dict.get_item(k)?.is_some_and(|held| held.is(old)) {
+                continue; // rebound by the program since
+            }
+            journal.set_item(dict, k, new)?;
+            let attr: String = k.extract().unwrap_or_default();
+            reports[*i].rebound.push(format!("{name}.{attr}"));
+        }
+    }
+    // `sys.modules` unchanged since the walk made ahead: no module was
+    // loaded since, and none of the program's modules need looking at
+    // here (the pause does not grow with the modules the update leaves).
+    if ahead.is_some_and(|a| a.modules_version.is_some() && a.modules_version == sys_modules_version(py)) {
+        return Ok(());
+    }
+    let modules = sys_modules(py)?;
+    for (name, module) in modules.iter() {
+        if ahead.is_some_and(|a| a.scanned.contains(&key(&module))) {
+            continue;
+        }
+        let name: String = name.extract().unwrap_or_default();
+        if updated
+            .get_or_insert_with(|| plan.modules.iter().map(|m| m.name.as_str()).collect())
+            .contains(name.as_str())
+        {
+            continue;
+        }
+        let Some(dict) = module_dict(&module) else { continue };
+        let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = dict.iter().collect();
+        for (k, v) in items {
+            if let Some((i, new)) = targets.get(&key(&v)) {
+                journal.set_item(&dict, &k, new)?;
+                let attr: String = k.extract().unwrap_or_default();
+                reports[*i].rebound.push(format!("{name}.{attr}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 use pyo3::types::PyMapping;
 
 /// The same object, or an equal value of the same type (so `1` and `True`
@@ -1542,6 +1782,32 @@ fn same_qualname(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
         (Err(_), Err(_)) => true,
         _ => false,
     }
+}
+
+/// The version tag of `sys.modules` itself (see seen.rs), or None if it is
+/// missing.
+fn sys_modules_version(py: Python<'_>) -> Option<u64> {
+    // SAFETY: as in `sys_modules`: borrowed or NULL, no import.
+    let modules = unsafe { pyo3::ffi::PySys_GetObject(c"modules".as_ptr()) };
+    if modules.is_null() {
+        return None;
+    }
+    let modules = unsafe { Bound::from_borrowed_ptr(py, modules) };
+    modules.cast::<PyDict>().ok().map(super::seen::dict_version)
+}
+
+/// A copy of `sys.modules`, to look through while changing modules.
+fn sys_modules(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    // SAFETY: with the GIL held, `PySys_GetObject` returns `sys.modules`
+    // borrowed, or NULL (without an exception) if it is gone; no import
+    // machinery runs, unlike `import sys`.
+    let modules = unsafe { pyo3::ffi::PySys_GetObject(c"modules".as_ptr()) };
+    if modules.is_null() {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err("sys.modules is missing"));
+    }
+    unsafe { Bound::from_borrowed_ptr(py, modules) }
+        .cast_into::<PyDict>()?
+        .copy()
 }
 
 /// A module's namespace, if it has a real one.

@@ -1,15 +1,15 @@
 //! The update engine: prepare → wait → stage → commit (merge, transform,
 //! check), with rollback of the commit on any failure.
 //!
-//! | phase     | the program                                  | on failure  |
-//! |-----------|----------------------------------------------|-------------|
-//! | prepare   | runs; nothing changed                        | refused     |
-//! | wait      | runs; GIL released between checks            | refused     |
-//! | stage     | runs the old version, consistently           | refused     |
-//! | commit    | stopped (world.rs): safe point decided again | refused     |
-//! | merge     | stopped                                      | rolled back |
-//! | transform | stopped                                      | rolled back |
-//! | check     | stopped: `[check] after`                     | rolled back |
+//! | phase     | the program                                       | on failure  |
+//! |-----------|---------------------------------------------------|-------------|
+//! | prepare   | runs; nothing changed                             | refused     |
+//! | wait      | runs; GIL released between checks                 | refused     |
+//! | stage     | runs the old version; the merge is planned        | refused     |
+//! | commit    | stopped (world.rs): safe point decided again      | refused     |
+//! | merge     | stopped: the plan checked and replayed, or merged | rolled back |
+//! | transform | stopped                                           | rolled back |
+//! | check     | stopped: `[check] after`                          | rolled back |
 //!
 //! A lazy migration finishes after the pause, with the program running.
 //!
@@ -35,6 +35,7 @@ pub mod retained;
 pub mod rollback;
 pub mod running;
 pub mod safepoint;
+pub mod seen;
 pub mod session;
 pub mod stage;
 pub mod support;
