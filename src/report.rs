@@ -226,6 +226,10 @@ pub struct Report {
     /// versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew_ms: Option<f64>,
+    /// A tree's update: how its members committed (`[tree] commit`), so
+    /// that the skew can be read for what it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_commit: Option<crate::spec::TreeCommit>,
     /// An update committed by `pyreload commit`: its id, and when (wall
     /// clock, seconds since the Unix epoch) the program ran the new
     /// version, so that an orchestrator can compare hosts.
@@ -344,6 +348,7 @@ impl Report {
             warnings: Vec::new(),
             members: Vec::new(),
             skew_ms: None,
+            tree_commit: None,
             prepared_id: None,
             released_at: None,
             merge_ahead: None,
@@ -504,12 +509,16 @@ impl Report {
         if !self.members.is_empty() {
             let _ = writeln!(
                 out,
-                "  members: {} ({} updated){}",
+                "  members: {} ({} updated){}{}",
                 self.members.len(),
                 self.members
                     .iter()
                     .filter(|m| m.outcome == MemberOutcome::Committed)
                     .count(),
+                match self.tree_commit {
+                    Some(crate::spec::TreeCommit::Together) => ", committed together",
+                    _ => "",
+                },
                 self.skew_ms
                     .map(|s| format!(", skew {s:.3} ms between the first and the last commit"))
                     .unwrap_or_default()

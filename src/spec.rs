@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::diagnostic::{Location, Problem};
@@ -198,7 +198,7 @@ impl SafePoint {
 }
 
 /// How the members of a process tree commit, once every one has staged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TreeCommit {
     /// Each member at its own safe point, with its own pause, as a program

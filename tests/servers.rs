@@ -258,8 +258,16 @@ fn next_update(flavor: web::Flavor, from: &str) -> (&'static str, &'static str, 
 /// loads none of the spec's modules.
 /// `churn` says workers come and go by themselves (`--max-requests`), so
 /// the report's members are not compared with the live workers.
-fn update(sandbox: &Sandbox, server: &WebServer, from: &str, churn: bool) -> &'static str {
+/// `together` adds `[tree] commit = "together"` to the worked spec.
+fn update(sandbox: &Sandbox, server: &WebServer, from: &str, churn: bool, together: bool) -> &'static str {
     let (to, dir, spec) = next_update(server.flavor, from);
+    let spec = if together {
+        let name = format!("together-{}", spec.file_name().unwrap().to_string_lossy());
+        let text = std::fs::read_to_string(&spec).unwrap() + "\n[tree]\ncommit = \"together\"\n";
+        sandbox.write(&name, &text)
+    } else {
+        spec
+    };
     let workers = server.worker_pids();
     server.swap_logic(dir);
     let (code, report) = apply_json_at(sandbox, &server.socket(), &spec);
@@ -273,6 +281,8 @@ fn update(sandbox: &Sandbox, server: &WebServer, from: &str, churn: bool) -> &'s
         assert_eq!(report["pid"], server.pid(), "{report:#}");
         return to;
     }
+    let mode = if together { "together" } else { "each" };
+    assert_eq!(report["tree_commit"], mode, "{report:#}");
     let members = tree::report_members(&report);
     for m in &members {
         // With churn, a worker may retire (--max-requests) while the update
@@ -346,13 +356,19 @@ fn assert_tree_at(sandbox: &Sandbox, server: &WebServer, version: &str, churn: b
 /// (to 2.0, with no load) and a SIGKILLed worker: its replacement is born
 /// on 2.0 and is a member at 2.0.
 fn twenty_updates_under_load(sandbox: &Sandbox, server: &WebServer, churn: bool) {
+    updates_under_load(sandbox, server, churn, false, 20);
+}
+
+/// [`twenty_updates_under_load`] with `count` updates (even), each
+/// committed `together` or not.
+fn updates_under_load(sandbox: &Sandbox, server: &WebServer, churn: bool, together: bool, count: usize) {
     let workers = server.workers;
     let mut load = LoadDriver::start(sandbox, server.port, &load());
     load.wait(20 * workers, workers);
     let mut version = "1.0";
-    for i in 0..20 {
+    for i in 0..count {
         load.close();
-        version = update(sandbox, server, version, churn);
+        version = update(sandbox, server, version, churn, together);
         load.mark(version);
         let seen = load.wait(25 * workers, workers);
         eprintln!("update {}: at {version}, {seen}", i + 1);
@@ -361,10 +377,10 @@ fn twenty_updates_under_load(sandbox: &Sandbox, server: &WebServer, churn: bool)
     let summary = load.stop();
     assert_clean(&summary, &server.logs());
     let marks = summary["marks"].as_array().unwrap();
-    assert_eq!(marks.len(), 20, "{summary:#}");
+    assert_eq!(marks.len(), count, "{summary:#}");
     assert_tree_at(sandbox, server, "1.0", churn);
 
-    let version = update(sandbox, server, version, churn);
+    let version = update(sandbox, server, version, churn, together);
     assert_eq!(version, "2.0");
     let victim = *server.worker_pids().iter().next().unwrap();
     let replacement = server.kill_worker(victim);
@@ -406,6 +422,17 @@ fn gunicorn_gthread_preload_twenty_updates_under_load() {
     let sandbox = Sandbox::new();
     let server = WebServer::gunicorn(&sandbox, &Gunicorn::new(4, WorkerClass::Gthread { threads: 4 }, true));
     twenty_updates_under_load(&sandbox, &server, false);
+}
+
+/// `[tree] commit = "together"` on a real server under load: every member
+/// stops and merges, then all let go at once; the same guarantees as the
+/// default (no failed request, no stale answer after `apply` returned, a
+/// killed worker's replacement born new).
+#[test]
+fn gunicorn_gthread_preload_together_updates_under_load() {
+    let sandbox = Sandbox::new();
+    let server = WebServer::gunicorn(&sandbox, &Gunicorn::new(4, WorkerClass::Gthread { threads: 4 }, true));
+    updates_under_load(&sandbox, &server, false, true, 10);
 }
 
 /// Workers retire after 50-60 requests and are re-forked all the time, so

@@ -168,6 +168,22 @@ fn member_outcomes(report: &serde_json::Value) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// A 3-worker tree's update committed in all four members (`mode`: the
+/// report's `tree_commit`), and each answers with v2.
+fn assert_every_member_at_v2(sandbox: &Sandbox, tree: &mut Tree, code: i32, report: &serde_json::Value, mode: &str) {
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    let outcomes = member_outcomes(report);
+    assert_eq!(outcomes.len(), 4, "{report:#}");
+    assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
+    assert!(report["skew_ms"].as_f64().is_some(), "{report:#}");
+    assert_eq!(report["tree_commit"], mode, "{report:#}");
+    assert_eq!(tree.master.ask("app.work()"), "'v2'");
+    for (pid, v) in versions(sandbox) {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+}
+
 #[test]
 fn every_worker_and_the_master_take_the_update_together() {
     let sandbox = Sandbox::new();
@@ -181,17 +197,7 @@ fn every_worker_and_the_master_take_the_update_together() {
 
     sandbox.write("app.py", APP_V2);
     let (code, report) = apply(&sandbox, &tree, SPEC);
-    assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["outcome"], "committed", "{report:#}");
-    let outcomes = member_outcomes(&report);
-    assert_eq!(outcomes.len(), 4, "{report:#}");
-    assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
-    assert!(report["skew_ms"].as_f64().is_some(), "{report:#}");
-
-    assert_eq!(tree.master.ask("app.work()"), "'v2'");
-    for (pid, v) in versions(&sandbox) {
-        assert_eq!(v, "'v2'", "worker {pid}");
-    }
+    assert_every_member_at_v2(&sandbox, &mut tree, code, &report, "each");
     for (pid, port) in worker_ports(&sandbox) {
         // 1 before the update, 1 by `versions`, 1 more now: kept.
         assert_eq!(ask_worker(port, "app.STATE['hits']"), "3", "worker {pid}");
@@ -652,16 +658,7 @@ fn together_every_member_stops_and_merges_then_all_let_go_on_the_new_version() {
     let sandbox = Sandbox::new();
     let mut tree = calling_tree(&sandbox, 3);
     let (code, report) = apply(&sandbox, &tree, &together_spec("", ""));
-    assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["outcome"], "committed", "{report:#}");
-    let outcomes = member_outcomes(&report);
-    assert_eq!(outcomes.len(), 4, "{report:#}");
-    assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
-    assert!(report["skew_ms"].as_f64().is_some(), "{report:#}");
-    assert_eq!(tree.master.ask("app.work()"), "'v2'");
-    for (pid, v) in versions(&sandbox) {
-        assert_eq!(v, "'v2'", "worker {pid}");
-    }
+    assert_every_member_at_v2(&sandbox, &mut tree, code, &report, "together");
     for m in members(&tree.master.socket()) {
         assert_eq!(m["version"], "2", "{m:#}");
     }

@@ -1032,32 +1032,42 @@ impl<'a> Tree<'a> {
                     peer.forked = *forked;
                     peer.report = Some((**report).clone());
                 }
-                Some(Heard::Reply(MemberReply::RolledBack { report })) => {
-                    let report = (**report).clone();
-                    self.blame_commit(i, report.problem.clone());
-                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
-                }
-                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
-                Some(Heard::Reply(MemberReply::Refused { report })) => {
-                    let report = (**report).clone();
-                    self.blame_commit(i, report.problem.clone());
-                    self.finish(i, MemberOutcome::Refused, Some(report), None);
-                }
-                Some(Heard::Gone(why)) => {
-                    let why = why.clone();
-                    if self.lost(i, why) {
-                        let problem = self.peers[i].problem.clone();
-                        self.blame_commit(i, problem);
-                    }
-                }
-                other => {
-                    let problem = match other {
-                        Some(Heard::Reply(reply)) => Problem::new(format!("answered the commit with {reply:?}")),
-                        _ => Problem::new("did not answer the commit in time"),
-                    };
+                Some(other) => self.commit_went_wrong(i, other),
+                None => {
+                    let problem = Problem::new("did not answer the commit in time");
                     self.blame_commit(i, Some(problem.clone()));
                     self.finish(i, MemberOutcome::Unknown, None, Some(problem));
                 }
+            }
+        }
+    }
+
+    /// A member's answer to the commit other than the one hoped for (its
+    /// release, or its merge): the member's outcome, and the failure it
+    /// caused, unless it only exited.
+    fn commit_went_wrong(&mut self, i: usize, heard: &Heard) {
+        match heard {
+            Heard::Reply(MemberReply::Exiting) => self.finish(i, MemberOutcome::Exited, None, None),
+            Heard::Reply(MemberReply::RolledBack { report }) => {
+                let report = (**report).clone();
+                self.blame_commit(i, report.problem.clone());
+                self.finish(i, MemberOutcome::RolledBack, Some(report), None);
+            }
+            Heard::Reply(MemberReply::Refused { report } | MemberReply::Aborted { report }) => {
+                let report = (**report).clone();
+                self.blame_commit(i, report.problem.clone());
+                self.finish(i, MemberOutcome::Refused, Some(report), None);
+            }
+            Heard::Gone(why) => {
+                if self.lost(i, why.clone()) {
+                    let problem = self.peers[i].problem.clone();
+                    self.blame_commit(i, problem);
+                }
+            }
+            Heard::Reply(other) => {
+                let problem = Problem::new(format!("answered the commit with {other:?}"));
+                self.blame_commit(i, Some(problem.clone()));
+                self.finish(i, MemberOutcome::Unknown, None, Some(problem));
             }
         }
     }
@@ -1088,29 +1098,7 @@ impl<'a> Tree<'a> {
                     self.peers[i].stand = Stand::Merged;
                     merged.push(i);
                 }
-                Some(Heard::Reply(MemberReply::Exiting)) => self.finish(i, MemberOutcome::Exited, None, None),
-                Some(Heard::Reply(MemberReply::RolledBack { report })) => {
-                    let report = (**report).clone();
-                    self.blame_commit(i, report.problem.clone());
-                    self.finish(i, MemberOutcome::RolledBack, Some(report), None);
-                }
-                Some(Heard::Reply(MemberReply::Refused { report } | MemberReply::Aborted { report })) => {
-                    let report = (**report).clone();
-                    self.blame_commit(i, report.problem.clone());
-                    self.finish(i, MemberOutcome::Refused, Some(report), None);
-                }
-                Some(Heard::Gone(why)) => {
-                    let why = why.clone();
-                    if self.lost(i, why) {
-                        let problem = self.peers[i].problem.clone();
-                        self.blame_commit(i, problem);
-                    }
-                }
-                Some(Heard::Reply(other)) => {
-                    let problem = Problem::new(format!("answered the commit with {other:?}"));
-                    self.blame_commit(i, Some(problem.clone()));
-                    self.finish(i, MemberOutcome::Unknown, None, Some(problem));
-                }
+                Some(other) => self.commit_went_wrong(i, other),
                 None => {}
             }
         }
@@ -1442,6 +1430,9 @@ impl<'a> Tree<'a> {
         let released: Vec<u64> = self.peers.iter().filter_map(|p| p.released_at_ns).collect();
         if let (Some(first), Some(last)) = (released.iter().min(), released.iter().max()) {
             report.skew_ms = Some((last - first) as f64 / 1e6);
+        }
+        if self.job.mode == Mode::Update {
+            report.tree_commit = self.job.spec.map(|s| s.tree.commit());
         }
         report.members = self
             .peers
