@@ -286,11 +286,9 @@ const V1_STATE: &str = "(lib.core.plain(), lib.core.wrapped(), user.wrapped is l
      lib.core.C.limit, lib.core.dflt(), lib.core.dflt.tag, dflt_id == id(lib.core.dflt), \
      sorted(vars(lib.core.dflt)))";
 
-/// A planned merge is journaled as a merge in the pause is: `pyreload
-/// rollback` restores every function, class and copy as it was.
-#[test]
-fn rollback_after_a_planned_merge_restores_everything() {
-    let mut p = Held::start();
+/// Keeps an instance of the class and the ids of what version 1 holds, and
+/// says what version 1 is ([`V1_STATE`]).
+fn v1_state(p: &mut Held) -> String {
     for line in [
         "globals().__setitem__('c0', lib.core.C()) or 'ok'",
         "globals().__setitem__('C_id', id(lib.core.C)) or 'ok'",
@@ -298,7 +296,15 @@ fn rollback_after_a_planned_merge_restores_everything() {
     ] {
         assert_eq!(p.ask(line), "'ok'");
     }
-    let before = p.ask(V1_STATE);
+    p.ask(V1_STATE)
+}
+
+/// A planned merge is journaled as a merge in the pause is: `pyreload
+/// rollback` restores every function, class and copy as it was.
+#[test]
+fn rollback_after_a_planned_merge_restores_everything() {
+    let mut p = Held::start();
+    let before = v1_state(&mut p);
     let report = p.apply_with(&[]);
     assert_eq!(report["merge_ahead"]["planned"], true, "{report:#}");
     assert_v2(&mut p);
@@ -315,14 +321,7 @@ fn rollback_after_a_planned_merge_restores_everything() {
 #[test]
 fn a_failed_check_after_a_planned_merge_rolls_everything_back() {
     let mut p = Held::start();
-    for line in [
-        "globals().__setitem__('c0', lib.core.C()) or 'ok'",
-        "globals().__setitem__('C_id', id(lib.core.C)) or 'ok'",
-        "globals().__setitem__('dflt_id', id(lib.core.dflt)) or 'ok'",
-    ] {
-        assert_eq!(p.ask(line), "'ok'");
-    }
-    let before = p.ask(V1_STATE);
+    let before = v1_state(&mut p);
     p.sandbox.write(
         "spec.toml",
         &format!("{SPEC}\n[check]\nafter = \"lib.core.plain() == 'not this'\"\n"),

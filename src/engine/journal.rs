@@ -320,43 +320,34 @@ impl Journal {
         self.entries.push(entry);
     }
 
+    /// `dict[key] = value`, undone by putting back what the key held.
     pub fn set_item<'py>(
         &mut self,
         dict: &Bound<'py, PyDict>,
         key: &Bound<'py, PyAny>,
         value: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
-        if self.is_planning() {
-            let op = Op::DictItem {
-                dict: dict.clone().unbind(),
-                key: key.clone().unbind(),
-                value: Some(value.clone().unbind()),
-            };
-            self.plan_write(
-                dict.py(),
-                dict.as_ptr() as usize,
-                Slot::Key(key.as_ptr() as usize),
-                dict.get_item(key)?,
-                op,
-            );
-            return Ok(());
-        }
-        let old = dict.get_item(key)?.map(Bound::unbind);
-        dict.set_item(key, value)?;
-        self.push(Entry::DictItem {
-            dict: dict.clone().unbind(),
-            key: key.clone().unbind(),
-            old,
-        });
-        Ok(())
+        self.write_item(dict, key, Some(value))
     }
 
+    /// `del dict[key]`, undone by putting the value back.
     pub fn del_item<'py>(&mut self, dict: &Bound<'py, PyDict>, key: &Bound<'py, PyAny>) -> PyResult<()> {
+        self.write_item(dict, key, None)
+    }
+
+    /// `dict[key] = value`, or `del dict[key]` for None: planned, or made
+    /// and journaled with what the key held.
+    fn write_item<'py>(
+        &mut self,
+        dict: &Bound<'py, PyDict>,
+        key: &Bound<'py, PyAny>,
+        value: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
         if self.is_planning() {
             let op = Op::DictItem {
                 dict: dict.clone().unbind(),
                 key: key.clone().unbind(),
-                value: None,
+                value: value.map(|v| v.clone().unbind()),
             };
             self.plan_write(
                 dict.py(),
@@ -368,7 +359,10 @@ impl Journal {
             return Ok(());
         }
         let old = dict.get_item(key)?.map(Bound::unbind);
-        dict.del_item(key)?;
+        match value {
+            Some(value) => dict.set_item(key, value)?,
+            None => dict.del_item(key)?,
+        }
         self.push(Entry::DictItem {
             dict: dict.clone().unbind(),
             key: key.clone().unbind(),
