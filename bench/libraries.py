@@ -148,6 +148,7 @@ def main():
     results = []
     stop = threading.Event()
     tally = {"requests": 0, "failed": 0, "errors": [], "seen": ""}
+    t = None
     try:
         port = wait_port_file(work / "port", prog)
         t = threading.Thread(target=client, args=(port, stop, tally), daemon=True)
@@ -189,7 +190,7 @@ def main():
                 rows.append({"to": target, "modules": modules, "compared": compared, "changed": changed,
                              "pause": tm["pause_ms"], "commit": tm["commit_ms"], "stage": tm["stage_ms"],
                              "prepare": tm["prepare_ms"], "apply": wall, "stop": tm["stop_ms"],
-                             "resume": tm["resume_ms"], "check": tm["check_ms"],
+                             "resume": tm["resume_ms"], "check": tm["check_ms"], "safe_point": tm.get("safe_point_ms", 0.0),
                              "ahead": (report.get("merge_ahead") or {}).get("reused"),
                              "planned": (report.get("merge_ahead") or {}).get("planned"),
                              "requests": tally["requests"] - before[0], "failed": tally["failed"] - before[1]})
@@ -197,7 +198,11 @@ def main():
                       flush=True)
             results.append({"library": lib, "from": old, "to": new, "rows": rows})
     finally:
+        # The client finishes its request before the server goes: one cut
+        # off by the terminate would count as failed.
         stop.set()
+        if t is not None:
+            t.join(timeout=15)
         prog.terminate()
         prog.wait(timeout=30)
         pip(*(f"{n}=={v}" for n, v in BASE.items()))

@@ -129,6 +129,10 @@ pub struct Timings {
     pub stage_ms: f64,
     /// Stopping every other thread (part of the pause).
     pub stop_ms: f64,
+    /// The safe-point check in the stopped world (part of the pause): the
+    /// threads' stacks, and generators made since staging looked through.
+    #[serde(default)]
+    pub safe_point_ms: f64,
     /// Merging the staged modules into the live ones, under one GIL hold.
     pub commit_ms: f64,
     /// Evaluating `[check] after`.

@@ -205,8 +205,10 @@ impl<'py> Session<'py> {
         let world = world.map_err(|e| self.support.problem(py, "could not stop the program's threads", &e))?;
         report.safe_point_checks += 1;
         report.stopped_threads = world.threads;
+        let checked_at = Instant::now();
         let blockers = safepoint::check(py, &self.support, &self.plan, &points().waiting())
             .map_err(|problem| interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout)));
+        report.timings.safe_point_ms = ms(checked_at);
         match blockers {
             Ok(b) if b.clear() => Ok(Freeze::Frozen(Frozen {
                 world,

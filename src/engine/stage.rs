@@ -54,7 +54,7 @@ pub fn stage(py: Python<'_>, support: &Support<'_>, plan: &Plan) -> Result<Stage
     // (support.py, `_generators_of`). A failure here is met again there.
     let generators = plan.generator_codes.bind(py);
     if !generators.is_empty() {
-        let _ = support.suspended(generators.as_any());
+        let _ = support.suspended_before_the_pause(generators.as_any());
     }
     Ok(Staged {
         modules,

@@ -125,7 +125,20 @@ impl<'py> Support<'py> {
 
     /// Generators and coroutines suspended in one of `codes`.
     pub fn suspended(&self, codes: &Bound<'py, PyAny>) -> PyResult<Vec<Suspended>> {
-        let found: Vec<(String, String, String, u32, Option<String>)> = self.call("suspended", (codes,))?.extract()?;
+        self.find_suspended(codes, false)
+    }
+
+    /// [`Support::suspended`] with the program running, before the stopped
+    /// world's check: the collector's two youngest generations are
+    /// collected first, so that the check, which looks through them, sees
+    /// only objects made since (support.py, `_generators_of`).
+    pub fn suspended_before_the_pause(&self, codes: &Bound<'py, PyAny>) -> PyResult<Vec<Suspended>> {
+        self.find_suspended(codes, true)
+    }
+
+    fn find_suspended(&self, codes: &Bound<'py, PyAny>, settle: bool) -> PyResult<Vec<Suspended>> {
+        let found: Vec<(String, String, String, u32, Option<String>)> =
+            self.call("suspended", (codes, settle))?.extract()?;
         Ok(found
             .into_iter()
             .map(|(kind, function, file, line, task)| Suspended {

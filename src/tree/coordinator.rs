@@ -1406,6 +1406,7 @@ impl<'a> Tree<'a> {
             t.wait_ms = t.wait_ms.max(r.timings.wait_ms);
             t.stage_ms = t.stage_ms.max(r.timings.stage_ms);
             t.stop_ms = t.stop_ms.max(r.timings.stop_ms);
+            t.safe_point_ms = t.safe_point_ms.max(r.timings.safe_point_ms);
             t.commit_ms = t.commit_ms.max(r.timings.commit_ms);
             t.check_ms = t.check_ms.max(r.timings.check_ms);
             t.rollback_ms = t.rollback_ms.max(r.timings.rollback_ms);
