@@ -395,3 +395,111 @@ fn a_changed_slots_layout_is_refused_with_the_reason() {
     assert_eq!(p.ask("p.x, type(p) is shop.P, shop.P.__slots__"), "(1, True, ('x',))");
     p.module_state().assert_same(&modules, "the rolled-back update");
 }
+
+const LINES_V1: &str = r#"
+def same(x: int = 1, *, k: str = "k") -> "Thing":
+    """doc"""
+    return x
+
+
+def inner():
+    a = 1
+    raise ValueError(a)
+
+
+def zero(x=0.0, props={"a": (1, "b")}):
+    return x
+
+
+def moves():
+    raise ValueError("moves")
+
+
+class Box:
+    size: int = 0
+
+    @property
+    def area(self):
+        return 1
+"#;
+
+/// One line more inside `inner` (its first line stays), a default whose
+/// sign changes, everything else as it was, but lower down.
+const LINES_V2: &str = r#"
+def same(x: int = 1, *, k: str = "k") -> "Thing":
+    """doc"""
+    return x
+
+
+def inner():
+    a = 1
+
+    raise ValueError(a)
+
+
+def zero(x=-0.0, props={"a": (1, "b")}):
+    return x
+
+
+def moves():
+    raise ValueError("moves")
+
+
+class Box:
+    size: int = 0
+
+    @property
+    def area(self):
+        return 2
+"#;
+
+const LINES_PROBE: &str = r#"
+import sys
+import lines
+
+def line_of(f):
+    try:
+        f()
+    except Exception as e:
+        tb = e.__traceback__
+        while tb.tb_next:
+            tb = tb.tb_next
+        return tb.tb_lineno
+
+def ids():
+    s = lines.same
+    return (id(s.__code__), id(s.__annotations__), id(s.__defaults__), id(s.__kwdefaults__),
+            id(lines.Box.__annotations__))
+
+before = ids()
+"#;
+
+/// What the merge leaves alone because the new version rebuilt it equal
+/// (a function's code, annotations and defaults; a class's annotations)
+/// is kept as the same
+/// object, so the pause writes nothing for it; but a line that moved, a
+/// line inside a function whose first line stayed, and a default equal
+/// in value but not in sign all take the new version.
+#[test]
+fn what_the_new_version_rebuilt_equal_stays_the_same_object_and_every_moved_line_follows() {
+    let sandbox = Sandbox::new();
+    sandbox.write("lines.py", LINES_V1);
+    sandbox.write("probe.py", &format!("{LINES_PROBE}{PROBE_LOOP}"));
+    let mut probe = common::probe(&sandbox, &["--version", "1", "probe.py"]);
+    let line = |text: &str, what: &str| (text.lines().position(|l| l.contains(what)).unwrap() + 1).to_string();
+    assert_eq!(probe.ask("line_of(lines.inner)"), line(LINES_V1, "raise ValueError(a)"));
+
+    sandbox.write("lines.py", LINES_V2);
+    let spec = "[update]\nname = \"lines-v2\"\nfrom = \"1\"\nto = \"2\"\n\n[[reload]]\nmodule = \"lines\"\n";
+    let (code, report) = apply(&sandbox, &probe, spec);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(probe.ask("ids() == before"), "True");
+    assert_eq!(probe.ask("lines.Box().area"), "2");
+    assert_eq!(probe.ask("line_of(lines.inner)"), line(LINES_V2, "raise ValueError(a)"));
+    assert_eq!(
+        probe.ask("line_of(lines.moves)"),
+        line(LINES_V2, "raise ValueError(\"moves\")")
+    );
+    assert_eq!(probe.ask("__import__('math').copysign(1, lines.zero())"), "-1.0");
+    assert_eq!(probe.ask("lines.zero.__defaults__[1]"), "{'a': (1, 'b')}");
+}

@@ -896,6 +896,54 @@ impl<'a, 'py> Merger<'a, 'py> {
         self.twin_pairs.push((new.clone(), old.clone()));
     }
 
+    /// Whether new `a` could stand for old `b` with no one able to tell:
+    /// the same object, or `a`'s twin (the live object the merge pairs it
+    /// with), or a str, bytes, int, float or bool of the same type and
+    /// value, or a tuple or dict of the same type holding such, element
+    /// for element (a dict's in the same order: it shows in a signature).
+    /// Anything else (a list, an instance) counts by identity: the program
+    /// may hold it, or mutate it.
+    fn same_data(&self, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> PyResult<bool> {
+        if a.is(b) || self.twin_of(a).is_some_and(|t| t.is(b)) {
+            return Ok(true);
+        }
+        if !a.get_type().is(b.get_type()) {
+            return Ok(false);
+        }
+        if let (Ok(x), Ok(y)) = (a.cast_exact::<PyTuple>(), b.cast_exact::<PyTuple>()) {
+            if x.len() != y.len() {
+                return Ok(false);
+            }
+            for (i, j) in x.iter().zip(y.iter()) {
+                if !self.same_data(&i, &j)? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        if let (Ok(x), Ok(y)) = (a.cast_exact::<PyDict>(), b.cast_exact::<PyDict>()) {
+            if x.len() != y.len() {
+                return Ok(false);
+            }
+            for ((k, v), (l, w)) in x.iter().zip(y.iter()) {
+                if !self.same_data(&k, &l)? || !self.same_data(&v, &w)? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        // 0.0 and -0.0 are equal but not the same default; NaN is neither.
+        if a.is_exact_instance_of::<pyo3::types::PyFloat>() {
+            let (x, y): (f64, f64) = (a.extract()?, b.extract()?);
+            return Ok(x.to_bits() == y.to_bits());
+        }
+        let scalar = a.is_exact_instance_of::<PyString>()
+            || a.is_exact_instance_of::<pyo3::types::PyBytes>()
+            || a.is_exact_instance_of::<pyo3::types::PyInt>()
+            || a.is_exact_instance_of::<pyo3::types::PyBool>();
+        Ok(scalar && a.eq(b)?)
+    }
+
     fn twin_of(&self, new: &Bound<'py, PyAny>) -> Option<&Bound<'py, PyAny>> {
         self.twins.get(&key(new))
     }
@@ -1180,6 +1228,7 @@ impl<'a, 'py> Merger<'a, 'py> {
                 changed = true;
             } else if (definition(&attr) || (classify::is_constant(&nv) && classify::is_constant(&ov)))
                 && !same_value(&ov, &nv)
+                && !self.same_data(&nv, &ov)?
             {
                 let v = self.relink(&nv)?;
                 if !v.is(&ov) {
@@ -1253,7 +1302,12 @@ impl<'a, 'py> Merger<'a, 'py> {
         let code = intern!(py, "__code__");
         let (old_code, new_code) = (old.getattr(code)?, new.getattr(code)?);
         let mut changed = false;
-        self.journal.set_attr_named(old, code, &new_code)?;
+        // Most functions of a reloaded module are the same code, lines and
+        // all: setting it would only cost the pause (a write, its audit
+        // event, a journal entry), 649 of them in a jinja2 upgrade.
+        if !same_code_object(&old_code, &new_code)? {
+            self.journal.set_attr_named(old, code, &new_code)?;
+        }
         codes.push((old_code.unbind(), new_code.unbind()));
         let attrs = [
             intern!(py, "__defaults__"),
@@ -1272,7 +1326,11 @@ impl<'a, 'py> Merger<'a, 'py> {
             if n == 2 && dict_is_empty(&nv) && dict_is_empty(&ov) {
                 continue;
             }
-            if nv.is(&ov) {
+            // Docstrings, defaults and annotations rebuilt equal, element
+            // for element (in a jinja2 upgrade, 565 annotation dicts and
+            // 142 defaults of 649 functions): the old ones stay, and
+            // neither the merge nor the relinking of the new ones writes.
+            if self.same_data(&nv, &ov)? {
                 continue;
             }
             let nv = self.relink(&nv)?;
@@ -1283,9 +1341,24 @@ impl<'a, 'py> Merger<'a, 'py> {
         let dict = intern!(py, "__dict__");
         let new_dict = new.getattr(dict)?;
         if !dict_is_empty(&new_dict) {
-            let merged = old.getattr(dict)?.cast_into::<PyDict>()?.copy()?;
-            merged.update(self.relink(&new_dict)?.cast::<PyMapping>()?)?;
-            self.journal.set_attr_named(old, dict, merged.as_any())?;
+            let old_dict = old.getattr(dict)?.cast_into::<PyDict>()?;
+            // What the new function's attributes say, the old one's say
+            // already (`functools.wraps`'s `__wrapped__`, a decorator's mark).
+            let mut covered = true;
+            for (k, v) in new_dict.cast::<PyDict>()?.iter() {
+                match old_dict.get_item(&k)? {
+                    Some(w) if self.same_data(&v, &w)? => {}
+                    _ => {
+                        covered = false;
+                        break;
+                    }
+                }
+            }
+            if !covered {
+                let merged = old_dict.copy()?;
+                merged.update(self.relink(&new_dict)?.cast::<PyMapping>()?)?;
+                self.journal.set_attr_named(old, dict, merged.as_any())?;
+            }
         }
         let closure = intern!(py, "__closure__");
         let (old_closure, new_closure) = (old.getattr(closure)?, new.getattr(closure)?);
@@ -1709,6 +1782,41 @@ use pyo3::types::PyMapping;
 
 /// The same object, or an equal value of the same type (so `1` and `True`
 /// differ, as do `1` and `1.0`).
+/// Two code objects that no one could tell apart: equal by CPython's own
+/// comparison (bytecode, constants, names, first line), with the same
+/// line table (which 3.10's comparison leaves out), file and qualified
+/// name (which every version's does, and tracebacks show), and so for
+/// every code object nested in their constants.
+fn same_code_object(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if a.is(b) {
+        return Ok(true);
+    }
+    if !a.eq(b)? {
+        return Ok(false);
+    }
+    let py = a.py();
+    for attr in [
+        intern!(py, "co_filename"),
+        intern!(py, "co_qualname"),
+        intern!(py, "co_linetable"),
+    ] {
+        match (a.getattr_opt(attr)?, b.getattr_opt(attr)?) {
+            (Some(x), Some(y)) if same_value(&x, &y) => {}
+            (None, None) => {}
+            _ => return Ok(false),
+        }
+    }
+    let consts = intern!(py, "co_consts");
+    let (ca, cb) = (a.getattr(consts)?, b.getattr(consts)?);
+    for (x, y) in ca.try_iter()?.zip(cb.try_iter()?) {
+        let (x, y) = (x?, y?);
+        if x.get_type().is(a.get_type()) && !same_code_object(&x, &y)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn same_value(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
     a.is(b) || (a.get_type().is(b.get_type()) && a.eq(b).unwrap_or(false))
 }
