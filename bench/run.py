@@ -318,6 +318,24 @@ def tree_goal_rows(tree):
     ]
 
 
+def keep_own_sections(text):
+    """Puts back the sections of the BENCHMARKS.md being replaced that this
+    script does not write: those measured by their own scripts (the cost of
+    a fork, bench/fork_cost.py; of a spawn child, bench/spawn_cost.py), each
+    with its command and date. A rerun must not lose them."""
+    path = REPO / "BENCHMARKS.md"
+    if not path.exists():
+        return text
+    heading = lambda section: section.split("\n", 1)[0]
+    ours = {heading(s) for s in text.split("\n## ")[1:]}
+    kept = [s for s in path.read_text().split("\n## ")[1:] if heading(s) not in ours]
+    if not kept:
+        return text
+    last = "\n## The no-mixed-versions test"
+    head, _, tail = text.partition(last)
+    return head + "".join("\n## " + s.rstrip("\n") + "\n" for s in kept) + last + tail
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pyreload", default=str(REPO / "target/release/pyreload"))
@@ -554,6 +572,7 @@ cleanup, as the test checks.
 workers check a two-module invariant, and see no mixed state. The deliberately non-atomic apply
 (`PYRELOAD_FAULT=split-commit`) is caught on its first update.
 """
+    text = keep_own_sections(text)
     (REPO / "BENCHMARKS.md").write_text(text)
     print(f"wrote BENCHMARKS.md and {plot_dir}/*.png in {time.time() - started:.0f} s", file=sys.stderr)
 

@@ -362,7 +362,7 @@ def _generators_of(codes, settle=False):
     are looked through, or before the heap is walked), as the program's
     own allocations would soon have them collected, so that the stopped
     world looks only through what was made since, not the thousands of
-    young objects a busy program holds (2,500 and 0.2 to 0.4 ms of a
+    young objects a busy program holds (2,500 and 0.3 to 0.5 ms of a
     1.5 ms pause, a jinja2 upgrade under one client). Not when the
     program disabled the collector: that is its choice to keep."""
     global _WALKED
