@@ -137,6 +137,10 @@ pub struct Timings {
     pub commit_ms: f64,
     /// Evaluating `[check] after`.
     pub check_ms: f64,
+    /// After the pause, with the program running: giving functions whose
+    /// code only moved lines their new lines.
+    #[serde(default)]
+    pub moved_code_ms: f64,
     /// Undoing the commit, when it failed.
     pub rollback_ms: f64,
     /// Letting every other thread go again (part of the pause).
@@ -489,6 +493,7 @@ impl Report {
             ("commit", t.commit_ms),
             ("check", t.check_ms),
             ("rollback", t.rollback_ms),
+            ("moved lines after the pause", t.moved_code_ms),
         ] {
             if ms > 0.0 {
                 phases.push(format!("{name} {ms:.2} ms"));

@@ -397,9 +397,18 @@ fn a_changed_slots_layout_is_refused_with_the_reason() {
 }
 
 const LINES_V1: &str = r#"
+import typing
+
+T = typing.TypeVar("T", bound="Box")
+
+
 def same(x: int = 1, *, k: str = "k") -> "Thing":
     """doc"""
     return x
+
+
+def typed(a: typing.Optional["Box"], b: list[int], c: typing.Dict[str, T]) -> typing.Union[T, None]:
+    return None
 
 
 def inner():
@@ -449,17 +458,19 @@ def line_of(f):
 def ids():
     s = lines.same
     return (id(s.__code__), id(s.__annotations__), id(s.__defaults__), id(s.__kwdefaults__),
-            id(lines.Box.__annotations__))
+            id(lines.Box.__annotations__), id(lines.typed.__annotations__))
 
 before = ids()
 "#;
 
 /// What the merge leaves alone because the new version rebuilt it equal
-/// (a function's code, annotations and defaults; a class's annotations)
-/// is kept as the same
-/// object, so the pause writes nothing for it; but a line that moved, a
-/// line inside a function whose first line stayed, and a default equal
-/// in value but not in sign all take the new version.
+/// (a function's code, annotations and defaults, typing's `Optional[...]`
+/// and a module's `TypeVar` among them; a class's annotations) is kept as
+/// the same object, so the pause writes nothing for it; but a line that
+/// moved (given after the pause), a line inside a function whose first
+/// line stayed, and a default equal in value but not in sign all take the
+/// new version by the time `apply` returns, and a rollback gives the old
+/// lines back.
 #[test]
 fn what_the_new_version_rebuilt_equal_stays_the_same_object_and_every_moved_line_follows() {
     let sandbox = Sandbox::new();
@@ -483,4 +494,17 @@ fn what_the_new_version_rebuilt_equal_stays_the_same_object_and_every_moved_line
     );
     assert_eq!(probe.ask("__import__('math').copysign(1, lines.zero())"), "-1.0");
     assert_eq!(probe.ask("lines.zero.__defaults__[1]"), "{'a': (1, 'b')}");
+    // Only `moves` (and `same`, `typed` and `zero`) moved without changing:
+    // they took their lines after the pause, which the report says.
+    let moved_ms = report["timings"]["moved_code_ms"].as_f64().unwrap();
+    assert!(moved_ms > 0.0, "{report:#}");
+
+    let out = sandbox.run(&["rollback", "--socket", probe.socket().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", sandbox.transcript());
+    assert_eq!(probe.ask("line_of(lines.inner)"), line(LINES_V1, "raise ValueError(a)"));
+    assert_eq!(
+        probe.ask("line_of(lines.moves)"),
+        line(LINES_V1, "raise ValueError(\"moves\")")
+    );
+    assert_eq!(probe.ask("ids() == before"), "True");
 }

@@ -475,6 +475,34 @@ impl Journal {
         Ok(())
     }
 
+    /// Gives each function the code that differs from its own only in
+    /// its lines ([`super::merge::Merged::take_moved`]), journaled as the
+    /// merge's other code writes, so that a rollback restores it. The
+    /// world runs again: a function whose code the program replaced
+    /// meanwhile keeps what the program gave it. Returns how many took it.
+    pub fn give_moved_code(
+        &mut self,
+        py: Python<'_>,
+        moved: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>,
+    ) -> PyResult<usize> {
+        let code = intern!(py, "__code__");
+        let mut given = 0;
+        for (function, old, new) in moved {
+            let function = function.bind(py);
+            if !function.getattr(code)?.is(old.bind(py)) {
+                continue;
+            }
+            function.setattr(code, new.bind(py))?;
+            self.push(Entry::Attr {
+                target: function.clone().unbind(),
+                name: code.clone().unbind(),
+                old: Some(old),
+            });
+            given += 1;
+        }
+        Ok(given)
+    }
+
     pub fn set_cell<'py>(&mut self, cell: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<()> {
         if self.is_planning() {
             let current = cell.getattr_opt(intern!(cell.py(), "cell_contents")).ok().flatten();

@@ -378,11 +378,19 @@ impl<'py> Session<'py> {
         let py = self.py;
         let staged = self.staged.as_ref().expect("staged before the merge");
         let Done {
-            merged,
+            mut merged,
             lazies,
-            journal,
+            mut journal,
             previous_sources,
         } = done;
+        // Before the update is kept for rollback, so that one undoes these too.
+        let t = Instant::now();
+        if let Err(e) = journal.give_moved_code(py, merged.take_moved()) {
+            report.warnings.push(format!(
+                "some functions whose code only moved keep their old line numbers: {e}"
+            ));
+        }
+        report.timings.moved_code_ms = ms(t);
         state.push_committed(rollback::Committed::from_plan(
             report.update.clone(),
             report.from.clone(),

@@ -240,6 +240,28 @@ def same_code(a, b):
         return a == b
 
 
+def moved_code(a, b):
+    """True when two code objects differ only in where their lines are:
+    the same bytecode, constants, names, file and qualified names, nested
+    code too. Only tracebacks, line events and `inspect` can tell them
+    apart, so the merge gives such code to a live function once the
+    program runs again instead of in the pause (merge.rs, `moved`)."""
+    try:
+        return _strip_lines(a) == _strip_lines(b) and _same_names(a, b)
+    except Exception:
+        return False
+
+
+def _same_names(a, b):
+    if a.co_filename != b.co_filename or getattr(a, "co_qualname", None) != getattr(b, "co_qualname", None):
+        return False
+    return all(
+        _same_names(x, y)
+        for x, y in zip(a.co_consts, b.co_consts)
+        if isinstance(x, types.CodeType) and isinstance(y, types.CodeType)
+    )
+
+
 class _PackageOverlay:
     """A package as a staged module body sees it: the submodules the update
     stages come from staging, everything else from the package."""

@@ -79,6 +79,12 @@ impl<'py> Support<'py> {
         self.call("same_code", (a, b))?.is_truthy()
     }
 
+    /// Whether `b` is `a` with its lines moved and nothing else changed
+    /// (support.py's `moved_code`).
+    pub fn moved_code(&self, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> PyResult<bool> {
+        self.call("moved_code", (a, b))?.is_truthy()
+    }
+
     pub fn is_constant(&self, v: &Bound<'py, PyAny>) -> PyResult<bool> {
         self.call("is_constant", (v,))?.is_truthy()
     }

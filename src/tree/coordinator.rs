@@ -1409,6 +1409,7 @@ impl<'a> Tree<'a> {
             t.safe_point_ms = t.safe_point_ms.max(r.timings.safe_point_ms);
             t.commit_ms = t.commit_ms.max(r.timings.commit_ms);
             t.check_ms = t.check_ms.max(r.timings.check_ms);
+            t.moved_code_ms = t.moved_code_ms.max(r.timings.moved_code_ms);
             t.rollback_ms = t.rollback_ms.max(r.timings.rollback_ms);
             t.resume_ms = t.resume_ms.max(r.timings.resume_ms);
             t.pause_ms = t.pause_ms.max(r.timings.pause_ms);
