@@ -190,8 +190,11 @@ app in one process that does not fork (werkzeug's threaded server, bench/tree_si
 keep-alive clients (case-study/web/load.py); 30 in-place updates per row, v1 <-> v2. Before each
 update the driver stops judging (`close`); the moment `pyreload apply` returns it `mark`s the new
 version, so `stale` counts answers by the old version to requests sent after apply returned. The
-8-worker tree runs twice, once per `[tree] commit` mode, and the last rows are that tree again with
-no clients. With `commit = "each"` (the default), once every member has staged, each commits on its
+8-worker tree runs four times: in each `[tree] commit` mode, with the default `realtime = true`
+(each member's pyreload thread waits for the commit's bell at real-time priority where the process
+may ask for it; the benchmark runs as root, and the notes below each table say what every member
+got) and with `realtime = false` (the shortest scheduler slice, what an unprivileged process
+gets). The last rows are that tree again with no clients. With `commit = "each"` (the default), once every member has staged, each commits on its
 own, at its own safe point (one ring of a FIFO tells them all at once), so a member's pause is its
 own commit's. With `commit = "together"` each member stops at its safe point and merges, stays
 stopped, and all let go at a second ring once every member has merged, so a member's pause includes

@@ -222,14 +222,24 @@ class Idle:
                 "responses": 0, "lost_state": 0, "by_pid": {}}
 
 
+def commit_mode(commit):
+    """("each" or "together", realtime) from a --commit entry: `together`,
+    or `together-normal` for `[tree] realtime = false`."""
+    mode, _, priority = commit.partition("-")
+    return mode, priority != "normal"
+
+
 def specs_for(work, commit):
-    """The two specs, with `[tree] commit = COMMIT` unless it is the default."""
+    """The two specs, with `[tree] commit = MODE` and `realtime = false` as
+    COMMIT asks (the defaults: each, real time where permitted)."""
     if commit == "each":
         return SPECS
+    mode, realtime = commit_mode(commit)
     specs = {}
     for to, path in SPECS.items():
         copy = work / f"{commit}-{path.name}"
-        copy.write_text(path.read_text() + f'\n[tree]\ncommit = "{commit}"\n')
+        copy.write_text(path.read_text() + f'\n[tree]\ncommit = "{mode}"\n'
+                        + ("" if realtime else "realtime = false\n"))
         specs[to] = copy
     return specs
 
@@ -251,7 +261,7 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                "member_pause_ms": [], "master_pause_ms": [], "worker_pause_ms": [], "pause_ms": [],
                "apply_wall_ms": [], "total_ms": [], "skew_ms": [], "members": [], "missing": [],
                "extra": [], "not_committed": [], "waited_short": 0,
-               "cli_cpu_ms": [], "phases": {}, "refused": [], "extra_args": list(extra)}
+               "cli_cpu_ms": [], "phases": {}, "refused": [], "extra_args": list(extra), "bells": {}}
         for i in range(updates):
             to = "2.0" if version == "1.0" else "1.0"
             load.command("close")
@@ -303,6 +313,7 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                 for m in members:
                     master = m["pid"] == server.proc.pid
                     if m["outcome"] == "committed":
+                        out["bells"][m.get("bell", "-")] = out["bells"].get(m.get("bell", "-"), 0) + 1
                         out["member_pause_ms"].append(m["pause_ms"])
                         out["master_pause_ms" if master else "worker_pause_ms"].append(m["pause_ms"])
                     elif not (master and not preload and m["outcome"] == "unaffected"):
@@ -350,7 +361,8 @@ def title(r):
         return "single process (werkzeug threaded, no fork)"
     return (f"gunicorn gthread, {r['workers']} worker{'s' if r['workers'] > 1 else ''}"
             + (", --preload" if r["preload"] else ", no --preload")
-            + (f', `commit = "{r["commit"]}"`' if r.get("commit", "each") != "each" else "")
+            + (f', `commit = "{commit_mode(r["commit"])[0]}"`' if r.get("commit", "each") != "each" else "")
+            + ("" if commit_mode(r.get("commit", "each"))[1] else ", `realtime = false`")
             + ("" if r["clients"] else ", idle (no clients)"))
 
 
@@ -419,6 +431,8 @@ def table(rows, updates, clients):
             notes.append(f"failure samples: {r['failure_samples']}")
         if r["lost_state"]:
             notes.append(f"{r['lost_state']} answers whose hit count went back (lost state)")
+        if r.get("bells"):
+            notes.append("members' bell: " + ", ".join(f"{k} {v}" for k, v in sorted(r["bells"].items())))
         covered = (f"{r['pids_answering']} process(es) answered, at least {r['pids_after_marks_min']} "
                    f"after every mark")
         lines.append(f"- {title(r)}: `pyreload {r['command']}`; {r['requests']:,} requests; {covered}"
@@ -439,8 +453,9 @@ def main():
                              "are re-forked while updates run (default: off)")
     parser.add_argument("--no-idle", action="store_true",
                         help="skip the last row: the largest tree again, with no clients")
-    parser.add_argument("--commit", default="each,together",
-                        help="`[tree] commit` modes for the largest tree's rows (the others use each)")
+    parser.add_argument("--commit", default="each,together,each-normal,together-normal",
+                        help="`[tree] commit` modes for the largest tree's rows (the others use each); "
+                             "MODE-normal adds `realtime = false`")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args()
     pyreload = str(pathlib.Path(args.pyreload).resolve())
@@ -457,7 +472,7 @@ def main():
     plan += [(f"w{n}-preload", n, True, args.clients, "each") for n in counts if n != big or "each" in modes]
     plan += [(f"w{big}-preload-{m}", big, True, args.clients, m) for m in modes if m != "each"]
     if not args.no_idle:
-        plan += [(f"w{big}-preload-idle-{m}", big, True, 0, m) for m in modes]
+        plan += [(f"w{big}-preload-idle-{m}", big, True, 0, m) for m in modes if commit_mode(m)[1]]
     rows = []
     for label, workers, preload, clients, commit in plan:
         print(f"{label}: {args.updates} updates under {clients} clients", file=sys.stderr, flush=True)

@@ -250,6 +250,10 @@ pub struct Report {
     /// because the program changed what it read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_ahead: Option<MergeAhead>,
+    /// A tree member: the scheduling its pyreload thread had for the
+    /// commit's bell (`[tree] realtime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bell: Option<crate::process::sched::Turn>,
 }
 
 /// The part of the merge done ahead of the pause (engine/merge.rs, `pair_ahead`).
@@ -293,6 +297,10 @@ pub struct MemberReport {
     pub modules: Vec<String>,
     /// How long its threads were stopped, in ms (0: never stopped).
     pub pause_ms: f64,
+    /// The scheduling its pyreload thread had for the commit's bell:
+    /// `realtime` where the process may ask for it (`[tree] realtime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bell: Option<crate::process::sched::Turn>,
     /// Why it refused or rolled back, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
@@ -360,6 +368,7 @@ impl Report {
             prepared_id: None,
             released_at: None,
             merge_ahead: None,
+            bell: None,
         }
     }
 
@@ -539,10 +548,12 @@ impl Report {
                     }
                     (from, _) => from.clone().unwrap_or_else(|| "(none)".into()),
                 };
-                let pause = if m.pause_ms > 0.0 {
-                    format!(", pause {:.3} ms", m.pause_ms)
-                } else {
-                    String::new()
+                let pause = match (m.pause_ms > 0.0, m.bell) {
+                    (true, Some(crate::process::sched::Turn::Realtime)) => {
+                        format!(", pause {:.3} ms (real-time priority)", m.pause_ms)
+                    }
+                    (true, _) => format!(", pause {:.3} ms", m.pause_ms),
+                    (false, _) => String::new(),
                 };
                 let _ = writeln!(
                     out,

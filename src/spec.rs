@@ -226,11 +226,26 @@ pub struct Tree {
     /// on the old version, and the update is refused. Default 100.
     #[schemars(with = "Option<u64>")]
     pub hold_ms: Option<Spanned<u64>>,
+    /// Whether each member's pyreload thread waits for the commit's bell,
+    /// and makes its part of the commit, at real-time priority
+    /// (`SCHED_FIFO` 1) where the process may ask for it (`CAP_SYS_NICE`
+    /// or an `RLIMIT_RTPRIO`): woken, it runs at once instead of behind the
+    /// threads that keep the cores busy, so the members switch within
+    /// microseconds of each other. Elsewhere, and with `false`, it asks for
+    /// the shortest scheduler slice instead. Default true.
+    #[schemars(with = "Option<bool>")]
+    pub realtime: Option<Spanned<bool>>,
 }
 
 impl Tree {
     pub fn commit(&self) -> TreeCommit {
         self.commit.as_ref().map(|c| *c.get_ref()).unwrap_or_default()
+    }
+
+    /// Whether members wait for the bell at real-time priority, where
+    /// permitted.
+    pub fn realtime(&self) -> bool {
+        self.realtime.as_ref().is_none_or(|r| *r.get_ref())
     }
 
     /// How long a stopped member waits for the others (`together`).
@@ -926,6 +941,16 @@ mod tests {
         let spec = parse_text(&format!("{MINIMAL}[tree]\ncommit = \"together\"\n")).unwrap();
         assert_eq!(spec.tree.commit(), TreeCommit::Together);
         assert_eq!(spec.tree.hold(), std::time::Duration::from_millis(DEFAULT_HOLD_MS));
+    }
+
+    #[test]
+    fn members_wait_at_real_time_priority_unless_told_not_to() {
+        assert!(parse_text(MINIMAL).unwrap().tree.realtime());
+        let spec = parse_text(&format!("{MINIMAL}[tree]\nrealtime = false\n")).unwrap();
+        assert!(!spec.tree.realtime());
+        let e = parse_text(&format!("{MINIMAL}[tree]\nrealtime = \"yes\"\n")).unwrap_err();
+        let e = format!("{e:?}");
+        assert!(e.contains("expected a boolean") && e.contains("line: 8"), "{e}");
     }
 
     #[test]

@@ -178,10 +178,28 @@ fn assert_every_member_at_v2(sandbox: &Sandbox, tree: &mut Tree, code: i32, repo
     assert!(outcomes.iter().all(|(_, o)| o == "committed"), "{report:#}");
     assert!(report["skew_ms"].as_f64().is_some(), "{report:#}");
     assert_eq!(report["tree_commit"], mode, "{report:#}");
+    // Each member waited for the bell at real-time priority where this
+    // machine lets a process ask for it (`[tree] realtime`, default true).
+    let permitted = realtime_permitted();
+    for m in report["members"].as_array().unwrap() {
+        assert_eq!(m["bell"] == "realtime", permitted, "{report:#}");
+    }
     assert_eq!(tree.master.ask("app.work()"), "'v2'");
     for (pid, v) in versions(sandbox) {
         assert_eq!(v, "'v2'", "worker {pid}");
     }
+}
+
+/// Whether a process here may ask for `SCHED_FIFO`, as a member does.
+fn realtime_permitted() -> bool {
+    std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[test]
@@ -671,6 +689,21 @@ fn together_every_member_stops_and_merges_then_all_let_go_on_the_new_version() {
         || ran_v2(&sandbox) == pids,
         || format!("ran v2: {:?}, members {pids:?}", ran_v2(&sandbox)),
     );
+}
+
+#[test]
+fn with_realtime_false_no_member_waits_for_the_bell_at_real_time_priority() {
+    let sandbox = Sandbox::new();
+    let mut tree = calling_tree(&sandbox, 2);
+    let (code, report) = apply(&sandbox, &tree, &together_spec("", "realtime = false\n"));
+    assert_eq!(code, 0, "{report:#}");
+    let members = report["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{report:#}");
+    for m in members {
+        assert_eq!(m["outcome"], "committed", "{report:#}");
+        assert_ne!(m["bell"], "realtime", "{report:#}");
+    }
+    assert_eq!(tree.master.ask("app.work()"), "'v2'");
 }
 
 #[test]

@@ -345,7 +345,8 @@ fn converse(
     } else {
         None
     };
-    let slice = crate::process::sched::ShortSlice::begin();
+    let slice = crate::process::sched::BellPriority::begin(spec.tree.realtime());
+    report.bell = Some(slice.turn());
     let step = py.detach(|| link.recv_or_ring(wait_for, &ear));
     drop(handoff);
     match step {
@@ -470,7 +471,7 @@ struct Together<'a> {
     release_ear: &'a Ear,
     hold: Duration,
     /// Held from the commit's ring to the release.
-    slice: crate::process::sched::ShortSlice,
+    slice: crate::process::sched::BellPriority,
 }
 
 /// `[tree] commit = "together"`, from the commit's ring: stops at the safe

@@ -1,4 +1,4 @@
-//! A short scheduler slice for pyreload's own thread while it waits to
+//! A prompt turn on the CPU for pyreload's own thread while it waits to
 //! act on a tree's bell.
 //!
 //! When the bell rings, every member's waiting thread wakes at once, and
@@ -6,12 +6,24 @@
 //! fraction of a millisecond (`each`: its commit). On a busy machine the
 //! scheduler lets a woken thread wait behind whatever runs, up to a slice
 //! (1-3 ms) per thread ahead of it, and the members' switch spreads over
-//! milliseconds. Linux 6.12's EEVDF scheduler takes a thread's requested
-//! slice (`sched_attr.sched_runtime` for `SCHED_OTHER`, 0.1 to 100 ms,
-//! no privilege needed): a thread with a short slice has an early
-//! deadline, and preempts on wake-up. It asks nothing of fairness: the
-//! thread still gets its fair share, only sooner, in shorter turns.
-//! Older kernels ignore the field, and then this does nothing.
+//! milliseconds.
+//!
+//! Two ways out, best first:
+//!
+//! - **Real time** (`SCHED_FIFO`, the lowest priority, 1), where the
+//!   process may ask for it (`CAP_SYS_NICE`, as root has it outside a
+//!   container, or an `RLIMIT_RTPRIO` of 1 or more): a woken thread runs
+//!   at once, ahead of every ordinary thread. The thread only waits and
+//!   then does its member's part of the commit, which its deadlines
+//!   bound; the kernel's real-time throttling (95% of each second) bounds
+//!   it again.
+//! - **A short slice**: Linux 6.12's EEVDF scheduler takes a thread's
+//!   requested slice (`sched_attr.sched_runtime` for `SCHED_OTHER`, 0.1
+//!   to 100 ms, no privilege needed): a thread with a short slice has an
+//!   early deadline, and preempts on wake-up. It asks nothing of
+//!   fairness: the thread still gets its fair share, only sooner, in
+//!   shorter turns. Older kernels ignore the field, and then this does
+//!   nothing.
 //!
 //! Only pyreload's own thread is touched, and only for the wait and the
 //! work that follows it; the program's threads keep their scheduling.
@@ -35,6 +47,7 @@ struct SchedAttr {
 }
 
 const SCHED_OTHER: u32 = 0;
+const SCHED_FIFO: u32 = 1;
 const SCHED_BATCH: u32 = 3;
 
 /// The shortest slice the kernel accepts.
@@ -76,35 +89,70 @@ fn set(attr: &SchedAttr) -> io::Result<()> {
     }
 }
 
-/// While alive, the calling thread asks for the shortest slice; dropping
-/// it (on the same thread) gives it the default again.
-pub struct ShortSlice {
+/// What the calling thread got for the bell (a member's report says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Turn {
+    /// `SCHED_FIFO` at priority 1.
+    Realtime,
+    /// The shortest EEVDF slice.
+    ShortSlice,
+    /// Its scheduling as it was: under another policy already, or a
+    /// kernel that refused both.
+    Unchanged,
+}
+
+/// While alive, the calling thread waits for the bell at real-time
+/// priority where it may, or else with the shortest slice; dropping it
+/// (on the same thread) gives it its scheduling back.
+pub struct BellPriority {
     before: Option<SchedAttr>,
+    turn: Turn,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
-impl ShortSlice {
-    /// Best effort: a thread under another policy (real-time, idle), or a
-    /// kernel that refuses, is left as it is.
-    pub fn begin() -> ShortSlice {
-        let before = get()
-            .ok()
-            .filter(|a| matches!(a.policy, SCHED_OTHER | SCHED_BATCH))
-            .filter(|a| {
-                set(&SchedAttr {
+impl BellPriority {
+    /// Best effort: `realtime` false asks for the short slice only. A
+    /// thread under another policy (real-time, idle) is left as it is.
+    pub fn begin(realtime: bool) -> BellPriority {
+        let before = get().ok().filter(|a| matches!(a.policy, SCHED_OTHER | SCHED_BATCH));
+        let turn = match before {
+            None => Turn::Unchanged,
+            Some(a) => {
+                let fifo = SchedAttr {
+                    policy: SCHED_FIFO,
+                    priority: 1,
+                    nice: 0,
+                    runtime: 0,
+                    ..a
+                };
+                if realtime && set(&fifo).is_ok() {
+                    Turn::Realtime
+                } else if set(&SchedAttr {
                     runtime: SHORT_SLICE_NS,
-                    ..*a
+                    ..a
                 })
                 .is_ok()
-            });
-        ShortSlice {
-            before,
+                {
+                    Turn::ShortSlice
+                } else {
+                    Turn::Unchanged
+                }
+            }
+        };
+        BellPriority {
+            before: before.filter(|_| turn != Turn::Unchanged),
+            turn,
             _not_send: std::marker::PhantomData,
         }
     }
+
+    pub fn turn(&self) -> Turn {
+        self.turn
+    }
 }
 
-impl Drop for ShortSlice {
+impl Drop for BellPriority {
     fn drop(&mut self) {
         if let Some(before) = self.before {
             // 0: the default slice again (pyreload's own thread had it).
@@ -119,15 +167,38 @@ mod tests {
 
     #[test]
     fn the_slice_is_short_inside_and_the_default_after() {
-        let default = get().unwrap().runtime;
-        let short = ShortSlice::begin();
-        let inside = get().unwrap().runtime;
+        let default = get().unwrap();
+        let short = BellPriority::begin(false);
+        let inside = get().unwrap();
         drop(short);
-        assert_eq!(get().unwrap().runtime, default);
+        let after = get().unwrap();
+        assert_eq!((after.policy, after.runtime), (default.policy, default.runtime));
+        assert_eq!(inside.policy, default.policy);
         // A kernel before 6.12 keeps its own figure (often 0) throughout.
         assert!(
-            inside == SHORT_SLICE_NS || inside == default,
-            "inside {inside}, default {default}"
+            inside.runtime == SHORT_SLICE_NS || inside.runtime == default.runtime,
+            "inside {}, default {}",
+            inside.runtime,
+            default.runtime
         );
+    }
+
+    #[test]
+    fn real_time_where_permitted_and_the_old_policy_after() {
+        let default = get().unwrap();
+        let bell = BellPriority::begin(true);
+        let inside = get().unwrap();
+        let turn = bell.turn();
+        drop(bell);
+        let after = get().unwrap();
+        assert_eq!(
+            (after.policy, after.priority, after.runtime),
+            (default.policy, 0, default.runtime)
+        );
+        match turn {
+            Turn::Realtime => assert_eq!((inside.policy, inside.priority), (SCHED_FIFO, 1)),
+            // Not permitted here: the short slice, as without asking.
+            Turn::ShortSlice | Turn::Unchanged => assert_eq!(inside.policy, default.policy),
+        }
     }
 }

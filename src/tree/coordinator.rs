@@ -1457,6 +1457,7 @@ impl<'a> Tree<'a> {
                     outcome,
                     modules: p.modules.clone(),
                     pause_ms: p.report.as_ref().map_or(0.0, |r| r.timings.pause_ms),
+                    bell: p.report.as_ref().and_then(|r| r.bell),
                     problem: p.problem.clone(),
                 }
             })
