@@ -186,6 +186,7 @@ pub fn pair_ahead(
         rebind,
         seen: None,
         writes: std::sync::Mutex::new(None),
+        moved: Vec::new(),
         computed_ms: 0.0,
     };
     // The merge's writes, planned: made by the same code as in the pause,
@@ -203,6 +204,11 @@ pub fn pair_ahead(
             ..
         } = written;
         ahead.seen = seen;
+        ahead.moved = merged
+            .moved
+            .iter()
+            .map(|(_, old, new)| (old.clone_ref(py), new.clone_ref(py)))
+            .collect();
         let writes = scratch.into_planned();
         *ahead.writes.get_mut().ok()? = Some(WritePlan {
             writes,
@@ -272,6 +278,9 @@ pub struct Ahead {
     seen: Option<Seen>,
     /// The merge's writes, planned; taken by the commit that replays them.
     writes: std::sync::Mutex<Option<WritePlan>>,
+    /// (code now, new code) of the functions whose code only moved, held
+    /// so that their addresses stay theirs (see `Merger::moved_ahead`).
+    moved: Vec<(Py<PyAny>, Py<PyAny>)>,
     computed_ms: f64,
 }
 
@@ -557,6 +566,10 @@ struct Merger<'a, 'py> {
     /// Functions whose code only moved lines: (function, its code now,
     /// the new code), given once the program runs again.
     moved: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    /// (code now, new code) pairs the merge planned ahead found only
+    /// moved, so that a merge in the pause (the plan gone stale) need not
+    /// compare them again, in Python, while the world is stopped.
+    moved_ahead: HashSet<(Key, Key)>,
 }
 
 /// What [`Merger::write`] did, before the references to replaced objects
@@ -611,6 +624,7 @@ impl<'a, 'py> Merger<'a, 'py> {
             seen,
             truncated: false,
             moved: Vec::new(),
+            moved_ahead: HashSet::new(),
         };
         for (plan_module, staging) in plan.modules.iter().zip(staged) {
             let live_module = plan_module.module.bind(py);
@@ -659,6 +673,11 @@ impl<'a, 'py> Merger<'a, 'py> {
             .members
             .iter()
             .map(|(o, n)| (o.bind(py).clone(), n.bind(py).clone()))
+            .collect();
+        self.moved_ahead = ahead
+            .moved
+            .iter()
+            .map(|(o, n)| (o.as_ptr() as Key, n.as_ptr() as Key))
             .collect();
     }
 
@@ -1380,7 +1399,12 @@ impl<'a, 'py> Merger<'a, 'py> {
         // of the others only moved (458 of the rest there): they take
         // their new lines after the pause.
         if !same_code_object(&old_code, &new_code)? {
-            if self.support.moved_code(&old_code, &new_code)? {
+            let moved = if self.journal.is_planning() {
+                self.support.moved_code(&old_code, &new_code)?
+            } else {
+                self.moved_ahead.contains(&(key(&old_code), key(&new_code)))
+            };
+            if moved {
                 self.moved.push((old.clone(), old_code.clone(), new_code.clone()));
             } else {
                 self.journal.set_attr_named(old, code, &new_code)?;
