@@ -254,6 +254,10 @@ pub struct Report {
     /// commit's bell (`[tree] realtime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bell: Option<crate::process::sched::Turn>,
+    /// Functions whose code only moved lines, given their new lines after
+    /// the pause (`timings.moved_code_ms`).
+    #[serde(default)]
+    pub moved_after_pause: usize,
 }
 
 /// The part of the merge done ahead of the pause (engine/merge.rs, `pair_ahead`).
@@ -369,6 +373,7 @@ impl Report {
             released_at: None,
             merge_ahead: None,
             bell: None,
+            moved_after_pause: 0,
         }
     }
 

@@ -345,8 +345,8 @@ fn converse(
     } else {
         None
     };
-    let slice = crate::process::sched::BellPriority::begin(spec.tree.realtime());
-    report.bell = Some(slice.turn());
+    let bell = crate::process::sched::BellPriority::begin(spec.tree.realtime());
+    report.bell = Some(bell.turn());
     let step = py.detach(|| link.recv_or_ring(wait_for, &ear));
     drop(handoff);
     match step {
@@ -373,7 +373,7 @@ fn converse(
             decision,
             release_ear,
             hold: spec.tree.hold(),
-            slice,
+            bell,
         };
         return commit_together(
             py,
@@ -403,7 +403,7 @@ fn converse(
     };
     let committed = session.commit(state, progress, report, waiting);
     let released_at_ns = monotonic_ns();
-    drop(slice);
+    drop(bell);
     let done = match committed {
         Ok(Some(done)) => done,
         // Rolled back here already: nobody saw the new version.
@@ -471,7 +471,7 @@ struct Together<'a> {
     release_ear: &'a Ear,
     hold: Duration,
     /// Held from the commit's ring to the release.
-    slice: crate::process::sched::BellPriority,
+    bell: crate::process::sched::BellPriority,
 }
 
 /// `[tree] commit = "together"`, from the commit's ring: stops at the safe
@@ -494,7 +494,7 @@ fn commit_together(
         decision,
         release_ear,
         hold,
-        slice,
+        bell,
     } = bells;
     let give_up_at = Instant::now() + hold + HOLD_GRACE;
     let release = release_decision(decision);
@@ -554,7 +554,7 @@ fn commit_together(
         Decision::Commit => {
             let done = session.let_go(state, held, report);
             let released_at_ns = monotonic_ns();
-            drop(slice);
+            drop(bell);
             released(
                 py,
                 state,

@@ -385,10 +385,11 @@ impl<'py> Session<'py> {
         } = done;
         // Before the update is kept for rollback, so that one undoes these too.
         let t = Instant::now();
-        if let Err(e) = journal.give_moved_code(py, merged.take_moved()) {
-            report.warnings.push(format!(
+        match journal.give_moved_code(py, merged.take_moved()) {
+            Ok(given) => report.moved_after_pause = given,
+            Err(e) => report.warnings.push(format!(
                 "some functions whose code only moved keep their old line numbers: {e}"
-            ));
+            )),
         }
         report.timings.moved_code_ms = ms(t);
         state.push_committed(rollback::Committed::from_plan(
