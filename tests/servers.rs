@@ -382,7 +382,7 @@ fn updates_under_load(sandbox: &Sandbox, server: &WebServer, churn: bool, togeth
 
     let version = update(sandbox, server, version, churn, together);
     assert_eq!(version, "2.0");
-    let victim = *server.worker_pids().iter().next().unwrap();
+    let victim = *server.wait_for_workers(workers).iter().next().unwrap();
     let replacement = server.kill_worker(victim);
     let answer = server.answer_from(replacement);
     assert_eq!(

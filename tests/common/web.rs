@@ -352,11 +352,15 @@ impl WebServer {
             "{pid} is not a worker of {}: {before:?}",
             self.pid()
         );
-        nix::sys::signal::kill(
+        // A worker that retired on its own (`--max-requests`) and was
+        // reaped since `before` was listed is replaced all the same.
+        match nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => panic!("kill -9 {pid}: {e}"),
+        }
         let mut born = None;
         wait_until(
             SERVER_TIMEOUT,
@@ -364,7 +368,10 @@ impl WebServer {
                 let now = self.worker_pids();
                 let ready = self.ready_pids();
                 born = now.iter().copied().find(|p| !before.contains(p) && ready.contains(p));
-                !now.contains(&pid) && born.is_some() && now.len() == before.len()
+                // The configured count, not `before`'s: under
+                // `--max-requests` a retiring worker may still have been
+                // a child when `before` was listed.
+                !now.contains(&pid) && born.is_some() && now.len() == self.workers
             },
             || {
                 format!(
