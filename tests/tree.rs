@@ -25,12 +25,18 @@ const APP_V2: &str = "import os\nSTATE = {'hits': 0}\n\ndef work():\n    STATE['
 /// answers expressions itself on stdin. `spawn()` forks one more worker.
 const MASTER: &str = r#"import os, sys, socket, threading
 PRELOAD = os.environ.get("PRELOAD", "1") == "1"
+EXIT_THROUGH_INTERPRETER = os.environ.get("WORKER_EXIT") == "interpreter"
 if PRELOAD:
     import app
 
 def serve_worker():
     global app
     import app  # a worker without preload imports the app after the fork
+    if EXIT_THROUGH_INTERPRETER:
+        # SIGUSR1 to the main thread ends the worker as a retiring server
+        # worker ends: SystemExit, the interpreter's exit, its atexit hooks.
+        import signal
+        signal.signal(signal.SIGUSR1, lambda *_: sys.exit(0))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -60,7 +66,8 @@ def spawn():
         try:
             serve_worker()
         finally:
-            os._exit(0)
+            if not EXIT_THROUGH_INTERPRETER:
+                os._exit(0)
     children.append(pid)
     return pid
 
@@ -84,16 +91,24 @@ impl Tree {
 
     /// [`Tree::start`] with `app` first as `app_v1`.
     fn start_with(sandbox: &Sandbox, workers: usize, preload: bool, app_v1: &str) -> Tree {
+        Tree::start_with_env(sandbox, workers, preload, app_v1, Vec::new())
+    }
+
+    /// [`Tree::start_with`], with more variables in the program's
+    /// environment.
+    fn start_with_env(
+        sandbox: &Sandbox,
+        workers: usize,
+        preload: bool,
+        app_v1: &str,
+        env: Vec<(&str, String)>,
+    ) -> Tree {
         sandbox.write("app.py", app_v1);
         sandbox.write("master.py", &format!("{MASTER}{PROBE_LOOP}"));
-        let master = common::probe_with_env(
-            sandbox,
-            &["--version", "1", "master.py"],
-            vec![
-                ("WORKERS", workers.to_string()),
-                ("PRELOAD", if preload { "1" } else { "0" }.to_string()),
-            ],
-        );
+        let mut env = env;
+        env.push(("WORKERS", workers.to_string()));
+        env.push(("PRELOAD", if preload { "1" } else { "0" }.to_string()));
+        let master = common::probe_with_env(sandbox, &["--version", "1", "master.py"], env);
         let tree = Tree { master };
         tree.wait_for_workers(sandbox, workers);
         tree
@@ -752,4 +767,231 @@ fn together_a_worker_that_cannot_stop_within_hold_ms_leaves_every_member_as_it_w
     for (pid, v) in versions(&sandbox) {
         assert_eq!(v, "'v1'", "worker {pid}");
     }
+}
+
+/// The root's `status --json` entry for member `pid`.
+fn member_status(socket: &Path, pid: u32) -> serde_json::Value {
+    members(socket)
+        .into_iter()
+        .find(|m| m["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} is not a member: {:#}", common::status(socket)))
+}
+
+/// A tree whose workers end through the interpreter's exit (as gunicorn's
+/// do when `--max-requests` retires them), with the phase-hold knob.
+fn exiting_tree(sandbox: &Sandbox, workers: usize) -> (Tree, common::PhaseHold) {
+    let hold = common::PhaseHold::new(sandbox);
+    let tree = Tree::start_with_env(
+        sandbox,
+        workers,
+        true,
+        APP_V1,
+        vec![hold.env(), ("WORKER_EXIT", "interpreter".to_string())],
+    );
+    (tree, hold)
+}
+
+/// Makes worker `pid` begin to exit, and waits until it has: its exit
+/// then waits for the update it takes part in.
+fn retire(socket: &Path, pid: u32, port: u16) {
+    ask_worker(
+        port,
+        "__import__('signal').pthread_kill(__import__('threading').main_thread().ident, __import__('signal').SIGUSR1)",
+    );
+    wait_until(
+        Duration::from_secs(60),
+        || member_status(socket, pid)["exiting"] == true,
+        || format!("worker {pid} never began to exit: {:#}", member_status(socket, pid)),
+    );
+}
+
+/// Spawns `pyreload apply --json` for `spec` in the background.
+fn apply_in_background(sandbox: &Sandbox, tree: &Tree, spec: &str) -> std::process::Child {
+    let path = sandbox.write("up.toml", spec);
+    sandbox
+        .pyreload()
+        .args([
+            "apply",
+            "--json",
+            "--socket",
+            tree.master.socket().to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finished(apply: std::process::Child) -> (i32, serde_json::Value) {
+    let out = apply.wait_with_output().unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), report)
+}
+
+/// A worker that begins to exit while the tree waits for its safe point
+/// (a worker retired by `--max-requests`) is not a failure: it leaves the
+/// update, which commits in every other member, and then it exits.
+#[test]
+fn a_worker_that_begins_to_exit_during_the_update_leaves_it_and_the_rest_commit() {
+    let sandbox = Sandbox::new();
+    let (tree, hold) = exiting_tree(&sandbox, 2);
+    let socket = tree.master.socket();
+    let (leaver, port) = worker_ports(&sandbox)[0];
+    sandbox.write("app.py", APP_V2);
+    hold.arm("wait");
+    let apply = apply_in_background(&sandbox, &tree, SPEC);
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            let ms = members(&socket);
+            ms.len() == 2 && ms.iter().all(|m| m["in_progress"]["phase"] == "wait")
+        },
+        || format!("the workers never reached the wait: {:#}", common::status(&socket)),
+    );
+    retire(&socket, leaver, port);
+    let text = sandbox.run(&["status", "--socket", socket.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("pid {leaver:>7}")) && l.ends_with("(exiting)")),
+        "{text}"
+    );
+    hold.release("wait");
+    let (code, report) = finished(apply);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    let outcomes = member_outcomes(&report);
+    assert_eq!(outcomes.len(), 3, "{report:#}");
+    for (pid, outcome) in &outcomes {
+        let want = if *pid == u64::from(leaver) {
+            "exited"
+        } else {
+            "committed"
+        };
+        assert_eq!(outcome, want, "member {pid}: {report:#}");
+    }
+    wait_until(
+        Duration::from_secs(60),
+        || !Path::new(&format!("/proc/{leaver}")).exists() || proc_state(leaver) == Some('Z'),
+        || format!("worker {leaver} never exited"),
+    );
+    let rest: Vec<(u32, String)> = versions_of(&sandbox, &[leaver]);
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    for (pid, v) in rest {
+        assert_eq!(v, "'v2'", "worker {pid}");
+    }
+}
+
+/// A worker that committed and then began to exit, when another member's
+/// check fails: it rolls back all the same (its exit waits for that), so
+/// the report's "every member that had committed was rolled back" is
+/// true.
+#[test]
+fn a_worker_exiting_after_its_commit_still_rolls_back_when_another_member_fails() {
+    let sandbox = Sandbox::new();
+    let (mut tree, hold) = exiting_tree(&sandbox, 2);
+    let socket = tree.master.socket();
+    let ports = worker_ports(&sandbox);
+    let (leaver, port) = ports[0];
+    let (failer, _) = ports[1];
+    sandbox.write("app.py", APP_V2);
+    // Every member that commits holds right after its pause.
+    hold.arm("sweep");
+    let spec = format!("{SPEC}\n[check]\nafter = \"__import__('os').getpid() != {failer}\"\n");
+    let apply = apply_in_background(&sandbox, &tree, &spec);
+    wait_until(
+        Duration::from_secs(60),
+        || member_status(&socket, leaver)["in_progress"]["phase"] == "sweep",
+        || format!("worker {leaver} never committed: {:#}", common::status(&socket)),
+    );
+    retire(&socket, leaver, port);
+    hold.release("sweep");
+    let (code, report) = finished(apply);
+    assert_eq!(code, 1, "{report:#}");
+    let message = report["problem"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("pid {failer}")), "{message}");
+    assert!(
+        message.ends_with("every member that had committed was rolled back"),
+        "{message}"
+    );
+    for (pid, outcome) in member_outcomes(&report) {
+        assert_eq!(outcome, "rolled_back", "member {pid}: {report:#}");
+    }
+    assert_eq!(tree.master.ask("app.work()"), "'v1'");
+    for (pid, v) in versions_of(&sandbox, &[leaver]) {
+        assert_eq!(v, "'v1'", "worker {pid}");
+    }
+}
+
+/// A worker the master forks while it waits for the commit (the master
+/// holds the GIL switch interval short then) has the program's own
+/// interval, and commits with the tree: born old, it joins late.
+#[test]
+fn a_worker_forked_while_its_master_waits_for_the_commit_keeps_the_programs_switch_interval() {
+    let sandbox = Sandbox::new();
+    let mut tree = Tree::start(&sandbox, 2, true);
+    let (stuck, _) = worker_ports(&sandbox)[0];
+    sandbox.write("app.py", APP_V2);
+    let spec = SPEC.replace(
+        "timeout_ms = 20000",
+        &format!("timeout_ms = 60000\ncondition = \"__import__('os').getpid() != {stuck} or __import__('os').path.exists('go')\""),
+    );
+    let apply = apply_in_background(&sandbox, &tree, &spec);
+    let socket = tree.master.socket();
+    // Staged, the master waits for the commit with the short interval.
+    let mut waits = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            waits = tree.master.ask("__import__('sys').getswitchinterval()");
+            waits != "0.005"
+        },
+        || format!("the master never waited for the commit: {:#}", common::status(&socket)),
+    );
+    assert!(waits.parse::<f64>().unwrap() < 0.001, "{waits}");
+    let born: u32 = tree.master.ask("spawn()").parse().unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        || worker_ports(&sandbox).iter().any(|(pid, _)| *pid == born),
+        || format!("worker {born} never served"),
+    );
+    let port = worker_ports(&sandbox)
+        .into_iter()
+        .find(|(pid, _)| *pid == born)
+        .unwrap()
+        .1;
+    assert_eq!(ask_worker(port, "__import__('sys').getswitchinterval()"), "0.005");
+    sandbox.write("go", "");
+    let (code, report) = finished(apply);
+    assert_eq!(code, 0, "{report:#}");
+    assert!(
+        member_outcomes(&report)
+            .iter()
+            .any(|(pid, o)| *pid == u64::from(born) && o == "committed"),
+        "{report:#}"
+    );
+    assert_eq!(ask_worker(port, "app.work()"), "'v2'");
+    assert_eq!(tree.master.ask("__import__('sys').getswitchinterval()"), "0.005");
+}
+
+/// `versions`, but for the workers other than `except` that still serve.
+fn versions_of(sandbox: &Sandbox, except: &[u32]) -> Vec<(u32, String)> {
+    worker_ports(sandbox)
+        .into_iter()
+        .filter(|(pid, _)| !except.contains(pid))
+        .map(|(pid, port)| (pid, ask_worker(port, "app.work()")))
+        .collect()
+}
+
+/// The state letter of `/proc/<pid>/stat` (`Z` for a zombie).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
 }

@@ -139,6 +139,12 @@ fn to_text(info: &ProgramInfo) -> String {
     let _ = writeln!(out, "  version: {}", info.version.as_deref().unwrap_or("(none)"));
     let _ = writeln!(out, "  uptime:  {:.1} s", info.uptime_s);
     let _ = writeln!(out, "  socket:  {}", info.socket);
+    if info.exiting {
+        let _ = writeln!(
+            out,
+            "  exiting: it has begun to exit; it finishes an update in progress and takes no new one"
+        );
+    }
     if info.root_pid != 0 && info.root_pid != info.pid {
         let _ = writeln!(
             out,
@@ -149,11 +155,14 @@ fn to_text(info: &ProgramInfo) -> String {
     if !info.members.is_empty() {
         let _ = writeln!(out, "  members: {} forked process(es) in its tree:", info.members.len());
         for m in &info.members {
-            let state = match (&m.unreachable, &m.in_progress) {
+            let mut state = match (&m.unreachable, &m.in_progress) {
                 (Some(why), _) => format!("  (did not answer: {why})"),
                 (None, Some(p)) => format!("  updating `{}` ({})", p.update, p.phase.name()),
                 (None, None) => String::new(),
             };
+            if m.exiting {
+                state.push_str("  (exiting)");
+            }
             let _ = writeln!(
                 out,
                 "    pid {:>7}  ppid {:>7}  version {:<10}  {}{state}",

@@ -259,6 +259,7 @@ fn unreachable_member(member: &crate::process::tree::Member, why: String) -> Mem
         socket: member.socket.display().to_string(),
         start_ticks: member.start_ticks,
         in_progress: None,
+        exiting: false,
         unreachable: Some(why),
     }
 }

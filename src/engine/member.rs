@@ -248,7 +248,7 @@ fn serve_rollback(state: &ProcessState, order: &RollbackOrder, decision: &Path, 
         Err(_) if decide(decision, Decision::Abort) != Decision::Commit => return,
         Err(_) => {}
     }
-    let undone = super::rollback::rollback_in_update(state, false, timeout, None);
+    let undone = super::rollback::rollback_in_update(state, false, timeout, None, false);
     let released_at_ns = monotonic_ns();
     let reply = match undone {
         Ok(r) if r.outcome == Outcome::Committed => MemberReply::Released {
@@ -610,7 +610,7 @@ fn told_to_revert(link: &mut dyn Link, lease: Duration) -> bool {
 /// own, as `pyreload rollback` would (at its own safe point), and says so.
 fn revert(py: Python<'_>, state: &ProcessState, link: &mut dyn Link, report: &mut Report, timeout: Duration) {
     state.record_attempt(report);
-    let undone = py.detach(|| super::rollback::rollback_in_update(state, false, timeout, None));
+    let undone = py.detach(|| super::rollback::rollback_in_update(state, false, timeout, None, true));
     let (rollback_ms, problem) = match undone {
         Ok(r) if r.outcome == Outcome::Committed => (r.timings.pause_ms, None),
         Ok(r) => (

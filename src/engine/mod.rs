@@ -69,12 +69,14 @@ pub fn status(state: &ProcessState) -> crate::process::wire::ProgramInfo {
 }
 
 /// In a freshly forked child (GIL held, one thread): renews the engine's
-/// per-process data that must be copied rather than made afresh. The
+/// per-process data that must be copied rather than made afresh, and the
+/// program's switch interval if the parent was waiting for a commit. The
 /// world's gate, the switch-interval lock and the watchdog renew
 /// themselves on first use ([`crate::process::per_process`]); the
 /// committed stack moved with the process state.
 pub fn after_fork_in_child(py: Python<'_>) {
     retained::after_fork_in_child(py);
+    world::after_fork_in_child(py);
 }
 
 /// Before a fork, in the parent (GIL held): ends the engine's idle helper

@@ -26,6 +26,9 @@ pub struct Progress<'a> {
     /// member tells its coordinator).
     on_blocked: Option<Tell<'a>>,
     last_blocked: std::sync::Mutex<Vec<String>>,
+    /// Goes on while the program exits: an undo that keeps the process
+    /// from exiting on a version its tree gave up.
+    through_exit: bool,
 }
 
 impl<'a> Progress<'a> {
@@ -40,7 +43,17 @@ impl<'a> Progress<'a> {
             client_gone,
             on_blocked: None,
             last_blocked: std::sync::Mutex::new(Vec::new()),
+            through_exit: false,
         }
+    }
+
+    /// Does not give up when the program begins to exit. For a tree
+    /// member undoing its commit because another member failed: its exit
+    /// waits for the update (the exit hook holds it), and the report must
+    /// not say it rolled back when it did not.
+    pub fn through_exit(mut self) -> Self {
+        self.through_exit = true;
+        self
     }
 
     /// Has `on_blocked` told what holds the safe point back, each time
@@ -67,7 +80,7 @@ impl<'a> Progress<'a> {
 
     /// Why the update must stop now, if it must. Only ask before the commit.
     pub fn abandoned(&self) -> Option<Problem> {
-        if self.state.exit_requested() {
+        if self.state.exit_requested() && !self.through_exit {
             return Some(Problem::new(
                 "the program began to exit while the update was in progress; nothing was changed",
             ));

@@ -186,16 +186,18 @@ pub fn rollback(
             .with_help("wait for it to finish and try again"),
         GateError::Exiting => Problem::new("the program is exiting; nothing was rolled back"),
     })?;
-    rollback_in_update(state, dry_run, timeout, client_gone)
+    rollback_in_update(state, dry_run, timeout, client_gone, false)
 }
 
 /// [`rollback`], by a caller that holds the update gate already: a tree
-/// member undoing its commit because another member's failed.
+/// member undoing its commit because another member's failed (then
+/// `through_exit`: an exit that began meanwhile does not stop it).
 pub fn rollback_in_update(
     state: &ProcessState,
     dry_run: bool,
     timeout: Duration,
     client_gone: Option<ClientGone<'_>>,
+    through_exit: bool,
 ) -> Result<Report, Problem> {
     let started = Instant::now();
     let (name, to, blocked) = state
@@ -213,7 +215,10 @@ pub fn rollback_in_update(
         state.version(),
         to.clone().unwrap_or_else(|| "(none)".into()),
     );
-    let progress = Progress::begin(state, &report.update, client_gone);
+    let mut progress = Progress::begin(state, &report.update, client_gone);
+    if through_exit {
+        progress = progress.through_exit();
+    }
     Python::attach(|py| run(py, state, &progress, dry_run, timeout, &mut report));
     report.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     if !dry_run {

@@ -27,6 +27,7 @@
 //! coverage's) is the one it had.
 
 use std::os::raw::c_ulong;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use pyo3::ffi;
@@ -190,12 +191,21 @@ pub struct QuickHandoff<'py> {
     before: Bound<'py, PyAny>,
 }
 
+/// The program's own switch interval (its `f64` bits) while a
+/// [`QuickHandoff`] lives, else 0. A process forked meanwhile (a worker
+/// the master spawns while it waits for its commit) inherits the short
+/// interval but not the value that would put it back:
+/// [`after_fork_in_child`] does.
+static HANDOFF_BEFORE: AtomicU64 = AtomicU64::new(0);
+
 impl<'py> QuickHandoff<'py> {
     pub fn begin(py: Python<'py>) -> PyResult<QuickHandoff<'py>> {
         let sys = py.import("sys")?.into_any();
         let _s = switch();
         let before = sys.call_method0("getswitchinterval")?;
-        if before.extract::<f64>()? > AWAITING_COMMIT_SWITCH_INTERVAL_S {
+        let program = before.extract::<f64>()?;
+        if program > AWAITING_COMMIT_SWITCH_INTERVAL_S {
+            HANDOFF_BEFORE.store(program.to_bits(), Ordering::SeqCst);
             sys.call_method1("setswitchinterval", (AWAITING_COMMIT_SWITCH_INTERVAL_S,))?;
         }
         Ok(QuickHandoff { sys, before })
@@ -206,6 +216,26 @@ impl Drop for QuickHandoff<'_> {
     fn drop(&mut self) {
         let _s = switch();
         let _ = self.sys.call_method1("setswitchinterval", (&self.before,));
+        HANDOFF_BEFORE.store(0, Ordering::SeqCst);
+    }
+}
+
+/// In a child just forked (GIL held): gives it back the program's switch
+/// interval if its parent forked it while waiting for a commit, so that
+/// the worker does not hand its GIL round every 0.2 ms for the rest of
+/// its life.
+pub fn after_fork_in_child(py: Python<'_>) {
+    let bits = HANDOFF_BEFORE.swap(0, Ordering::SeqCst);
+    if bits != 0 {
+        let restored = py
+            .import("sys")
+            .and_then(|sys| sys.call_method1("setswitchinterval", (f64::from_bits(bits),)));
+        if let Err(e) = restored {
+            crate::process::log(format!(
+                "pyreload: pid {}: could not restore the switch interval after the fork: {e}",
+                std::process::id()
+            ));
+        }
     }
 }
 

@@ -19,7 +19,8 @@
 //!    as the root's, for this process.
 //!
 //! It runs no Python code and imports nothing: about ten syscalls and one
-//! `pthread_create`. Diagnostics go through [`crate::process::log`]
+//! `pthread_create` (and a call of `sys.setswitchinterval` in a child forked
+//! while its parent waited for a commit with the short interval). Diagnostics go through [`crate::process::log`]
 //! (`write(2)`), never `eprintln!`, whose lock may be held.
 
 use pyo3::prelude::*;

@@ -392,6 +392,7 @@ impl ProcessState {
             role: super::tree::role(self.pid),
             members: Vec::new(),
             prepared: None,
+            exiting: self.exit_requested(),
         }
     }
 
@@ -407,6 +408,7 @@ impl ProcessState {
             socket: self.socket_path.display().to_string(),
             start_ticks: super::tree::proc_stat(self.pid).map(|s| s.start_ticks).unwrap_or(0),
             in_progress: self.in_progress(),
+            exiting: self.exit_requested(),
             unreachable: None,
         }
     }

@@ -46,6 +46,10 @@ pub struct ProgramInfo {
     /// commit` or `abort` (or its lease to end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<Box<PreparedInfo>>,
+    /// The program has begun to exit (a worker retiring): it takes no new
+    /// update, and finishes the one in progress first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exiting: bool,
 }
 
 /// A prepared update (see `engine::prepared`): staged, holding the
@@ -97,6 +101,9 @@ pub struct MemberInfo {
     pub start_ticks: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_progress: Option<InProgress>,
+    /// See [`ProgramInfo::exiting`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exiting: bool,
     /// Why the member did not answer, if it did not (then `version` and
     /// `in_progress` are not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]

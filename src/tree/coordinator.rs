@@ -737,12 +737,17 @@ impl<'a> Tree<'a> {
         peer.writer = None;
     }
 
+    /// Whether member `i` has exited or is exiting: gone from /proc, or
+    /// its socket gone (an exiting member removes it first; an exec'd one
+    /// no longer listens).
+    fn exited(&self, i: usize) -> bool {
+        !members::alive(self.peers[i].member.pid) || !self.peers[i].member.socket.exists()
+    }
+
     /// A member that went silent: exited (not a failure) or broken.
     fn lost(&mut self, i: usize, why: String) -> bool {
         let pid = self.peers[i].member.pid;
-        // Gone from /proc, or its socket gone (an exiting member removes
-        // it first; an exec'd one no longer listens).
-        if !members::alive(pid) || !self.peers[i].member.socket.exists() {
+        if self.exited(i) {
             self.finish(i, MemberOutcome::Exited, None, None);
             false
         } else {
@@ -1033,9 +1038,13 @@ impl<'a> Tree<'a> {
                     peer.report = Some((**report).clone());
                 }
                 Some(other) => self.commit_went_wrong(i, other),
+                // Gone quietly (exited), or silent: then it may yet commit,
+                // and is told beforehand to undo that if the tree fails.
+                None if self.exited(i) => self.finish(i, MemberOutcome::Exited, None, None),
                 None => {
                     let problem = Problem::new("did not answer the commit in time");
                     self.blame_commit(i, Some(problem.clone()));
+                    self.send(i, Step::Revert);
                     self.finish(i, MemberOutcome::Unknown, None, Some(problem));
                 }
             }
@@ -1223,6 +1232,29 @@ impl<'a> Tree<'a> {
                 }
             }
         }
+        let kept: Vec<String> = committed
+            .iter()
+            .filter(|&&i| {
+                matches!(
+                    self.peers[i].outcome,
+                    Some(MemberOutcome::Committed | MemberOutcome::Unknown)
+                )
+            })
+            .map(|&i| format!("pid {}", self.peers[i].member.pid))
+            .collect();
+        if let Some(problem) = &mut self.problem {
+            problem.message.push_str(&if committed.is_empty() {
+                "; no other member had committed".to_string()
+            } else if kept.is_empty() {
+                "; every member that had committed was rolled back".to_string()
+            } else {
+                format!(
+                    "; the members that had committed were rolled back except {}, which may still run the new \
+                     version (see the members below)",
+                    kept.join(", ")
+                )
+            });
+        }
     }
 
     /// Children of the members that forked since they were invited, that
@@ -1314,8 +1346,9 @@ impl<'a> Tree<'a> {
                 peer.member.pid, peer.member.role, problem.message
             )
         } else {
+            // `revert` adds how the members that had committed ended.
             format!(
-                "the commit failed in member pid {} ({}): {}; every member that had committed was rolled back",
+                "the commit failed in member pid {} ({}): {}",
                 peer.member.pid, peer.member.role, problem.message
             )
         };
