@@ -261,7 +261,8 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                "member_pause_ms": [], "master_pause_ms": [], "worker_pause_ms": [], "pause_ms": [],
                "apply_wall_ms": [], "total_ms": [], "skew_ms": [], "members": [], "missing": [],
                "extra": [], "not_committed": [], "waited_short": 0,
-               "cli_cpu_ms": [], "phases": {}, "refused": [], "extra_args": list(extra), "bells": {}}
+               "cli_cpu_ms": [], "phases": {}, "refused": [], "extra_args": list(extra), "bells": {},
+               "after_bell": []}
         for i in range(updates):
             to = "2.0" if version == "1.0" else "1.0"
             load.command("close")
@@ -321,6 +322,11 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                                                      "outcome": m["outcome"]})
                 if report.get("skew_ms") is not None:
                     out["skew_ms"].append(report["skew_ms"])
+                # Per update, each committed member's let-go after the bell
+                # and its safe-point looks: who the skew waited for.
+                out["after_bell"].append([(m["pid"] == server.proc.pid, m.get("after_bell_ms"),
+                                           m.get("safe_point_checks", 0))
+                                          for m in members if m["outcome"] == "committed"])
             else:
                 out["member_pause_ms"].append(report["timings"]["pause_ms"])
             seen = load.command(f"wait {4 * clients}")
@@ -433,6 +439,16 @@ def table(rows, updates, clients):
             notes.append(f"{r['lost_state']} answers whose hit count went back (lost state)")
         if r.get("bells"):
             notes.append("members' bell: " + ", ".join(f"{k} {v}" for k, v in sorted(r["bells"].items())))
+        slowest = [max(a for _, a, _ in upd) for upd in r.get("after_bell", [])
+                   if upd and all(a is not None for _, a, _ in upd)]
+        if slowest:
+            # A commit's first look is the member's second (it looked once
+            # before staging): more is a wait after the bell.
+            looked_again = sum(1 for upd in r["after_bell"] for _, _, checks in upd if checks > 2)
+            members = sum(len(upd) for upd in r["after_bell"])
+            notes.append(f"slowest member let go {pct(slowest, 50):.2f} / {pct(slowest, 99):.2f} ms after the bell "
+                         f"(p50 / p99); {looked_again} of {members} members looked for their safe point again "
+                         "after the bell")
         covered = (f"{r['pids_answering']} process(es) answered, at least {r['pids_after_marks_min']} "
                    f"after every mark")
         lines.append(f"- {title(r)}: `pyreload {r['command']}`; {r['requests']:,} requests; {covered}"

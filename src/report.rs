@@ -301,6 +301,16 @@ pub struct MemberReport {
     pub modules: Vec<String>,
     /// How long its threads were stopped, in ms (0: never stopped).
     pub pause_ms: f64,
+    /// How long after the commit's bell rang it let its threads go on
+    /// the new version, in ms: the last member's figure is the tree's
+    /// `skew_ms` at most, and says who the others waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_bell_ms: Option<f64>,
+    /// How many times it looked for its safe point, before staging and
+    /// in the commit (its report's `safe_point_checks`): each look past
+    /// the first in the commit is a wait after the bell.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub safe_point_checks: u32,
     /// The scheduling its pyreload thread had for the commit's bell:
     /// `realtime` where the process may ask for it (`[tree] realtime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,6 +356,10 @@ impl MemberOutcome {
             MemberOutcome::Checked => "checked",
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Report {

@@ -228,10 +228,11 @@ pub struct Tree {
     pub hold_ms: Option<Spanned<u64>>,
     /// Whether each member's pyreload thread waits for the commit's bell,
     /// and makes its part of the commit, at real-time priority
-    /// (`SCHED_FIFO` 1) where the process may ask for it (`CAP_SYS_NICE`
+    /// (`SCHED_FIFO` 2) where the process may ask for it (`CAP_SYS_NICE`
     /// or an `RLIMIT_RTPRIO`): woken, it runs at once instead of behind the
     /// threads that keep the cores busy, so the members switch within
-    /// microseconds of each other. Elsewhere, and with `false`, it asks for
+    /// microseconds of each other; until it holds the GIL, the program's
+    /// threads run at priority 1, so the holder hands it over at once. Elsewhere, and with `false`, it asks for
     /// the shortest scheduler slice instead. Default true.
     #[schemars(with = "Option<bool>")]
     pub realtime: Option<Spanned<bool>>,

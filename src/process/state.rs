@@ -471,6 +471,21 @@ impl ProcessState {
         }
     }
 
+    /// [`ProcessState::begin_update`], waiting up to `patience` for an
+    /// update that holds the gate to end. For a tree member: its
+    /// coordinator runs one update at a time, so a gate still held is
+    /// usually the last update's conversation finishing (taking the GIL
+    /// back after its final word, on a busy worker), not a second update.
+    pub fn begin_update_within(&self, patience: Duration) -> Result<MutexGuard<'_, Lifecycle>, GateError> {
+        let until = Instant::now() + patience;
+        loop {
+            match self.begin_update() {
+                Err(GateError::Busy) if Instant::now() < until => std::thread::sleep(Duration::from_micros(500)),
+                other => return other,
+            }
+        }
+    }
+
     /// Called from the interpreter's `atexit` hook, without the GIL: makes
     /// an update that still waits give up, waits for an update in progress
     /// to end, forbids new ones, and gives the last answers up to `linger`
@@ -530,4 +545,42 @@ pub fn remove_own_socket(path: &std::path::Path) {
 
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ProcessState {
+        let identity = crate::process::tree::Identity::root(std::env::temp_dir());
+        ProcessState::new("test".into(), None, identity, 4)
+    }
+
+    #[test]
+    fn a_gate_held_a_little_longer_is_waited_for_and_one_held_on_is_busy() {
+        let state = state();
+        let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let state = &state;
+            s.spawn(move || {
+                let gate = state.begin_update().unwrap();
+                taken_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                drop(gate);
+            });
+            taken_rx.recv().unwrap();
+            assert!(matches!(state.begin_update(), Err(GateError::Busy)));
+            assert!(matches!(
+                state.begin_update_within(Duration::from_millis(20)),
+                Err(GateError::Busy)
+            ));
+            // Let go while the next one waits: it gets the gate.
+            std::thread::scope(|inner| {
+                let waiter = inner.spawn(|| state.begin_update_within(Duration::from_secs(60)).is_ok());
+                go_tx.send(()).unwrap();
+                assert!(waiter.join().unwrap());
+            });
+        });
+    }
 }

@@ -404,6 +404,9 @@ struct Tree<'a> {
     /// [`apply_held`]), and for how long at most.
     hold: Option<Hold<'a>>,
     hold_for: Duration,
+    /// When the commit rang (the members' clock: `CLOCK_MONOTONIC`), for
+    /// each member's `after_bell_ms`.
+    rung_at_ns: Option<u64>,
 }
 
 impl<'a> Tree<'a> {
@@ -422,6 +425,7 @@ impl<'a> Tree<'a> {
         let release = together.then(|| make(bell::RELEASE));
         Tree {
             release,
+            rung_at_ns: None,
             hold: None,
             hold_for: Duration::ZERO,
             round: "prepare",
@@ -662,6 +666,7 @@ impl<'a> Tree<'a> {
     /// Gives `who` (every member staged) the commit at once with the
     /// bell, or, should it fail, one message each.
     fn ring(&mut self, who: &[usize]) {
+        self.rung_at_ns = Some(crate::process::member_wire::monotonic_ns());
         let rung = self.bell.as_ref().is_ok_and(|b| b.ring().is_ok());
         if !rung {
             for &i in who {
@@ -1490,6 +1495,11 @@ impl<'a> Tree<'a> {
                     outcome,
                     modules: p.modules.clone(),
                     pause_ms: p.report.as_ref().map_or(0.0, |r| r.timings.pause_ms),
+                    after_bell_ms: p
+                        .released_at_ns
+                        .zip(self.rung_at_ns)
+                        .map(|(released, rung)| released.saturating_sub(rung) as f64 / 1e6),
+                    safe_point_checks: p.report.as_ref().map_or(0, |r| r.safe_point_checks),
                     bell: p.report.as_ref().and_then(|r| r.bell),
                     problem: p.problem.clone(),
                 }
