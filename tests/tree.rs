@@ -76,6 +76,16 @@ for _ in range(int(os.environ.get("WORKERS", "2"))):
     spawn()
 "#;
 
+/// [`SPEC`] with `timeout_ms`, and a condition false in worker `pid`
+/// (unless `unless` holds).
+fn spec_stuck_in(pid: u32, timeout_ms: u64, unless: Option<&str>) -> String {
+    let unless = unless.map(|u| format!(" or {u}")).unwrap_or_default();
+    SPEC.replace(
+        "timeout_ms = 20000",
+        &format!("timeout_ms = {timeout_ms}\ncondition = \"__import__('os').getpid() != {pid}{unless}\""),
+    )
+}
+
 /// The spec that reloads `app` in place.
 const SPEC: &str =
     "[update]\nname = \"app-v2\"\nto = \"2\"\n\n[[reload]]\nmodule = \"app\"\n\n[safe_point]\ntimeout_ms = 20000\n";
@@ -305,10 +315,7 @@ fn a_worker_whose_condition_stays_false_refuses_for_the_whole_tree() {
     let mut tree = Tree::start(&sandbox, 2, true);
     let (stuck, _) = worker_ports(&sandbox)[0];
     sandbox.write("app.py", APP_V2);
-    let spec = SPEC.replace(
-        "timeout_ms = 20000",
-        &format!("timeout_ms = 1500\ncondition = \"__import__('os').getpid() != {stuck}\""),
-    );
+    let spec = spec_stuck_in(stuck, 1500, None);
     let (code, report) = apply(&sandbox, &tree, &spec);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["outcome"], "refused", "{report:#}");
@@ -355,10 +362,7 @@ fn while_a_worker_waits_apply_shows_the_round_and_what_it_waits_for() {
     let tree = Tree::start(&sandbox, 2, true);
     let (stuck, _) = worker_ports(&sandbox)[0];
     sandbox.write("app.py", APP_V2);
-    let spec = SPEC.replace(
-        "timeout_ms = 20000",
-        &format!("timeout_ms = 60000\ncondition = \"__import__('os').getpid() != {stuck} or __import__('os').path.exists('go')\""),
-    );
+    let spec = spec_stuck_in(stuck, 60000, Some("__import__('os').path.exists('go')"));
     let spec = sandbox.write("up.toml", &spec);
     // Not on a terminal: a plain line each time something changed, on
     // stderr; the report on stdout as ever.
@@ -939,10 +943,7 @@ fn a_worker_forked_while_its_master_waits_for_the_commit_keeps_the_programs_swit
     let mut tree = Tree::start(&sandbox, 2, true);
     let (stuck, _) = worker_ports(&sandbox)[0];
     sandbox.write("app.py", APP_V2);
-    let spec = SPEC.replace(
-        "timeout_ms = 20000",
-        &format!("timeout_ms = 60000\ncondition = \"__import__('os').getpid() != {stuck} or __import__('os').path.exists('go')\""),
-    );
+    let spec = spec_stuck_in(stuck, 60000, Some("__import__('os').path.exists('go')"));
     let apply = apply_in_background(&sandbox, &tree, &spec);
     let socket = tree.master.socket();
     // Staged, the master waits for the commit with the short interval.
