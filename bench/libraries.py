@@ -191,6 +191,9 @@ def main():
                              "pause": tm["pause_ms"], "commit": tm["commit_ms"], "stage": tm["stage_ms"],
                              "prepare": tm["prepare_ms"], "apply": wall, "stop": tm["stop_ms"],
                              "resume": tm["resume_ms"], "check": tm["check_ms"], "safe_point": tm.get("safe_point_ms", 0.0),
+                             # Work moved out of the pause: functions that
+                             # only moved lines take them after it.
+                             "moved_code": tm.get("moved_code_ms", 0.0), "moved": report.get("moved_after_pause", 0),
                              "ahead": (report.get("merge_ahead") or {}).get("reused"),
                              "planned": (report.get("merge_ahead") or {}).get("planned"),
                              "requests": tally["requests"] - before[0], "failed": tally["failed"] - before[1]})
@@ -226,6 +229,11 @@ def main():
               f"| {pct(col('stage'), 50):.1f} / {pct(col('stage'), 99):.1f} "
               f"| {pct(col('prepare'), 50):.1f} / {pct(col('prepare'), 99):.1f} | {pct(col('apply'), 50):.0f} "
               f"| {sum(col('requests')):,} / {sum(col('failed'))} |")
+    print()
+    for r in results:
+        col = lambda k: [x[k] for x in r["rows"]]  # noqa: E731
+        print(f"- {r['library']}: {max(col('moved'))} functions took their moved lines after the pause, in "
+              f"{pct(col('moved_code'), 50):.2f} / {pct(col('moved_code'), 99):.2f} ms (p50 / p99)")
     print()
     print(f"client: {tally['requests']:,} requests, {tally['failed']} failed during the whole run")
     return 1 if tally["failed"] else 0
