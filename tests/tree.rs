@@ -363,21 +363,9 @@ fn while_a_worker_waits_apply_shows_the_round_and_what_it_waits_for() {
     let (stuck, _) = worker_ports(&sandbox)[0];
     sandbox.write("app.py", APP_V2);
     let spec = spec_stuck_in(stuck, 60000, Some("__import__('os').path.exists('go')"));
-    let spec = sandbox.write("up.toml", &spec);
     // Not on a terminal: a plain line each time something changed, on
     // stderr; the report on stdout as ever.
-    let mut apply = sandbox
-        .pyreload()
-        .args([
-            "apply",
-            "--socket",
-            tree.master.socket().to_str().unwrap(),
-            spec.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut apply = apply_in_background(&sandbox, &tree, &spec, false);
     let mut stderr = BufReader::new(apply.stderr.take().unwrap());
     let mut seen = Vec::new();
     let waiting = format!("  pid {stuck} (");
@@ -809,18 +797,18 @@ fn retire(socket: &Path, pid: u32, port: u16) {
     );
 }
 
-/// Spawns `pyreload apply --json` for `spec` in the background.
-fn apply_in_background(sandbox: &Sandbox, tree: &Tree, spec: &str) -> std::process::Child {
+/// Spawns `pyreload apply [--json]` for `spec` in the background, its
+/// stdout and stderr piped.
+fn apply_in_background(sandbox: &Sandbox, tree: &Tree, spec: &str, json: bool) -> std::process::Child {
     let path = sandbox.write("up.toml", spec);
+    let socket = tree.master.socket();
+    let mut args = vec!["apply", "--socket", socket.to_str().unwrap(), path.to_str().unwrap()];
+    if json {
+        args.insert(1, "--json");
+    }
     sandbox
         .pyreload()
-        .args([
-            "apply",
-            "--json",
-            "--socket",
-            tree.master.socket().to_str().unwrap(),
-            path.to_str().unwrap(),
-        ])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -850,7 +838,7 @@ fn a_worker_that_begins_to_exit_during_the_update_leaves_it_and_the_rest_commit(
     let (leaver, port) = worker_ports(&sandbox)[0];
     sandbox.write("app.py", APP_V2);
     hold.arm("wait");
-    let apply = apply_in_background(&sandbox, &tree, SPEC);
+    let apply = apply_in_background(&sandbox, &tree, SPEC, true);
     wait_until(
         Duration::from_secs(60),
         || {
@@ -909,7 +897,7 @@ fn a_worker_exiting_after_its_commit_still_rolls_back_when_another_member_fails(
     // Every member that commits holds right after its pause.
     hold.arm("sweep");
     let spec = format!("{SPEC}\n[check]\nafter = \"__import__('os').getpid() != {failer}\"\n");
-    let apply = apply_in_background(&sandbox, &tree, &spec);
+    let apply = apply_in_background(&sandbox, &tree, &spec, true);
     wait_until(
         Duration::from_secs(60),
         || member_status(&socket, leaver)["in_progress"]["phase"] == "sweep",
@@ -944,7 +932,7 @@ fn a_worker_forked_while_its_master_waits_for_the_commit_keeps_the_programs_swit
     let (stuck, _) = worker_ports(&sandbox)[0];
     sandbox.write("app.py", APP_V2);
     let spec = spec_stuck_in(stuck, 60000, Some("__import__('os').path.exists('go')"));
-    let apply = apply_in_background(&sandbox, &tree, &spec);
+    let apply = apply_in_background(&sandbox, &tree, &spec, true);
     let socket = tree.master.socket();
     // Staged, the master waits for the commit with the short interval.
     let mut waits = String::new();
