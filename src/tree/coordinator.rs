@@ -407,6 +407,10 @@ struct Tree<'a> {
     /// When the commit rang (the members' clock: `CLOCK_MONOTONIC`), for
     /// each member's `after_bell_ms`.
     rung_at_ns: Option<u64>,
+    /// The update stops because a member's own commit failed (`each`):
+    /// [`Tree::revert`] then says how the members that had committed
+    /// ended.
+    commit_failed: bool,
 }
 
 impl<'a> Tree<'a> {
@@ -426,6 +430,7 @@ impl<'a> Tree<'a> {
         Tree {
             release,
             rung_at_ns: None,
+            commit_failed: false,
             hold: None,
             hold_for: Duration::ZERO,
             round: "prepare",
@@ -1247,7 +1252,7 @@ impl<'a> Tree<'a> {
             })
             .map(|&i| format!("pid {}", self.peers[i].member.pid))
             .collect();
-        if let Some(problem) = &mut self.problem {
+        if let Some(problem) = self.problem.as_mut().filter(|_| self.commit_failed) {
             problem.message.push_str(&if committed.is_empty() {
                 "; no other member had committed".to_string()
             } else if kept.is_empty() {
@@ -1352,6 +1357,7 @@ impl<'a> Tree<'a> {
             )
         } else {
             // `revert` adds how the members that had committed ended.
+            self.commit_failed = true;
             format!(
                 "the commit failed in member pid {} ({}): {}",
                 peer.member.pid, peer.member.role, problem.message
