@@ -146,6 +146,9 @@ impl GilBoost {
         let raised = self
             .threads
             .iter()
+            // Still ours: a thread that ended since it was listed may have
+            // left its id to another process's.
+            .filter(|(tid, _)| std::path::Path::new(&format!("/proc/self/task/{tid}")).exists())
             .filter(|(tid, attr)| {
                 let fifo = SchedAttr {
                     policy: SCHED_FIFO,
