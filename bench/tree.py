@@ -442,13 +442,12 @@ def table(rows, updates, clients):
         slowest = [max(a for _, a, _ in upd) for upd in r.get("after_bell", [])
                    if upd and all(a is not None for _, a, _ in upd)]
         if slowest:
-            # A commit's first look is the member's second (it looked once
-            # before staging): more is a wait after the bell.
+            # Two looks: one before staging, one in the commit, each held.
             looked_again = sum(1 for upd in r["after_bell"] for _, _, checks in upd if checks > 2)
             members = sum(len(upd) for upd in r["after_bell"])
             notes.append(f"slowest member let go {pct(slowest, 50):.2f} / {pct(slowest, 99):.2f} ms after the bell "
-                         f"(p50 / p99); {looked_again} of {members} members looked for their safe point again "
-                         "after the bell")
+                         f"(p50 / p99); {looked_again} of {members} members looked for their safe point more than "
+                         "twice (before staging or after the bell)")
         covered = (f"{r['pids_answering']} process(es) answered, at least {r['pids_after_marks_min']} "
                    f"after every mark")
         lines.append(f"- {title(r)}: `pyreload {r['command']}`; {r['requests']:,} requests; {covered}"

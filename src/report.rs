@@ -306,9 +306,10 @@ pub struct MemberReport {
     /// `skew_ms` at most, and says who the others waited for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_bell_ms: Option<f64>,
-    /// How many times it looked for its safe point, before staging and
-    /// in the commit (its report's `safe_point_checks`): each look past
-    /// the first in the commit is a wait after the bell.
+    /// How many times it looked for its safe point in all, before staging
+    /// and in the commit (its report's `safe_point_checks`): 2 when each
+    /// held at the first look; more is a wait, before staging or after
+    /// the bell (`after_bell_ms` says which).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub safe_point_checks: u32,
     /// The scheduling its pyreload thread had for the commit's bell:

@@ -19,9 +19,10 @@
 //!    as the root's, for this process.
 //!
 //! It runs no Python code and imports nothing: about ten syscalls and one
-//! `pthread_create` (and a call of `sys.setswitchinterval` in a child forked
-//! while its parent waited for a commit with the short interval). Diagnostics go through [`crate::process::log`]
-//! (`write(2)`), never `eprintln!`, whose lock may be held.
+//! `pthread_create` (and a call of `sys.setswitchinterval` in a child
+//! forked while its parent waited for a commit with the short interval).
+//! Diagnostics go through [`crate::process::log`] (`write(2)`), never
+//! `eprintln!`, whose lock may be held.
 
 use pyo3::prelude::*;
 
