@@ -225,20 +225,30 @@ class Idle:
 def commit_mode(commit):
     """("each" or "together", realtime) from a --commit entry: `together`,
     or `together-normal` for `[tree] realtime = false`."""
-    mode, _, priority = commit.partition("-")
-    return mode, priority != "normal"
+    mode, *flags = commit.split("-")
+    return mode, "normal" not in flags
+
+
+def runs_alone(commit):
+    """False for a --commit entry with `-still`: `[safe_point] run_alone_us = 0`,
+    the stopped world never lets a blocking thread run on alone."""
+    return "still" not in commit.split("-")[1:]
 
 
 def specs_for(work, commit):
-    """The two specs, with `[tree] commit = MODE` and `realtime = false` as
-    COMMIT asks (the defaults: each, real time where permitted)."""
+    """The two specs, with `[tree] commit = MODE`, `realtime = false` and
+    `run_alone_us = 0` as COMMIT asks (the defaults: each, real time where
+    permitted, blocking threads run on alone)."""
     if commit == "each":
         return SPECS
     mode, realtime = commit_mode(commit)
     specs = {}
     for to, path in SPECS.items():
         copy = work / f"{commit}-{path.name}"
-        copy.write_text(path.read_text() + f'\n[tree]\ncommit = "{mode}"\n'
+        text = path.read_text()
+        if not runs_alone(commit):
+            text = text.replace("[safe_point]\n", "[safe_point]\nrun_alone_us = 0\n", 1)
+        copy.write_text(text + f'\n[tree]\ncommit = "{mode}"\n'
                         + ("" if realtime else "realtime = false\n"))
         specs[to] = copy
     return specs
@@ -262,7 +272,7 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                "apply_wall_ms": [], "total_ms": [], "skew_ms": [], "members": [], "missing": [],
                "extra": [], "not_committed": [], "waited_short": 0,
                "cli_cpu_ms": [], "phases": {}, "refused": [], "extra_args": list(extra), "bells": {},
-               "after_bell": []}
+               "after_bell": [], "run_alone_ms": []}
         for i in range(updates):
             to = "2.0" if version == "1.0" else "1.0"
             load.command("close")
@@ -322,6 +332,8 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                                                      "outcome": m["outcome"]})
                 if report.get("skew_ms") is not None:
                     out["skew_ms"].append(report["skew_ms"])
+                # The longest any member let blocking threads run on alone.
+                out["run_alone_ms"].append(report["timings"].get("run_alone_ms", 0.0))
                 # Per update, each committed member's let-go after the bell
                 # and its safe-point looks: who the skew waited for.
                 out["after_bell"].append([(m["pid"] == server.proc.pid, m.get("after_bell_ms"),
@@ -369,6 +381,7 @@ def title(r):
             + (", --preload" if r["preload"] else ", no --preload")
             + (f', `commit = "{commit_mode(r["commit"])[0]}"`' if r.get("commit", "each") != "each" else "")
             + ("" if commit_mode(r.get("commit", "each"))[1] else ", `realtime = false`")
+            + ("" if runs_alone(r.get("commit", "each")) else ", `run_alone_us = 0`")
             + ("" if r["clients"] else ", idle (no clients)"))
 
 
@@ -448,6 +461,10 @@ def table(rows, updates, clients):
             notes.append(f"slowest member let go {pct(slowest, 50):.2f} / {pct(slowest, 99):.2f} ms after the bell "
                          f"(p50 / p99); {looked_again} of {members} members looked for their safe point more than "
                          "twice (before staging or after the bell)")
+        alone = [a for a in r.get("run_alone_ms", []) if a > 0]
+        if r.get("run_alone_ms"):
+            notes.append(f"a member let blocking threads run on alone in {len(alone)} of {len(r['run_alone_ms'])} updates"
+                         + (f" (longest {max(alone):.2f} ms)" if alone else ""))
         covered = (f"{r['pids_answering']} process(es) answered, at least {r['pids_after_marks_min']} "
                    f"after every mark")
         lines.append(f"- {title(r)}: `pyreload {r['command']}`; {r['requests']:,} requests; {covered}"
@@ -470,7 +487,7 @@ def main():
                         help="skip the last row: the largest tree again, with no clients")
     parser.add_argument("--commit", default="each,together,each-normal,together-normal",
                         help="`[tree] commit` modes for the largest tree's rows (the others use each); "
-                             "MODE-normal adds `realtime = false`")
+                             "MODE-normal adds `realtime = false`, MODE-still `run_alone_us = 0` (both: MODE-normal-still)")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args()
     pyreload = str(pathlib.Path(args.pyreload).resolve())

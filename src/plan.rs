@@ -84,6 +84,9 @@ pub struct Plan {
     /// How long the update's own code may run after the wait (see
     /// `engine::watchdog`).
     pub commit_timeout: Duration,
+    /// How long the stopped world may let threads that block the safe
+    /// point run on alone (`[safe_point] run_alone_us`; zero: never).
+    pub run_alone: Duration,
     /// The modules only this update needs, kept out of `sys.modules` until
     /// it commits (see `engine::imports`).
     pub imports: Imports,

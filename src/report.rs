@@ -133,6 +133,11 @@ pub struct Timings {
     /// threads' stacks, and generators made since staging looked through.
     #[serde(default)]
     pub safe_point_ms: f64,
+    /// Part of `safe_point_ms`: threads the stopped world found inside a
+    /// function the update replaces, let run on alone (the rest still
+    /// stopped) until they left it or a short budget ran out.
+    #[serde(default, skip_serializing_if = "is_zero_ms")]
+    pub run_alone_ms: f64,
     /// Merging the staged modules into the live ones, under one GIL hold.
     pub commit_ms: f64,
     /// Evaluating `[check] after`.
@@ -361,6 +366,10 @@ impl MemberOutcome {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero_ms(ms: &f64) -> bool {
+    *ms == 0.0
 }
 
 impl Report {

@@ -21,6 +21,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Default for `[safe_point] commit_timeout_ms`.
 pub const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 10_000;
+/// Default for `[safe_point] run_alone_us`.
+pub const DEFAULT_RUN_ALONE_US: u64 = 500;
+/// Longest `[safe_point] run_alone_us`: one second, all of it a pause.
+pub const MAX_RUN_ALONE_US: u64 = 1_000_000;
 /// Default for `[tree] hold_ms`.
 pub const DEFAULT_HOLD_MS: u64 = 100;
 /// Longest `[tree] hold_ms`: every member of the tree is stopped that long.
@@ -179,6 +183,13 @@ pub struct SafePoint {
     /// Default 10000.
     #[schemars(with = "Option<u64>")]
     pub commit_timeout_ms: Option<Spanned<u64>>,
+    /// When the commit finds threads inside functions that must be
+    /// inactive, how long (microseconds) it may let just those threads run
+    /// on, every other thread still stopped, to leave them, before it
+    /// lets every thread go and looks again a millisecond or more later.
+    /// Part of the pause when used. 0 turns it off. Default 500.
+    #[schemars(with = "Option<u64>")]
+    pub run_alone_us: Option<Spanned<u64>>,
 }
 
 impl SafePoint {
@@ -194,6 +205,13 @@ impl SafePoint {
             .as_ref()
             .map(|t| *t.get_ref())
             .unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS)
+    }
+
+    pub fn run_alone_us(&self) -> u64 {
+        self.run_alone_us
+            .as_ref()
+            .map(|t| *t.get_ref())
+            .unwrap_or(DEFAULT_RUN_ALONE_US)
     }
 }
 
@@ -675,6 +693,22 @@ fn validate(source: &SpecSource, spec: &Spec) -> Vec<Problem> {
             );
         }
     }
+    if let Some(alone) = &spec.safe_point.run_alone_us {
+        let us = *alone.get_ref();
+        if us > MAX_RUN_ALONE_US {
+            problems.push(
+                source
+                    .problem(
+                        alone.span(),
+                        format!("run_alone_us = {us} is out of range"),
+                        format!("expected 0 to {MAX_RUN_ALONE_US} (one second)"),
+                    )
+                    .with_help(
+                        "run_alone_us is in microseconds and all of it is a pause: the default, 500, lets a request thread leave a replaced function; 0 turns it off",
+                    ),
+            );
+        }
+    }
     validate_tree(source, spec, &mut problems);
     problems
 }
@@ -952,6 +986,34 @@ mod tests {
         let e = parse_text(&format!("{MINIMAL}[tree]\nrealtime = \"yes\"\n")).unwrap_err();
         let e = format!("{e:?}");
         assert!(e.contains("expected a boolean") && e.contains("line: 8"), "{e}");
+    }
+
+    #[test]
+    fn run_alone_us_defaults_to_half_a_millisecond_and_is_at_most_a_second() {
+        assert_eq!(
+            parse_text(MINIMAL).unwrap().safe_point.run_alone_us(),
+            DEFAULT_RUN_ALONE_US
+        );
+        let spec = parse_text(&format!(
+            "{MINIMAL}[safe_point]
+run_alone_us = 0
+"
+        ))
+        .unwrap();
+        assert_eq!(spec.safe_point.run_alone_us(), 0, "0 turns it off");
+        let problems = parse_text(&format!(
+            "{MINIMAL}[safe_point]
+run_alone_us = 1000001
+"
+        ))
+        .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("run_alone_us = 1000001 is out of range")),
+            "{:?}",
+            problems.iter().map(|p| &p.message).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{probe, Hosted, Sandbox, PROBE_LOOP};
+use common::{probe, probe_with_env, status, Hosted, PhaseHold, Sandbox, PROBE_LOOP};
 
 fn spec(modules: &[&str], safe_point: &str, extra: &str) -> String {
     let mut s = String::from("[update]\nname = \"t\"\nto = \"2\"\n");
@@ -413,5 +413,131 @@ fn a_suspended_generator_in_a_changed_function_blocks_until_it_finishes() {
     assert_eq!(
         p.ask("list(zip(range(3), gen_mod.numbers()))"),
         "[(0, 0), (1, 2), (2, 4)]"
+    );
+}
+
+/// A request thread and its handler, which the update changes. Once in
+/// `handle`, the thread stays there until the interpreter's switch
+/// interval is the one the stopped world sets while it lets blocking
+/// threads run on alone (50 µs): only then can it leave, so the commit's
+/// first look finds it inside, and only running it alone lets it out.
+const ALONE_V1: &str = r#"
+import sys, threading, time
+ENTER = threading.Event()
+INSIDE = threading.Event()
+HANDLED = [0]
+
+def serve():
+    while True:
+        ENTER.wait()
+        ENTER.clear()
+        handle()
+        HANDLED[0] += 1
+
+def handle():
+    INSIDE.set()
+    while sys.getswitchinterval() > 0.0001:
+        time.sleep(0.0002)
+    INSIDE.clear()
+    return 1
+"#;
+
+/// The new handler: answers at once, for the probe to call.
+const ALONE_V2: &str = r#"
+import sys, threading, time
+ENTER = threading.Event()
+INSIDE = threading.Event()
+HANDLED = [0]
+
+def serve():
+    while True:
+        ENTER.wait()
+        ENTER.clear()
+        handle()
+        HANDLED[0] += 1
+
+def handle():
+    return 2
+"#;
+
+fn alone_spec(safe_point: &str) -> String {
+    spec(&["alone_mod"], &format!("timeout_ms = 1000\n{safe_point}"), "")
+}
+
+/// Starts the request thread's program with the commit held (so the thread
+/// can be sent into `handle` after the wait and staging found it outside),
+/// applies `text` in the background and, once the update is held at its
+/// commit, sends the thread in and lets the commit go.
+fn apply_with_a_thread_inside(text: &str) -> (Sandbox, Hosted, i32, serde_json::Value) {
+    let sandbox = Sandbox::new();
+    sandbox.write("alone_mod.py", ALONE_V1);
+    sandbox.write(
+        "prog.py",
+        &format!(
+            "import sys, threading\nimport alone_mod\nthreading.Thread(target=alone_mod.serve, name=\"server\", daemon=True).start()\n{PROBE_LOOP}"
+        ),
+    );
+    let hold = PhaseHold::new(&sandbox);
+    let mut p = probe_with_env(&sandbox, &["prog.py"], vec![hold.env()]);
+    sandbox.write("alone_mod.py", ALONE_V2);
+    let spec = sandbox.write("alone.toml", text);
+    hold.arm("commit");
+    let socket = p.socket();
+    let apply = sandbox.spawn_apply_json(&socket, &spec);
+    hold.wait_for(&socket, "commit");
+    assert_eq!(
+        p.ask("alone_mod.ENTER.set() or alone_mod.INSIDE.wait(60)"),
+        "True",
+        "the request thread never entered handle"
+    );
+    assert_eq!(status(&socket)["in_progress"]["phase"], "commit");
+    hold.release("commit");
+    let out = apply.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("apply printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    (sandbox, p, out.status.code().unwrap_or(-1), report)
+}
+
+#[test]
+fn a_thread_inside_a_replaced_function_at_the_commit_runs_on_alone_until_it_leaves() {
+    // Budget enough for any machine: the verdict must not depend on how
+    // soon the thread gets a core.
+    let (_sandbox, mut p, code, report) = apply_with_a_thread_inside(&alone_spec("run_alone_us = 1000000"));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["outcome"], "committed");
+    let alone = report["timings"]["run_alone_ms"].as_f64().unwrap_or(0.0);
+    assert!(alone > 0.0, "the thread was not let run alone: {report:#}");
+    let pause = report["timings"]["pause_ms"].as_f64().unwrap();
+    assert!(pause >= alone, "running alone is part of the pause: {report:#}");
+    // The call it was in finished with the old code; the next is new.
+    common::eventually(Duration::from_secs(60), || {
+        match p.ask("alone_mod.HANDLED[0]").as_str() {
+            "1" => Ok(()),
+            other => Err(format!("the running handle() did not finish: HANDLED = {other}")),
+        }
+    });
+    assert_eq!(p.ask("alone_mod.handle()"), "2");
+    // The thread goes on serving, on the new version.
+    assert_eq!(p.ask("alone_mod.ENTER.set()"), "None");
+    common::eventually(Duration::from_secs(60), || {
+        match p.ask("alone_mod.HANDLED[0]").as_str() {
+            "2" => Ok(()),
+            other => Err(format!("the server thread stopped serving: HANDLED = {other}")),
+        }
+    });
+}
+
+#[test]
+fn with_run_alone_off_the_same_thread_keeps_the_update_waiting_until_it_is_refused() {
+    let (_sandbox, mut p, code, report) = apply_with_a_thread_inside(&alone_spec("run_alone_us = 0"));
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["outcome"], "refused");
+    assert!(report["timings"].get("run_alone_ms").is_none(), "{report:#}");
+    let causes = report["problem"]["causes"].to_string();
+    assert!(causes.contains("thread `server` is in handle at"), "{causes}");
+    assert_eq!(
+        p.ask("alone_mod.INSIDE.is_set()"),
+        "True",
+        "still inside, on the old code"
     );
 }

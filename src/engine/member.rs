@@ -384,6 +384,7 @@ fn converse(
     // The commit, as a program alone makes it: its own safe point, its own
     // pause. A refusal now has the members that committed rolled back.
     session.rearm_timeout();
+    session.boost_alone = bell.may_boost();
     if state.exit_requested() {
         return aborted(link, report, Problem::new("the member began to exit before its commit"));
     }

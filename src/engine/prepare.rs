@@ -216,6 +216,7 @@ fn resolve(
         transforms,
         timeout: Duration::from_millis(spec.safe_point.timeout_ms()),
         commit_timeout: Duration::from_millis(spec.safe_point.commit_timeout_ms()),
+        run_alone: Duration::from_micros(spec.safe_point.run_alone_us()),
         imports: Imports::default(),
         copies,
         stars,

@@ -386,6 +386,8 @@ fn safe_point_plan(py: Python<'_>, support: &Support<'_>, state: &ProcessState, 
         transforms: Vec::new(),
         timeout,
         commit_timeout: Duration::ZERO,
+        // Rollback's own loop lets the world go at a blocked look.
+        run_alone: Duration::ZERO,
         imports: Default::default(),
         copies: Vec::new(),
         stars: Vec::new(),

@@ -31,6 +31,7 @@ use super::world::StoppedWorld;
 use super::{commit_limit, interrupted, ms, prepare, rollback, stage, transform, Done, Stop};
 use crate::diagnostic::Problem;
 use crate::plan::Plan;
+use crate::process::sched::GilBoost;
 use crate::process::state::ProcessState;
 use crate::process::update_point::{points, PointRequest};
 use crate::process::wire::Phase;
@@ -50,7 +51,23 @@ pub struct Session<'py> {
     samples: Vec<Option<Py<PyList>>>,
     /// How many forks this process had made when it committed.
     pub forks_at_commit: u64,
+    /// How many more times the commit may let blocking threads run on
+    /// alone without their leaving: a thread that stays in a replaced
+    /// function (a loop) would otherwise cost a longer pause at every look.
+    run_alone_left: u8,
+    /// Whether threads let run on alone run at real-time priority 1 meanwhile:
+    /// for a tree member whose own thread waits above it (see
+    /// `crate::process::sched::BellPriority::may_boost`).
+    pub boost_alone: bool,
 }
+
+/// How many times a commit lets blocking threads run on alone without
+/// their leaving the replaced functions before it stops trying.
+const RUN_ALONE_TRIES: u8 = 2;
+
+/// How long those threads run between two looks, at most: a look comes
+/// sooner once every one of them is back in a caller.
+const RUN_ALONE_STEP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Every other thread stopped, with the safe point holding.
 struct Frozen<'py> {
@@ -114,6 +131,8 @@ impl<'py> Session<'py> {
             staged: None,
             samples: Vec::new(),
             forks_at_commit: 0,
+            run_alone_left: RUN_ALONE_TRIES,
+            boost_alone: false,
         })
     }
 
@@ -205,8 +224,10 @@ impl<'py> Session<'py> {
         let world = world.map_err(|e| self.support.problem(py, "could not stop the program's threads", &e))?;
         report.safe_point_checks += 1;
         report.stopped_threads = world.threads;
+        let mut world = world;
         let checked_at = Instant::now();
         let blockers = safepoint::check(py, &self.support, &self.plan, &points().waiting())
+            .and_then(|first| self.run_blockers_alone(&mut world, first, report))
             .map_err(|problem| interrupted(problem, &deadline, &commit_limit(self.plan.commit_timeout)));
         report.timings.safe_point_ms = ms(checked_at);
         match blockers {
@@ -225,6 +246,93 @@ impl<'py> Session<'py> {
         }
     }
 
+    /// With the world stopped and the safe point held back only by threads
+    /// inside functions the update replaces: lets those threads run on
+    /// alone, every other thread still parked, and looks again every few
+    /// microseconds, for up to `[safe_point] run_alone_us` (part of the pause;
+    /// used rarely, since it needs a thread inside a replaced function at
+    /// the moment the world stopped). A request thread in a
+    /// replaced function usually leaves it within microseconds once it has
+    /// a core and the GIL to itself; letting the whole program go instead
+    /// and looking again a millisecond or more later (the [`Pacer`]) is
+    /// what made a busy member of a tree commit late. Whatever else blocks
+    /// (a suspended generator, a false condition, no thread at the update
+    /// point) does not go away by running these threads, so then the first
+    /// look stands.
+    fn run_blockers_alone(
+        &mut self,
+        world: &mut StoppedWorld<'py>,
+        first: Blockers,
+        report: &mut Report,
+    ) -> Result<Blockers, Problem> {
+        let threads_only = |b: &Blockers| b.suspended.is_empty() && !b.condition_false && !b.no_thread_at_point;
+        if first.clear() || !threads_only(&first) {
+            return Ok(first);
+        }
+        if self.run_alone_left == 0 || self.plan.run_alone.is_zero() {
+            return Ok(first);
+        }
+        self.run_alone_left -= 1;
+        let mut idents: Vec<u64> = first.threads.iter().map(|t| t.ident).collect();
+        idents.sort_unstable();
+        idents.dedup();
+        let started = Instant::now();
+        let could_not = |e: PyErr| {
+            self.support
+                .problem(self.py, "could not let the blocking threads run on", &e)
+        };
+        let code_ids = self.plan.inactive_code_ids.bind(self.py).as_any();
+        // Held while they run: the addresses below stay theirs.
+        let callers = idents
+            .iter()
+            .map(|&ident| self.support.callers_of(ident, code_ids).map(|codes| (ident, codes)))
+            .collect::<PyResult<Vec<_>>>()
+            .map_err(could_not)?;
+        let alone: Vec<(u64, usize, Vec<usize>)> = callers
+            .iter()
+            .map(|(ident, (_, frame, codes))| {
+                let frame = if frame.is_none() { 0 } else { frame.as_ptr() as usize };
+                (*ident, frame, codes.iter().map(|c| c.as_ptr() as usize).collect())
+            })
+            .collect();
+        let boost = self.boost_alone.then(|| {
+            let tids: Vec<i32> = callers.iter().map(|(_, (tid, _, _))| *tid).filter(|&t| t > 0).collect();
+            GilBoost::of(&tids)
+        });
+        if !world.let_run(&alone).map_err(could_not)? {
+            return Ok(first);
+        }
+        let raised = boost.as_ref().map(GilBoost::raise);
+        let mut blockers = first;
+        let looked = loop {
+            self.py
+                .detach(|| super::world::wait_for_alone_to_return(RUN_ALONE_STEP));
+            report.safe_point_checks += 1;
+            match safepoint::check(self.py, &self.support, &self.plan, &points().waiting()) {
+                Ok(b) => {
+                    let same = threads_only(&b) && b.threads.iter().all(|t| idents.contains(&t.ident));
+                    blockers = b;
+                    let stuck = world.all_returned();
+                    if blockers.clear() || !same || stuck || started.elapsed() >= self.plan.run_alone {
+                        if blockers.clear() {
+                            self.run_alone_left += 1;
+                        }
+                        break Ok(());
+                    }
+                }
+                Err(problem) => break Err(problem),
+            }
+        };
+        drop(raised);
+        let stopped = world.stop_again();
+        report.timings.run_alone_ms += ms(started);
+        stopped.map_err(|e| {
+            self.support
+                .problem(self.py, "could not stop the blocking threads again", &e)
+        })?;
+        looked.map(|()| blockers)
+    }
+
     /// Stops holding threads at the spec's update point: for an update
     /// held prepared (see [`super::prepared`]), whose program must go on
     /// serving until the commit. The next [`Session::wait`] asks again.
@@ -238,6 +346,7 @@ impl<'py> Session<'py> {
     /// budget later.
     pub fn rearm_timeout(&mut self) {
         self.pacer = Pacer::new(Instant::now() + self.plan.timeout);
+        self.run_alone_left = RUN_ALONE_TRIES;
     }
 
     /// After a blocked freeze: waits for the next attempt. False once the

@@ -313,8 +313,8 @@ def active_frames(code_ids, exempt=()):
     threads waiting at an update point), that are executing one of the code
     objects whose id() is in `code_ids`.
 
-    Returns [(thread name, qualified name, file, line, stack)] where stack is
-    a list of "file:line in function" strings, innermost last.
+    Returns [(thread name, ident, qualified name, file, line, stack)] where
+    stack is a list of "file:line in function" strings, innermost last.
     """
     names = {t.ident: t.name for t in threading.enumerate()}
     me = threading.get_ident()
@@ -334,6 +334,7 @@ def active_frames(code_ids, exempt=()):
         found.append(
             (
                 names.get(ident, f"thread {ident}"),
+                ident,
                 _frame_name(f),
                 f.f_code.co_filename,
                 f.f_lineno,
@@ -341,6 +342,26 @@ def active_frames(code_ids, exempt=()):
             )
         )
     return found
+
+
+def callers_of(ident, code_ids):
+    """(native thread id or 0, the outermost frame on thread `ident`'s stack
+    running a code in `code_ids`, the code objects of the frames older than
+    it): once the thread runs an instruction in one of these, it has left
+    every such frame. (0, None, []) if it runs none (any more)."""
+    thread = threading._active.get(ident)
+    native = getattr(thread, "native_id", None) or 0
+    frame = sys._current_frames().get(ident)
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    inside = [i for i, f in enumerate(frames) if id(f.f_code) in code_ids]
+    if not inside:
+        return native, None, []
+    outermost = inside[-1]
+    callers = [f.f_code for f in frames[outermost + 1 :] if id(f.f_code) not in code_ids]
+    return native, frames[outermost], callers
 
 
 _GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # GENERATOR, COROUTINE, ITERABLE_COROUTINE, ASYNC_GENERATOR

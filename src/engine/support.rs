@@ -266,18 +266,32 @@ impl<'py> Support<'py> {
     /// executing one of `code_ids`.
     pub fn active_frames(&self, code_ids: &Bound<'py, PyAny>, exempt: &[u64]) -> PyResult<Vec<ActiveFrame>> {
         let exempt = pyo3::types::PyFrozenSet::new(self.ns.py(), exempt)?;
-        let found: Vec<(String, String, String, u32, Vec<String>)> =
+        let found: Vec<(String, u64, String, String, u32, Vec<String>)> =
             self.call("active_frames", (code_ids, exempt))?.extract()?;
         Ok(found
             .into_iter()
-            .map(|(thread, function, file, line, stack)| ActiveFrame {
+            .map(|(thread, ident, function, file, line, stack)| ActiveFrame {
                 thread,
+                ident,
                 function,
                 file,
                 line,
                 stack,
             })
             .collect())
+    }
+
+    /// Thread `ident`'s kernel thread id (0 if unknown), the outermost
+    /// frame there running one of `code_ids` (None if none does), and the
+    /// code objects of the frames that called it: where the thread is once
+    /// it has left them all.
+    #[allow(clippy::type_complexity)]
+    pub fn callers_of(
+        &self,
+        ident: u64,
+        code_ids: &Bound<'py, PyAny>,
+    ) -> PyResult<(i32, Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>)> {
+        self.call("callers_of", (ident, code_ids))?.extract()
     }
 
     /// Turns a Python exception into a [`Problem`] whose location is the
@@ -344,6 +358,9 @@ pub struct Suspended {
 #[derive(Debug, Clone)]
 pub struct ActiveFrame {
     pub thread: String,
+    /// Its `threading.get_ident()`: the stopped world can let this one
+    /// thread run on alone (see `StoppedWorld::let_run`).
+    pub ident: u64,
     pub function: String,
     pub file: String,
     pub line: u32,

@@ -27,7 +27,7 @@
 //! coverage's) is the one it had.
 
 use std::os::raw::c_ulong;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use pyo3::ffi;
@@ -64,11 +64,95 @@ fn gate_closed() -> std::sync::MutexGuard<'static, bool> {
     GATE.get().closed.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Where a hooked thread waits, without the GIL, until the window ends.
-fn wait_for_open_gate() {
+/// Where a hooked thread waits, without the GIL, until the window ends
+/// or the thread is let run alone ([`StoppedWorld::let_run`]). `me` is its
+/// `threading.get_ident()`.
+fn wait_for_open_gate(me: u64) {
     let mut closed = gate_closed();
-    while *closed {
+    while *closed && !runs_alone(me) {
         closed = GATE.get().opened.wait(closed).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// How many threads the stopped world lets run on alone at most: a look
+/// blocked by more is not worth holding every other thread for.
+const MAX_ALONE: usize = 4;
+
+/// A thread the stopped world lets run on alone ([`StoppedWorld::let_run`]).
+struct Alone {
+    /// Its `threading.get_ident()`.
+    ident: u64,
+    /// The code objects (addresses) of the frames that called the
+    /// functions it blocks in: once it runs an instruction in one of them
+    /// it has left those functions, and parks.
+    callers: Vec<usize>,
+    /// The outermost frame object (address) it blocks in: on 3.10 and 3.11
+    /// the trace function hears that frame return, and parks the thread at
+    /// its very next event (a caller's next line may come much later).
+    frame: usize,
+    /// That frame has returned: the next event parks.
+    leaving: bool,
+    /// Back in a caller, and parked.
+    returned: bool,
+}
+
+/// How many threads run alone now: the hooks read it on every event of
+/// the window, and only take [`ALONE`]'s lock when it is not 0.
+static ALONE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The threads let run alone, and the stopped world's thread waiting for
+/// them to return. Per process: a child forked by one of them starts with
+/// none.
+static ALONE: PerProcess<(Mutex<Vec<Alone>>, Condvar)> = PerProcess::new(|| (Mutex::new(Vec::new()), Condvar::new()));
+
+fn alone() -> std::sync::MutexGuard<'static, Vec<Alone>> {
+    ALONE.get().0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// For the stopped world's thread, without the GIL: waits up to `timeout`
+/// for every thread let run alone to be back in a caller (about to park,
+/// letting the GIL go). A thread that left the blocking functions without
+/// yet running a caller's instruction (on 3.10 and 3.11 a caller parks it
+/// at its next line) is seen by the look after the timeout.
+pub fn wait_for_alone_to_return(timeout: std::time::Duration) {
+    let list = alone();
+    let _ = ALONE
+        .get()
+        .1
+        .wait_timeout_while(list, timeout, |list| list.iter().any(|a| !a.returned))
+        .unwrap_or_else(|p| p.into_inner());
+}
+
+/// Whether the thread `ident` runs on alone in the stopped world (and has
+/// not yet returned to a caller of the functions it blocked in).
+fn runs_alone(ident: u64) -> bool {
+    ALONE_COUNT.load(Ordering::Acquire) != 0 && alone().iter().any(|a| a.ident == ident && !a.returned)
+}
+
+/// For a hook, on an event of thread `ident` in the code object `code`
+/// (with the GIL; `returning` is the frame a return event is for, else 0):
+/// true if the thread runs on alone, still inside the functions it blocked
+/// in; false if it must park, as every other thread does. A thread let run
+/// alone that is back in one of their callers, or whose outermost blocking
+/// frame has returned, is marked returned and parks from now on.
+fn passes(ident: u64, code: usize, returning: usize) -> bool {
+    if ALONE_COUNT.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let mut alone = alone();
+    match alone.iter_mut().find(|a| a.ident == ident && !a.returned) {
+        Some(a) if a.leaving || a.callers.contains(&code) => {
+            a.returned = true;
+            ALONE.get().1.notify_all();
+            false
+        }
+        Some(a) => {
+            if returning != 0 && returning == a.frame {
+                a.leaving = true;
+            }
+            true
+        }
+        None => false,
     }
 }
 
@@ -283,8 +367,72 @@ impl<'py> StoppedWorld<'py> {
     }
 }
 
+impl StoppedWorld<'_> {
+    /// Lets the threads `alone` (ident, the outermost frame each blocks in,
+    /// and the code objects of the frames that called it) run on while every other
+    /// thread stays parked, each until it is back in one of those callers
+    /// or [`StoppedWorld::stop_again`]: threads the safe-point look found
+    /// inside a function the update replaces get to leave it without the
+    /// whole program running meanwhile. False, and nothing done, for more
+    /// than a few threads.
+    pub fn let_run(&mut self, alone: &[(u64, usize, Vec<usize>)]) -> PyResult<bool> {
+        if alone.is_empty() || alone.len() > MAX_ALONE {
+            return Ok(false);
+        }
+        self.sys.call_method1("setswitchinterval", (ALONE_SWITCH_INTERVAL_S,))?;
+        {
+            // The gate's lock first, so a thread between its look at the
+            // gate and its wait cannot miss the wake-up.
+            let _gate = gate_closed();
+            let mut list = self::alone();
+            list.clear();
+            list.extend(alone.iter().map(|(ident, frame, callers)| Alone {
+                ident: *ident,
+                callers: callers.clone(),
+                frame: *frame,
+                leaving: false,
+                returned: false,
+            }));
+            ALONE_COUNT.store(list.len(), Ordering::Release);
+        }
+        GATE.get().opened.notify_all();
+        Ok(true)
+    }
+
+    /// Whether every thread let run alone is back in a caller (and parked,
+    /// or about to park): looking again is all that is left to do.
+    pub fn all_returned(&self) -> bool {
+        alone().iter().all(|a| a.returned)
+    }
+
+    /// Parks again the threads [`StoppedWorld::let_run`] let go, at their
+    /// next instruction, wherever they ran to meanwhile. Called with the
+    /// GIL, so none of them is running bytecode now.
+    pub fn stop_again(&mut self) -> PyResult<()> {
+        let idents: Vec<u64> = {
+            let _gate = gate_closed();
+            let mut list = alone();
+            ALONE_COUNT.store(0, Ordering::Release);
+            list.drain(..).map(|a| a.ident).collect()
+        };
+        self.sys
+            .call_method1("setswitchinterval", (WINDOW_SWITCH_INTERVAL_S,))?;
+        match self.hooks.as_mut() {
+            Some(hooks) => hooks.cover(self.py, &idents),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The switch interval while threads run alone in the stopped world, in
+/// seconds: the control thread takes the GIL back this often to look
+/// whether they have left the blocking functions.
+const ALONE_SWITCH_INTERVAL_S: f64 = 0.000_05;
+
 impl Drop for StoppedWorld<'_> {
     fn drop(&mut self) {
+        ALONE_COUNT.store(0, Ordering::Release);
+        alone().clear();
         if let Some(mut hooks) = self.hooks.take() {
             hooks.remove(self.py);
         }

@@ -132,9 +132,23 @@ impl GilBoost {
     pub fn list() -> GilBoost {
         let me = nix::unistd::gettid().as_raw();
         let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
-        let threads = tasks
-            .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&tid| tid != me)
+        GilBoost::ordinary(
+            tasks
+                .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&tid| tid != me),
+        )
+    }
+
+    /// The threads `tids` (kernel thread ids) of those that run under the
+    /// ordinary policies: the ones a stopped world lets run on alone, which
+    /// on a busy machine would otherwise wait for a core (and, holding the
+    /// GIL, keep the stopped world's own thread waiting too).
+    pub fn of(tids: &[i32]) -> GilBoost {
+        GilBoost::ordinary(tids.iter().copied())
+    }
+
+    fn ordinary(tids: impl Iterator<Item = i32>) -> GilBoost {
+        let threads = tids
             .filter_map(|tid| Some((tid, get_for(tid).ok()?)))
             .filter(|(_, attr)| matches!(attr.policy, SCHED_OTHER | SCHED_BATCH))
             .collect();

@@ -1451,6 +1451,7 @@ impl<'a> Tree<'a> {
             t.stage_ms = t.stage_ms.max(r.timings.stage_ms);
             t.stop_ms = t.stop_ms.max(r.timings.stop_ms);
             t.safe_point_ms = t.safe_point_ms.max(r.timings.safe_point_ms);
+            t.run_alone_ms = t.run_alone_ms.max(r.timings.run_alone_ms);
             t.commit_ms = t.commit_ms.max(r.timings.commit_ms);
             t.check_ms = t.check_ms.max(r.timings.check_ms);
             t.moved_code_ms = t.moved_code_ms.max(r.timings.moved_code_ms);

@@ -49,18 +49,21 @@ static CONTROL_THREAD: AtomicU64 = AtomicU64::new(0);
 /// The callback for every event of the tool, whatever its arguments.
 ///
 /// # Safety
-/// CPython calls it with the GIL held, on the thread the event happened on.
-/// It releases the GIL around the wait and takes it back before returning,
+/// CPython calls it with the GIL held, on the thread the event happened on,
+/// with the event's code object first in `args`. It releases the GIL around the wait and takes it back before returning,
 /// as the 3.10/3.11 trace function does, and returns a new reference to
 /// `None` (not `DISABLE`: see the module's header). Nothing in it unwinds.
 unsafe extern "C" fn park(
     _slf: *mut ffi::PyObject,
-    _args: *mut *mut ffi::PyObject,
-    _nargs: ffi::Py_ssize_t,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    if ffi::PyThread_get_thread_ident() as u64 != CONTROL_THREAD.load(Ordering::Relaxed) {
+    let me = ffi::PyThread_get_thread_ident() as u64;
+    // Every event the tool asks for passes the code object first.
+    let code = if nargs > 0 { *args as usize } else { 0 };
+    if me != CONTROL_THREAD.load(Ordering::Relaxed) && !super::passes(me, code, 0) {
         let saved = ffi::PyEval_SaveThread();
-        super::wait_for_open_gate();
+        super::wait_for_open_gate(me);
         ffi::PyEval_RestoreThread(saved);
     }
     ffi::Py_IncRef(ffi::Py_None());
@@ -96,6 +99,8 @@ pub struct Hooks<'py> {
     events: Vec<Bound<'py, PyAny>>,
     /// The code objects given local `INSTRUCTION` events.
     codes: Vec<Bound<'py, PyAny>>,
+    /// The same, to look up.
+    seen: Bound<'py, PySet>,
 }
 
 impl<'py> Hooks<'py> {
@@ -113,6 +118,7 @@ impl<'py> Hooks<'py> {
             tool,
             events: Vec::new(),
             codes: Vec::new(),
+            seen: PySet::empty(py)?,
         };
         if let Err(e) = hooks.hook(py, me) {
             hooks.remove(py);
@@ -134,22 +140,27 @@ impl<'py> Hooks<'py> {
             }
             self.events.push(event);
         }
-        let instruction = events.getattr("INSTRUCTION")?;
         self.monitoring.call_method1("set_events", (self.tool, global))?;
         // Every frame of every other thread, not only the innermost: an
         // exception raised in a C call may unwind into a caller's handler.
-        let seen = PySet::empty(py)?;
+        self.instrument_stacks(py, |ident| ident as c_ulong != me)
+    }
+
+    /// Gives local `INSTRUCTION` events to the code of every frame on the
+    /// stacks of the threads `which` picks.
+    fn instrument_stacks(&mut self, py: Python<'py>, which: impl Fn(u64) -> bool) -> PyResult<()> {
+        let instruction = self.monitoring.getattr("events")?.getattr("INSTRUCTION")?;
         let current = py.import("sys")?.call_method0("_current_frames")?;
         for item in current.call_method0("items")?.try_iter()? {
             let (ident, frame): (u64, Bound<'py, PyAny>) = item?.extract()?;
-            if ident as c_ulong == me {
+            if !which(ident) {
                 continue;
             }
             let mut frame = Some(frame);
             while let Some(f) = frame.filter(|f| !f.is_none()) {
                 let code = f.getattr("f_code")?;
-                if !seen.contains(&code)? {
-                    seen.add(&code)?;
+                if !self.seen.contains(&code)? {
+                    self.seen.add(&code)?;
                     self.monitoring
                         .call_method1("set_local_events", (self.tool, &code, &instruction))?;
                     self.codes.push(code);
@@ -158,6 +169,13 @@ impl<'py> Hooks<'py> {
             }
         }
         Ok(())
+    }
+
+    /// Makes the threads `idents`, which ran on alone, park at their next
+    /// instruction again: the code they ran into meanwhile has no local
+    /// events yet (their calls parked nowhere, by design).
+    pub fn cover(&mut self, py: Python<'py>, idents: &[u64]) -> PyResult<()> {
+        self.instrument_stacks(py, |ident| idents.contains(&ident))
     }
 
     /// Turns every event of the tool off and frees its id. Another thread's

@@ -77,14 +77,32 @@ struct ThreadStateHead {
 /// doing blocking I/O does.
 unsafe extern "C" fn park(
     _obj: *mut ffi::PyObject,
-    _frame: *mut ffi::PyFrameObject,
-    _what: c_int,
+    frame: *mut ffi::PyFrameObject,
+    what: c_int,
     _arg: *mut ffi::PyObject,
 ) -> c_int {
-    let saved = ffi::PyEval_SaveThread();
-    super::wait_for_open_gate();
-    ffi::PyEval_RestoreThread(saved);
+    let me = ffi::PyThread_get_thread_ident() as u64;
+    let returning = if what == ffi::PyTrace_RETURN { frame as usize } else { 0 };
+    if !super::passes(me, code_of(frame), returning) {
+        let saved = ffi::PyEval_SaveThread();
+        super::wait_for_open_gate(me);
+        ffi::PyEval_RestoreThread(saved);
+    }
     0
+}
+
+/// The address of `frame`'s code object, to compare with, or 0.
+///
+/// # Safety
+/// `frame` is the live frame CPython passed a trace function, GIL held.
+unsafe fn code_of(frame: *mut ffi::PyFrameObject) -> usize {
+    if frame.is_null() {
+        return 0;
+    }
+    let code = ffi::PyFrame_GetCode(frame);
+    // A strong reference: the frame keeps the code alive beyond it.
+    ffi::Py_XDECREF(code as *mut ffi::PyObject);
+    code as usize
 }
 
 /// One thread's trace hook as it was before the window.
@@ -155,11 +173,18 @@ impl<'py> Hooks<'py> {
     }
 
     fn trace_opcodes(&mut self, py: Python<'py>) -> PyResult<()> {
+        let my_ident = unsafe { ffi::PyThread_get_thread_ident() } as u64;
+        self.trace_opcodes_of(py, |ident| ident != my_ident)
+    }
+
+    /// Asks for opcode events in the current frame of each thread `which`
+    /// picks. Their older frames get line events, which every frame gets
+    /// from a C-level trace function.
+    fn trace_opcodes_of(&mut self, py: Python<'py>, which: impl Fn(u64) -> bool) -> PyResult<()> {
         let current = py.import("sys")?.call_method0("_current_frames")?;
-        let my_ident = unsafe { ffi::PyThread_get_thread_ident() };
         for item in current.call_method0("items")?.try_iter()? {
             let (ident, frame): (u64, Bound<'py, PyAny>) = item?.extract()?;
-            if ident as std::os::raw::c_ulong == my_ident {
+            if !which(ident) {
                 continue;
             }
             let before = frame.getattr("f_trace_opcodes")?;
@@ -169,10 +194,17 @@ impl<'py> Hooks<'py> {
         Ok(())
     }
 
+    /// Makes the threads `idents`, which ran on alone, park at their next
+    /// instruction again, in whatever frame they ran into meanwhile.
+    pub fn cover(&mut self, py: Python<'py>, idents: &[u64]) -> PyResult<()> {
+        self.trace_opcodes_of(py, |ident| idents.contains(&ident))
+    }
+
     /// Gives every thread back exactly the trace function it had, and each
-    /// frame its opcode flag.
+    /// frame its opcode flag (last set first: a frame covered twice gets
+    /// the flag it had before the window).
     pub fn remove(&mut self, _py: Python<'py>) {
-        for (frame, before) in self.frames.drain(..) {
+        for (frame, before) in self.frames.drain(..).rev() {
             let _ = frame.setattr("f_trace_opcodes", before);
         }
         let me = unsafe { ffi::PyThreadState_Get() };
