@@ -311,6 +311,12 @@ def tree_goal_rows(tree):
             idle_skew = pct(idle["skew_ms"], 99)
             rows.append((f'the same tree idle (no clients), `commit = "{mode}"`: skew p99', "< 5 ms",
                          f"{idle_skew:.2f} ms", idle_skew < 5))
+        # The issue asks each member's pause to stay as short as one
+        # process's: the default, `each`, is held to it. `together` trades
+        # it for the skew on purpose (each member stays stopped until all
+        # have merged); its ratio is in the tree's own table.
+        if mode != "each":
+            continue
         ratio = pct(big["member_pause_ms"], 50) / pct(single["member_pause_ms"], 50)
         rows.append((f'tree update, {n} workers, {tree["clients"]} clients, `commit = "{mode}"`: member pause p50 / '
                      f"one process's (p99 {pct(big['member_pause_ms'], 99):.2f} ms)", "<= 1.5x", f"{ratio:.2f}x",

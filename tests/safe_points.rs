@@ -421,11 +421,13 @@ fn a_suspended_generator_in_a_changed_function_blocks_until_it_finishes() {
 /// interval is the one the stopped world sets while it lets blocking
 /// threads run on alone (50 µs): only then can it leave, so the commit's
 /// first look finds it inside, and only running it alone lets it out.
+/// On its way out it notes whether the collector was on.
 const ALONE_V1: &str = r#"
-import sys, threading, time
+import gc, sys, threading, time
 ENTER = threading.Event()
 INSIDE = threading.Event()
 HANDLED = [0]
+GC_WHILE_ALONE = []
 
 def serve():
     while True:
@@ -438,27 +440,17 @@ def handle():
     INSIDE.set()
     while sys.getswitchinterval() > 0.0001:
         time.sleep(0.0002)
+    GC_WHILE_ALONE.append(gc.isenabled())
     INSIDE.clear()
     return 1
 "#;
 
-/// The new handler: answers at once, for the probe to call.
-const ALONE_V2: &str = r#"
-import sys, threading, time
-ENTER = threading.Event()
-INSIDE = threading.Event()
-HANDLED = [0]
-
-def serve():
-    while True:
-        ENTER.wait()
-        ENTER.clear()
-        handle()
-        HANDLED[0] += 1
-
-def handle():
-    return 2
-"#;
+/// The new version: the same server, whose handler answers at once (for
+/// the probe to call).
+fn alone_v2() -> String {
+    let (head, _) = ALONE_V1.split_once("def handle():").unwrap();
+    format!("{head}def handle():\n    return 2\n")
+}
 
 fn alone_spec(safe_point: &str) -> String {
     spec(&["alone_mod"], &format!("timeout_ms = 1000\n{safe_point}"), "")
@@ -479,7 +471,7 @@ fn apply_with_a_thread_inside(text: &str) -> (Sandbox, Hosted, i32, serde_json::
     );
     let hold = PhaseHold::new(&sandbox);
     let mut p = probe_with_env(&sandbox, &["prog.py"], vec![hold.env()]);
-    sandbox.write("alone_mod.py", ALONE_V2);
+    sandbox.write("alone_mod.py", &alone_v2());
     let spec = sandbox.write("alone.toml", text);
     hold.arm("commit");
     let socket = p.socket();
@@ -517,6 +509,10 @@ fn a_thread_inside_a_replaced_function_at_the_commit_runs_on_alone_until_it_leav
         }
     });
     assert_eq!(p.ask("alone_mod.handle()"), "2");
+    // No collection could hold the stopped world while it ran alone; the
+    // program's collector is back on after.
+    assert_eq!(p.ask("alone_mod.GC_WHILE_ALONE"), "[False]");
+    assert_eq!(p.ask("alone_mod.gc.isenabled()"), "True");
     // The thread goes on serving, on the new version.
     assert_eq!(p.ask("alone_mod.ENTER.set()"), "None");
     common::eventually(Duration::from_secs(60), || {
