@@ -334,10 +334,12 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                     out["skew_ms"].append(report["skew_ms"])
                 # The longest any member let blocking threads run on alone.
                 out["run_alone_ms"].append(report["timings"].get("run_alone_ms", 0.0))
-                # Per update, each committed member's let-go after the bell
-                # and its safe-point looks: who the skew waited for.
+                # Per update, each committed member's let-go after the bell,
+                # its safe-point looks, and when after the bell it woke and
+                # held the GIL: who the skew waited for, and on what.
                 out["after_bell"].append([(m["pid"] == server.proc.pid, m.get("after_bell_ms"),
-                                           m.get("safe_point_checks", 0))
+                                           m.get("safe_point_checks", 0), m.get("woke_after_bell_ms"),
+                                           m.get("gil_after_bell_ms"))
                                           for m in members if m["outcome"] == "committed"])
             else:
                 out["member_pause_ms"].append(report["timings"]["pause_ms"])
@@ -372,6 +374,25 @@ def cell(values, digits=2):
 def judged(r, key):
     """A count from the clients; "-" for a row without any."""
     return f"{r[key]:,}" if r["clients"] else "-"
+
+
+LATE_MS = 2.0
+
+
+def late_members(slowest):
+    """Where the time of each update's slowest member went, for the updates
+    where it let go more than LATE_MS after the bell: waiting for a core
+    (bell to woken), for the GIL (woken to holding it), and stopping its
+    threads, looking and merging (GIL to let go)."""
+    late = [m for m in slowest if m[1] > LATE_MS and m[3] is not None and m[4] is not None]
+    if not late:
+        return []
+    parts = {"waking": [m[3] for m in late], "getting the GIL": [m[4] - m[3] for m in late],
+             "stopping, looking and merging": [m[1] - m[4] for m in late]}
+    spent = ", ".join(f"{name} {pct(v, 50):.2f} / {max(v):.2f}" for name, v in parts.items())
+    looks = sorted(m[2] for m in late)
+    return [f"in the {len(late)} update(s) whose slowest member let go more than {LATE_MS:g} ms after the bell, "
+            f"that member spent (ms, p50 / max) {spent}; its safe-point looks: {looks}"]
 
 
 def title(r):
@@ -452,15 +473,17 @@ def table(rows, updates, clients):
             notes.append(f"{r['lost_state']} answers whose hit count went back (lost state)")
         if r.get("bells"):
             notes.append("members' bell: " + ", ".join(f"{k} {v}" for k, v in sorted(r["bells"].items())))
-        slowest = [max(a for _, a, _ in upd) for upd in r.get("after_bell", [])
-                   if upd and all(a is not None for _, a, _ in upd)]
+        slowest = [max(upd, key=lambda m: m[1]) for upd in r.get("after_bell", [])
+                   if upd and all(m[1] is not None for m in upd)]
         if slowest:
+            lets_go = [m[1] for m in slowest]
             # Two looks: one before staging, one in the commit, each held.
-            looked_again = sum(1 for upd in r["after_bell"] for _, _, checks in upd if checks > 2)
+            looked_again = sum(1 for upd in r["after_bell"] for m in upd if m[2] > 2)
             members = sum(len(upd) for upd in r["after_bell"])
-            notes.append(f"slowest member let go {pct(slowest, 50):.2f} / {pct(slowest, 99):.2f} ms after the bell "
+            notes.append(f"slowest member let go {pct(lets_go, 50):.2f} / {pct(lets_go, 99):.2f} ms after the bell "
                          f"(p50 / p99); {looked_again} of {members} members looked for their safe point more than "
                          "twice (before staging or after the bell)")
+            notes.extend(late_members(slowest))
         alone = [a for a in r.get("run_alone_ms", []) if a > 0]
         if r.get("run_alone_ms"):
             notes.append(f"a member let blocking threads run on alone in {len(alone)} of {len(r['run_alone_ms'])} updates"

@@ -311,6 +311,14 @@ pub struct MemberReport {
     /// `skew_ms` at most, and says who the others waited for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_bell_ms: Option<f64>,
+    /// Of that, when its pyreload thread ran again having heard the bell
+    /// (the wait for a core), and when that thread held the GIL again
+    /// (the wait for the program's thread to hand it over); the rest is
+    /// stopping its threads, looking for the safe point and merging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub woke_after_bell_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gil_after_bell_ms: Option<f64>,
     /// How many times it looked for its safe point in all, before staging
     /// and in the commit (its report's `safe_point_checks`): 2 when each
     /// held at the first look; more is a wait, before staging or after

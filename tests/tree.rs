@@ -209,6 +209,22 @@ fn assert_every_member_at_v2(sandbox: &Sandbox, tree: &mut Tree, code: i32, repo
     for m in report["members"].as_array().unwrap() {
         assert_eq!(m["bell"] == "realtime", permitted, "{report:#}");
     }
+    // Each says where its time after the bell went: it woke, then held
+    // the GIL, then let its threads go; the skew is within the last.
+    let after_bell: Vec<[f64; 3]> = report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let ms = |key: &str| m[key].as_f64().unwrap_or_else(|| panic!("no {key} in {m:#}"));
+            [ms("woke_after_bell_ms"), ms("gil_after_bell_ms"), ms("after_bell_ms")]
+        })
+        .collect();
+    for [woke, gil, released] in &after_bell {
+        assert!(woke <= gil && gil <= released, "{report:#}");
+    }
+    let slowest = after_bell.iter().map(|a| a[2]).fold(0.0, f64::max);
+    assert!(report["skew_ms"].as_f64().unwrap() <= slowest, "{report:#}");
     assert_eq!(tree.master.ask("app.work()"), "'v2'");
     for (pid, v) in versions(sandbox) {
         assert_eq!(v, "'v2'", "worker {pid}");

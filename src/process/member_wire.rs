@@ -116,9 +116,9 @@ pub enum MemberReply {
     /// The member runs the new version.
     Released {
         report: Box<Report>,
-        /// `CLOCK_MONOTONIC` when it let its world go, in nanoseconds: the
-        /// same clock in every process, so the tree's skew is the spread.
-        released_at_ns: u64,
+        /// When it did its part after the bell: the tree's skew is the
+        /// spread of the `released_ns`.
+        at: CommitInstants,
         /// It forked since it was invited: a child of it may run the old
         /// version without having been asked.
         forked: bool,
@@ -142,6 +142,24 @@ pub enum MemberReply {
     Error {
         problem: Problem,
     },
+}
+
+/// When a member did each step of its commit after the bell, on
+/// `CLOCK_MONOTONIC` in nanoseconds (the same clock in every process, so
+/// the coordinator subtracts its own ring's instant). Apart, they say
+/// where a late member's time went: waiting for a core (`woke_ns`), for
+/// the program's thread to hand over the GIL (`gil_ns`), or stopping its
+/// threads, looking for the safe point and merging (`released_ns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInstants {
+    /// Its pyreload thread ran again, having heard the bell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub woke_ns: Option<u64>,
+    /// That thread held the GIL again (none where it never let go of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gil_ns: Option<u64>,
+    /// It let its world go on the new version.
+    pub released_ns: u64,
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.

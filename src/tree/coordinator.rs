@@ -20,7 +20,7 @@ use crate::engine::member::{decide, release_decision, Decision};
 use crate::engine::progress::ClientGone;
 use crate::process::bell::{self, Bell};
 use crate::process::fds::Tracked;
-use crate::process::member_wire::{MemberReply, Mode, RollbackOrder, Step};
+use crate::process::member_wire::{CommitInstants, MemberReply, Mode, RollbackOrder, Step};
 use crate::process::state::ProcessState;
 use crate::process::wire::{MemberProgress, TreeProgress};
 use crate::report::{MemberOutcome, MemberReport, ModuleReport, Outcome, Report};
@@ -370,7 +370,8 @@ struct Peer {
     outcome: Option<MemberOutcome>,
     report: Option<Report>,
     problem: Option<Problem>,
-    released_at_ns: Option<u64>,
+    /// When it did its part of the commit (its `Released` said).
+    at: Option<CommitInstants>,
     waiting_for: Vec<String>,
     /// It forked since it was invited (its `Released` said so).
     forked: bool,
@@ -596,7 +597,7 @@ impl<'a> Tree<'a> {
             outcome: None,
             report: None,
             problem: None,
-            released_at_ns: None,
+            at: None,
             waiting_for: Vec::new(),
             forked: false,
         };
@@ -1036,14 +1037,10 @@ impl<'a> Tree<'a> {
         let heard = self.collect(who, until, false);
         for &i in who {
             match heard.get(&i) {
-                Some(Heard::Reply(MemberReply::Released {
-                    report,
-                    released_at_ns,
-                    forked,
-                })) => {
+                Some(Heard::Reply(MemberReply::Released { report, at, forked })) => {
                     let peer = &mut self.peers[i];
                     peer.stand = Stand::Committed;
-                    peer.released_at_ns = Some(*released_at_ns);
+                    peer.at = Some(*at);
                     peer.forked = *forked;
                     peer.report = Some((**report).clone());
                 }
@@ -1474,13 +1471,22 @@ impl<'a> Tree<'a> {
             }
         }
         report.modules = order.into_iter().filter_map(|m| modules.remove(&m)).collect();
-        let released: Vec<u64> = self.peers.iter().filter_map(|p| p.released_at_ns).collect();
+        let released: Vec<u64> = self
+            .peers
+            .iter()
+            .filter_map(|p| p.at.map(|at| at.released_ns))
+            .collect();
         if let (Some(first), Some(last)) = (released.iter().min(), released.iter().max()) {
             report.skew_ms = Some((last - first) as f64 / 1e6);
         }
         if self.job.mode == Mode::Update {
             report.tree_commit = self.job.spec.map(|s| s.tree.commit());
         }
+        // A member's instant as the time since the commit's bell, in ms.
+        let after_bell = |at: Option<u64>| {
+            at.zip(self.rung_at_ns)
+                .map(|(at, rung)| at.saturating_sub(rung) as f64 / 1e6)
+        };
         report.members = self
             .peers
             .iter()
@@ -1502,10 +1508,9 @@ impl<'a> Tree<'a> {
                     outcome,
                     modules: p.modules.clone(),
                     pause_ms: p.report.as_ref().map_or(0.0, |r| r.timings.pause_ms),
-                    after_bell_ms: p
-                        .released_at_ns
-                        .zip(self.rung_at_ns)
-                        .map(|(released, rung)| released.saturating_sub(rung) as f64 / 1e6),
+                    after_bell_ms: after_bell(p.at.map(|at| at.released_ns)),
+                    woke_after_bell_ms: after_bell(p.at.and_then(|at| at.woke_ns)),
+                    gil_after_bell_ms: after_bell(p.at.and_then(|at| at.gil_ns)),
                     safe_point_checks: p.report.as_ref().map_or(0, |r| r.safe_point_checks),
                     bell: p.report.as_ref().and_then(|r| r.bell),
                     problem: p.problem.clone(),
