@@ -128,12 +128,21 @@ pub struct Marks {
     /// each (`PyThread_get_thread_ident`, as `threading.get_ident()`). A
     /// transformer may use other instances, so there may be a few.
     converting: Vec<(usize, c_ulong)>,
+    /// The hooks are off ([`Marks::clear`]): nothing needs converting. A
+    /// thread that entered a hook before they came off may still be waiting
+    /// for the migration's lock in `ensure`, behind the sweep's last
+    /// batches; once it gets the lock its instance is converted already, and
+    /// empty marks would have it converted a second time.
+    off: bool,
 }
 
 impl Marks {
     /// Whether thread `me` must convert the instance at `addr` (or wait for
     /// the thread converting it) before using it.
     fn needs(&self, addr: usize, me: c_ulong) -> bool {
+        if self.off {
+            return false;
+        }
         if let Some(&(_, thread)) = self.converting.iter().find(|(a, _)| *a == addr) {
             return thread != me;
         }
@@ -148,7 +157,7 @@ impl Marks {
     /// `me`, or says it needs no converting (done, or being converted
     /// already by a transformer of this thread further up the stack).
     pub fn claim(&mut self, addr: usize, me: c_ulong) -> bool {
-        if self.converting.iter().any(|(a, _)| *a == addr) {
+        if self.off || self.converting.iter().any(|(a, _)| *a == addr) {
             return false;
         }
         let waits = if self.complete {
@@ -205,9 +214,13 @@ impl Marks {
         self.pending = AddressBits::default();
     }
 
-    /// The hooks are off: nothing reads the marks again.
+    /// The hooks are off: the marks go, and from now on no instance needs
+    /// converting (see the `off` field).
     pub fn clear(&mut self) {
-        *self = Marks::default();
+        *self = Marks {
+            off: true,
+            ..Marks::default()
+        };
     }
 }
 
@@ -552,5 +565,52 @@ fn new_hook<'py>(
         (*hook).ensure = ensure.clone().into_ptr();
         (*hook).base = base.clone().into_ptr();
         Ok(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Marks;
+
+    const SWEEPER: std::os::raw::c_ulong = 1;
+    const SERVER: std::os::raw::c_ulong = 2;
+
+    /// A server thread reads an instance while the sweep converts it, so it
+    /// waits in `ensure` for the migration's lock; the sweep converts it,
+    /// finishes and takes the hooks off before that thread gets the lock.
+    /// The instance must not be converted again (a transformer that renames
+    /// an attribute raised KeyError on the second run, in
+    /// tests/data_updates.rs, one run in five).
+    #[test]
+    fn a_thread_that_waited_out_the_sweep_converts_nothing() {
+        let addr = 0x7f00_0000_1230;
+        let mut marks = Marks::default();
+        assert!(marks.found(addr));
+        marks.completed();
+        assert!(marks.claim(addr, SWEEPER));
+        assert!(marks.needs(addr, SERVER), "the server thread waits for the sweep");
+        marks.settle(addr, true);
+        marks.clear();
+        assert!(!marks.needs(addr, SERVER));
+        assert!(!marks.claim(addr, SERVER), "converted once already");
+        assert!(!marks.needs(0x7f00_0000_4560, SERVER), "nor anything else");
+    }
+
+    /// Before the walk, a converted instance's address stays done until the
+    /// instance dies; the next object there is converted as an old one
+    /// would be.
+    #[test]
+    fn before_the_walk_marks_are_by_address_until_forgotten() {
+        let addr = 0x7f00_0000_1230;
+        let mut marks = Marks::default();
+        assert!(marks.needs(addr, SERVER));
+        assert!(marks.claim(addr, SERVER));
+        assert!(!marks.needs(addr, SERVER), "its own converting thread goes through");
+        assert!(marks.needs(addr, SWEEPER), "another thread waits");
+        marks.settle(addr, true);
+        assert!(!marks.needs(addr, SWEEPER));
+        assert!(!marks.claim(addr, SWEEPER));
+        marks.done.remove(&addr);
+        assert!(marks.needs(addr, SWEEPER));
     }
 }
