@@ -263,6 +263,12 @@ pub struct Report {
     /// the pause (`timings.moved_code_ms`).
     #[serde(default)]
     pub moved_after_pause: usize,
+    /// A tree member: how many times the program's threads, raised to
+    /// real-time priority until pyreload's thread had the GIL, were put
+    /// back at the cap (20 ms) first, because a thread held the GIL in a
+    /// long call (`crate::process::sched::BOOST_CAP`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gil_boost_capped: u32,
 }
 
 /// The part of the merge done ahead of the pause (engine/merge.rs, `pair_ahead`).
@@ -329,6 +335,10 @@ pub struct MemberReport {
     /// `realtime` where the process may ask for it (`[tree] realtime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bell: Option<crate::process::sched::Turn>,
+    /// Its report's `gil_boost_capped`: a thread there held the GIL in a
+    /// long call after the bell, or while running on alone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gil_boost_capped: u32,
     /// Why it refused or rolled back, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
@@ -406,6 +416,7 @@ impl Report {
             merge_ahead: None,
             bell: None,
             moved_after_pause: 0,
+            gil_boost_capped: 0,
         }
     }
 

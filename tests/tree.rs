@@ -729,6 +729,88 @@ fn with_realtime_false_no_member_waits_for_the_bell_at_real_time_priority() {
     assert_eq!(tree.master.ask("app.work()"), "'v2'");
 }
 
+/// Imported by a worker: `start()` runs a thread that waits for a first
+/// byte on the FIFO `hold` (without the GIL, so that the worker answers
+/// meanwhile), makes `hogging`, then holds the GIL in a C call (ctypes'
+/// `PyDLL` keeps it) until a second byte comes.
+const HOG: &str = r#"import ctypes, os, threading
+
+def _hog(fd):
+    buf = ctypes.create_string_buffer(1)
+    libc = ctypes.PyDLL(None)
+    os.read(fd, 1)
+    open("hogging", "w").close()
+    libc.read(fd, buf, 1)
+
+def start():
+    os.mkfifo("hold")
+    fd = os.open("hold", os.O_RDWR)
+    threading.Thread(target=_hog, args=(fd,), daemon=True).start()
+"#;
+
+/// A worker thread inside a long call that keeps the GIL when the bell
+/// rings keeps that worker's commit waiting, and without a bound its
+/// threads, raised to real-time priority to hand the GIL over, would run
+/// that whole call ahead of every ordinary process: the boost ends at its
+/// cap (20 ms), the member commits once the call returns, and its report
+/// says both.
+#[test]
+fn a_worker_holding_the_gil_in_a_long_call_at_the_bell_keeps_its_boost_for_the_cap_only() {
+    let sandbox = Sandbox::new();
+    sandbox.write("hog.py", HOG);
+    let mut tree = Tree::start(&sandbox, 1, true);
+    sandbox.write("app.py", APP_V2);
+    let (code, prepared) = prepare(&sandbox, &tree, "60s");
+    assert_eq!(code, 0, "{prepared:#}\n{}", sandbox.transcript());
+    let id = prepared["id"].as_str().unwrap().to_string();
+    let (worker, port) = worker_ports(&sandbox)[0];
+    assert_eq!(ask_worker(port, "__import__('hog').start()"), "None");
+    let poke = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(sandbox.path().join("hold"))
+            .and_then(|mut hold| hold.write_all(b"x"))
+            .unwrap()
+    };
+    poke();
+    wait_until(
+        Duration::from_secs(30),
+        || sandbox.path().join("hogging").exists(),
+        || "the worker's thread never began its call".to_string(),
+    );
+    let commit = sandbox
+        .pyreload()
+        .args(["commit", "--json", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The master commits on its own at the bell; the worker cannot until
+    // the call returns. Well past the cap, it does.
+    wait_until(
+        Duration::from_secs(30),
+        || tree.master.ask("app.work()") == "'v2'",
+        || "the master never committed".to_string(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    poke();
+    let (code, report) = finished(commit);
+    assert_eq!(code, 0, "{report:#}\n{}", sandbox.transcript());
+    let member = report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["pid"] == worker)
+        .unwrap_or_else(|| panic!("worker {worker} not in {report:#}"))
+        .clone();
+    assert_eq!(member["outcome"], "committed", "{report:#}");
+    let gil = member["gil_after_bell_ms"].as_f64().unwrap();
+    assert!(gil >= 500.0, "the worker waited for the call to return: {report:#}");
+    let capped = if realtime_permitted() { 1 } else { 0 };
+    assert_eq!(member["gil_boost_capped"].as_u64().unwrap_or(0), capped, "{report:#}");
+    assert_eq!(ask_worker(port, "app.work()"), "'v2'");
+}
+
 #[test]
 fn together_a_check_that_fails_in_one_worker_undoes_every_merge_before_any_thread_runs_it() {
     let sandbox = Sandbox::new();

@@ -32,7 +32,7 @@ use crate::process::bell::{self, Ear};
 use crate::process::member_wire::{
     monotonic_ns, CommitInstants, Invitation, Link, MemberReply, Mode, RollbackOrder, Step,
 };
-use crate::process::sched::GilBoost;
+use crate::process::sched::{BoostWatch, GilBoost, Raised};
 use crate::process::state::{GateError, ProcessState};
 use crate::report::{Outcome, Report};
 use crate::spec::{self, SpecSource, TreeCommit};
@@ -363,7 +363,10 @@ fn converse(
     // others under 16 clients on 2 cores, the skew of the whole tree).
     let bell = crate::process::sched::BellPriority::begin(spec.tree.realtime());
     report.bell = Some(bell.turn());
+    // Listed before the watch starts, which is not the program's.
     let boost = bell.may_boost().then(GilBoost::list);
+    let watch = boost.as_ref().and_then(|_| BoostWatch::start().ok());
+    let boost = boost.filter(|_| watch.is_some());
     if link.send(&MemberReply::Staged).is_err() {
         return report.cancel(coordinator_gone());
     }
@@ -375,8 +378,9 @@ fn converse(
         // until this thread has it (back from `detach`).
         let raised = boost
             .as_ref()
+            .zip(watch.as_ref())
             .filter(|_| matches!(step, Ok(None | Some(Step::Commit))))
-            .map(GilBoost::raise);
+            .map(|(boost, watch)| boost.raise(watch));
         (step, raised, woke_ns)
     });
     let mut at = CommitInstants {
@@ -384,7 +388,9 @@ fn converse(
         gil_ns: Some(monotonic_ns()),
         released_ns: 0,
     };
-    drop(raised);
+    if raised.is_some_and(Raised::end) {
+        report.gil_boost_capped += 1;
+    }
     drop(handoff);
     match step {
         Ok(None | Some(Step::Commit)) => {}
@@ -402,7 +408,7 @@ fn converse(
     // The commit, as a program alone makes it: its own safe point, its own
     // pause. A refusal now has the members that committed rolled back.
     session.rearm_timeout();
-    session.boost_alone = bell.may_boost();
+    session.boost_alone = watch;
     if state.exit_requested() {
         return aborted(link, report, Problem::new("the member began to exit before its commit"));
     }

@@ -31,7 +31,7 @@ use super::world::StoppedWorld;
 use super::{commit_limit, interrupted, ms, prepare, rollback, stage, transform, Done, Stop};
 use crate::diagnostic::Problem;
 use crate::plan::Plan;
-use crate::process::sched::GilBoost;
+use crate::process::sched::{BoostWatch, GilBoost, Raised};
 use crate::process::state::ProcessState;
 use crate::process::update_point::{points, PointRequest};
 use crate::process::wire::Phase;
@@ -55,10 +55,11 @@ pub struct Session<'py> {
     /// alone without their leaving: a thread that stays in a replaced
     /// function (a loop) would otherwise cost a longer pause at every look.
     run_alone_left: u8,
-    /// Whether threads let run on alone run at real-time priority 1 meanwhile:
-    /// for a tree member whose own thread waits above it (see
+    /// Where threads let run on alone run at real-time priority 1
+    /// meanwhile, the watch that bounds it: for a tree member whose own
+    /// thread waits above them (see
     /// `crate::process::sched::BellPriority::may_boost`).
-    pub boost_alone: bool,
+    pub boost_alone: Option<BoostWatch>,
 }
 
 /// How many times a commit lets blocking threads run on alone without
@@ -132,7 +133,7 @@ impl<'py> Session<'py> {
             samples: Vec::new(),
             forks_at_commit: 0,
             run_alone_left: RUN_ALONE_TRIES,
-            boost_alone: false,
+            boost_alone: None,
         })
     }
 
@@ -295,14 +296,14 @@ impl<'py> Session<'py> {
                 (*ident, frame, codes.iter().map(|c| c.as_ptr() as usize).collect())
             })
             .collect();
-        let boost = self.boost_alone.then(|| {
+        let boost = self.boost_alone.as_ref().map(|_| {
             let tids: Vec<i32> = callers.iter().map(|(_, (tid, _, _))| *tid).filter(|&t| t > 0).collect();
             GilBoost::of(&tids)
         });
         if !world.let_run(&alone).map_err(could_not)? {
             return Ok(first);
         }
-        let raised = boost.as_ref().map(GilBoost::raise);
+        let raised = boost.as_ref().zip(self.boost_alone.as_ref()).map(|(b, w)| b.raise(w));
         let mut blockers = first;
         let looked = loop {
             self.py
@@ -323,7 +324,9 @@ impl<'py> Session<'py> {
                 Err(problem) => break Err(problem),
             }
         };
-        drop(raised);
+        if raised.is_some_and(Raised::end) {
+            report.gil_boost_capped += 1;
+        }
         let stopped = world.stop_again();
         report.timings.run_alone_ms += ms(started);
         stopped.map_err(|e| {

@@ -28,9 +28,12 @@
 //! Only pyreload's own thread is touched for the wait and the work that
 //! follows it. With real time, the program's threads are raised too, for
 //! the moment between the bell and pyreload's thread holding the GIL
-//! ([`GilBoost`]); then each gets its own scheduling back.
+//! ([`GilBoost`]), and for [`BOOST_CAP`] at most ([`BoostWatch`]); then
+//! each gets its own scheduling back.
 
 use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// `struct sched_attr` (`include/uapi/linux/sched/types.h`, size 56).
 #[repr(C)]
@@ -107,6 +110,16 @@ const BELL_PRIORITY: u32 = 2;
 /// The real-time priority the program's threads get from [`GilBoost`].
 const GIL_HOLDER_PRIORITY: u32 = 1;
 
+/// How long a [`GilBoost`] keeps the program's threads raised at most.
+/// They need it only until the GIL's holder reaches its next
+/// switch-interval check, well under a millisecond; a holder inside a long
+/// call that keeps the GIL (a big sort, a regular expression, a C
+/// extension's loop) reaches none until the call returns, and would run
+/// all that time at real-time priority, ahead of every ordinary thread on
+/// its core. After this the threads get their own scheduling back and the
+/// commit waits for the GIL as an ordinary process would.
+pub const BOOST_CAP: Duration = Duration::from_millis(20);
+
 /// The GIL for the commit, promptly. Once the bell has rung, the member's
 /// thread (real-time) needs the GIL from whichever program thread holds
 /// it, and that one drops it only while it runs. On a busy machine it may
@@ -155,9 +168,10 @@ impl GilBoost {
         GilBoost { threads }
     }
 
-    /// Raises every listed thread; dropping the result puts each back.
-    pub fn raise(&self) -> Raised<'_> {
-        let raised = self
+    /// Raises every listed thread, for `watch`'s cap at most; ending or
+    /// dropping the result puts each back.
+    pub fn raise<'a>(&self, watch: &'a BoostWatch) -> Raised<'a> {
+        let raised: Vec<(i32, SchedAttr)> = self
             .threads
             .iter()
             // Still ours: a thread that ended since it was listed may have
@@ -173,14 +187,25 @@ impl GilBoost {
                 };
                 set_for(*tid, &fifo).is_ok()
             })
+            .copied()
             .collect();
-        Raised { raised }
+        if !raised.is_empty() {
+            watch.arm(raised.clone());
+        }
+        Raised {
+            raised,
+            watch,
+            ended: false,
+        }
     }
 }
 
-/// Threads a [`GilBoost`] raised, until dropped.
+/// Threads a [`GilBoost`] raised, until ended or dropped, or until the
+/// watch's cap puts them back.
 pub struct Raised<'a> {
-    raised: Vec<&'a (i32, SchedAttr)>,
+    raised: Vec<(i32, SchedAttr)>,
+    watch: &'a BoostWatch,
+    ended: bool,
 }
 
 impl Raised<'_> {
@@ -188,13 +213,155 @@ impl Raised<'_> {
     fn threads(&self) -> usize {
         self.raised.len()
     }
+
+    /// Puts the threads back; true if the cap had done it already (the
+    /// GIL's holder was in a long call: a member's report says so).
+    pub fn end(mut self) -> bool {
+        self.put_back()
+    }
+
+    fn put_back(&mut self) -> bool {
+        if std::mem::replace(&mut self.ended, true) || self.raised.is_empty() {
+            return false;
+        }
+        let capped = self.watch.disarm();
+        if !capped {
+            for (tid, attr) in &self.raised {
+                // A thread that ended meanwhile is no error.
+                let _ = set_for(*tid, attr);
+            }
+        }
+        capped
+    }
 }
 
 impl Drop for Raised<'_> {
     fn drop(&mut self) {
-        for (tid, attr) in &self.raised {
-            // A thread that ended meanwhile is no error.
-            let _ = set_for(*tid, attr);
+        self.put_back();
+    }
+}
+
+/// A thread that puts a [`GilBoost`]'s threads back once it has lasted
+/// [`BOOST_CAP`]. Started ahead (a member's, while it waits for the bell),
+/// so that raising starts no thread, and at the bell's priority where it
+/// may, so that the raised threads cannot keep it off the CPU. No watch,
+/// no boost: nothing raises a program's threads without a bound.
+pub struct BoostWatch {
+    shared: Arc<Watched>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Watched {
+    state: Mutex<Watch>,
+    wake: Condvar,
+    cap: Duration,
+}
+
+enum Watch {
+    Idle,
+    /// Raised at the given instant: these threads, with the scheduling
+    /// each had before.
+    Armed(Instant, Vec<(i32, SchedAttr)>),
+    /// The cap put the last raised threads back.
+    Capped,
+    Quit,
+}
+
+impl BoostWatch {
+    pub fn start() -> io::Result<BoostWatch> {
+        BoostWatch::with_cap(BOOST_CAP)
+    }
+
+    fn with_cap(cap: Duration) -> io::Result<BoostWatch> {
+        let shared = Arc::new(Watched {
+            state: Mutex::new(Watch::Idle),
+            wake: Condvar::new(),
+            cap,
+        });
+        let watched = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("pyreload-boost-cap".into())
+            .spawn(move || watched.run())?;
+        Ok(BoostWatch {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn arm(&self, threads: Vec<(i32, SchedAttr)>) {
+        *self.shared.lock() = Watch::Armed(Instant::now(), threads);
+        self.shared.wake.notify_one();
+    }
+
+    /// Ends the watch over the last raise: true if the cap had put its
+    /// threads back. The watching thread is not woken: it finds nothing
+    /// armed when its wait ends.
+    fn disarm(&self) -> bool {
+        let mut state = self.shared.lock();
+        let capped = matches!(*state, Watch::Capped);
+        *state = Watch::Idle;
+        capped
+    }
+
+    /// Waits until the cap has put the last raised threads back.
+    #[cfg(test)]
+    fn wait_capped(&self) {
+        let mut state = self.shared.lock();
+        while !matches!(*state, Watch::Capped) {
+            state = self.shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Watched {
+    fn lock(&self) -> MutexGuard<'_, Watch> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self) {
+        if let Ok(a) = get() {
+            let _ = set(&SchedAttr {
+                policy: SCHED_FIFO,
+                priority: BELL_PRIORITY,
+                nice: 0,
+                runtime: 0,
+                ..a
+            });
+        }
+        let mut state = self.lock();
+        loop {
+            let wait = match &*state {
+                Watch::Quit => return,
+                Watch::Idle | Watch::Capped => None,
+                Watch::Armed(at, threads) => match self.cap.checked_sub(at.elapsed()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => {
+                        for (tid, attr) in threads {
+                            let _ = set_for(*tid, attr);
+                        }
+                        *state = Watch::Capped;
+                        self.wake.notify_all();
+                        continue;
+                    }
+                },
+            };
+            state = match wait {
+                Some(left) => match self.wake.wait_timeout(state, left) {
+                    Ok((state, _)) => state,
+                    Err(e) => e.into_inner().0,
+                },
+                None => self.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+}
+
+impl Drop for BoostWatch {
+    fn drop(&mut self) {
+        *self.shared.lock() = Watch::Quit;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -320,10 +487,11 @@ mod tests {
         let before = get_for(tid).unwrap();
         let boost = GilBoost::list();
         assert!(boost.threads.iter().any(|(t, _)| *t == tid));
-        let raised = boost.raise();
+        let watch = BoostWatch::with_cap(Duration::from_secs(3600)).unwrap();
+        let raised = boost.raise(&watch);
         let inside = get_for(tid).unwrap();
         let permitted = raised.threads() > 0;
-        drop(raised);
+        assert!(!raised.end(), "ended before the cap");
         let after = get_for(tid).unwrap();
         done_tx.send(()).unwrap();
         other.join().unwrap();
@@ -332,6 +500,47 @@ mod tests {
         } else {
             assert_eq!(inside.policy, before.policy);
         }
+        assert_eq!(
+            (after.policy, after.priority, after.runtime),
+            (before.policy, before.priority, before.runtime)
+        );
+    }
+
+    /// A thread that holds the GIL in a long call keeps the boost from
+    /// ending at the GIL: the watch ends it at the cap, and says so.
+    #[test]
+    fn a_boost_that_outlasts_its_cap_is_put_back_by_the_watch() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let before = get_for(tid).unwrap();
+        let boost = GilBoost::list();
+        let watch = BoostWatch::with_cap(Duration::from_millis(1)).unwrap();
+        let raised = boost.raise(&watch);
+        let permitted = raised.threads() > 0;
+        if permitted {
+            watch.wait_capped();
+            let capped = get_for(tid).unwrap();
+            assert_eq!(
+                (capped.policy, capped.priority),
+                (before.policy, before.priority),
+                "put back while still raised"
+            );
+        }
+        assert_eq!(raised.end(), permitted, "the cap ended it");
+        // The watch serves the next boost.
+        let again = boost.raise(&watch);
+        if permitted {
+            watch.wait_capped();
+        }
+        assert_eq!(again.end(), permitted);
+        let after = get_for(tid).unwrap();
+        done_tx.send(()).unwrap();
+        other.join().unwrap();
         assert_eq!(
             (after.policy, after.priority, after.runtime),
             (before.policy, before.priority, before.runtime)

@@ -1513,6 +1513,7 @@ impl<'a> Tree<'a> {
                     gil_after_bell_ms: after_bell(p.at.and_then(|at| at.gil_ns)),
                     safe_point_checks: p.report.as_ref().map_or(0, |r| r.safe_point_checks),
                     bell: p.report.as_ref().and_then(|r| r.bell),
+                    gil_boost_capped: p.report.as_ref().map_or(0, |r| r.gil_boost_capped),
                     problem: p.problem.clone(),
                 }
             })
