@@ -475,26 +475,46 @@ mod tests {
         );
     }
 
+    /// Another thread of this process, waiting until it is ended.
+    struct Other {
+        tid: i32,
+        done: std::sync::mpsc::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Other {
+        fn start() -> Other {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (done, done_rx) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                tx.send(nix::unistd::gettid().as_raw()).unwrap();
+                let _ = done_rx.recv();
+            });
+            let tid = rx.recv().unwrap();
+            Other { tid, done, thread }
+        }
+
+        fn end(self) {
+            self.done.send(()).unwrap();
+            self.thread.join().unwrap();
+        }
+    }
+
     #[test]
     fn a_boost_raises_the_other_threads_and_gives_each_its_own_back() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let other = std::thread::spawn(move || {
-            tx.send(nix::unistd::gettid().as_raw()).unwrap();
-            let _ = done_rx.recv();
-        });
-        let tid = rx.recv().unwrap();
+        let other = Other::start();
+        let tid = other.tid;
         let before = get_for(tid).unwrap();
-        let boost = GilBoost::list();
-        assert!(boost.threads.iter().any(|(t, _)| *t == tid));
+        assert!(GilBoost::list().threads.iter().any(|(t, _)| *t == tid));
+        // Only this one: the other tests' threads are this process's too.
+        let boost = GilBoost::of(&[tid]);
         let watch = BoostWatch::with_cap(Duration::from_secs(3600)).unwrap();
         let raised = boost.raise(&watch);
         let inside = get_for(tid).unwrap();
         let permitted = raised.threads() > 0;
         assert!(!raised.end(), "ended before the cap");
         let after = get_for(tid).unwrap();
-        done_tx.send(()).unwrap();
-        other.join().unwrap();
+        other.end();
         if permitted {
             assert_eq!((inside.policy, inside.priority), (SCHED_FIFO, GIL_HOLDER_PRIORITY));
         } else {
@@ -510,15 +530,10 @@ mod tests {
     /// ending at the GIL: the watch ends it at the cap, and says so.
     #[test]
     fn a_boost_that_outlasts_its_cap_is_put_back_by_the_watch() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let other = std::thread::spawn(move || {
-            tx.send(nix::unistd::gettid().as_raw()).unwrap();
-            let _ = done_rx.recv();
-        });
-        let tid = rx.recv().unwrap();
+        let other = Other::start();
+        let tid = other.tid;
         let before = get_for(tid).unwrap();
-        let boost = GilBoost::list();
+        let boost = GilBoost::of(&[tid]);
         let watch = BoostWatch::with_cap(Duration::from_millis(1)).unwrap();
         let raised = boost.raise(&watch);
         let permitted = raised.threads() > 0;
@@ -539,8 +554,7 @@ mod tests {
         }
         assert_eq!(again.end(), permitted);
         let after = get_for(tid).unwrap();
-        done_tx.send(()).unwrap();
-        other.join().unwrap();
+        other.end();
         assert_eq!(
             (after.policy, after.priority, after.runtime),
             (before.policy, before.priority, before.runtime)
