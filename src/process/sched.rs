@@ -279,9 +279,8 @@ impl BoostWatch {
             cap,
         });
         let watched = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("pyreload-boost-cap".into())
-            .spawn(move || watched.run())?;
+        // Signals blocked, as every thread of pyreload's in a program.
+        let thread = super::try_spawn_service_thread("pyreload-boost-cap", move || watched.run())?;
         Ok(BoostWatch {
             shared,
             thread: Some(thread),
