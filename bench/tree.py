@@ -272,7 +272,7 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                "apply_wall_ms": [], "total_ms": [], "skew_ms": [], "members": [], "missing": [],
                "extra": [], "not_committed": [], "waited_short": 0,
                "cli_cpu_ms": [], "phases": {}, "refused": [], "extra_args": list(extra), "bells": {},
-               "after_bell": [], "run_alone_ms": []}
+               "after_bell": [], "run_alone_ms": [], "boost_capped": 0}
         for i in range(updates):
             to = "2.0" if version == "1.0" else "1.0"
             load.command("close")
@@ -325,6 +325,8 @@ def row(pyreload, venv, work, label, workers, preload, updates, clients, extra=(
                     master = m["pid"] == server.proc.pid
                     if m["outcome"] == "committed":
                         out["bells"][m.get("bell", "-")] = out["bells"].get(m.get("bell", "-"), 0) + 1
+                        # The GIL boost put back at its cap: a thread held the GIL in a long call.
+                        out["boost_capped"] += m.get("gil_boost_capped", 0)
                         out["member_pause_ms"].append(m["pause_ms"])
                         out["master_pause_ms" if master else "worker_pause_ms"].append(m["pause_ms"])
                     elif not (master and not preload and m["outcome"] == "unaffected"):
@@ -473,6 +475,8 @@ def table(rows, updates, clients):
             notes.append(f"{r['lost_state']} answers whose hit count went back (lost state)")
         if r.get("bells"):
             notes.append("members' bell: " + ", ".join(f"{k} {v}" for k, v in sorted(r["bells"].items())))
+            if r["bells"].get("realtime"):
+                notes.append(f"the GIL boost reached its cap (20 ms) {r.get('boost_capped', 0)} time(s)")
         slowest = [max(upd, key=lambda m: m[1]) for upd in r.get("after_bell", [])
                    if upd and all(m[1] is not None for m in upd)]
         if slowest:
