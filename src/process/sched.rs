@@ -82,6 +82,17 @@ fn get_for(tid: i32) -> io::Result<SchedAttr> {
     }
 }
 
+/// `attr` turned into `SCHED_FIFO` at `priority`, the rest kept.
+fn fifo(priority: u32, attr: &SchedAttr) -> SchedAttr {
+    SchedAttr {
+        policy: SCHED_FIFO,
+        priority,
+        nice: 0,
+        runtime: 0,
+        ..*attr
+    }
+}
+
 fn set(attr: &SchedAttr) -> io::Result<()> {
     set_for(0, attr)
 }
@@ -177,41 +188,31 @@ impl GilBoost {
             // Still ours: a thread that ended since it was listed may have
             // left its id to another process's.
             .filter(|(tid, _)| std::path::Path::new(&format!("/proc/self/task/{tid}")).exists())
-            .filter(|(tid, attr)| {
-                let fifo = SchedAttr {
-                    policy: SCHED_FIFO,
-                    priority: GIL_HOLDER_PRIORITY,
-                    nice: 0,
-                    runtime: 0,
-                    ..*attr
-                };
-                set_for(*tid, &fifo).is_ok()
-            })
+            .filter(|(tid, attr)| set_for(*tid, &fifo(GIL_HOLDER_PRIORITY, attr)).is_ok())
             .copied()
             .collect();
-        if !raised.is_empty() {
-            watch.arm(raised.clone());
-        }
-        Raised {
-            raised,
-            watch,
-            ended: false,
-        }
+        // The watch holds them from here: whoever ends the boost first,
+        // the cap or [`Raised::end`], puts them back.
+        let watch = (!raised.is_empty()).then(|| {
+            watch.arm(raised);
+            watch
+        });
+        Raised { watch }
     }
 }
 
 /// Threads a [`GilBoost`] raised, until ended or dropped, or until the
 /// watch's cap puts them back.
 pub struct Raised<'a> {
-    raised: Vec<(i32, SchedAttr)>,
-    watch: &'a BoostWatch,
-    ended: bool,
+    /// Armed with the raised threads; none once ended, or if none was.
+    watch: Option<&'a BoostWatch>,
 }
 
 impl Raised<'_> {
+    /// Whether any thread was raised (the process may ask for it).
     #[cfg(test)]
-    fn threads(&self) -> usize {
-        self.raised.len()
+    fn any(&self) -> bool {
+        self.watch.is_some()
     }
 
     /// Puts the threads back; true if the cap had done it already (the
@@ -221,17 +222,14 @@ impl Raised<'_> {
     }
 
     fn put_back(&mut self) -> bool {
-        if std::mem::replace(&mut self.ended, true) || self.raised.is_empty() {
-            return false;
-        }
-        let capped = self.watch.disarm();
-        if !capped {
-            for (tid, attr) in &self.raised {
-                // A thread that ended meanwhile is no error.
-                let _ = set_for(*tid, attr);
+        match self.watch.take().map(BoostWatch::disarm) {
+            Some(Some(threads)) => {
+                put_back(&threads);
+                false
             }
+            Some(None) => true,
+            None => false,
         }
-        capped
     }
 }
 
@@ -292,14 +290,14 @@ impl BoostWatch {
         self.shared.wake.notify_one();
     }
 
-    /// Ends the watch over the last raise: true if the cap had put its
-    /// threads back. The watching thread is not woken: it finds nothing
-    /// armed when its wait ends.
-    fn disarm(&self) -> bool {
-        let mut state = self.shared.lock();
-        let capped = matches!(*state, Watch::Capped);
-        *state = Watch::Idle;
-        capped
+    /// Ends the watch over the last raise: its threads, to put back, or
+    /// none if the cap has put them back. The watching thread is not
+    /// woken: it finds nothing armed when its wait ends.
+    fn disarm(&self) -> Option<Vec<(i32, SchedAttr)>> {
+        match std::mem::replace(&mut *self.shared.lock(), Watch::Idle) {
+            Watch::Armed(_, threads) => Some(threads),
+            _ => None,
+        }
     }
 
     /// Waits until the cap has put the last raised threads back.
@@ -319,13 +317,7 @@ impl Watched {
 
     fn run(&self) {
         if let Ok(a) = get() {
-            let _ = set(&SchedAttr {
-                policy: SCHED_FIFO,
-                priority: BELL_PRIORITY,
-                nice: 0,
-                runtime: 0,
-                ..a
-            });
+            let _ = set(&fifo(BELL_PRIORITY, &a));
         }
         let mut state = self.lock();
         loop {
@@ -335,9 +327,7 @@ impl Watched {
                 Watch::Armed(at, threads) => match self.cap.checked_sub(at.elapsed()) {
                     Some(left) if !left.is_zero() => Some(left),
                     _ => {
-                        for (tid, attr) in threads {
-                            let _ = set_for(*tid, attr);
-                        }
+                        put_back(threads);
                         *state = Watch::Capped;
                         self.wake.notify_all();
                         continue;
@@ -352,6 +342,14 @@ impl Watched {
                 None => self.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
             };
         }
+    }
+}
+
+/// Gives each thread the scheduling it had; one that ended meanwhile is
+/// no error.
+fn put_back(threads: &[(i32, SchedAttr)]) {
+    for (tid, attr) in threads {
+        let _ = set_for(*tid, attr);
     }
 }
 
@@ -399,17 +397,10 @@ impl BellPriority {
         let turn = match before {
             None => Turn::Unchanged,
             Some(a) => {
-                let fifo = |priority| SchedAttr {
-                    policy: SCHED_FIFO,
-                    priority,
-                    nice: 0,
-                    runtime: 0,
-                    ..a
-                };
                 // An `RLIMIT_RTPRIO` of 1 allows priority 1 only: real
                 // time still, without the boost (see `may_boost`).
-                may_boost = realtime && set(&fifo(BELL_PRIORITY)).is_ok();
-                if may_boost || (realtime && set(&fifo(GIL_HOLDER_PRIORITY)).is_ok()) {
+                may_boost = realtime && set(&fifo(BELL_PRIORITY, &a)).is_ok();
+                if may_boost || (realtime && set(&fifo(GIL_HOLDER_PRIORITY, &a)).is_ok()) {
                     Turn::Realtime
                 } else if set(&SchedAttr {
                     runtime: SHORT_SLICE_NS,
@@ -510,7 +501,7 @@ mod tests {
         let watch = BoostWatch::with_cap(Duration::from_secs(3600)).unwrap();
         let raised = boost.raise(&watch);
         let inside = get_for(tid).unwrap();
-        let permitted = raised.threads() > 0;
+        let permitted = raised.any();
         assert!(!raised.end(), "ended before the cap");
         let after = get_for(tid).unwrap();
         other.end();
@@ -535,7 +526,7 @@ mod tests {
         let boost = GilBoost::of(&[tid]);
         let watch = BoostWatch::with_cap(Duration::from_millis(1)).unwrap();
         let raised = boost.raise(&watch);
-        let permitted = raised.threads() > 0;
+        let permitted = raised.any();
         if permitted {
             watch.wait_capped();
             let capped = get_for(tid).unwrap();
